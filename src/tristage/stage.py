@@ -1,0 +1,76 @@
+"""The common command line of every DVC stage (`python -m steps.<stage>`).
+
+    python -m steps.<stage> [--params FILE] [--set key.sub=value ...]
+
+Parses the arguments, loads and validates the params (before any work), opens the
+stage's MLflow run, calls the stage function and logs what it returns. Bad input
+(`UserError`) exits 2 with one line on stderr that names the file, row or key.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+from tristage.errors import UserError
+
+# The repository's own params.yaml: the default when the working folder has none.
+REPO_PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"
+
+StageFn = Callable[..., Mapping | None]
+
+
+def default_params_path() -> Path:
+    here = Path.cwd() / "params.yaml"
+    return here if here.is_file() else REPO_PARAMS
+
+
+def build_parser(stage: str, description: str | None = None) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"python -m steps.{stage}", description=description)
+    p.add_argument("--params", type=Path, default=None,
+                   help="params file (default: ./params.yaml, else the repository's); "
+                        "relative paths inside it are relative to its folder")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one param, e.g. --set stage2.grl_lambda=2.0 (repeatable)")
+    return p
+
+
+def setup_environment() -> None:
+    """Offline and quiet by default; the user's explicit settings win."""
+    for k, v in (("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "1"), ("MLFLOW_DISABLE_TELEMETRY", "true"),
+                 ("DVC_NO_ANALYTICS", "1"), ("PREFECT_SERVER_ANALYTICS_ENABLED", "false"),
+                 ("TOKENIZERS_PARALLELISM", "false")):
+        os.environ.setdefault(k, v)
+
+
+def run_stage(stage: str, fn: StageFn, argv: Sequence[str] | None = None, description: str | None = None) -> int:
+    """Run `fn(params, tracker) -> metrics` as stage `stage`; return the process exit code."""
+    setup_environment()
+    logging.basicConfig(level=os.environ.get("TRISTAGE_LOG_LEVEL", "INFO"),
+                        format=f"%(asctime)s {stage} %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    args = build_parser(stage, description).parse_args(argv)
+    from tristage.config import load_params
+    from tristage.tracking import Tracker
+
+    try:
+        params = load_params(args.params or default_params_path(), args.overrides)
+        section = params.stage(stage)
+        with Tracker(stage, params.base_dir) as tracker:
+            tracker.log_params({stage: section.model_dump(mode="json")})
+            metrics = fn(params, tracker)
+            if metrics:
+                tracker.log_metrics(metrics)
+    except UserError as exc:
+        print(f"{stage}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{stage}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+def main(stage: str, fn: StageFn, description: str | None = None) -> None:
+    sys.exit(run_stage(stage, fn, description=description))
