@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import os
+import re
 import types
 import typing
 from pathlib import Path
@@ -42,6 +43,9 @@ STAGES = (
     "stage3",
     "evaluate",
 )
+
+
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 class Params(Section):
@@ -77,6 +81,8 @@ def parse_override(item: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(raw) if raw.strip() != "" else ""
     except yaml.YAMLError as exc:
         raise ParamsError(f"--set {key}: cannot parse value {raw!r}: {exc}") from None
+    if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+        value = float(value)  # YAML 1.1 reads "1e-3" as a string
     return key.split("."), value
 
 

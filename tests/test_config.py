@@ -1,0 +1,141 @@
+"""params.yaml -> typed config: defaults, validation, overrides, path resolution."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tristage.config import STAGES, Params, dump_defaults, load_params, parse_override
+from tristage.errors import ParamsError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write(tmp_path: Path, data: dict) -> Path:
+    p = tmp_path / "params.yaml"
+    p.write_text(yaml.safe_dump(data))
+    return p
+
+
+def test_repo_params_file_equals_the_code_defaults():
+    """params.yaml ships the seed values; the schema defaults are the same values."""
+    shipped = yaml.safe_load((REPO / "params.yaml").read_text())
+    assert set(shipped) == set(STAGES)
+    assert shipped == dump_defaults()
+
+
+def test_seed_values_are_the_defaults():
+    p = load_params(REPO / "params.yaml")
+    assert (p.speaker_mapping.top_k, p.speaker_mapping.min_samples) == (500, 50)
+    peft = p.caption_vectors.peft
+    assert (peft.lora_rank, peft.lora_alpha, peft.vae_latent_dim, peft.orthogonality_weight) == (16, 32.0, 128, 0.01)
+    assert (p.stage2.grl_lambda, p.stage2.speaker_loss_weight) == (1.0, 0.1)
+    assert tuple(p.stage2.speaker_acc_band) == (0.3, 0.6)
+    assert p.stage3.lr_scale == 0.5 and p.stage1.lr_scale == 1.0
+
+
+def test_every_stage_has_a_section_step_and_dvc_stage():
+    dvc = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    for stage in STAGES:
+        assert stage in Params.model_fields, stage
+        assert (REPO / "steps" / f"{stage}.py").is_file(), stage
+        assert stage in dvc, stage
+        assert dvc[stage]["cmd"] == f"python -m steps.{stage}"
+
+
+def test_relative_paths_resolve_against_the_params_folder(tmp_path):
+    sub = tmp_path / "proj"
+    sub.mkdir()
+    p = load_params(write(sub, {"prepare": {"manifest": "my/manifest.jsonl"}}))
+    assert p.prepare.manifest == (sub / "my/manifest.jsonl").resolve()
+    assert p.prepare.out_dir == (sub / "data/prepared").resolve()
+    assert p.base_dir == sub.resolve()
+
+
+def test_absolute_paths_stay(tmp_path):
+    p = load_params(write(tmp_path, {"prepare": {"manifest": "/abs/m.jsonl"}}))
+    assert p.prepare.manifest == Path("/abs/m.jsonl")
+
+
+@pytest.mark.parametrize(
+    "data, key",
+    [
+        ({"speaker_mapping": {"top_k": "many"}}, "speaker_mapping.top_k"),  # bad type
+        ({"speaker_mapping": {"top_k": 0}}, "speaker_mapping.top_k"),  # out of range
+        ({"stage2": {"grl_lambda": -1.0}}, "stage2.grl_lambda"),
+        ({"prepare": {"min_duration": 5.0, "max_duration": 1.0}}, "prepare"),
+        ({"prepare": {"manifets": "x.jsonl"}}, "prepare.manifets"),  # unknown key (typo)
+        ({"stage4": {}}, "stage4"),  # unknown stage
+        ({"caption_vectors": {"peft": {"lora_rank": -2}}}, "caption_vectors.peft.lora_rank"),
+    ],
+)
+def test_invalid_values_fail_naming_the_key(tmp_path, data, key):
+    with pytest.raises(ParamsError) as exc:
+        load_params(write(tmp_path, data))
+    msg = str(exc.value)
+    assert key in msg and "\n" not in msg
+
+
+def test_override_applies_and_is_typed(tmp_path):
+    p = load_params(write(tmp_path, {}), ["stage2.grl_lambda=2.0", "speaker_mapping.top_k=10",
+                                          "stage2.speaker_acc_band=[0.2, 0.5]", "caption_vectors.encoder=null"])
+    assert p.stage2.grl_lambda == 2.0
+    assert p.speaker_mapping.top_k == 10
+    assert tuple(p.stage2.speaker_acc_band) == (0.2, 0.5)
+    assert p.caption_vectors.encoder is None
+
+
+@pytest.mark.parametrize("item, key", [("stage2.grl_lambdaa=1", "stage2.grl_lambdaa"),
+                                        ("stage2.grl_lambda=abc", "stage2.grl_lambda"),
+                                        ("novalue", "novalue"), ("stage2..x=1", "stage2..x")])
+def test_bad_override_fails_naming_the_key(tmp_path, item, key):
+    with pytest.raises(ParamsError, match=key.replace(".", r"\.")):
+        load_params(write(tmp_path, {}), [item])
+
+
+def test_parse_override_yaml_scalars():
+    assert parse_override("a.b=1e-3") == (["a", "b"], 1e-3)
+    assert parse_override("a=true") == (["a"], True)
+    assert parse_override("a=x=y") == (["a"], "x=y")
+
+
+@pytest.mark.parametrize("text", ["[1, 2", "- just\n- a list\n"])
+def test_malformed_file_is_a_clean_error(tmp_path, text):
+    p = tmp_path / "params.yaml"
+    p.write_text(text)
+    with pytest.raises(ParamsError, match="params.yaml"):
+        load_params(p)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ParamsError, match="not found"):
+        load_params(tmp_path / "nope.yaml")
+
+
+def test_stage_cli_rejects_bad_params_before_work(tmp_path):
+    """One clear line naming the key, exit 2, and no output written."""
+    params = write(tmp_path, {"speaker_mapping": {"min_samples": -5}})
+    r = subprocess.run([sys.executable, "-m", "steps.speaker_mapping", "--params", str(params)],
+                       cwd=tmp_path, capture_output=True, text=True, env=_env())
+    assert r.returncode == 2
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "speaker_mapping.min_samples" in lines[0]
+    assert not (tmp_path / "data").exists() and not (tmp_path / "metrics").exists()
+
+
+def test_stage_cli_bad_override(tmp_path):
+    params = write(tmp_path, {})
+    r = subprocess.run([sys.executable, "-m", "steps.prepare", "--params", str(params), "--set", "prepare.workers=0"],
+                       cwd=tmp_path, capture_output=True, text=True, env=_env())
+    assert r.returncode == 2 and "prepare.workers" in r.stderr
+
+
+def _env():
+    import os
+
+    env = dict(os.environ)
+    env["TRISTAGE_TRACKING"] = "0"
+    return env
