@@ -76,6 +76,10 @@ class Tracker:
             return self
         try:
             os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+            # An unreachable server must cost seconds, not MLflow's default minutes of retries.
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 import mlflow  # heavy: imported only when tracking is on
