@@ -9,7 +9,16 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="tristage", description="tristage: three-stage controllable TTS pipeline")
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("params", help="print the validated params (defaults + params.yaml)")
+    c = sub.add_parser("compare", help="recent pipeline runs side by side (MLflow): GRL settings, mel_loss, "
+                                       "speaker_acc band, probes")
+    c.add_argument("--limit", type=int, default=20, help="number of pipeline runs (newest first)")
+    c.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    c.add_argument("--uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else mlflow.db)")
     args = p.parse_args(argv)
+    if args.cmd == "compare":
+        from tristage.compare import compare
+        compare(args.uri, args.limit, args.format)
+        return 0
     if args.cmd == "params":
         import yaml
         from tristage.config import load_params

@@ -23,14 +23,17 @@ log = logging.getLogger(__name__)
 
 EXPERIMENT = "tristage"
 _DVC_TEMP_MARK = os.sep + os.path.join(".dvc", "tmp", "exps") + os.sep
+_FLOW_RUN_MARK = os.sep + os.path.join(".tristage", "runs") + os.sep  # the Prefect flow's run workspaces
 
 
 def project_root(start: Path) -> Path:
-    """The project folder that owns `start`; a DVC temp experiment maps to its parent repo,
-    so that `dvc exp run --temp` logs into the same MLflow database as `dvc repro`."""
+    """The project folder that owns `start`; a DVC temp experiment (or a flow's run workspace)
+    maps to its parent repo, so that `dvc exp run --temp` logs into the same MLflow database
+    as `dvc repro`."""
     s = str(start.resolve())
-    if _DVC_TEMP_MARK in s:
-        return Path(s.split(_DVC_TEMP_MARK, 1)[0])
+    for mark in (_DVC_TEMP_MARK, _FLOW_RUN_MARK):
+        if mark in s:
+            return Path(s.split(mark, 1)[0])
     return start.resolve()
 
 

@@ -1,0 +1,96 @@
+"""`make serve`: the local Prefect server (127.0.0.1) + the pipeline served as a deployment.
+
+    python -m flows.serve                 # UI: http://127.0.0.1:4200 -> Deployments -> tristage-pipeline/tristage
+                                          #     -> Run -> Custom run: overrides {"stage2.grl_lambda": 2.0}, target
+
+Starts `prefect server start --host 127.0.0.1` in the background unless a server already
+answers at PREFECT_API_URL (default http://127.0.0.1:4200/api), waits until it is healthy,
+then serves the flow (blocks; Ctrl-C stops serving and the server it started).
+MLflow UI, in another shell:  mlflow ui --host 127.0.0.1 --backend-store-uri sqlite:///mlflow.db
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_API = "http://127.0.0.1:4200/api"
+DEPLOYMENT = "tristage"
+
+QUIET_ENV = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "MLFLOW_DISABLE_TELEMETRY": "true", "DVC_NO_ANALYTICS": "1",
+             "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
+
+def healthy(api_url: str, timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(api_url.rstrip("/") + "/health", timeout=timeout) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def start_server(api_url: str, log_path: Path, wait_s: float = 120.0) -> subprocess.Popen | None:
+    """Start `prefect server start` on 127.0.0.1 unless one is healthy; None if one was already up."""
+    if healthy(api_url):
+        return None
+    from urllib.parse import urlparse
+
+    port = urlparse(api_url).port or 4200
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    prefect = Path(sys.executable).with_name("prefect")
+    cmd = [str(prefect) if prefect.exists() else "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    logf = open(log_path, "ab")
+    proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True,
+                            env={**os.environ, **QUIET_ENV})
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"prefect server exited with code {proc.returncode}; see {log_path}")
+        if healthy(api_url):
+            print(f"Prefect server up: {api_url.rsplit('/api', 1)[0]}  (pid {proc.pid}, log {log_path})", file=sys.stderr)
+            return proc
+        time.sleep(1.0)
+    stop_server(proc)
+    raise SystemExit(f"prefect server not healthy after {wait_s:.0f} s; see {log_path}")
+
+
+def stop_server(proc: subprocess.Popen | None) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m flows.serve", description=__doc__.splitlines()[0])
+    p.add_argument("--name", default=DEPLOYMENT, help="deployment name")
+    p.add_argument("--no-server", action="store_true", help="serve against PREFECT_API_URL; start no server")
+    a = p.parse_args(argv)
+    for k, v in QUIET_ENV.items():
+        os.environ.setdefault(k, v)
+    api = os.environ.setdefault("PREFECT_API_URL", DEFAULT_API)
+    os.chdir(REPO)  # the deployment's entrypoint, flows/pipeline.py:pipeline, is relative to the repo
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `kill` stops the server we started too
+    server = None if a.no_server else start_server(api, REPO / ".tristage" / "prefect-server.log")
+    print("MLflow UI:  mlflow ui --host 127.0.0.1 --backend-store-uri sqlite:///mlflow.db", file=sys.stderr)
+    try:
+        from flows.pipeline import pipeline
+
+        pipeline.serve(name=a.name, description="Run the tristage DVC DAG as one DVC experiment; "
+                       "`overrides` are params keys -> values (dvc exp run -S), `target` the last stage.")
+    finally:
+        stop_server(server)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+"""Plots of the evaluate stage: the stages side by side, the probes, the speaker_acc band."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+
+def _save(fig, path: Path) -> Path:
+    from tristage.fsio import atomic_path
+
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path
+
+
+def write_plots(out_dir: Path, per_stage: Mapping[str, Mapping[str, Any]], band: Sequence[float]) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    stages = list(per_stage)
+    val = lambda s, k: per_stage[s].get(k)  # noqa: E731
+    num = lambda v: float("nan") if v is None else float(v)  # noqa: E731
+    paths = []
+
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3))
+    for ax, key in zip(axes, ("mel_loss", "mel_top1")):
+        ax.bar(stages, [num(val(s, key)) for s in stages], color="tab:blue")
+        ax.set_title(key)
+    fig.suptitle("decoder on the validation split, per stage")
+    paths.append(_save(fig, out_dir / "stages.png"))
+
+    fig, ax = plt.subplots(figsize=(6, 3))
+    width = 0.38
+    xs = range(len(stages))
+    for off, key, color in ((-width / 2, "speaker_probe_acc", "tab:red"), (width / 2, "emotion_probe_acc", "tab:green")):
+        ax.bar([x + off for x in xs], [num(val(s, key)) for s in stages], width, label=key, color=color)
+    chance = [num(val(s, "speaker_probe_chance")) for s in stages]
+    ax.plot(list(xs), chance, "k--", label="speaker chance")
+    ax.set_xticks(list(xs), stages)
+    ax.set_ylim(0, 1)
+    ax.set_title("fresh probes on the frozen emotion vectors")
+    ax.legend(fontsize=7)
+    paths.append(_save(fig, out_dir / "probes.png"))
+
+    fig, ax = plt.subplots(figsize=(6, 3))
+    lo, hi = band
+    ax.axhspan(lo, hi, color="tab:green", alpha=0.2, label=f"band [{lo}, {hi}]")
+    accs = [num(val(s, "speaker_acc")) for s in stages]
+    ax.plot(stages, accs, "o-", color="tab:purple", label="GRL speaker_acc")
+    ax.set_ylim(0, 1)
+    ax.set_title("speaker classifier behind the GRL")
+    ax.legend(fontsize=7)
+    paths.append(_save(fig, out_dir / "speaker_acc_band.png"))
+    return paths

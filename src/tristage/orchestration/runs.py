@@ -1,0 +1,98 @@
+"""The MLflow parent run of one flow run; each stage's run (tristage.tracking) nests under it."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Mapping
+
+from tristage.tracking import EXPERIMENT, default_tracking_uri, flatten
+
+log = logging.getLogger(__name__)
+
+ROLE_TAG = "tristage.role"  # "flow" on parent runs
+
+
+def tracking_uri(repo: Path) -> str:
+    """Absolute: the stages run in other folders (the run workspace) and must log to the same store."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri and uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        uri = f"sqlite:///{(repo / uri[len('sqlite:///'):]).resolve()}"
+    return uri or default_tracking_uri(repo)
+
+
+def _client(uri: str):
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from mlflow.tracking import MlflowClient
+    return MlflowClient(tracking_uri=uri)
+
+
+def _experiment_id(client, artifact_root: Path | None = None) -> str:
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return client.create_experiment(EXPERIMENT, artifact_location=artifact_root.resolve().as_uri() if artifact_root else None)
+    except Exception:  # created concurrently
+        return client.get_experiment_by_name(EXPERIMENT).experiment_id
+
+
+def start_parent_run(uri: str, name: str, tags: Mapping[str, str], params: Mapping[str, Any],
+                     artifact_root: Path | None = None) -> str | None:
+    """Create the flow's parent run; None (with a warning) if MLflow is unusable."""
+    try:
+        client = _client(uri)
+        run = client.create_run(_experiment_id(client, artifact_root), run_name=name, tags={ROLE_TAG: "flow", **tags})
+        flat = {k: ("" if v is None else str(v))[:6000] for k, v in flatten(params).items()}
+        items = list(flat.items())
+        for i in range(0, len(items), 100):
+            from mlflow.entities import Param
+
+            client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in items[i : i + 100]])
+        return run.info.run_id
+    except Exception as exc:
+        log.warning("MLflow parent run not created (%s); stages will log standalone runs", exc)
+        return None
+
+
+def read_stage_metrics(workspace: Path, stages: list[str]) -> dict[str, float]:
+    """`metrics/<stage>.json` of the run, flattened to `<stage>.<key>` numbers."""
+    out: dict[str, float] = {}
+    for stage in stages:
+        path = workspace / "metrics" / f"{stage}.json"
+        if not path.is_file():
+            continue
+        try:
+            data = json.loads(path.read_text())
+        except ValueError:
+            continue
+        for k, v in flatten(data, f"{stage}.").items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                out[k] = float(v)
+    return out
+
+
+def finish_parent_run(uri: str, run_id: str | None, status: str, metrics: Mapping[str, float] | None = None,
+                      tags: Mapping[str, str] | None = None) -> None:
+    if run_id is None:
+        return
+    try:
+        client = _client(uri)
+        import math
+        import time
+
+        from mlflow.entities import Metric, RunTag
+
+        now = int(time.time() * 1000)
+        ms = [Metric(k, float(v), now, 0) for k, v in (metrics or {}).items() if math.isfinite(float(v))]
+        for i in range(0, len(ms), 500):
+            client.log_batch(run_id, metrics=ms[i : i + 500])
+        if tags:
+            client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        client.set_terminated(run_id, status=status)
+    except Exception as exc:
+        log.warning("MLflow parent run %s not finalised (%s)", run_id, exc)

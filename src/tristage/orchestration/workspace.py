@@ -1,0 +1,105 @@
+"""One private workspace per flow run: a git worktree of the project under `.tristage/runs/<name>/`.
+
+It starts from HEAD plus the main working tree's uncommitted changes (as `dvc exp run --temp`
+does), shares the main repo's DVC cache (so outputs already computed are checked out, not
+recomputed) and its git refs (so `dvc exp save` there shows up in `dvc exp show` here).
+Two flow runs never write into each other's outputs.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Iterable
+
+from tristage.errors import UserError
+
+log = logging.getLogger(__name__)
+
+RUNS_DIR = Path(".tristage") / "runs"
+# Never copied into a workspace or a snapshot: environments, DVC outputs, databases, caches.
+EXCLUDE_TOP = {".venv", "data", "models", "mlflow.db", "mlflow.db-journal", "mlruns", "mlartifacts", ".tristage",
+               ".git", ".pytest_cache", ".prefect"}
+
+
+def _git(args: list[str], cwd: Path, check: bool = True) -> str:
+    r = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
+    if check and r.returncode != 0:
+        raise RuntimeError(f"git {' '.join(args)} failed in {cwd}: {r.stderr.strip()}")
+    return r.stdout
+
+
+def local_changes(repo: Path) -> tuple[list[str], list[str]]:
+    """(modified or untracked files not ignored by git, deleted tracked files), relative to `repo`."""
+    changed = _git(["ls-files", "-z", "-m", "-o", "--exclude-standard"], repo).split("\0")
+    deleted = _git(["ls-files", "-z", "-d"], repo).split("\0")
+    keep = [p for p in dict.fromkeys(changed) if p and p.split("/", 1)[0] not in EXCLUDE_TOP and (repo / p).is_file()]
+    return keep, [p for p in deleted if p]
+
+
+def _copy_files(src: Path, dst: Path, files: Iterable[str]) -> int:
+    n = 0
+    for rel in files:
+        target = dst / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src / rel, target)
+        n += 1
+    return n
+
+
+def dvc_cache_dir(repo: Path) -> Path:
+    from dvc.repo import Repo
+
+    with Repo(str(repo)) as r:
+        return Path(r.cache.local.path)
+
+
+def create_workspace(repo: Path, name: str, include_local_changes: bool = True) -> Path:
+    """`git worktree add` at `<repo>/.tristage/runs/<name>` (detached at HEAD), sharing the DVC cache."""
+    repo = repo.resolve()
+    if not (repo / ".git").exists() or not (repo / ".dvc").is_dir():
+        raise UserError(f"{repo}: not a git + DVC project (run from the tristage repository)")
+    if _git(["rev-parse", "--verify", "-q", "HEAD"], repo, check=False).strip() == "":
+        raise UserError(f"{repo}: the repository has no commit yet; commit once, then start the flow")
+    path = repo / RUNS_DIR / name
+    if path.exists():
+        raise UserError(f"{path}: a run workspace of this name exists; pick another experiment name "
+                        f"or remove it with `git worktree remove --force {path}`")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _git(["worktree", "add", "--detach", str(path), "HEAD"], repo)
+    try:
+        _fill_workspace(repo, path, include_local_changes)
+    except BaseException:
+        remove_workspace(repo, path)
+        raise
+    return path
+
+
+def _fill_workspace(repo: Path, path: Path, include_local_changes: bool) -> None:
+    if include_local_changes:
+        changed, deleted = local_changes(repo)
+        n = _copy_files(repo, path, changed)
+        for rel in deleted:
+            (path / rel).unlink(missing_ok=True)
+        log.info("workspace %s: HEAD + %d changed and %d deleted file(s) from %s", path, n, len(deleted), repo)
+    cache = dvc_cache_dir(repo)
+    cache.mkdir(parents=True, exist_ok=True)
+    from dvc.config import Config
+
+    cfg = Config(str(path / ".dvc"))
+    with cfg.edit("local") as conf:
+        conf.setdefault("cache", {})["dir"] = str(cache)
+
+
+def untracked_outputs(workspace: Path) -> list[str]:
+    """Files the run wrote that git does not track yet (metrics and plots with `cache: false`)."""
+    out = _git(["ls-files", "-z", "-o", "--exclude-standard"], workspace).split("\0")
+    return [p for p in out if p]
+
+
+def remove_workspace(repo: Path, path: Path) -> None:
+    _git(["worktree", "remove", "--force", str(path)], repo, check=False)
+    if path.exists():
+        shutil.rmtree(path, ignore_errors=True)
+    _git(["worktree", "prune"], repo, check=False)

@@ -1,0 +1,239 @@
+"""The Prefect flow: GPU slots, dvc command building, retries, and the real DAG in a copy of the repo."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tristage.errors import UserError
+from tristage.orchestration import dvc, gpu
+
+
+# -- dvc commands and overrides (fast) ------------------------------------------------------
+@pytest.mark.parametrize("key,value,expected", [
+    ("stage2.grl_lambda", 2.0, "stage2.grl_lambda=2.0"),
+    ("stage2.steps", 10, "stage2.steps=10"),
+    ("stage2.speaker_acc_band", [0.2, 0.5], "stage2.speaker_acc_band=[0.2, 0.5]"),
+    ("caption_vectors.encoder", None, "caption_vectors.encoder=null"),
+    ("prepare.check_audio", False, "prepare.check_audio=false"),
+    ("features.device", "cpu", "features.device=cpu"),
+    ("corpus.out_dir", "data/my raw", "corpus.out_dir='data/my raw'"),
+    ("corpus.out_dir", "1e3", "corpus.out_dir='1e3'"),  # a string that looks numeric stays a string
+])
+def test_format_override(key, value, expected):
+    assert dvc.format_override(key, value) == expected
+
+
+@pytest.mark.parametrize("key", ["", "stage2.", ".x", "a=b"])
+def test_format_override_rejects_bad_keys(key):
+    with pytest.raises(UserError, match="overrides"):
+        dvc.format_override(key, 1)
+
+
+def test_apply_overrides_edits_params_like_dvc_exp_run(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text("# a comment\nstage2:\n  grl_lambda: 1.0\n  speaker_acc_band:\n  - 0.3\n  - 0.6\n"
+                      "corpus:\n  out_dir: data/raw\n")
+    dvc.apply_overrides(params, {"stage2.grl_lambda": 2.5, "stage2.speaker_acc_band": [0.1, 0.4],
+                                 "corpus.out_dir": "data/my raw"})
+    import yaml
+
+    data = yaml.safe_load(params.read_text())
+    assert data["stage2"] == {"grl_lambda": 2.5, "speaker_acc_band": [0.1, 0.4]}
+    assert data["corpus"]["out_dir"] == "data/my raw"
+    assert params.read_text().startswith("# a comment")  # formatting kept, as `dvc exp run -S` does
+    with pytest.raises(UserError, match="stage2.grl_lambdda"):  # a misspelt key is an error, not a new key
+        dvc.apply_overrides(params, {"stage2.grl_lambdda": 3.0})
+
+
+def test_exp_save_cmd_limits_to_the_stages_run():
+    cmd = dvc.exp_save_cmd("run1", ["corpus", "prepare"], ["metrics/prepare.json"], "msg")
+    assert cmd[1:] == ["exp", "save", "-n", "run1", "-I", "metrics/prepare.json", "-m", "msg", "corpus", "prepare"]
+
+
+def test_subprocess_env_carries_tracking_and_device(tmp_path):
+    env = dvc.subprocess_env(tmp_path, tracking_uri="sqlite:////x/mlflow.db", parent_run_id="p1", flow_run_id="f1",
+                             exp_name="e1", git_rev="abc", device="1")
+    assert env["CUDA_VISIBLE_DEVICES"] == "1" and env["TRISTAGE_PARENT_RUN_ID"] == "p1"
+    assert env["TRISTAGE_PREFECT_FLOW_RUN_ID"] == "f1" and env["DVC_EXP_NAME"] == "e1"
+    assert env["MLFLOW_TRACKING_URI"] == "sqlite:////x/mlflow.db"
+    assert env["PYTHONPATH"].split(":")[0] == str(tmp_path / "src")  # the workspace's own code first
+    assert dvc.subprocess_env(tmp_path, tracking_uri="u", parent_run_id=None, flow_run_id=None, exp_name="e",
+                              git_rev=None, device=None)["CUDA_VISIBLE_DEVICES"] == ""
+
+
+def test_command_failed_exit_2_is_not_transient(tmp_path):
+    with pytest.raises(dvc.CommandFailed) as e:
+        dvc.run([sys.executable, "-c", "import sys; print('bad key'); sys.exit(2)"], tmp_path, log_to=open("/dev/null", "w"))
+    assert e.value.returncode == 2 and not e.value.transient and "bad key" in str(e.value)
+    with pytest.raises(dvc.CommandFailed) as e:
+        dvc.run([sys.executable, "-c", "import sys; sys.exit(1)"], tmp_path, log_to=open("/dev/null", "w"))
+    assert e.value.transient
+
+
+# -- GPU slots -> CUDA_VISIBLE_DEVICES (fast) -----------------------------------------------
+def test_visible_gpus_from_env(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    assert gpu.visible_gpus() == ["2", "3"]
+    assert gpu.n_slots(gpu.visible_gpus()) == 2
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert gpu.visible_gpus() == [] and gpu.n_slots([]) == 1  # a CPU machine still gets one slot
+
+
+def test_each_holder_gets_its_own_device(tmp_path):
+    with gpu.claim_device(["0", "1"], tmp_path) as a:
+        with gpu.claim_device(["0", "1"], tmp_path) as b:
+            assert {a, b} == {"0", "1"}
+            with pytest.raises(TimeoutError):  # both taken: a third waits instead of sharing
+                with gpu.claim_device(["0", "1"], tmp_path, poll_s=0.05, timeout_s=0.2):
+                    pass
+    with gpu.claim_device(["0", "1"], tmp_path) as c:  # released on exit
+        assert c == "0"
+
+
+def test_device_lock_holds_across_processes(tmp_path):
+    code = ("import sys,time; from pathlib import Path; from tristage.orchestration.gpu import claim_device\n"
+            "with claim_device(['7'], Path(sys.argv[1])) as d:\n print(d, flush=True); time.sleep(3)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "7"
+        with pytest.raises(TimeoutError):
+            with gpu.claim_device(["7"], tmp_path, poll_s=0.05, timeout_s=0.3):
+                pass
+    finally:
+        proc.wait(timeout=10)
+    with gpu.claim_device(["7"], tmp_path, timeout_s=1) as d:
+        assert d == "7"
+
+
+# -- with a Prefect API (slow: the test server takes ~10 s to start) ---------------------------
+@pytest.fixture(scope="module")
+def prefect_api():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.mark.slow
+def test_training_tasks_on_one_slot_run_one_after_the_other(prefect_api, tmp_path):
+    from prefect import flow, task
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    assert gpu.ensure_gpu_limit(1) == 1
+    assert gpu.ensure_gpu_limit(4) == 1  # an existing limit is left as it is
+
+    @task
+    def train(i: int) -> tuple[float, float, str]:
+        with gpu.gpu_slot(tmp_path / "locks", devices=["0"]) as device:
+            t0 = time.monotonic()
+            time.sleep(1.5)
+            return t0, time.monotonic(), device
+
+    @flow(task_runner=ThreadPoolTaskRunner(max_workers=2))
+    def two_trainings():
+        futures = [train.submit(i) for i in range(2)]
+        return [f.result() for f in futures]
+
+    (s1, e1, d1), (s2, e2, d2) = sorted(two_trainings())
+    assert e1 <= s2, f"overlap: first ran {s1:.2f}-{e1:.2f}, second started {s2:.2f}"
+    assert d1 == d2 == "0"
+
+
+@pytest.mark.slow
+def test_transient_stage_failure_is_retried_bad_input_is_not(prefect_api, monkeypatch, tmp_path):
+    from prefect import flow
+
+    import flows.pipeline as fp
+
+    calls = []
+
+    def flaky(cmd, cwd, env=None, log_to=None):
+        calls.append(cmd)
+        if len(calls) == 1:
+            raise dvc.CommandFailed("dvc repro failed: lock busy", 1)
+        return ""
+
+    monkeypatch.setattr(fp.dvc, "run", flaky)
+
+    @flow
+    def one_stage(stage: str):
+        fp.cpu_stage.with_options(retry_delay_seconds=0)(stage, tmp_path, {})
+
+    one_stage("prepare")
+    assert len(calls) == 2 and calls[0][-1] == "prepare"
+
+    calls.clear()
+    monkeypatch.setattr(fp.dvc, "run", lambda *a, **k: calls.append(a) or (_ for _ in ()).throw(
+        dvc.CommandFailed("prepare: error: prepare.manifest: not found", 2)))
+    with pytest.raises(dvc.CommandFailed):
+        one_stage("prepare")
+    assert len(calls) == 1  # exit code 2 = bad input: no retry
+
+
+def _dag_stages(repo: Path) -> list[str]:
+    import yaml
+
+    return list(yaml.safe_load((repo / "dvc.yaml").read_text())["stages"])
+
+
+@pytest.mark.slow
+def test_flow_runs_the_dag_as_a_dvc_experiment_with_mlflow_runs(prefect_api, repo_copy, monkeypatch):
+    from flows.pipeline import pipeline
+
+    db = repo_copy / "mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
+    monkeypatch.delenv("TRISTAGE_TRACKING", raising=False)
+    stages = _dag_stages(repo_copy)
+    target = "speaker_mapping"  # the data prefix; the training stages have their own e2e tests
+    result = pipeline(overrides={"corpus.utts_per_speaker": 6, "speaker_mapping.min_samples": 3},
+                      target=target, exp_name="flowtest", repo=str(repo_copy))
+
+    assert result["stages"] == stages[: stages.index(target) + 1]
+    assert result["metrics"]["prepare.rows_in"] == 4 * 6  # the override reached the stage
+    assert not (repo_copy / ".tristage" / "runs" / "flowtest").exists()  # workspace removed after success
+    assert not (repo_copy / "data").exists()  # the main workspace's outputs untouched
+
+    # the run is a DVC experiment of the copy's HEAD, with its params and metrics
+    out = subprocess.run([str(Path(sys.executable).with_name("dvc")), "exp", "show", "--json"], cwd=repo_copy,
+                         capture_output=True, text=True, check=True).stdout
+    shown = json.dumps(json.loads(out))
+    assert '"flowtest"' in shown
+
+    # MLflow: one parent run, one child per stage, with the contract's metric keys and tags
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{db}")
+    exp = client.get_experiment_by_name("tristage")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("tristage.role") == "flow"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    parent = parents[0]
+    children = {r.data.tags["stage"]: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    assert sorted(children) == sorted(result["stages"])
+    for r in children.values():
+        assert r.data.tags["dvc_experiment"] == "flowtest"
+        assert r.data.tags["prefect_flow_run_id"] == parent.data.tags["prefect_flow_run_id"]
+        assert len(r.data.tags["git_revision"]) == 40
+    assert {"rows_in", "rows_kept", "rows_rejected"} <= set(children["prepare"].data.metrics)
+    assert {"total_samples", "total_speakers", "speakers_with_min_samples", "selected_speakers", "selected_samples",
+            "selected_fraction"} <= set(children["speaker_mapping"].data.metrics)
+    assert children["prepare"].data.params["prepare.min_duration"]  # the stage's params are logged
+    assert parent.data.metrics["prepare.rows_in"] == 24
+    assert parent.data.params["overrides.corpus.utts_per_speaker"] == "6"
+
+    from tristage.compare import compare
+
+    rows = compare(f"sqlite:///{db}", fmt="json", out=open("/dev/null", "w"))
+    assert [r["run"] for r in rows] == ["flowtest"] and rows[0]["stages"] == len(result["stages"])
+
+    # a bad override fails before any work, naming the key, and leaves no workspace behind
+    with pytest.raises(UserError, match="stage2.grl_lambda"):
+        pipeline(overrides={"stage2.grl_lambda": "not-a-number"}, target="corpus", exp_name="bad",
+                 repo=str(repo_copy))
+    assert not (repo_copy / ".tristage" / "runs" / "bad").exists()

@@ -1,0 +1,78 @@
+"""tristage.tracking: child runs under a flow's parent run, run-workspace mapping, what gets logged."""
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from tristage.tracking import NullTracker, Tracker, flatten, project_root
+
+
+def test_flow_run_workspace_logs_into_the_parent_repo(tmp_path):
+    ws = tmp_path / "repo" / ".tristage" / "runs" / "brave-otter"
+    ws.mkdir(parents=True)
+    assert project_root(ws) == (tmp_path / "repo").resolve()
+
+
+def test_flatten_nests_with_dots():
+    assert flatten({"stage2": {"band": [0.3, 0.6], "x": {"y": 1}}, "z": None}) == \
+        {"stage2.band": [0.3, 0.6], "stage2.x.y": 1, "z": None}
+
+
+@pytest.mark.parametrize("value", ["0", "false", "off"])
+def test_tracking_switched_off_by_env(monkeypatch, tmp_path, value):
+    monkeypatch.setenv("TRISTAGE_TRACKING", value)
+    t = Tracker("prepare", tmp_path).start()
+    assert not t.active and t.run_id is None
+    t.log_metrics({"a": 1.0})  # no-ops, no error
+    t.end()
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_null_tracker_logs_nothing():
+    t = NullTracker().start()
+    t.log_params({"a": 1})
+    t.log_metrics({"a": 1.0}, step=3)
+    assert not t.active
+
+
+@pytest.mark.slow
+def test_child_run_under_parent_with_tags_params_stepped_metrics(monkeypatch, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from tristage.orchestration.runs import finish_parent_run, read_stage_metrics, start_parent_run
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv("TRISTAGE_TRACKING", raising=False)
+    parent = start_parent_run(uri, "run-a", {"dvc_experiment": "run-a"}, {"overrides": {"stage2.grl_lambda": 2.0}},
+                              artifact_root=tmp_path / "mlartifacts")
+    assert parent
+    monkeypatch.setenv("TRISTAGE_PARENT_RUN_ID", parent)
+    monkeypatch.setenv("TRISTAGE_PREFECT_FLOW_RUN_ID", "flow-123")
+    monkeypatch.setenv("DVC_EXP_NAME", "run-a")
+    monkeypatch.setenv("TRISTAGE_GIT_REV", "a" * 40)
+    (tmp_path / "plot.txt").write_text("x")
+    with Tracker("stage2", tmp_path) as t:
+        t.log_params({"stage2": {"grl_lambda": 2.0, "speaker_acc_band": [0.3, 0.6]}})
+        for step in range(3):
+            t.log_metrics({"mel_loss": 3.0 - step, "flag": True, "bad": math.nan, "name": "x"}, step=step)
+        t.log_artifact(tmp_path / "plot.txt")
+        child = t.run_id
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics" / "stage2.json").write_text('{"mel_loss": 1.0, "speaker_acc": 0.4, "band": "in"}')
+    finish_parent_run(uri, parent, "FINISHED", read_stage_metrics(tmp_path, ["stage1", "stage2"]))
+
+    c = MlflowClient(uri)
+    run = c.get_run(child)
+    assert run.data.tags["mlflow.parentRunId"] == parent
+    assert run.data.tags["prefect_flow_run_id"] == "flow-123" and run.data.tags["dvc_experiment"] == "run-a"
+    assert run.data.tags["git_revision"] == "a" * 40 and run.data.tags["stage"] == "stage2"
+    assert run.data.params["stage2.speaker_acc_band"] == "[0.3, 0.6]"
+    assert [m.value for m in c.get_metric_history(child, "mel_loss")] == [3.0, 2.0, 1.0]
+    assert set(run.data.metrics) == {"mel_loss"}  # booleans, NaN and strings are not metrics
+    assert [a.path for a in c.list_artifacts(child)] == ["plot.txt"]
+    p = c.get_run(parent)
+    assert p.info.status == "FINISHED" and p.data.tags["tristage.role"] == "flow"
+    assert p.data.metrics == {"stage2.mel_loss": 1.0, "stage2.speaker_acc": 0.4}
+    assert p.data.params["overrides.stage2.grl_lambda"] == "2.0"
