@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import project_env
 from tristage.config import STAGES, Params, dump_defaults, load_params, parse_override
 from tristage.errors import ParamsError
 
@@ -122,7 +123,7 @@ def test_stage_cli_rejects_bad_params_before_work(tmp_path):
     """One clear line naming the key, exit 2, and no output written."""
     params = write(tmp_path, {"speaker_mapping": {"min_samples": -5}})
     r = subprocess.run([sys.executable, "-m", "steps.speaker_mapping", "--params", str(params)],
-                       cwd=tmp_path, capture_output=True, text=True, env=_env())
+                       cwd=tmp_path, capture_output=True, text=True, env=project_env())
     assert r.returncode == 2
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "speaker_mapping.min_samples" in lines[0]
@@ -132,13 +133,6 @@ def test_stage_cli_rejects_bad_params_before_work(tmp_path):
 def test_stage_cli_bad_override(tmp_path):
     params = write(tmp_path, {})
     r = subprocess.run([sys.executable, "-m", "steps.prepare", "--params", str(params), "--set", "prepare.workers=0"],
-                       cwd=tmp_path, capture_output=True, text=True, env=_env())
+                       cwd=tmp_path, capture_output=True, text=True, env=project_env())
     assert r.returncode == 2 and "prepare.workers" in r.stderr
 
-
-def _env():
-    import os
-
-    env = dict(os.environ)
-    env["TRISTAGE_TRACKING"] = "0"
-    return env
