@@ -1,7 +1,17 @@
-"""Params of the three training stages. Stage differences are data: see `presets.py`."""
+"""Params of the three training stages. Stage differences are data: see `presets.py`.
+
+Every stage shares `StageParams`; stage1 also holds the architecture (`stage1.model`);
+stage2/3 read the architecture from the previous stage's saved `config.json`, so they can't
+disagree with stage1. stage2 adds the GRL and the speaker_acc band.
+"""
 from __future__ import annotations
 
-from tristage.schema import Field, NonNegFloat, Path, PosFloat, PosInt, Section
+from typing import Literal
+
+from pydantic import field_validator
+
+from tristage.model.config import ModelParams
+from tristage.schema import Field, Fraction, NonNegFloat, NonNegInt, Path, PosFloat, PosInt, Section
 
 
 class StageParams(Section):
@@ -18,10 +28,30 @@ class StageParams(Section):
     steps: PosInt = 300
     batch_size: PosInt = 16
     seed: int = 1234
+    # optimisation
+    grad_accum: PosInt = 1  # micro-batches per optimizer step
+    warmup_steps: NonNegInt = 30  # linear warm-up, then cosine to min_lr_ratio * lr
+    min_lr_ratio: Fraction = 0.1
+    weight_decay: NonNegFloat = 0.01
+    grad_clip: PosFloat = 1.0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: bool = True  # bf16 autocast, on CUDA only
+    # data
+    val_fraction: Fraction = 0.05  # held-out utterances (split fixed by seed)
+    max_ref_frames: PosInt = 160  # random crop of the reference mels (mel frames)
+    speaker_ref: Literal["other", "same"] = "other"  # another utterance of the same speaker
+    emotion_ref: Literal["same", "other"] = "same"  # the target utterance itself
+    bucket_batches: PosInt = 8  # batches per length bucket
+    # monitoring and checkpoints
+    log_every: PosInt = 10
+    eval_every: PosInt = 50
+    window: PosInt = 20  # steps in the moving window of train metrics
+    checkpoint_every: PosInt = 50
+    keep_last: PosInt = 2  # plus the best (lowest val mel_loss)
 
 
 class Stage1Params(StageParams):
-    pass
+    model: ModelParams = ModelParams()
 
 
 class Stage2Params(StageParams):
@@ -32,6 +62,21 @@ class Stage2Params(StageParams):
     grl_lambda: NonNegFloat = 1.0
     speaker_loss_weight: NonNegFloat = 0.1
     speaker_acc_band: tuple[float, float] = (0.3, 0.6)
+    band_patience: PosInt = 3  # evaluations outside the band before warning / adjusting
+    band_control: Literal["warn", "auto"] = "warn"
+    band_factor: float = Field(2.0, gt=1)  # auto: multiply lambda or weight by this
+    grl_lambda_max: NonNegFloat = 3.0
+    speaker_loss_weight_max: NonNegFloat = 0.4
+    grl_warmup: bool = False  # DANN schedule: lambda * (2 / (1 + exp(-10 p)) - 1)
+    classifier_lr_scale: PosFloat = 1.0  # the speaker classifier's lr = lr * lr_scale * this
+
+    @field_validator("speaker_acc_band")
+    @classmethod
+    def _band(cls, v: tuple[float, float]) -> tuple[float, float]:
+        lo, hi = v
+        if not 0 <= lo < hi <= 1:
+            raise ValueError("must be [low, high] with 0 <= low < high <= 1")
+        return v
 
 
 class Stage3Params(StageParams):

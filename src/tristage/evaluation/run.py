@@ -1,0 +1,218 @@
+"""The `evaluate` stage: every trained stage on the same validation split, probes, audio samples.
+
+    doc = run_evaluate(params, tracker)   # -> the dict written to metrics/evaluate.json
+
+Per stage (`evaluate.stages`, each read from `models/<stage>/`):
+- mel_loss / mel_top1 of the decoder on the validation split (the training stages' own split:
+  same seed and val_fraction, so no stage saw these utterances);
+- speaker_acc of the GRL's speaker classifier on the emotion vector, and its band status. In a
+  stage whose chain never trained the classifier (stage1), it is None: a random classifier's
+  accuracy says nothing;
+- speaker_probe_acc / emotion_probe_acc: fresh logistic-regression probes fitted on the frozen
+  emotion vectors (fixed split by seed). The speaker probe should fall from stage1 to stage2:
+  that, not the GRL classifier, is the proof that the emotion vector lost the speaker;
+- audio: the fixed sample plan (matched and cross speaker/emotion pairs) generated with the
+  delay pattern and decoded by the features stage's codec. With a random-init codec the audio
+  is not speech, and `samples.json` and the metrics say so.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from tristage.errors import UserError
+from tristage.evaluation.metrics import evaluate_document, stage_metrics
+from tristage.evaluation.probes import probe_accuracy
+from tristage.evaluation.samples import sample_plan, write_samples
+
+log = logging.getLogger("tristage.evaluate")
+
+# codes (K, T) long -> (wav float32 (N,), sample_rate)
+Vocoder = Callable[[torch.Tensor], tuple[np.ndarray, int]]
+
+
+def classifier_trained(stage: str) -> bool:
+    """True when `stage` or a stage before it trained the speaker classifier (GRL on)."""
+    from tristage.training.presets import PRESETS
+
+    while stage is not None:
+        if PRESETS[stage].grl:
+            return True
+        stage = PRESETS[stage].previous
+    return False
+
+
+def resolve_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("evaluate.device: cuda requested but no CUDA device is visible")
+    return name
+
+
+def _center_crop(mel: torch.Tensor, n: int) -> torch.Tensor:
+    s = max(0, (mel.shape[0] - n) // 2)
+    return mel[s:s + n]
+
+
+@torch.no_grad()
+def emotion_vectors(model, data, indices: list[int], max_frames: int, device: str, batch: int = 32) -> np.ndarray:
+    """The emotion vector of each utterance from its own mel (center crop) -> (N, d_model)."""
+    from tristage.training.data import _pad_mels
+
+    model.eval()
+    out = []
+    for i in range(0, len(indices), batch):
+        mels = [_center_crop(data.features(j)[0], max_frames) for j in indices[i:i + batch]]
+        mel, mask = _pad_mels(mels)
+        out.append(model.emotion_vector(mel.to(device), mask.to(device)).float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, model.cfg.d_model), np.float32)
+
+
+def probe_subset(n: int, limit: int, seed: int) -> list[int]:
+    if n <= limit:
+        return list(range(n))
+    return sorted(np.random.default_rng(seed).choice(n, limit, replace=False).tolist())
+
+
+def run_probes(model, data, manifest, ep, max_frames: int, device: str) -> dict[str, Any]:
+    idx = probe_subset(len(data.examples), ep.max_probe_utterances, ep.seed)
+    vecs = emotion_vectors(model, data, idx, max_frames, device)
+    speakers = [data.examples[i].speaker for i in idx]
+    res: dict[str, Any] = {}
+    sp = probe_accuracy(vecs, speakers, seed=ep.seed, test_fraction=ep.probe_test_fraction)
+    res.update(speaker_probe_acc=sp and sp.accuracy, speaker_probe_chance=sp and sp.chance)
+    emo = None
+    if "emotion" in manifest.columns:
+        by_id = manifest.drop_duplicates("id").set_index("id")["emotion"]
+        labels = [by_id.get(data.examples[i].id) for i in idx]
+        keep = [k for k, lab in enumerate(labels) if isinstance(lab, str) and lab]
+        if keep:
+            emo = probe_accuracy(vecs[keep], [labels[k] for k in keep], seed=ep.seed,
+                                 test_fraction=ep.probe_test_fraction)
+    res.update(emotion_probe_acc=emo and emo.accuracy, emotion_probe_chance=emo and emo.chance,
+               n_probe_utterances=len(idx))
+    return res
+
+
+def synthesize(model, data, table, plan: list[dict], ep, max_ref: int, device: str) -> list[torch.Tensor]:
+    """Codes (K, T) for each request of the plan; sampling seeded per request."""
+    pos = {ex.id: i for i, ex in enumerate(data.examples)}
+    out = []
+    for r, req in enumerate(plan):
+        spk_i, emo_i = pos[req["speaker_ref"]["id"]], pos[req["emotion_ref"]["id"]]
+        n_frames = min(data.examples[spk_i].n_frames, ep.max_sample_frames)
+        gen = torch.Generator(device=device).manual_seed(ep.seed + r)
+        codes = model.generate(req["text"], table.encode(req["caption"]),
+                               _center_crop(data.features(spk_i)[0], max_ref),
+                               _center_crop(data.features(emo_i)[0], max_ref), n_frames=n_frames,
+                               temperature=ep.temperature, top_k=ep.top_k, greedy=ep.temperature == 0,
+                               generator=gen)
+        out.append(codes.cpu())
+    return out
+
+
+def default_vocoder(features_dir: Path, device: str) -> tuple[Vocoder, dict]:
+    """The features stage's codec (the very weights that made the training codes)."""
+    from tristage.features.codec import decode_codes, load_codec
+
+    codec = load_codec(features_dir, device=device)
+    info = dict(getattr(codec, "tristage_info", None) or {})
+    return (lambda codes: decode_codes(codec, codes)), info
+
+
+def _caption_cosine(path: Path) -> float | None:
+    from tristage.fsio import read_json
+
+    if not Path(path).is_file():
+        log.warning("%s not found: caption_cosine_mean is None (run caption_vectors)", path)
+        return None
+    v = read_json(path).get("caption_cosine_mean")
+    return None if v is None else float(v)
+
+
+def run_evaluate(params, tracker=None, sources=None, vocoder: tuple[Vocoder, dict] | None = None) -> dict[str, Any]:
+    from tristage.fsio import write_json
+    from tristage.model.tts import load_model
+    from tristage.training.data import TrainData, load_sources
+    from tristage.training.trainer import validate
+
+    from tristage.evaluation.plots import write_plots
+
+    ep = params.evaluate
+    band = tuple(params.stage2.speaker_acc_band)
+    device = resolve_device(ep.device)
+    for stage in ep.stages:
+        if not (Path(ep.models_dir) / stage / "model.safetensors").is_file():
+            raise UserError(f"{Path(ep.models_dir) / stage}/model.safetensors not found: run {stage} first "
+                            f"(dvc repro {stage}), or drop it from evaluate.stages")
+    src = sources if sources is not None else load_sources(ep, params.caption_vectors.peft.model_dump())
+    caption_cos = _caption_cosine(ep.caption_metrics)
+    voc, codec_info = vocoder if vocoder is not None else default_vocoder(ep.features, device)
+    pretrained_codec = bool(codec_info.get("pretrained", False))
+    per_stage: dict[str, dict] = {}
+    entries: list[dict] = []
+    plan = None
+    for stage in ep.stages:
+        model, cfg = load_model(Path(ep.models_dir) / stage, device, table=src.table)
+        sp = params.stage(stage)
+        data = TrainData(src, sp, cfg.max_text_len, cfg.max_frames)
+        trained = classifier_trained(stage)
+        val = validate(model, data.val_batches(ep.batch_size), device, speaker=trained)
+        values: dict[str, Any] = dict(mel_loss=val.get("val_mel_loss"), mel_top1=val.get("val_mel_top1"),
+                                      speaker_acc=val.get("val_speaker_acc") if trained else None,
+                                      speaker_loss=val.get("val_speaker_loss") if trained else None)
+        values.update(run_probes(model, data, src.manifest, ep, sp.max_ref_frames, device))
+        values.update(n_val_utterances=len(data.val_idx), speaker_classifier_trained=trained)
+        if plan is None:
+            rows = [dict(id=data.examples[i].id, speaker=data.examples[i].speaker,
+                         **_row(src.manifest, data.examples[i].id)) for i in data.val_idx]
+            plan = sample_plan(rows, ep.n_samples, ep.seed)
+        codes = synthesize(model, data, src.table, plan, ep, sp.max_ref_frames, device)
+        wavs, sr = [], 0
+        for c in codes:
+            wav, sr = voc(c)
+            wavs.append(wav)
+        entries += write_samples(Path(ep.samples_dir), stage, plan, wavs, sr, codec_info,
+                                 extra=[dict(n_frames=int(c.shape[1])) for c in codes])
+        per_stage[stage] = stage_metrics(values, band, caption_cos)
+        log.info("%s: mel_loss %.4f top1 %.3f speaker_acc %s speaker_probe %s emotion_probe %s", stage,
+                 values["mel_loss"] or math.nan, values["mel_top1"] or math.nan, _fmt(values["speaker_acc"]),
+                 _fmt(values["speaker_probe_acc"]), _fmt(values["emotion_probe_acc"]))
+        del model
+    note = _note(src, pretrained_codec)
+    write_json(Path(ep.samples_dir) / "samples.json", dict(note=note, samples=entries))
+    doc = evaluate_document(per_stage, ep.stages[-1], band, extra=dict(
+        codec=src.codec, caption_encoder=src.caption_encoder, audio_is_speech=pretrained_codec, note=note,
+        n_samples=len(entries)))
+    write_json(ep.metrics, doc)
+    plots = write_plots(Path(ep.plots_dir), per_stage, band)
+    if tracker is not None:
+        tracker.set_tags(dict(codec=src.codec, caption_encoder=src.caption_encoder))
+        for p in plots:
+            tracker.log_artifact(p, artifact_path="plots")
+        tracker.log_artifact(ep.samples_dir, artifact_path="samples")
+    return doc
+
+
+def _row(manifest, uid: str) -> dict:
+    r = manifest.loc[manifest["id"] == uid].iloc[0]
+    get = lambda k: (None if k not in r.index or r[k] is None or (isinstance(r[k], float) and math.isnan(r[k]))  # noqa: E731
+                     else str(r[k]))
+    return dict(text=get("text") or "", caption=get("caption") or "", emotion=get("emotion"))
+
+
+def _fmt(v) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
+
+
+def _note(src, pretrained_codec: bool) -> str:
+    parts = [f"codec: {src.codec}", f"caption encoder: {src.caption_encoder}"]
+    if not pretrained_codec:
+        parts.append("the codec is random-init: the samples are not speech, only proof that the synthesis path runs")
+    return "; ".join(parts)

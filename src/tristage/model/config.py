@@ -1,0 +1,135 @@
+# STATUS (issue 6, carried over): done (importable, UNTESTED): config.py (ModelParams, TTSConfig),
+#   grl.py, layers.py, perceiver.py (ConditioningEncoder, PerceiverResampler), decoder.py (delay_codes,
+#   undelay_codes, Decoder, code_loss), classifier.py. LEFT: tts.py (whole model with contract top-level names,
+#   generate, emotion_vector, load_model), ModelParams not yet wired into training/config.py or params.yaml,
+#   training/presets.py, data.py, trainer.py, checkpoint.py, band.py, ddp.py, plots.py, steps/stage1-3.py,
+#   dvc.yaml stages, all tests (tests/test_model*.py, test_presets.py, ...), benchmarks/training.py.
+"""Model sizes: the `stage1.model` params section and the resolved architecture config.
+
+Pure pydantic / dataclasses (no torch import), so `tristage.config` can validate params.yaml
+without loading torch.
+
+- `ModelParams` is what params.yaml holds: a `preset` (`tiny` | `seed`) plus optional
+  per-field overrides (null = take the preset's value).
+- `TTSConfig` is the whole architecture, resolved: the preset's sizes plus what the data
+  fixes (codebooks, codebook size, mel bins, caption dim, number of speakers). It is saved
+  as `models/<stage>/config.json`; stage2 and stage3 read it from the previous stage, so a
+  later stage can never disagree with stage1 about the architecture.
+
+Presets (sizes chosen so that `tiny` trains the demo corpus in minutes on 2 CPU cores and
+`seed` is near IndexTTS2's GPT scale, about 140M parameters with 9 x 1024 DAC codes):
+
+| preset | d_model | n_layer | n_head | cond_dim | cond_layers | speaker_latents | emo_dim |
+|--------|---------|---------|--------|----------|-------------|-----------------|---------|
+| tiny   | 128     | 4       | 4      | 96       | 1           | 8               | 64      |
+| seed   | 1024    | 16      | 16     | 512      | 6           | 32              | 1024    |
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, Literal
+
+from tristage.schema import Field, NonNegFloat, PosInt, Section
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(d_model=128, n_layer=4, n_head=4, cond_dim=96, cond_layers=1, cond_heads=4,
+                 perceiver_layers=1, speaker_latents=8, emo_dim=64, classifier_hidden=128,
+                 dropout=0.0, max_text_len=128, max_frames=256),
+    "seed": dict(d_model=1024, n_layer=16, n_head=16, cond_dim=512, cond_layers=6, cond_heads=8,
+                 perceiver_layers=2, speaker_latents=32, emo_dim=1024, classifier_hidden=512,
+                 dropout=0.1, max_text_len=402, max_frames=1024),
+}
+
+
+class ModelParams(Section):
+    """Architecture of the stage1 model (stage2/3 reuse stage1's saved config)."""
+
+    preset: Literal["tiny", "seed"] = "tiny"
+    d_model: PosInt | None = None  # decoder width
+    n_layer: PosInt | None = None  # decoder blocks
+    n_head: PosInt | None = None
+    cond_dim: PosInt | None = None  # conditioning encoders / perceivers width
+    cond_layers: PosInt | None = None  # transformer layers in each conditioning encoder
+    cond_heads: PosInt | None = None
+    perceiver_layers: PosInt | None = None
+    speaker_latents: PosInt | None = None  # perceiver latents of the speaker prefix
+    emo_dim: PosInt | None = None  # width of emovec_layer's output
+    classifier_hidden: PosInt | None = None
+    dropout: float | None = Field(None, ge=0, lt=1)
+    max_text_len: PosInt | None = None  # bytes of transcript kept (longer: truncated)
+    max_frames: PosInt | None = None  # codec frames of target kept (longer: truncated)
+
+    def resolved(self) -> dict[str, Any]:
+        out = dict(PRESETS[self.preset])
+        for k in out:
+            v = getattr(self, k)
+            if v is not None:
+                out[k] = v
+        return out
+
+
+@dataclasses.dataclass
+class TTSConfig:
+    """The resolved architecture (saved as config.json next to model.safetensors)."""
+
+    # from the data
+    n_codebooks: int
+    codebook_size: int
+    n_mels: int
+    caption_dim: int
+    n_speakers: int
+    # sizes (see PRESETS)
+    d_model: int = 128
+    n_layer: int = 4
+    n_head: int = 4
+    cond_dim: int = 96
+    cond_layers: int = 1
+    cond_heads: int = 4
+    perceiver_layers: int = 1
+    speaker_latents: int = 8
+    emo_dim: int = 64
+    classifier_hidden: int = 128
+    dropout: float = 0.0
+    max_text_len: int = 128
+    max_frames: int = 256
+    preset: str = "tiny"
+    # the caption module (import path "module:Class", built as Class(table, PeftParams(**peft)))
+    caption_module: str = "tristage.captions.peft:CaptionPEFT"
+    caption_table: str = "tristage.captions.vectors:CaptionVectorTable"
+    caption_vectors: str | None = None  # the table's folder at training time
+    peft: dict = dataclasses.field(default_factory=dict)
+    # provenance, shown in outputs ("random-init codec/encoder")
+    codec: str = "unknown"
+    caption_encoder: str = "unknown"
+
+    # token ids (per codebook vocabulary = codebook_size + 2)
+    @property
+    def pad_id(self) -> int:
+        return self.codebook_size
+
+    @property
+    def bos_id(self) -> int:
+        return self.codebook_size + 1
+
+    @property
+    def text_vocab(self) -> int:
+        return 257  # bytes + pad
+
+    @property
+    def text_pad_id(self) -> int:
+        return 256
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TTSConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown TTSConfig keys: {sorted(unknown)}")
+        return cls(**d)

@@ -1,0 +1,118 @@
+"""Causal transformer decoder over DAC codes with the delay pattern (MusicGen / Parler-TTS).
+
+Sequence layout (one causal stream):
+
+    [ prefix (P = speaker_latents + 1 emotion vector) | text bytes (Lt) | audio frames (S) ]
+
+- text: byte-level embedding (no tokenizer) + learned positions;
+- audio: K codebooks, codebook k delayed by k frames; one embedding per codebook, summed;
+  one linear head per codebook; BOS starts the audio stream, PAD fills the delay gaps;
+- caption: states (B, Lc, D) from `caption_peft`, projected D -> d_model, read by
+  cross-attention in every block.
+
+Delay pattern, K = 3, T = 4 codes a..d (P = pad):
+
+    k=0:  a0 b0 c0 d0 P  P
+    k=1:  P  a1 b1 c1 d1 P
+    k=2:  P  P  a2 b2 c2 d2        -> S = T + K - 1 frames; input = [BOS, frames[:-1]]
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from tristage.model.layers import Block, key_mask
+
+
+def delay_codes(codes: torch.Tensor, lengths: torch.Tensor, pad_id: int) -> torch.Tensor:
+    """codes (B, K, T) long, lengths (B,) -> delayed (B, K, T + K - 1); PAD outside each row's codes."""
+    B, K, T = codes.shape
+    out = codes.new_full((B, K, T + K - 1), pad_id)
+    t = torch.arange(T, device=codes.device)
+    valid = t[None, :] < lengths[:, None]  # (B, T)
+    for k in range(K):
+        out[:, k, k:k + T] = torch.where(valid, codes[:, k], pad_id)
+    return out
+
+
+def undelay_codes(delayed: torch.Tensor) -> torch.Tensor:
+    """delayed (B, K, S) -> codes (B, K, S - K + 1): codes[k, t] = delayed[k, t + k]."""
+    B, K, S = delayed.shape
+    T = S - K + 1
+    return torch.stack([delayed[:, k, k:k + T] for k in range(K)], dim=1)
+
+
+@dataclasses.dataclass
+class DecoderConfig:
+    n_codebooks: int = 4
+    codebook_size: int = 256
+    d_model: int = 128
+    n_layer: int = 4
+    n_head: int = 4
+    caption_dim: int = 64
+    max_text_len: int = 128
+    max_frames: int = 256
+    dropout: float = 0.0
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg: DecoderConfig):
+        super().__init__()
+        self.cfg = cfg
+        K, V, C = cfg.n_codebooks, cfg.codebook_size, cfg.d_model
+        self.pad_id, self.bos_id = V, V + 1
+        self.text_emb = nn.Embedding(257, C)  # bytes + pad (256)
+        self.text_pos = nn.Embedding(cfg.max_text_len, C)
+        self.code_emb = nn.ModuleList([nn.Embedding(V + 2, C) for _ in range(K)])  # + pad, bos
+        self.audio_pos = nn.Embedding(cfg.max_frames + K, C)
+        self.caption_proj = nn.Linear(cfg.caption_dim, C)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList([Block(C, cfg.n_head, d_ctx=C, cross=True, dropout=cfg.dropout)
+                                     for _ in range(cfg.n_layer)])
+        self.ln_f = nn.LayerNorm(C)
+        self.heads = nn.ModuleList([nn.Linear(C, V, bias=False) for _ in range(K)])
+        self.apply(_init_weights)
+
+    def forward(self, prefix: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor,
+                audio_in: torch.Tensor, audio_mask: torch.Tensor,
+                caption: torch.Tensor, caption_mask: torch.Tensor) -> torch.Tensor:
+        # prefix (B, P, C); text (B, Lt) long; text_mask (B, Lt) bool; audio_in (B, K, S) long;
+        # audio_mask (B, S) bool; caption (B, Lc, Dc); caption_mask (B, Lc) bool -> logits (B, K, S, V)
+        B, P, _ = prefix.shape
+        Lt, S = text.shape[1], audio_in.shape[2]
+        dev = text.device
+        t = self.text_emb(text) + self.text_pos(torch.arange(Lt, device=dev))  # (B, Lt, C)
+        a = sum(emb(audio_in[:, k]) for k, emb in enumerate(self.code_emb))  # (B, S, C)
+        a = a + self.audio_pos(torch.arange(S, device=dev))
+        x = self.drop(torch.cat([prefix.to(t.dtype), t, a], dim=1))  # (B, L, C), L = P + Lt + S
+        L = x.shape[1]
+        valid = torch.cat([text_mask.new_ones(B, P), text_mask, audio_mask], dim=1)  # (B, L)
+        causal = torch.ones(L, L, dtype=torch.bool, device=dev).tril()
+        mask = causal[None, None] & valid[:, None, None, :]  # (B, 1, L, L); the prefix is always valid
+        ctx = self.caption_proj(caption)  # (B, Lc, C)
+        ctx_mask = key_mask(caption_mask)  # (B, 1, 1, Lc)
+        for block in self.blocks:
+            x = block(x, mask=mask, ctx=ctx, ctx_mask=ctx_mask)
+        h = self.ln_f(x[:, P + Lt:])  # (B, S, C)
+        return torch.stack([head(h) for head in self.heads], dim=1)  # (B, K, S, V)
+
+
+def _init_weights(m: nn.Module) -> None:
+    if isinstance(m, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(m.weight, mean=0.0, std=0.02)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+
+def code_loss(logits: torch.Tensor, target: torch.Tensor, pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Cross-entropy and top-1 over non-pad targets. logits (B, K, S, V), target (B, K, S)
+    -> (loss, correct count, token count) (scalars)."""
+    V = logits.shape[-1]
+    tgt = target.masked_fill(target == pad_id, -100)
+    loss = F.cross_entropy(logits.reshape(-1, V).float(), tgt.reshape(-1), ignore_index=-100)
+    keep = tgt != -100
+    correct = ((logits.argmax(-1) == tgt) & keep).sum()
+    return loss, correct, keep.sum()

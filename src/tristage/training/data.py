@@ -1,0 +1,276 @@
+"""Training data: features store + prepared manifest + caption vectors + speaker mapping.
+
+- one example per utterance present in both the features store and the prepared manifest;
+- train / validation split by utterance, fixed by `seed` (`val_fraction`);
+- speaker reference = another utterance of the same speaker (`speaker_ref: other`),
+  emotion reference = the target utterance (`emotion_ref: same`); both randomly cropped to
+  `max_ref_frames` mel frames;
+- speaker label = id from the speaker mapping, -100 (ignored by the loss) outside it;
+- `BucketSampler`: length-bucketed batches, an epoch order fixed by (seed, epoch), sharded
+  over DDP ranks; its position is part of the trainer state (exact resume). Every random
+  choice of a batch (crops, references) comes from a generator seeded by (seed, epoch,
+  position, rank), so a resumed run builds the very same batches.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from tristage.errors import UserError
+from tristage.model.tts import encode_text
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Sources:
+    """Everything a stage reads, opened. Tests build one from fakes."""
+
+    store: Any  # .ids, .index, .meta, .load(id) -> (mel (T_mel, n_mels), codes (K, T))
+    manifest: Any  # DataFrame: id, text, speaker, caption, emotion, ...
+    table: Any  # caption vector table: .dim, .encode(caption) -> list[int]
+    mapping: dict[str, int]
+    n_codebooks: int
+    codebook_size: int
+    n_mels: int
+    caption_module: str = "tristage.captions.peft:CaptionPEFT"
+    caption_table: str = "tristage.captions.vectors:CaptionVectorTable"
+    caption_vectors: str | None = None
+    peft: dict = dataclasses.field(default_factory=dict)
+    codec: str = "unknown"
+    caption_encoder: str = "unknown"
+
+
+def _meta_get(meta: dict, *keys, default=None):
+    for k in keys:
+        node = meta
+        for part in k.split("."):
+            if not isinstance(node, dict) or part not in node:
+                node = None
+                break
+            node = node[part]
+        if node is not None:
+            return node
+    return default
+
+
+def _describe(info: Any) -> str:
+    if isinstance(info, str):
+        return info
+    if isinstance(info, dict):
+        name = info.get("name") or info.get("model") or info.get("kind") or info.get("encoder") or "?"
+        pre = info.get("pretrained")
+        if pre is False:
+            return f"random-init {name}"
+        return str(name) if pre is None else f"pretrained {name}"
+    return "unknown"
+
+
+def load_sources(sp, peft: dict | None = None) -> Sources:
+    """Open the real upstream outputs named in a stage's params (UserError naming the stage to run)."""
+    from tristage.fsio import read_json
+
+    for path, stage in ((sp.features, "features"), (sp.caption_vectors, "caption_vectors"),
+                        (sp.speaker_mapping, "speaker_mapping"), (sp.prepared, "prepare")):
+        if not Path(path).exists():
+            raise UserError(f"{path} not found: run the `{stage}` stage first (dvc repro {stage})")
+    from tristage.captions.vectors import CaptionVectorTable
+    from tristage.data.manifest import read_prepared
+    from tristage.features.store import FeatureStore
+
+    store = FeatureStore(sp.features)
+    table = CaptionVectorTable.load(sp.caption_vectors)
+    mapping = read_json(sp.speaker_mapping)
+    if not isinstance(mapping, dict):
+        raise UserError(f"{sp.speaker_mapping}: expected a JSON object speaker -> id")
+    meta = store.meta
+    n_mels = _meta_get(meta, "n_mels", "mel.n_mels")
+    K = _meta_get(meta, "n_codebooks", "codec.n_codebooks")
+    V = _meta_get(meta, "codebook_size", "codec.codebook_size")
+    if not (n_mels and K and V):
+        raise UserError(f"{sp.features}: features meta lacks n_mels / n_codebooks / codebook_size; "
+                        "rerun the `features` stage (dvc repro features)")
+    codec = _meta_get(meta, "codec", default="unknown")
+    enc = getattr(table, "encoder_info", None) or getattr(table, "meta", None) or "unknown"
+    return Sources(store=store, manifest=read_prepared(sp.prepared), table=table, mapping=mapping,
+                   n_codebooks=int(K), codebook_size=int(V), n_mels=int(n_mels),
+                   caption_vectors=str(sp.caption_vectors), peft=peft or {},
+                   codec=_describe(codec), caption_encoder=_describe(enc))
+
+
+@dataclasses.dataclass
+class Example:
+    id: str
+    text: list[int]
+    speaker: str
+    label: int
+    caption: list[int]
+    n_frames: int
+
+
+class BucketSampler:
+    """Length-bucketed batches; epoch order from (seed, epoch); rank r takes batches r::world."""
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int, bucket_batches: int = 8,
+                 rank: int = 0, world: int = 1):
+        self.lengths = np.asarray(lengths)
+        self.batch_size = max(1, min(batch_size, len(lengths) // max(world, 1)))
+        self.seed, self.bucket_batches, self.rank, self.world = seed, bucket_batches, rank, world
+        self.epoch, self.pos = 0, 0
+        self._batches = self._epoch_batches(0)
+        if not self._batches:
+            raise UserError(f"not enough training utterances ({len(lengths)}) for {world} process(es)")
+
+    def _epoch_batches(self, epoch: int) -> list[list[int]]:
+        rng = np.random.default_rng([self.seed, epoch])
+        perm = rng.permutation(len(self.lengths))
+        B, chunk = self.batch_size, self.batch_size * self.bucket_batches * self.world
+        batches = []
+        for i in range(0, len(perm), chunk):
+            bucket = perm[i:i + chunk]
+            bucket = bucket[np.argsort(self.lengths[bucket], kind="stable")]
+            batches += [bucket[j:j + B].tolist() for j in range(0, len(bucket) - B + 1, B)]
+        order = rng.permutation(len(batches))
+        batches = [batches[i] for i in order]
+        n = len(batches) // self.world * self.world
+        return batches[self.rank:n:self.world]
+
+    def __len__(self) -> int:
+        return len(self._batches)
+
+    def next(self) -> tuple[list[int], tuple[int, int]]:
+        """The next batch of example indices, and its (epoch, position) for seeding."""
+        if self.pos >= len(self._batches):
+            self.epoch, self.pos = self.epoch + 1, 0
+            self._batches = self._epoch_batches(self.epoch)
+        key = (self.epoch, self.pos)
+        batch = self._batches[self.pos]
+        self.pos += 1
+        return batch, key
+
+    def state_dict(self) -> dict:
+        return dict(epoch=self.epoch, pos=self.pos)
+
+    def load_state_dict(self, s: dict) -> None:
+        self.epoch, self.pos = int(s["epoch"]), int(s["pos"])
+        self._batches = self._epoch_batches(self.epoch)
+
+
+class TrainData:
+    def __init__(self, src: Sources, sp, max_text_len: int, max_frames: int, rank: int = 0, world: int = 1):
+        self.src, self.sp, self.max_frames, self.rank, self.world = src, sp, max_frames, rank, world
+        index = src.store.index
+        man = src.manifest
+        if "id" not in man.columns:
+            raise UserError(f"{sp.prepared}: prepared manifest has no `id` column; rerun `prepare`")
+        man = man.drop_duplicates("id").set_index("id")
+        n_frames = dict(zip(index["id"].astype(str), index["n_frames"].astype(int)))
+        ids = [i for i in map(str, src.store.ids) if i in man.index]
+        dropped = len(src.store.ids) - len(ids)
+        if dropped:
+            log.warning("%d feature ids are not in the prepared manifest %s; skipped", dropped, sp.prepared)
+        if len(ids) < 2:
+            raise UserError(f"{sp.features}: only {len(ids)} utterance(s) with features and a manifest row; "
+                            "need at least 2 (rerun `features` on the prepared manifest)")
+        ids.sort()
+        self.examples: list[Example] = []
+        for uid in ids:
+            row = man.loc[uid]
+            spk = str(row["speaker"])
+            cap = row.get("caption") if hasattr(row, "get") else None
+            cap = "" if cap is None or (isinstance(cap, float) and np.isnan(cap)) else str(cap)
+            self.examples.append(Example(
+                id=uid, text=encode_text(str(row["text"]), max_text_len), speaker=spk,
+                label=int(src.mapping.get(spk, -100)), caption=list(src.table.encode(cap)) or [0],
+                n_frames=min(n_frames[uid], max_frames)))
+        rng = np.random.default_rng(sp.seed)
+        perm = rng.permutation(len(self.examples))
+        n_val = int(round(sp.val_fraction * len(perm)))
+        n_val = min(n_val, len(perm) - 1)
+        self.val_idx = sorted(perm[:n_val].tolist())
+        self.train_idx = sorted(perm[n_val:].tolist())
+        self.by_speaker: dict[tuple[str, bool], list[int]] = {}
+        val_set = set(self.val_idx)
+        for i, ex in enumerate(self.examples):
+            self.by_speaker.setdefault((ex.speaker, i in val_set), []).append(i)
+        self.sampler = BucketSampler([self.examples[i].n_frames for i in self.train_idx], sp.batch_size, sp.seed,
+                                     sp.bucket_batches, rank, world)
+        self._cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    # -- loading ------------------------------------------------------------------------
+    def features(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        uid = self.examples[i].id
+        if uid not in self._cache:
+            mel, codes = self.src.store.load(uid)
+            self._cache[uid] = (torch.as_tensor(mel), torch.as_tensor(codes))
+        return self._cache[uid]
+
+    def _ref(self, i: int, mode: str, val: bool, rng: np.random.Generator) -> int:
+        if mode == "same":
+            return i
+        pool = [j for j in self.by_speaker[(self.examples[i].speaker, val)] if j != i]
+        return int(pool[rng.integers(len(pool))]) if pool else i
+
+    def _crop(self, mel: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        T, n = mel.shape[0], self.sp.max_ref_frames
+        if T <= n:
+            return mel
+        s = int(rng.integers(T - n + 1))
+        return mel[s:s + n]
+
+    def collate(self, idx: list[int], rng: np.random.Generator, val: bool = False) -> dict[str, torch.Tensor]:
+        """Example indices -> a padded batch (CPU tensors)."""
+        exs = [self.examples[i] for i in idx]
+        B, K = len(exs), self.src.n_codebooks
+        Lt = max(len(e.text) for e in exs)
+        T = max(e.n_frames for e in exs)
+        Lc = max(len(e.caption) for e in exs)
+        text = torch.full((B, Lt), 256, dtype=torch.long)
+        codes = torch.zeros((B, K, T), dtype=torch.long)
+        caption = torch.zeros((B, Lc), dtype=torch.long)
+        caption_mask = torch.zeros((B, Lc), dtype=torch.bool)
+        spk, emo = [], []
+        for b, (i, e) in enumerate(zip(idx, exs)):
+            text[b, :len(e.text)] = torch.tensor(e.text)
+            caption[b, :len(e.caption)] = torch.tensor(e.caption)
+            caption_mask[b, :len(e.caption)] = True
+            mel, c = self.features(i)
+            codes[b, :, :e.n_frames] = c[:, :e.n_frames].long()
+            spk.append(self._crop(self.features(self._ref(i, self.sp.speaker_ref, val, rng))[0], rng))
+            emo.append(self._crop(self.features(self._ref(i, self.sp.emotion_ref, val, rng))[0], rng))
+        spk_mel, spk_mask = _pad_mels(spk)
+        emo_mel, emo_mask = _pad_mels(emo)
+        return dict(text=text, text_mask=text != 256, codes=codes,
+                    code_lengths=torch.tensor([e.n_frames for e in exs]), caption_ids=caption,
+                    caption_mask=caption_mask, spk_mel=spk_mel, spk_mask=spk_mask, emo_mel=emo_mel,
+                    emo_mask=emo_mask, speaker=torch.tensor([e.label for e in exs]))
+
+    def next_batch(self) -> dict[str, torch.Tensor]:
+        idx, (epoch, pos) = self.sampler.next()
+        rng = np.random.default_rng([self.sp.seed, epoch, pos, self.rank])
+        return self.collate([self.train_idx[j] for j in idx], rng)
+
+    def val_batches(self, batch_size: int) -> list[dict[str, torch.Tensor]]:
+        """Fixed validation batches (same crops and references every evaluation)."""
+        rng = np.random.default_rng([self.sp.seed, 999_983])
+        order = sorted(self.val_idx, key=lambda i: self.examples[i].n_frames)
+        return [self.collate(order[i:i + batch_size], rng, val=True) for i in range(0, len(order), batch_size)]
+
+
+def _pad_mels(mels: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    T = max(m.shape[0] for m in mels)
+    out = torch.zeros((len(mels), T, mels[0].shape[1]), dtype=torch.float32)
+    mask = torch.zeros((len(mels), T), dtype=torch.bool)
+    for b, m in enumerate(mels):
+        out[b, :m.shape[0]] = m.float()
+        mask[b, :m.shape[0]] = True
+    return out, mask
+
+
+def to_device(batch: dict[str, torch.Tensor], device: str) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}

@@ -1,0 +1,89 @@
+"""Distributed data parallel: the same entry point runs alone or under
+`torchrun --nproc_per_node N python -m steps.stage1` (NCCL on GPU, gloo on CPU).
+Only rank 0 writes files and logs; every rank reads the same checkpoint on resume.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+
+@dataclasses.dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: str = "cpu"
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def pick_device(pref: str, local_rank: int = 0) -> str:
+    import torch
+
+    if pref == "cpu" or (pref == "auto" and not torch.cuda.is_available()):
+        return "cpu"
+    if not torch.cuda.is_available():
+        from tristage.errors import UserError
+
+        raise UserError("device: cuda requested but no CUDA device is available; set device: auto or cpu")
+    return f"cuda:{local_rank}"
+
+
+def init(pref: str = "auto") -> Dist:
+    import torch
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = pick_device(pref, local_rank)
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if device.startswith("cuda") else "gloo"
+        if device.startswith("cuda"):
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group(backend=backend)
+    return Dist(rank=rank, world=world, local_rank=local_rank, device=device)
+
+
+def all_reduce_sum(values, d: Dist):
+    """Sum a list of floats over ranks (identity when alone)."""
+    if not d.enabled:
+        return list(values)
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor(list(values), dtype=torch.float64, device=d.device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def barrier(d: Dist) -> None:
+    if d.enabled:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def broadcast_object(obj, d: Dist):
+    if not d.enabled:
+        return obj
+    import torch.distributed as dist
+
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def shutdown(d: Dist) -> None:
+    if d.enabled:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()

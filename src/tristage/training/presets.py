@@ -1,0 +1,59 @@
+"""What each stage trains: a table, not `if stage == ...` in the trainer.
+
+- stage1: everything trains except the speaker classifier; GRL off. The classifier exists
+  from the start (so every checkpoint has the same keys) but trains only where the GRL is on.
+- stage2: speaker_encoder + speaker_perceiver frozen; the emotion vector is computed in the
+  forward pass (never cached) and feeds the speaker classifier through the GRL
+  (`grl_lambda`, `speaker_loss_weight`); the classifier trains.
+- stage3: speaker and emotion conditioners frozen (and the classifier); GRL off; lr x0.5
+  (`stage3.lr_scale`, default 0.5).
+Frozen modules run in eval mode, so their outputs do not drift (no dropout noise either).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+CONDITIONERS = ("speaker_encoder", "speaker_perceiver", "emotion_encoder", "emotion_perceiver",
+                "emovec_layer", "emo_layer")
+
+
+@dataclasses.dataclass(frozen=True)
+class StagePreset:
+    frozen: tuple[str, ...]  # top-level module names whose parameters don't train
+    grl: bool  # speaker classifier on the emotion vector behind the GRL
+    needs_init: bool  # starts from the previous stage's model.safetensors
+    previous: str | None  # the stage to run first
+    lr_scale: float  # documented default of <stage>.lr_scale
+
+
+PRESETS: dict[str, StagePreset] = {
+    "stage1": StagePreset(frozen=("speaker_classifier",), grl=False, needs_init=False, previous=None, lr_scale=1.0),
+    "stage2": StagePreset(frozen=("speaker_encoder", "speaker_perceiver"), grl=True, needs_init=True,
+                          previous="stage1", lr_scale=1.0),
+    "stage3": StagePreset(frozen=CONDITIONERS + ("speaker_classifier",), grl=False, needs_init=True,
+                          previous="stage2", lr_scale=0.5),
+}
+
+
+def apply_preset(model, preset: StagePreset) -> dict[str, int]:
+    """Set requires_grad per the preset; return trainable / total parameter counts."""
+    names = {n for n, _ in model.named_children()}
+    unknown = set(preset.frozen) - names
+    if unknown:
+        raise ValueError(f"preset freezes unknown modules {sorted(unknown)}")
+    for name, module in model.named_children():
+        frozen = name in preset.frozen
+        for p in module.parameters():
+            p.requires_grad_(not frozen)
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return dict(trainable_params=trainable, total_params=total,
+                trainable_fraction=round(trainable / max(total, 1), 6))
+
+
+def set_train_mode(model, preset: StagePreset) -> None:
+    """train() for the trainable modules, eval() for the frozen ones."""
+    model.train()
+    for name, module in model.named_children():
+        if name in preset.frozen:
+            module.eval()

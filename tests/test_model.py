@@ -1,0 +1,136 @@
+"""Model: shapes, the delay pattern round trip, GRL sign, generation, load_model."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tristage.model.config import PRESETS, ModelParams, TTSConfig
+from tristage.model.decoder import delay_codes, undelay_codes
+from tristage.model.grl import grad_reverse
+from tristage.model.tts import MODULE_NAMES, TTS
+from tristage.training.fakes import TINY_MODEL, FakeCaptionPEFT, fake_sources
+from tristage.training.data import TrainData
+from tristage.training.fakes import write_tiny_params
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from tristage.config import load_params
+
+    folder = tmp_path_factory.mktemp("model")
+    src = fake_sources(table_dir=folder / "caption_vectors")
+    params = load_params(write_tiny_params(folder))
+    cfg = TTSConfig(n_codebooks=src.n_codebooks, codebook_size=src.codebook_size, n_mels=src.n_mels,
+                    caption_dim=src.table.dim, n_speakers=len(src.mapping), **TINY_MODEL)
+    torch.manual_seed(0)
+    model = TTS(cfg, FakeCaptionPEFT(src.table))
+    data = TrainData(src, params.stage1, cfg.max_text_len, cfg.max_frames)
+    return model, cfg, data
+
+
+@pytest.mark.parametrize("K,T", [(1, 5), (3, 4), (4, 9)])
+def test_delay_pattern_round_trip(K, T):
+    codes = torch.randint(0, 10, (2, K, T))
+    lengths = torch.tensor([T, T - 1])
+    d = delay_codes(codes, lengths, pad_id=10)
+    assert d.shape == (2, K, T + K - 1)
+    for k in range(K):  # codebook k is shifted by k steps, pad before and after
+        assert (d[:, k, :k] == 10).all()
+        assert torch.equal(d[0, k, k:k + T], codes[0, k])
+    assert (d[1, :, -1] == 10).all() if K == 1 else (d[1, K - 1, -1] == 10)
+    back = undelay_codes(d)
+    assert torch.equal(back[0], codes[0])
+    assert torch.equal(back[1, :, :T - 1], codes[1, :, :T - 1]) and (back[1, :, T - 1] == 10).all()
+
+
+def test_forward_shapes_and_losses(tiny):
+    model, cfg, data = tiny
+    import numpy as np
+
+    batch = data.collate(data.train_idx[:3], np.random.default_rng(0))
+    out = model(batch, grl_lambda=1.0)
+    assert out["emo_vec"].shape == (3, cfg.d_model)
+    assert out["mel_loss"].ndim == 0 and torch.isfinite(out["mel_loss"])
+    # untrained: cross-entropy near log(V)
+    assert abs(out["mel_loss"].item() - np.log(cfg.codebook_size)) < 0.5
+    n_targets = int(batch["code_lengths"].sum()) * cfg.n_codebooks
+    assert out["mel_count"].item() == n_targets  # pads (delay gaps and padding) are ignored
+    assert out["speaker_count"].item() == 3
+    logits = model.decoder(torch.zeros(2, 3, cfg.d_model), batch["text"][:2], batch["text_mask"][:2],
+                           torch.zeros(2, cfg.n_codebooks, 7, dtype=torch.long), torch.ones(2, 7, dtype=torch.bool),
+                           torch.zeros(2, 4, cfg.caption_dim), torch.ones(2, 4, dtype=torch.bool))
+    assert logits.shape == (2, cfg.n_codebooks, 7, cfg.codebook_size)
+
+
+def test_top_level_module_names(tiny):
+    model, _, _ = tiny
+    assert {n for n, _ in model.named_children()} - {"grl"} == set(MODULE_NAMES)
+    prefixes = {k.split(".")[0] for k in model.state_dict()}
+    assert prefixes <= set(MODULE_NAMES)
+
+
+def test_grl_identity_forward_reversed_backward():
+    x = torch.randn(4, 3, requires_grad=True)
+    y = grad_reverse(x, 0.7)
+    assert torch.equal(y, x)
+    g = torch.randn(4, 3)
+    y.backward(g)
+    assert torch.allclose(x.grad, -0.7 * g)
+
+
+def test_grl_gradient_at_emotion_perceiver_is_reversed(tiny):
+    """The speaker loss's gradient reaching the emotion perceiver through the GRL has the
+    opposite sign of the gradient at the classifier's input."""
+    model, _, data = tiny
+    import numpy as np
+
+    batch = data.collate(data.train_idx[:4], np.random.default_rng(1))
+    seen = {}
+
+    def on_cls_input(module, args):
+        args[0].register_hook(lambda g: seen.__setitem__("cls_in", g))
+
+    def on_emo_vec(module, args, out):
+        out.register_hook(lambda g: seen.__setitem__("emo", g))
+
+    def perceiver_grad(lam):
+        model.zero_grad()
+        h1 = model.speaker_classifier.register_forward_pre_hook(on_cls_input)
+        h2 = model.emo_layer.register_forward_hook(on_emo_vec)
+        try:
+            out = model(batch, grl_lambda=lam)
+            out["speaker_loss"].backward()
+        finally:
+            h1.remove(), h2.remove()
+        return [p.grad.clone() for p in model.emotion_perceiver.parameters() if p.grad is not None]
+
+    g_rev = perceiver_grad(1.0)
+    assert torch.allclose(seen["emo"], -seen["cls_in"])  # emotion vector gets -1 x classifier-input gradient
+    assert (seen["emo"] * seen["cls_in"]).sum() < 0
+    g_plain = perceiver_grad(-1.0)  # -(-1) = identity: the un-reversed gradient
+    assert g_rev and any(g.abs().sum() > 0 for g in g_rev)
+    for a, b in zip(g_rev, g_plain):
+        assert torch.allclose(a, -b, atol=1e-7)
+
+
+def test_generate_returns_codes(tiny):
+    model, cfg, data = tiny
+    mel, _ = data.features(0)
+    codes = model.generate("hello", [1, 2, 3], mel.float(), n_frames=5, greedy=True)
+    assert codes.shape == (cfg.n_codebooks, 5)
+    assert ((codes >= 0) & (codes < cfg.codebook_size)).all()
+    g = torch.Generator().manual_seed(0)
+    sampled = model.generate("hello", [1, 2, 3], mel.float(), n_frames=4, temperature=1.0, top_k=5, generator=g)
+    assert sampled.shape == (cfg.n_codebooks, 4)
+
+
+def test_emotion_vector_batch(tiny):
+    model, cfg, _ = tiny
+    v = model.emotion_vector(torch.randn(3, 20, cfg.n_mels))
+    assert v.shape == (3, cfg.d_model)
+
+
+def test_presets_resolve():
+    assert ModelParams().resolved() == PRESETS["tiny"]
+    p = ModelParams(preset="seed", n_layer=2).resolved()
+    assert p["d_model"] == 1024 and p["n_layer"] == 2

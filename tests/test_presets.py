@@ -1,0 +1,108 @@
+"""Stage presets: frozen tensors bitwise unchanged after a stage, trainable ones changed."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tristage.config import load_params
+from tristage.model.config import TTSConfig
+from tristage.model.tts import MODULE_NAMES, build_model, load_model
+from tristage.training.fakes import default_fake_sources, write_tiny_params
+from tristage.training.presets import CONDITIONERS, PRESETS
+from tristage.training.trainer import _seed_all, train_stage
+
+CONTRACT = ("mel_loss", "mel_top1", "trainable_params", "total_params", "trainable_fraction")
+STAGE2 = ("speaker_loss", "speaker_acc", "grl_lambda", "speaker_loss_weight")
+
+
+@pytest.fixture(scope="module")
+def three_stages(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("stages")
+    params = load_params(write_tiny_params(folder, steps=6))
+    src = default_fake_sources(folder)
+    metrics = {s: train_stage(s, params, None, sources=src) for s in ("stage1", "stage2", "stage3")}
+    return folder, params, src, metrics
+
+
+def _weights(folder, stage):
+    return load_file(str(folder / "models" / stage / "model.safetensors"))
+
+
+def _initial_stage1(folder, params, src):
+    cfg = TTSConfig.from_dict(json.loads((folder / "models/stage1/config.json").read_text()))
+    _seed_all(params.stage1.seed)  # the trainer seeds, then builds: the same initial weights
+    return build_model(cfg, src.table).state_dict()
+
+
+@pytest.mark.parametrize("stage", ["stage1", "stage2", "stage3"])
+def test_frozen_unchanged_trainable_changed(three_stages, stage):
+    folder, params, src, _ = three_stages
+    before = _initial_stage1(folder, params, src) if stage == "stage1" else _weights(folder, PRESETS[stage].previous)
+    after = _weights(folder, stage)
+    assert before.keys() == after.keys()
+    frozen = PRESETS[stage].frozen
+    for module in MODULE_NAMES:
+        keys = [k for k in after if k.split(".")[0] == module]
+        assert keys, module
+        changed = [k for k in keys if not torch.equal(before[k], after[k])]
+        if module in frozen:
+            assert not changed, f"{stage}: frozen {module} changed: {changed[:3]}"
+        else:
+            # every trainable tensor moved (weight decay alone moves matrices; biases get gradients)
+            assert len(changed) >= 0.9 * len(keys), f"{stage}: trainable {module} barely changed"
+
+
+def test_preset_table_matches_the_seed():
+    assert PRESETS["stage1"].grl is False and "speaker_classifier" in PRESETS["stage1"].frozen
+    assert set(PRESETS["stage2"].frozen) == {"speaker_encoder", "speaker_perceiver"} and PRESETS["stage2"].grl
+    assert set(CONDITIONERS) <= set(PRESETS["stage3"].frozen) and not PRESETS["stage3"].grl
+    assert "decoder" not in PRESETS["stage3"].frozen and "caption_peft" not in PRESETS["stage3"].frozen
+    assert PRESETS["stage3"].lr_scale == 0.5 == load_params(None).stage3.lr_scale
+
+
+def test_metrics_and_outputs(three_stages):
+    folder, _, _, metrics = three_stages
+    for stage, m in metrics.items():
+        on_disk = json.loads((folder / "metrics" / f"{stage}.json").read_text())
+        assert on_disk == m
+        for k in CONTRACT:
+            assert isinstance(m[k], (int, float)), (stage, k)
+        assert 0 < m["trainable_fraction"] <= 1
+        assert m["trainable_params"] < m["total_params"]
+        assert m["codec"].startswith("random-init")
+        for k in STAGE2:
+            assert (k in m) == (stage == "stage2")
+        out = folder / "models" / stage
+        assert {"model.safetensors", "config.json", "trainer_state.pt", "checkpoints"} <= {p.name for p in out.iterdir()}
+        plots = folder / "plots" / stage
+        tsv = (plots / "train.tsv").read_text().splitlines()
+        assert tsv[0].startswith("step\t") and "mel_loss" in tsv[0] and len(tsv) > 3
+        assert (plots / "losses.png").stat().st_size > 1000
+    assert metrics["stage2"]["speaker_acc_band"] in ("below", "in", "above")
+    assert (folder / "plots/stage2/speaker_acc.png").is_file()
+    assert metrics["stage3"]["trainable_fraction"] < metrics["stage2"]["trainable_fraction"]
+    # later stages carry stage1's architecture
+    c1, c3 = (json.loads((folder / f"models/{s}/config.json").read_text()) for s in ("stage1", "stage3"))
+    assert c1 == c3
+
+
+def test_load_model_and_generate(three_stages):
+    folder, _, src, _ = three_stages
+    model, cfg = load_model(folder / "models" / "stage3")
+    mel, _ = src.store.load(src.store.ids[0])
+    codes = model.generate("hi", src.table.encode("a happy voice"), mel.float(), n_frames=3, greedy=True)
+    assert codes.shape == (cfg.n_codebooks, 3)
+
+
+def test_missing_previous_stage_is_one_line(tmp_path, capsys):
+    from tristage.stage import run_stage
+    from steps.stage2 import run
+
+    p = write_tiny_params(tmp_path)
+    rc = run_stage("stage2", run, ["--params", str(p)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2
+    assert err == ["stage2: error: models/stage1/model.safetensors not found: run stage1 first (dvc repro stage1)"]

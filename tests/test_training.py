@@ -1,0 +1,165 @@
+"""Trainer pieces: band logic, data/sampler, non-finite stop, checkpoint verification and fallback."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from tristage.config import load_params
+from tristage.errors import UserError
+from tristage.training import checkpoint as ck
+from tristage.training.band import SpeakerAccBand, band_status, dann_lambda
+from tristage.training.data import BucketSampler, TrainData
+from tristage.training.fakes import default_fake_sources, fake_sources, write_tiny_params
+from tristage.training.trainer import _Trainer, lr_factor, train_stage
+
+
+def _band(control="warn", patience=2):
+    return SpeakerAccBand(0.3, 0.6, patience, control, grl_lambda=1.0, speaker_loss_weight=0.1,
+                          grl_lambda_max=3.0, speaker_loss_weight_max=0.2)
+
+
+@pytest.mark.parametrize("acc,status", [(0.1, "below"), (0.3, "in"), (0.45, "in"), (0.6, "in"), (0.9, "above")])
+def test_band_status(acc, status):
+    assert band_status(acc, 0.3, 0.6) == status
+
+
+def test_band_warns_after_patience_without_changing_in_warn_mode():
+    b = _band("warn", patience=2)
+    assert b.update(0.9).warning is None
+    d = b.update(0.95)
+    assert d.status == "above" and "raise stage2.grl_lambda" in d.warning and not d.changes
+    assert b.grl_lambda == 1.0
+    assert b.update(0.5).status == "in"
+    assert b.update(0.1).warning is None  # streak restarted
+    d = b.update(0.1)
+    assert "raise stage2.speaker_loss_weight" in d.warning and b.speaker_loss_weight == 0.1
+
+
+def test_band_auto_adjusts_within_limits():
+    b = _band("auto", patience=1)
+    assert b.update(0.95).changes == {"grl_lambda": (1.0, 2.0)}
+    assert b.update(0.95).changes == {"grl_lambda": (2.0, 3.0)}
+    d = b.update(0.95)
+    assert not d.changes and "at its limit" in d.warning and b.grl_lambda == 3.0
+    assert b.update(0.05).changes == {"speaker_loss_weight": (0.1, 0.2)}
+    assert not b.update(0.05).changes and b.speaker_loss_weight == 0.2
+    s = b.state_dict()
+    b2 = _band("auto", patience=1)
+    b2.load_state_dict(s)
+    assert b2.state_dict() == s
+
+
+def test_band_in_stage2_adjusts_when_forced_out_of_band(tmp_path, monkeypatch):
+    """Drive the trainer's band by forcing speaker_acc out of band: auto mode raises lambda, logged."""
+    params = load_params(write_tiny_params(tmp_path, steps=4, eval_every=1),
+                         ["stage2.band_control=auto", "stage2.band_patience=1", "stage2.init_from=null"])
+    monkeypatch.setitem(__import__("tristage.training.presets", fromlist=["PRESETS"]).PRESETS, "stage2",
+                        __import__("dataclasses").replace(__import__("tristage.training.presets",
+                                                                     fromlist=["PRESETS"]).PRESETS["stage2"],
+                                                          needs_init=False))
+    monkeypatch.setattr(_Trainer, "evaluate", lambda self: dict(val_mel_loss=1.0, val_mel_top1=0.5, val_speaker_acc=0.99))
+    m = train_stage("stage2", params, None, sources=default_fake_sources(tmp_path))
+    assert m["speaker_acc_band"] == "above"
+    assert m["grl_lambda"] == 3.0 and m["band_changes"] == 2  # 1 -> 2 -> 3 (grl_lambda_max)
+    info = __import__("json").loads((tmp_path / "models/stage2/training.json").read_text())
+    assert [c["changes"] for c in info["band_log"][:2]] == [{"grl_lambda": [1.0, 2.0]}, {"grl_lambda": [2.0, 3.0]}]
+
+
+def test_dann_warmup_and_lr_schedule():
+    assert dann_lambda(1.0, 0.0) == 0.0 and abs(dann_lambda(2.0, 1.0) - 2.0) < 1e-3
+    assert lr_factor(0, 10, 100, 0.1) == pytest.approx(0.1)
+    assert lr_factor(9, 10, 100, 0.1) == pytest.approx(1.0)
+    assert lr_factor(100, 10, 100, 0.1) == pytest.approx(0.1)
+
+
+def test_data_references_labels_and_split(tmp_path):
+    params = load_params(write_tiny_params(tmp_path))
+    src = fake_sources(n_speakers=4, utts_per_speaker=6, mapped_speakers=3)
+    data = TrainData(src, params.stage1, 32, 64)
+    again = TrainData(src, params.stage1, 32, 64)
+    assert data.val_idx == again.val_idx and set(data.val_idx).isdisjoint(data.train_idx)
+    assert len(data.val_idx) == round(0.15 * 24)
+    labels = {e.speaker: e.label for e in data.examples}
+    assert labels["spk03"] == -100 and labels["spk00"] == 0  # outside the mapping: ignored
+    rng = np.random.default_rng(0)
+    for i in data.train_idx[:5]:
+        j = data._ref(i, "other", False, rng)
+        assert j != i and data.examples[j].speaker == data.examples[i].speaker
+    b = data.collate(data.train_idx[:4], rng)
+    assert b["spk_mel"].shape[1] <= params.stage1.max_ref_frames
+    assert b["codes"].shape[:2] == (4, src.n_codebooks)
+
+
+def test_sampler_position_resume_and_sharding():
+    lengths = list(np.random.default_rng(0).integers(5, 50, 40))
+    a = BucketSampler(lengths, 4, seed=1, bucket_batches=2)
+    seq = [a.next()[0] for _ in range(25)]  # crosses an epoch boundary (10 batches / epoch)
+    b = BucketSampler(lengths, 4, seed=1, bucket_batches=2)
+    for _ in range(13):
+        b.next()
+    c = BucketSampler(lengths, 4, seed=1, bucket_batches=2)
+    c.load_state_dict(b.state_dict())
+    assert [c.next()[0] for _ in range(12)] == seq[13:]
+    assert sorted(i for batch in seq[:10] for i in batch) == list(range(40))  # one epoch = every example once
+    r0, r1 = (BucketSampler(lengths, 4, seed=1, rank=r, world=2) for r in (0, 1))
+    e0 = [i for _ in range(len(r0)) for i in r0.next()[0]]
+    e1 = [i for _ in range(len(r1)) for i in r1.next()[0]]
+    assert set(e0).isdisjoint(e1) and len(e0) == len(e1)
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    params = load_params(write_tiny_params(tmp_path, steps=8, checkpoint_every=2))
+    real = _Trainer.loss_of
+
+    def poisoned(self, out, lam):
+        loss = real(self, out, lam)
+        return loss * float("nan") if self.step >= 5 else loss
+
+    monkeypatch.setattr(_Trainer, "loss_of", poisoned)
+    with pytest.raises(UserError) as e:
+        train_stage("stage1", params, None, sources=default_fake_sources(tmp_path))
+    msg = str(e.value)
+    assert "non-finite loss" in msg and "step 6" in msg and "step-000004" in msg and "\n" not in msg
+    root = tmp_path / "models/stage1/checkpoints"
+    assert [s for s, _ in ck.list_checkpoints(root)] == [4, 2]
+    ck.verify(root / "step-000004")
+    assert not (tmp_path / "models/stage1/model.safetensors").exists()
+
+
+def test_truncated_checkpoint_is_detected_and_previous_used(tmp_path):
+    params = load_params(write_tiny_params(tmp_path, steps=6, checkpoint_every=2, keep_last=3))
+    src = default_fake_sources(tmp_path)
+    train_stage("stage1", params, None, sources=src)
+    root = tmp_path / "models/stage1/checkpoints"
+    latest = root / "step-000006" / "model.safetensors"
+    latest.write_bytes(latest.read_bytes()[:-100])  # truncated
+    with pytest.raises(ck.CheckpointError, match="size"):
+        ck.verify(root / "step-000006")
+    fp = ck.read_json(root / "step-000004" / "manifest.json")["fingerprint"]
+    folder, notes = ck.find_resumable(root, fp)
+    assert folder.name == "step-000004" and "step-000006 is unusable" in notes[0]
+    # a rerun with the same config resumes from step 4, redoes steps 5-6
+    m = train_stage("stage1", params, None, sources=src)
+    assert m["resumed_from_step"] == 4 and m["steps"] == 6
+
+
+def test_changed_config_starts_fresh(tmp_path, caplog):
+    src = default_fake_sources(tmp_path)
+    train_stage("stage1", load_params(write_tiny_params(tmp_path, steps=4)), None, sources=src)
+    import logging
+
+    with caplog.at_level(logging.INFO):
+        m = train_stage("stage1", load_params(write_tiny_params(tmp_path, steps=4, lr=1e-3)), None, sources=src)
+    assert m["resumed_from_step"] is None
+    assert "starting fresh" in caplog.text
+
+
+def test_trainer_state_loads_weights_only(tmp_path):
+    params = load_params(write_tiny_params(tmp_path, steps=2))
+    train_stage("stage1", params, None, sources=default_fake_sources(tmp_path))
+    st = torch.load(tmp_path / "models/stage1/trainer_state.pt", weights_only=True)
+    assert st["step"] == 2 and {"python", "numpy", "torch"} <= set(st["rng"]) and st["sampler"]["pos"] >= 1
+    assert math.isfinite(st["history"][-1]["mel_loss"])
