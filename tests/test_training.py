@@ -88,7 +88,7 @@ def test_data_references_labels_and_split(tmp_path):
     for i in data.train_idx[:5]:
         j = data._ref(i, "other", False, rng)
         assert j != i and data.examples[j].speaker == data.examples[i].speaker
-    b = data.collate(data.train_idx[:4], rng)
+    b = data.collate(data.train_idx[:4], [0])
     assert b["spk_mel"].shape[1] <= params.stage1.max_ref_frames
     assert b["codes"].shape[:2] == (4, src.n_codebooks)
 

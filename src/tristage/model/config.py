@@ -1,9 +1,3 @@
-# STATUS (issue 6, carried over): done (importable, UNTESTED): config.py (ModelParams, TTSConfig),
-#   grl.py, layers.py, perceiver.py (ConditioningEncoder, PerceiverResampler), decoder.py (delay_codes,
-#   undelay_codes, Decoder, code_loss), classifier.py. LEFT: tts.py (whole model with contract top-level names,
-#   generate, emotion_vector, load_model), ModelParams not yet wired into training/config.py or params.yaml,
-#   training/presets.py, data.py, trainer.py, checkpoint.py, band.py, ddp.py, plots.py, steps/stage1-3.py,
-#   dvc.yaml stages, all tests (tests/test_model*.py, test_presets.py, ...), benchmarks/training.py.
 """Model sizes: the `stage1.model` params section and the resolved architecture config.
 
 Pure pydantic / dataclasses (no torch import), so `tristage.config` can validate params.yaml

@@ -114,7 +114,11 @@ class Example:
 
 
 class BucketSampler:
-    """Length-bucketed batches; epoch order from (seed, epoch); rank r takes batches r::world."""
+    """Length-bucketed batches; epoch order from (seed, epoch).
+
+    Global batches of `batch_size * world` examples are formed and ordered the same way for any
+    world size; rank r takes slice r of each. So N processes with batch_size B see exactly the
+    examples that one process with batch_size N*B sees, step by step."""
 
     def __init__(self, lengths: list[int], batch_size: int, seed: int, bucket_batches: int = 8,
                  rank: int = 0, world: int = 1):
@@ -129,16 +133,16 @@ class BucketSampler:
     def _epoch_batches(self, epoch: int) -> list[list[int]]:
         rng = np.random.default_rng([self.seed, epoch])
         perm = rng.permutation(len(self.lengths))
-        B, chunk = self.batch_size, self.batch_size * self.bucket_batches * self.world
+        B = self.batch_size
+        G = B * self.world  # global batch
+        chunk = G * self.bucket_batches
         batches = []
         for i in range(0, len(perm), chunk):
             bucket = perm[i:i + chunk]
             bucket = bucket[np.argsort(self.lengths[bucket], kind="stable")]
-            batches += [bucket[j:j + B].tolist() for j in range(0, len(bucket) - B + 1, B)]
+            batches += [bucket[j:j + G].tolist() for j in range(0, len(bucket) - G + 1, G)]
         order = rng.permutation(len(batches))
-        batches = [batches[i] for i in order]
-        n = len(batches) // self.world * self.world
-        return batches[self.rank:n:self.world]
+        return [batches[i][self.rank * B:(self.rank + 1) * B] for i in order]
 
     def __len__(self) -> int:
         return len(self._batches)
@@ -223,8 +227,10 @@ class TrainData:
         s = int(rng.integers(T - n + 1))
         return mel[s:s + n]
 
-    def collate(self, idx: list[int], rng: np.random.Generator, val: bool = False) -> dict[str, torch.Tensor]:
-        """Example indices -> a padded batch (CPU tensors)."""
+    def collate(self, idx: list[int], key: list[int], val: bool = False) -> dict[str, torch.Tensor]:
+        """Example indices -> a padded batch (CPU tensors). Each example's random choices (crops,
+        references) come from a generator seeded by (`key`, example index): the same example in the
+        same step gets the same batch row whatever the world size or its position in the batch."""
         exs = [self.examples[i] for i in idx]
         B, K = len(exs), self.src.n_codebooks
         Lt = max(len(e.text) for e in exs)
@@ -236,6 +242,7 @@ class TrainData:
         caption_mask = torch.zeros((B, Lc), dtype=torch.bool)
         spk, emo = [], []
         for b, (i, e) in enumerate(zip(idx, exs)):
+            rng = np.random.default_rng([*key, i])
             text[b, :len(e.text)] = torch.tensor(e.text)
             caption[b, :len(e.caption)] = torch.tensor(e.caption)
             caption_mask[b, :len(e.caption)] = True
@@ -252,14 +259,13 @@ class TrainData:
 
     def next_batch(self) -> dict[str, torch.Tensor]:
         idx, (epoch, pos) = self.sampler.next()
-        rng = np.random.default_rng([self.sp.seed, epoch, pos, self.rank])
-        return self.collate([self.train_idx[j] for j in idx], rng)
+        return self.collate([self.train_idx[j] for j in idx], [self.sp.seed, epoch, pos])
 
     def val_batches(self, batch_size: int) -> list[dict[str, torch.Tensor]]:
         """Fixed validation batches (same crops and references every evaluation)."""
-        rng = np.random.default_rng([self.sp.seed, 999_983])
         order = sorted(self.val_idx, key=lambda i: self.examples[i].n_frames)
-        return [self.collate(order[i:i + batch_size], rng, val=True) for i in range(0, len(order), batch_size)]
+        return [self.collate(order[i:i + batch_size], [self.sp.seed, 999_983], val=True)
+                for i in range(0, len(order), batch_size)]
 
 
 def _pad_mels(mels: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
