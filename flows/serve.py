@@ -21,6 +21,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_API = "http://127.0.0.1:4200/api"
 DEPLOYMENT = "tristage"
+DESCRIPTION = ("Run the tristage DVC DAG as one DVC experiment; `overrides` are params keys -> values "
+               "(dvc exp run -S), `target` the last stage.")
 
 QUIET_ENV = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "MLFLOW_DISABLE_TELEMETRY": "true", "DVC_NO_ANALYTICS": "1",
              "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
@@ -73,6 +75,9 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m flows.serve", description=__doc__.splitlines()[0])
     p.add_argument("--name", default=DEPLOYMENT, help="deployment name")
     p.add_argument("--no-server", action="store_true", help="serve against PREFECT_API_URL; start no server")
+    p.add_argument("--pool", default=None,
+                   help="register the deployment on this process work pool (workers on GPU machines run it from "
+                        "this checkout's path) instead of serving it here; returns at once")
     a = p.parse_args(argv)
     for k, v in QUIET_ENV.items():
         os.environ.setdefault(k, v)
@@ -86,8 +91,14 @@ def main(argv: list[str] | None = None) -> None:
     try:
         from flows.pipeline import pipeline
 
-        pipeline.serve(name=a.name, description="Run the tristage DVC DAG as one DVC experiment; "
-                       "`overrides` are params keys -> values (dvc exp run -S), `target` the last stage.")
+        if a.pool:
+            # Each worker runs the flow from this path: keep the same checkout (and .venv) on every machine.
+            dep = pipeline.from_source(source=str(REPO), entrypoint="flows/pipeline.py:pipeline")
+            dep_id = dep.deploy(name=a.name, work_pool_name=a.pool, description=DESCRIPTION)
+            print(f"deployment tristage-pipeline/{a.name} ({dep_id}) on work pool {a.pool}; start workers with: "
+                  f"prefect worker start --pool {a.pool} --type process", file=sys.stderr)
+            return
+        pipeline.serve(name=a.name, description=DESCRIPTION)
     finally:
         stop_server(server)
 
