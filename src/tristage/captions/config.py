@@ -1,7 +1,10 @@
 """Params of the `caption_vectors` stage and of the caption PEFT modules."""
 from __future__ import annotations
 
-from tristage.schema import Field, Fraction, NonNegFloat, Path, PosInt, Section
+import copy
+
+from tristage.captions.lexicon import LEXICON, PARAPHRASES
+from tristage.schema import Field, Fraction, NonNegFloat, NonNegInt, Path, PosInt, Section
 
 
 class PeftParams(Section):
@@ -12,6 +15,15 @@ class PeftParams(Section):
     kl_weight: NonNegFloat = 0.001
 
 
+class TinyEncoderParams(Section):
+    """The seeded random-init T5 used when `caption_vectors.encoder` is null (tokenizer trained on the captions)."""
+    d_model: PosInt = 64
+    num_layers: PosInt = 2
+    num_heads: PosInt = 4
+    d_ff: PosInt = 128
+    vocab_size: PosInt = 1000
+
+
 class CaptionVectorsParams(Section):
     manifest: Path = Path("data/prepared/manifest.parquet")
     encoder: Path | None = None  # local HF encoder dir; None -> tiny seeded random-init T5
@@ -20,5 +32,20 @@ class CaptionVectorsParams(Section):
     plots_dir: Path = Path("plots/caption_vectors")
     heldout_fraction: Fraction = 0.15
     batch_size: PosInt = 64
+    max_length: PosInt = 128  # tokens per caption (longer captions are truncated)
     seed: int = 1234
+    # vectors keyed by (previous unit, token, next unit), backing off to (prev, token), (token, next), token;
+    # a context key needs at least `context_min_count` occurrences in the build captions. false: one per token.
+    context_keys: bool = True
+    context_min_count: NonNegInt = 2
+    # attribute rows per (value, token piece) besides the one per value (all of a value share its VAE)
+    attribute_pieces: bool = True
+    # fallback rows for tokens no build caption has: up to this many vocabulary tokens, each encoded
+    # alone (one short batch per 512 tokens); 0: unseen tokens all get the "<unk>" row (mean vector)
+    vocab_fallback_max: NonNegInt = 50000
+    tiny: TinyEncoderParams = TinyEncoderParams()
+    # attribute -> value -> phrases stating it (case-insensitive, whole words, longest match first)
+    lexicon: dict[str, dict[str, list[str]]] = Field(default_factory=lambda: copy.deepcopy(LEXICON))
+    # free-form captions scored for fidelity besides the held-out ones (never used to build the table)
+    paraphrases: list[str] = Field(default_factory=lambda: list(PARAPHRASES))
     peft: PeftParams = PeftParams()

@@ -1,0 +1,319 @@
+"""The `caption_vectors` stage: encode the training captions once, build the vector table, score it.
+
+    run_caption_vectors(params.caption_vectors, tracker) -> metrics
+
+1. captions of the prepared manifest (a row without one gets one rebuilt from its attribute
+   columns, like the seed's "female American quickly ..."), unique, split by caption into
+   build / held-out (`heldout_fraction`, `seed`);
+2. the encoder (`encoder` dir, or a seeded tiny T5 + a tokenizer trained on the build captions,
+   saved in `out_dir/encoder/`) runs over the build captions, batched;
+3. the table: per token the mean state over its contexts, per attribute value the mean over its
+   tokens and contexts, per (prev, token, next) context seen `context_min_count` times its mean;
+4. fidelity on the held-out captions and on free-form paraphrases: the table's vectors, spread
+   over the tokens they stand for, against the encoder's states of the same tokens.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from tristage.captions.tokenize import CaptionParser, Unit, clean_caption
+from tristage.captions.vectors import UNK, VOCAB, CaptionVectorTable, context_keys
+from tristage.errors import UserError
+
+log = logging.getLogger(__name__)
+
+ATTRS = ("gender", "pitch", "speed", "accent", "modulation", "quality", "emotion")
+
+
+def manifest_captions(df) -> list[str]:
+    """Unique captions in first-seen order; rows without a caption are rebuilt from attribute columns."""
+    cols = [c for c in ATTRS if c in df.columns]
+    caps = df["caption"].tolist() if "caption" in df.columns else [None] * len(df)
+    out, seen = [], set()
+    for i, c in enumerate(caps):
+        c = clean_caption(c)
+        if not c and cols:
+            c = clean_caption(" ".join(clean_caption(df[k].iloc[i]) for k in cols))
+        if c and c not in seen:
+            seen.add(c)
+            out.append(c)
+    return out
+
+
+def attribute_agreement(df, lexicon: dict) -> tuple[float | None, int]:
+    """How often the value a caption states (per the lexicon) equals the row's attribute column, over
+    the cells where both exist and the column's value is a lexicon value: (fraction, cells)."""
+    from tristage.captions.lexicon import Matcher
+
+    cols = [c for c in ATTRS if c in df.columns and c in lexicon]
+    if "caption" not in df.columns or not cols:
+        return None, 0
+    m = Matcher(lexicon)
+    values = {a: {v.lower() for v in lexicon[a]} for a in cols}
+    sub = df[["caption", *cols]].drop_duplicates()
+    agree = total = 0
+    for row in sub.itertuples(index=False):
+        stated = m.attributes(clean_caption(row[0]))
+        for a, v in zip(cols, row[1:]):
+            v = clean_caption(v).lower()
+            if v in values[a]:
+                total += 1
+                agree += stated.get(a, "").lower() == v
+    return (round(agree / total, 4) if total else None), total
+
+
+def split_captions(captions: list[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """(build, heldout), both sorted; at least one build caption."""
+    caps = sorted(set(captions))
+    perm = np.random.default_rng(seed).permutation(len(caps))
+    n_held = min(int(round(fraction * len(caps))), max(len(caps) - 1, 0))
+    held = sorted(caps[i] for i in perm[:n_held])
+    build = sorted(caps[i] for i in perm[n_held:])
+    return build, held
+
+
+def tokenized_units(parser: CaptionParser, captions: list[str]) -> list[list[Unit]]:
+    enc = parser.tokenize(captions)
+    return [parser.units(c, enc["input_ids"][i], enc["offset_mapping"][i], enc["special_tokens_mask"][i])
+            for i, c in enumerate(captions)]
+
+
+class TableBuilder:
+    """Running sums of encoder states per row key, fed batch by batch (memory: one row per key)."""
+
+    def __init__(self, context: bool = True, attribute_pieces: bool = True):
+        self.context, self.pieces = context, attribute_pieces
+        self.index: dict[str, int] = {}
+        self.kinds: list[str] = []
+        self.bases: list[str] = []
+        self.sums = np.zeros((0, 0))
+        self.weights = np.zeros(0)
+        self.occurrences = np.zeros(0, dtype=np.int64)
+
+    def _row(self, key: str, kind: str, base: str) -> int:
+        j = self.index.get(key)
+        if j is None:
+            j = self.index[key] = len(self.kinds)
+            self.kinds.append(kind), self.bases.append(base)
+        return j
+
+    def add(self, units_list: list[list[Unit]], states: list[np.ndarray]) -> None:
+        rows, weights, vecs = [], [], []  # one entry per (key, occurrence)
+        for units, H in zip(units_list, states):
+            assert sum(len(u.positions) for u in units) == len(H), "units and encoder states out of line"
+            for i, u in enumerate(units):
+                if u.attribute is not None:  # token-weighted: the mean over all its tokens in all contexts
+                    rows.append(self._row(u.key, "attribute", u.key))
+                    weights.append(len(u.positions)), vecs.append(H[u.positions].sum(0))
+                    for p, piece in zip(u.positions, u.pieces) if self.pieces else ():
+                        rows.append(self._row(f"{u.key}\t{piece}", "attribute", u.key))
+                        weights.append(1), vecs.append(H[p])
+                    continue
+                v = H[u.positions[0]]
+                rows.append(self._row(u.key, "token", u.key))
+                weights.append(1), vecs.append(v)
+                for k in context_keys(units, i) if self.context else ():
+                    rows.append(self._row(k, "context", u.key))
+                    weights.append(1), vecs.append(v)
+        if not rows:
+            return
+        n, d = len(self.kinds), vecs[0].shape[0]
+        if self.sums.shape[0] < n:  # grow (doubling) to hold the new keys
+            cap = max(n, 2 * self.sums.shape[0])
+            grow = lambda a: np.concatenate([a, np.zeros((cap - len(a), *a.shape[1:]), a.dtype)])  # noqa: E731
+            self.sums = grow(self.sums if self.sums.size else np.zeros((0, d)))
+            self.weights = grow(self.weights)
+            self.occurrences = grow(self.occurrences)
+        idx = np.asarray(rows, dtype=np.int64)
+        np.add.at(self.sums, idx, np.stack(vecs).astype(np.float64))
+        np.add.at(self.weights, idx, np.asarray(weights, dtype=np.float64))
+        np.add.at(self.occurrences, idx, 1)
+
+    def finish(self, meta: dict, tokenizer=None, min_count: int = 2,
+               vocab: tuple[list[str], np.ndarray] | None = None) -> CaptionVectorTable:
+        """Rows: <unk>, tokens, attribute values (+ pieces), contexts seen min_count times, vocabulary
+        fallbacks (each group sorted by name)."""
+        if not self.kinds:
+            raise UserError("caption_vectors: no caption tokens to build the table from")
+        n = len(self.kinds)
+        sums, weights, occ = self.sums[:n], self.weights[:n], self.occurrences[:n]
+        means = sums / weights[:, None]
+        kinds = dict(zip(self.index, self.kinds))
+        token_rows = [j for j, k in enumerate(self.kinds) if k == "token"]
+        unk = (sums[token_rows].sum(0) / weights[token_rows].sum())[None]  # mean of all token occurrences
+        pick = lambda kind, ok=lambda j: True: sorted(k for k, j in self.index.items()  # noqa: E731
+                                                      if self.kinds[j] == kind and ok(j))
+        order = pick("token") + pick("attribute") + pick("context", lambda j: occ[j] >= max(min_count, 1))
+        rows = [self.index[k] for k in order]
+        parts = [unk, means[rows]]
+        names, row_kinds, row_bases = [UNK] + order, ["unk"] + [self.kinds[j] for j in rows], \
+            [UNK] + [self.bases[j] for j in rows]
+        if vocab is not None and len(vocab[0]):
+            keep = [j for j, t in enumerate(vocab[0]) if t not in kinds]
+            parts.append(vocab[1][keep].astype(np.float64))
+            names += [VOCAB + vocab[0][j] for j in keep]
+            row_kinds += ["vocab"] * len(keep)
+            row_bases += [vocab[0][j] for j in keep]
+        vectors = np.concatenate(parts).astype(np.float32)
+        meta = dict(meta, context_keys=bool(self.context), context_min_count=int(min_count),
+                    attribute_pieces=bool(self.pieces))
+        return CaptionVectorTable(names, row_kinds, row_bases, vectors, meta, tokenizer=tokenizer)
+
+
+def build_table(units_list: list[list[Unit]], states: list[np.ndarray], meta: dict, tokenizer=None,
+                context: bool = True, min_count: int = 2, attribute_pieces: bool = True,
+                vocab: tuple[list[str], np.ndarray] | None = None) -> CaptionVectorTable:
+    """The table from parsed captions and their encoder states, in one go (see TableBuilder)."""
+    b = TableBuilder(context, attribute_pieces)
+    b.add(units_list, states)
+    return b.finish(meta, tokenizer, min_count, vocab)
+
+
+class Fidelity:
+    """Token cosines (the table vector standing for each token vs its encoder state), caption cosines
+    (mean-pooled), unseen tokens; fed batch by batch. `context` / `pieces`: lookup variants (None: the table's)."""
+
+    def __init__(self, table: CaptionVectorTable, context: bool | None = None, pieces: bool | None = None):
+        self.table, self.context, self.pieces = table, context, pieces
+        self.V = table.vectors.numpy()
+        self.tok_cos: list[np.ndarray] = []
+        self.cap_cos: list[float] = []
+        self.unseen = self.unk = 0
+
+    def add(self, captions: list[str], states: list[np.ndarray]) -> None:
+        for c, H in zip(captions, states):
+            ids, where, n = self.table.lookup(c, self.context, self.pieces)
+            self.unseen += n
+            self.unk += sum(len(p) for i, p in zip(ids, where) if i == 0)
+            if not where:
+                continue
+            R = np.zeros_like(H)
+            for row, pos in zip(ids, where):
+                R[pos] = self.V[row]
+            num = (R * H).sum(1)
+            self.tok_cos.append(num / (np.linalg.norm(R, axis=1) * np.linalg.norm(H, axis=1) + 1e-8))
+            r, h = R.mean(0), H.mean(0)
+            self.cap_cos.append(float(r @ h / (np.linalg.norm(r) * np.linalg.norm(h) + 1e-8)))
+
+    def result(self) -> dict:
+        t = np.concatenate(self.tok_cos) if self.tok_cos else np.zeros(0)
+        f = lambda x: round(float(x()), 5) if len(t) else None  # noqa: E731
+        return dict(cosine_mean=f(t.mean), cosine_p05=f(lambda: np.percentile(t, 5)), cosine_min=f(t.min),
+                    caption_cosine_mean=f(lambda: np.mean(self.cap_cos)), n_tokens=int(len(t)),
+                    n_unseen_tokens=int(self.unseen), n_unk=int(self.unk), _cosines=t)
+
+
+def fidelity(table: CaptionVectorTable, captions: list[str], states: list[np.ndarray],
+             context: bool | None = None, pieces: bool | None = None) -> dict:
+    f = Fidelity(table, context, pieces)
+    f.add(captions, states)
+    return f.result()
+
+
+def write_histogram(path: Path, series: dict[str, np.ndarray], title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from tristage.fsio import atomic_path
+
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    lo = min([float(v.min()) for v in series.values() if len(v)] + [0.0])
+    bins = np.linspace(min(lo, 0.0), 1.0, 41)
+    for name, v in series.items():
+        if len(v):
+            ax.hist(v, bins=bins, alpha=0.55, label=f"{name} (n={len(v)}, mean {v.mean():.3f})")
+    ax.set_xlabel("cosine(table vector, encoder state) per token")
+    ax.set_ylabel("tokens")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+
+def run_caption_vectors(cp, tracker=None, progress: bool = True) -> dict:
+    import torch
+
+    from tristage.captions.encoder import encode_batches, encode_vocabulary, load_encoder, make_tiny_encoder
+    from tristage.data.manifest import read_prepared
+    from tristage.fsio import atomic_dir, write_json
+
+    t0 = time.perf_counter()
+    torch.set_num_threads(max(1, min(torch.get_num_threads(), 8)))
+    df = read_prepared(cp.manifest)
+    captions = manifest_captions(df)
+    if not captions:
+        raise UserError(f"{cp.manifest}: no captions (column `caption` empty and no attribute columns)")
+    agreement, n_cells = attribute_agreement(df, cp.lexicon)
+    build, held = split_captions(captions, cp.heldout_fraction, cp.seed)
+    paraphrases = [c for c in dict.fromkeys(clean_caption(p) for p in cp.paraphrases) if c and c not in set(build)]
+    log.info("%d unique captions: %d to build the table, %d held out, %d paraphrases",
+             len(captions), len(build), len(held), len(paraphrases))
+    with atomic_dir(cp.out_dir) as tmp:
+        if cp.encoder is not None:
+            model, tok, info = load_encoder(cp.encoder)
+        else:
+            model, tok, info = make_tiny_encoder(build, tmp / "encoder", cp.tiny, cp.seed)
+            info["path"] = "encoder"  # relative to the table folder
+        parser = CaptionParser(tok, cp.lexicon, cp.max_length)
+        t1 = time.perf_counter()
+        builder = TableBuilder(cp.context_keys, cp.attribute_pieces)
+        dim = 0
+        for idx, states in encode_batches(model, parser, build, cp.batch_size, progress, "encoding build captions"):
+            builder.add(tokenized_units(parser, [build[i] for i in idx]), states)
+            dim = states[0].shape[1]
+        t_encode = time.perf_counter() - t1
+        meta = dict(name=info["name"], encoder=info, pretrained=bool(info["pretrained"]), dim=int(dim),
+                    end_token=parser.end_token, max_length=cp.max_length, lexicon=cp.lexicon,
+                    n_build_captions=len(build), seed=cp.seed)
+        vocab = encode_vocabulary(model, tok, cp.vocab_fallback_max) if cp.vocab_fallback_max else None
+        table = builder.finish(meta, tokenizer=tok, min_count=cp.context_min_count, vocab=vocab)
+        table.save(tmp)
+        # fidelity: the table's lookup (its default, and the seed's way as a baseline) vs the encoder
+        fid, base = Fidelity(table), Fidelity(table, context=False, pieces=False)
+        para, base_para = Fidelity(table), Fidelity(table, context=False, pieces=False)
+        for caps, accs, what in ((held, (fid, base), "held-out"), (paraphrases, (para, base_para), "paraphrases")):
+            for idx, states in encode_batches(model, parser, caps, cp.batch_size, progress, f"encoding {what}"):
+                for acc in accs:
+                    acc.add([caps[i] for i in idx], states)
+        fid, base, para, base_para = (x.result() for x in (fid, base, para, base_para))
+    kinds = table.kinds
+    label = f"{info['name']} ({'pretrained' if info['pretrained'] else 'random-init'}, {info['model_type']}, " \
+            f"d={table.dim})"
+    metrics = dict(
+        cosine_mean=fid["cosine_mean"], cosine_p05=fid["cosine_p05"], cosine_min=fid["cosine_min"],
+        caption_cosine_mean=fid["caption_cosine_mean"], n_heldout_captions=len(held), encoder=label,
+        pretrained=bool(info["pretrained"]),
+        paraphrase_cosine_mean=para["cosine_mean"], paraphrase_cosine_p05=para["cosine_p05"],
+        paraphrase_cosine_min=para["cosine_min"], paraphrase_caption_cosine_mean=para["caption_cosine_mean"],
+        n_paraphrases=len(paraphrases), n_unseen_tokens=fid["n_unseen_tokens"] + para["n_unseen_tokens"],
+        heldout_unseen_tokens=fid["n_unseen_tokens"], paraphrase_unseen_tokens=para["n_unseen_tokens"],
+        n_unk_fallback_tokens=fid["n_unk"] + para["n_unk"],  # unseen and not in the vocabulary rows
+        heldout_tokens=fid["n_tokens"], paraphrase_tokens=para["n_tokens"],
+        baseline_cosine_mean=base["cosine_mean"], baseline_caption_cosine_mean=base["caption_cosine_mean"],
+        baseline_paraphrase_cosine_mean=base_para["cosine_mean"],
+        attribute_agreement=agreement, attribute_cells=n_cells,
+        n_build_captions=len(build), n_rows=len(table), n_token_rows=kinds.count("token"),
+        n_attribute_rows=kinds.count("attribute"), n_context_rows=kinds.count("context"),
+        n_vocab_rows=kinds.count("vocab"), dim=table.dim, context_keys=bool(cp.context_keys),
+        attribute_pieces=bool(cp.attribute_pieces), encode_seconds=round(t_encode, 3),
+        seconds=round(time.perf_counter() - t0, 2))
+    write_histogram(Path(cp.plots_dir) / "cosine_hist.png",
+                    {"held-out": fid["_cosines"], "paraphrases": para["_cosines"]},
+                    f"caption vector fidelity, {label}")
+    write_json(cp.metrics, metrics)
+    if tracker is not None:
+        tracker.set_tags({"caption_encoder": label})
+        tracker.log_artifact(Path(cp.plots_dir) / "cosine_hist.png")
+    log.info("table %d rows (%d tokens, %d attributes, %d contexts), d=%d; held-out token cosine %.3f "
+             "(baseline %.3f), caption %.3f; paraphrases %.3f, %d unseen tokens; %.1f s",
+             len(table), metrics["n_token_rows"], metrics["n_attribute_rows"], metrics["n_context_rows"], table.dim,
+             fid["cosine_mean"] or 0, base["cosine_mean"] or 0, fid["caption_cosine_mean"] or 0,
+             para["cosine_mean"] or 0, metrics["n_unseen_tokens"], metrics["seconds"])
+    return {k: v for k, v in metrics.items() if not isinstance(v, str)}

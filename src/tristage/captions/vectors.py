@@ -1,0 +1,181 @@
+"""The caption vector table: precomputed encoder outputs, one row per token / context / attribute value.
+
+    table = CaptionVectorTable.load("data/caption_vectors")
+    ids = table.encode("A deep-voiced Scottish man speaks slowly.")   # list[int], never raises
+    table.vectors[ids]                                                # (L, dim) float32
+
+Rows (`table.tokens`, `table.kinds`):
+- 0 "<unk>": the fallback for tokens never seen when the table was built (mean of all token vectors);
+- "token": one per tokenizer token (its mean state over all contexts), the end token "</s>" included;
+- "attribute": one per attribute value ("<pitch:low>"), the mean state over all its phrases' tokens,
+  and (`attribute_pieces`) one per value and token piece ("<pitch:low>\t▁deep"), all of a value
+  sharing its VAE (`adapter_ids`);
+- "context": a token in context, "prev\\ttoken\\tnext" (or one side empty: "prev\\ttoken\\t",
+  "\\ttoken\\tnext"), used first when the caption has that context, else backing off to the token.
+- "vocab": "<vocab>\ttoken", the tokenizer's tokens that no build caption has, each encoded alone
+  (`vocab_fallback`): the fallback of an unseen token, before "<unk>"; they share the unseen LoRA.
+Folder: vectors.safetensors ("vectors" (N, dim)), tokens.json (tokens, kinds, base), meta.json,
+tokenizer/ (the encoder's tokenizer, so lookups need no encoder).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tristage.captions.tokenize import CaptionParser, Unit, clean_caption
+
+UNK = "<unk>"
+BOS, EOS = "<^>", "<$>"  # context placeholders before the first / after the last unit
+VOCAB = "<vocab>\t"  # prefix of the rows of tokens encoded alone (fallback for unseen tokens)
+
+
+def context_keys(units: list[Unit], i: int) -> tuple[str, ...]:
+    """Keys of unit i, most specific first: two units each side, one each side, left only, right only."""
+    key = lambda j: units[j].key if 0 <= j < len(units) else (BOS if j < 0 else EOS)  # noqa: E731
+    p2, prev, tok, nxt, n2 = (key(j) for j in range(i - 2, i + 3))
+    return (f"{p2} {prev}\t{tok}\t{nxt} {n2}", f"{prev}\t{tok}\t{nxt}", f"{prev}\t{tok}\t", f"\t{tok}\t{nxt}")
+
+
+class CaptionVectorTable:
+    def __init__(self, tokens: list[str], kinds: list[str], bases: list[str], vectors: np.ndarray | torch.Tensor,
+                 meta: dict, tokenizer=None):
+        assert tokens[0] == UNK and len(tokens) == len(kinds) == len(bases) == len(vectors)
+        self.tokens, self.kinds, self.bases, self.meta = list(tokens), list(kinds), list(bases), dict(meta)
+        self.vectors = torch.as_tensor(np.asarray(vectors, dtype=np.float32))  # (N, dim)
+        self.index = {t: i for i, t in enumerate(self.tokens)}
+        self.is_attribute = torch.tensor([k == "attribute" for k in kinds], dtype=torch.bool)  # (N,)
+        # adapter slot of each row: LoRA slot (by token content; 0 = the shared unseen adapter) for
+        # token/context rows, VAE slot (by attribute value) for attribute rows
+        lora = {UNK: 0}
+        for t, k in zip(self.tokens, self.kinds):
+            if k == "token":
+                lora.setdefault(t, len(lora))
+        vae: dict[str, int] = {}
+        for b, k in zip(self.bases, self.kinds):
+            if k == "attribute":
+                vae.setdefault(b, len(vae))
+        self.n_lora, self.n_vae = len(lora), len(vae)
+        self.adapter_ids = torch.tensor([vae[b] if k == "attribute" else lora.get(b, 0)
+                                         for k, b in zip(self.kinds, self.bases)], dtype=torch.long)
+        self.known_attributes = {b[1:-1] for b in vae}
+        self.attribute_pieces = bool(meta.get("attribute_pieces", False))
+        self.use_context = bool(meta.get("context_keys", True))
+        self.n_unseen = 0  # unseen tokens met by encode/lookup since load
+        self._tokenizer = tokenizer
+        self._parser: CaptionParser | None = None
+        self.folder: Path | None = None
+
+    @property
+    def encoder_info(self) -> dict:
+        """{"name", "pretrained"} of the encoder the table stands in for (what the trainer logs)."""
+        enc = self.meta.get("encoder") if isinstance(self.meta.get("encoder"), dict) else {}
+        return dict(name=enc.get("name", self.meta.get("name", "unknown")), pretrained=self.meta.get("pretrained"))
+
+    @property
+    def dim(self) -> int:
+        return int(self.vectors.shape[1])
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def end_id(self) -> int:
+        return self.index.get(self.meta.get("end_token", "</s>"), 0)
+
+    @property
+    def parser(self) -> CaptionParser:
+        if self._parser is None:
+            if self._tokenizer is None:
+                from transformers import AutoTokenizer
+
+                self._tokenizer = AutoTokenizer.from_pretrained(self.folder / "tokenizer")
+            self._parser = CaptionParser(self._tokenizer, self.meta.get("lexicon", {}),
+                                         self.meta.get("max_length", 128))
+        return self._parser
+
+    def ids_for(self, units: list[Unit], context: bool | None = None,
+                pieces: bool | None = None) -> tuple[list[int], list[list[int]], int]:
+        """Row ids for parsed units (with back-off), the token positions each id stands for, and the
+        number of unseen tokens. An attribute unit gives one id per piece when the table has piece rows
+        ("<pitch:low>\t▁deep"; back-off: the value's row), else one id for the whole phrase."""
+        context = self.use_context if context is None else context
+        pieces = self.attribute_pieces if pieces is None else pieces
+        ids, where, unseen = [], [], 0
+        for i, u in enumerate(units):
+            if u.attribute is not None:
+                value_row = self.index.get(u.key, 0)
+                if pieces:
+                    for p, piece in zip(u.positions, u.pieces):
+                        ids.append(self.index.get(f"{u.key}\t{piece}", value_row))
+                        where.append([p])
+                else:
+                    ids.append(value_row)
+                    where.append(list(u.positions))
+                continue
+            row = None
+            if context:
+                for key in context_keys(units, i):
+                    row = self.index.get(key)
+                    if row is not None:
+                        break
+            if row is None:
+                row = self.index.get(u.key)
+            if row is None:
+                row, unseen = self.index.get(VOCAB + u.key, 0), unseen + 1
+            ids.append(row)
+            where.append(list(u.positions))
+        return ids, where, unseen
+
+    def lookup(self, caption, context: bool | None = None,
+               pieces: bool | None = None) -> tuple[list[int], list[list[int]], int]:
+        """(ids, token positions per id, n_unseen) for one caption; an empty caption gives [end id]."""
+        caption = clean_caption(caption)
+        units = self.parser.parse(caption, self.known_attributes) if caption else []
+        if not units:
+            return [self.end_id], [], 0
+        ids, where, unseen = self.ids_for(units, context, pieces)
+        self.n_unseen += unseen
+        return ids, where, unseen
+
+    def encode(self, caption: str) -> list[int]:
+        try:
+            return self.lookup(caption)[0]
+        except Exception:  # never raise inside a data loader: a caption that can't be parsed -> the end token
+            return [self.end_id]
+
+    # -- files ---------------------------------------------------------------------------------
+
+    def save(self, folder: str | os.PathLike) -> None:
+        """Write into `folder` (the caller makes it atomic: the stage writes a temp folder and renames)."""
+        from safetensors.numpy import save_file
+
+        from tristage.fsio import write_json
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file({"vectors": np.ascontiguousarray(self.vectors.numpy())}, str(folder / "vectors.safetensors"))
+        write_json(folder / "tokens.json", dict(tokens=self.tokens, kinds=self.kinds, base=self.bases), indent=None)
+        write_json(folder / "meta.json", self.meta)
+        if self._tokenizer is not None:
+            self._tokenizer.save_pretrained(folder / "tokenizer")
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike) -> "CaptionVectorTable":
+        from safetensors.numpy import load_file
+
+        from tristage.errors import UserError
+        from tristage.fsio import read_json
+
+        folder = Path(folder)
+        try:
+            vectors = load_file(str(folder / "vectors.safetensors"))["vectors"]
+            idx = read_json(folder / "tokens.json")
+            meta = read_json(folder / "meta.json")
+        except (OSError, KeyError, ValueError) as exc:
+            raise UserError(f"{folder}: not a caption vector table ({exc}); run the `caption_vectors` stage") from exc
+        table = cls(idx["tokens"], idx["kinds"], idx["base"], vectors, meta)
+        table.folder = folder
+        return table
