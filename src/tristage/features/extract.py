@@ -1,0 +1,259 @@
+"""The `features` stage: prepared manifest -> sharded log-mel + DAC codes (see store.py for the layout).
+
+    audio files --DataLoader workers (read, mono, resample_poly to mel and codec rates)-->
+    main process: per shard, length-sorted padded batches -> log_mel (B, T_mel, n_mels) and
+    DAC encode (B, K, T) on the device -> cut each utterance to its own frame count -> shard file.
+
+Resumable: a shard whose file exists with the same fingerprint (config + its manifest rows)
+is skipped; files appear only by rename, so kill -9 leaves finished shards or nothing.
+Deterministic: the shard and batch composition depend only on the sorted manifest.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+from tristage.errors import UserError
+from tristage.features import store as st
+from tristage.features.config import FeaturesParams
+
+log = logging.getLogger(__name__)
+TRUNCATED_TOLERANCE = 0.05  # audio shorter than the manifest's duration by more than this (s) -> failed
+
+
+def resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
+    """Deterministic polyphase resampling (scipy), float32 out; len = ceil(len(x) * sr_out / sr_in)."""
+    if sr_in == sr_out:
+        return x.astype(np.float32, copy=False)
+    from scipy.signal import resample_poly
+
+    g = math.gcd(int(sr_in), int(sr_out))
+    return resample_poly(x.astype(np.float64), sr_out // g, sr_in // g).astype(np.float32)
+
+
+def read_audio(path: str, expected_s: float | None, sr_mel: int, sr_codec: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """(wav at the mel rate, wav at the codec rate, duration s); raises ValueError / OSError on bad audio."""
+    import soundfile as sf
+
+    x, sr = sf.read(path, dtype="float32", always_2d=True)
+    x = x.mean(axis=1)
+    if len(x) == 0:
+        raise ValueError("empty audio")
+    if not np.isfinite(x).all():
+        raise ValueError("non-finite samples")
+    dur = len(x) / sr
+    if expected_s is not None and np.isfinite(expected_s) and dur < expected_s - TRUNCATED_TOLERANCE:
+        raise ValueError(f"truncated: read {dur:.3f} s of {expected_s:.3f} s")
+    return resample(x, sr, sr_mel), resample(x, sr, sr_codec), dur
+
+
+class AudioItems:
+    """torch Dataset of manifest rows -> dict(uid, shard, mel_wav, codec_wav, duration, error)."""
+
+    def __init__(self, rows: list[dict], sr_mel: int, sr_codec: int):
+        self.rows, self.sr_mel, self.sr_codec = rows, sr_mel, sr_codec
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict:
+        r = self.rows[i]
+        item = dict(id=r["id"], audio=r["audio_rel"], shard=r["shard"], error=None)
+        try:
+            item["mel_wav"], item["codec_wav"], item["duration"] = read_audio(
+                r["audio"], r.get("duration"), self.sr_mel, self.sr_codec)
+        except Exception as exc:  # noqa: BLE001 - any unreadable file is recorded and skipped
+            item["error"] = f"{type(exc).__name__}: {exc}".strip().splitlines()[0][:300]
+        return item
+
+
+def _identity(x):
+    return x
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"features.device: {device} requested but CUDA is not available (use auto or cpu)")
+    return device
+
+
+def batches(lengths: list[int], max_samples: int) -> list[list[int]]:
+    """Length-bucketed batches of positions: sorted by length, padded size (B * max len) <= max_samples."""
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    out, cur = [], []
+    for i in order:
+        if cur and (len(cur) + 1) * lengths[i] > max_samples:
+            out.append(cur)
+            cur = []
+        cur.append(i)
+    return out + ([cur] if cur else [])
+
+
+def _pad(wavs: list[np.ndarray], device: str):
+    import torch
+
+    x = torch.zeros(len(wavs), max(len(w) for w in wavs))
+    for i, w in enumerate(wavs):
+        x[i, : len(w)] = torch.from_numpy(w)
+    return x.to(device)
+
+
+def encode_shard(items: list[dict], model, fp: FeaturesParams, device: str) -> tuple[list, list]:
+    """-> (mels (T_mel_i, n_mels) float16, codes (K, T_i) int16) per item, in item order."""
+    from tristage.features.codec import encode
+    from tristage.features.mel import log_mel, n_mel_frames
+
+    mels, codes = [None] * len(items), [None] * len(items)
+    lengths = [len(it["codec_wav"]) for it in items]
+    for b in batches(lengths, int(fp.batch_seconds * model.sample_rate)):
+        mw = [items[i]["mel_wav"] for i in b]
+        m = log_mel(_pad(mw, device), fp.mel)  # (B, T_mel, n_mels)
+        for j, i in enumerate(b):
+            mels[i] = m[j, : n_mel_frames(len(mw[j]), fp.mel.hop_length)].half().cpu()
+        c = encode(model, _pad([items[i]["codec_wav"] for i in b], device), [lengths[i] for i in b])
+        for j, i in enumerate(b):
+            codes[i] = c[j]
+    return mels, codes
+
+
+def fingerprint(config: dict, rows: list[dict]) -> str:
+    h = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
+    for r in rows:
+        h.update(f"\0{r['id']}\0{r['audio_rel']}".encode())
+    return h.hexdigest()[:32]
+
+
+def load_rows(fp: FeaturesParams) -> list[dict]:
+    from tristage.data.manifest import read_prepared, resolve_audio
+
+    df = read_prepared(fp.manifest)
+    for c in ("id", "audio"):
+        if c not in df.columns:
+            raise UserError(f"{fp.manifest}: prepared manifest has no `{c}` column; rerun `prepare`")
+    dup = df["id"][df["id"].duplicated()]
+    if len(dup):
+        raise UserError(f"{fp.manifest}: duplicate id {dup.iloc[0]!r}; rerun `prepare`")
+    df = df.sort_values("id", kind="stable")
+    dur = df["duration"] if "duration" in df.columns else [None] * len(df)
+    return [dict(id=str(u), audio=str(resolve_audio(fp.manifest, a)), audio_rel=str(a),
+                 duration=None if d is None or d != d else float(d))
+            for u, a, d in zip(df["id"], df["audio"], dur)]
+
+
+def run_features(fp: FeaturesParams, tracker=None) -> dict:
+    import torch
+    from tqdm import tqdm
+
+    from tristage.features.codec import prepare_codec
+    from tristage.fsio import write_bytes, write_json
+
+    if fp.threads:
+        torch.set_num_threads(fp.threads)
+    rows = load_rows(fp)
+    if not rows:
+        raise UserError(f"{fp.manifest}: no rows")
+    out = Path(fp.out_dir)
+    (out / st.SHARDS).mkdir(parents=True, exist_ok=True)
+    for tmp in (out / st.SHARDS).glob(".*.tmp"):  # leftovers of a killed run
+        tmp.unlink(missing_ok=True)
+    device = resolve_device(fp.device)
+    model, info = prepare_codec(fp.codec, out)
+    model = model.to(device).eval()
+    config = dict(format=st.FORMAT, mel=fp.mel.model_dump(mode="json"), codec={k: info[k] for k in ("sha256", "kwargs")},
+                  batch_seconds=fp.batch_seconds, device_type=device.split(":")[0])
+
+    S = fp.shard_size
+    n_shards = -(-len(rows) // S)
+    shard_rows = [rows[i * S:(i + 1) * S] for i in range(n_shards)]
+    fps = [fingerprint(config, r) for r in shard_rows]
+    todo = []
+    for i in range(n_shards):
+        p = st.shard_path(out, i)
+        md = st.shard_metadata(p) if p.is_file() else None
+        if md is None or md.get("fingerprint") != fps[i]:
+            todo.append(i)
+    for p in (out / st.SHARDS).glob("shard-*.safetensors"):  # shards of a longer, older manifest
+        if int(p.stem.split("-")[1]) >= n_shards:
+            p.unlink()
+    log.info("features: %d utterances, %d shards (%d to do), codec %s, device %s",
+             len(rows), n_shards, len(todo), info["name"], device)
+
+    pending = [dict(r, shard=i) for i in todo for r in shard_rows[i]]
+    loader = torch.utils.data.DataLoader(AudioItems(pending, fp.mel.sample_rate, info["sample_rate"]),
+                                         batch_size=None, shuffle=False, num_workers=fp.num_workers,
+                                         collate_fn=_identity, prefetch_factor=8 if fp.num_workers else None)
+    t0, audio_s, done = time.perf_counter(), 0.0, 0
+    bar = tqdm(total=len(pending), unit="utt", desc="features", dynamic_ncols=True, mininterval=1.0)
+    buf: list[dict] = []
+    for item in loader:
+        buf.append(item)
+        if len(buf) < len(shard_rows[item["shard"]]):
+            continue
+        ok = [it for it in buf if it["error"] is None]
+        failed = [[it["id"], it["audio"], it["error"]] for it in buf if it["error"] is not None]
+        mels, codes = encode_shard(ok, model, fp, device) if ok else ([], [])
+        st.write_shard(st.shard_path(out, item["shard"]), mels, codes, [it["id"] for it in ok],
+                       [round(it["duration"], 6) for it in ok], failed, fps[item["shard"]],
+                       fp.mel.n_mels, info["n_codebooks"])
+        audio_s += sum(it["duration"] for it in ok)
+        done += len(buf)
+        bar.update(len(buf))
+        el = time.perf_counter() - t0
+        bar.set_postfix_str(f"{done / el:.1f} utt/s, {audio_s / el:.1f}x real time")
+        buf = []
+    bar.close()
+    elapsed = time.perf_counter() - t0
+
+    # index, failures and meta from every shard (skipped ones included)
+    import pandas as pd
+
+    recs, failed_all = [], []
+    for i in range(n_shards):
+        md = st.shard_metadata(st.shard_path(out, i))
+        if md is None:
+            raise RuntimeError(f"shard {i} missing after extraction")
+        for r, (uid, d) in enumerate(zip(md["ids"], md["durations"])):
+            recs.append(dict(id=uid, shard=i, row=r, n_frames=md["code_offsets"][r + 1] - md["code_offsets"][r],
+                             n_mel_frames=md["mel_offsets"][r + 1] - md["mel_offsets"][r], duration=d))
+        failed_all += md["failed"]
+    index = pd.DataFrame(recs, columns=["id", "shard", "row", "n_frames", "n_mel_frames", "duration"])
+    index = index.astype({"shard": "int32", "row": "int32", "n_frames": "int32", "n_mel_frames": "int32",
+                          "duration": "float64"})
+    from tristage.fsio import atomic_path
+
+    with atomic_path(out / st.INDEX, suffix=".parquet") as tmp:
+        index.to_parquet(tmp, index=False)
+    write_bytes(out / st.FAILED, "".join(json.dumps(dict(id=u, audio=a, reason=r)) + "\n"
+                                         for u, a, r in failed_all).encode())
+    frames_per_second = info["sample_rate"] / info["hop_length"]
+    meta = dict(format=st.FORMAT, n_mels=fp.mel.n_mels, n_codebooks=info["n_codebooks"],
+                codebook_size=info["codebook_size"], frames_per_second=frames_per_second,
+                mel_frames_per_second=fp.mel.sample_rate / fp.mel.hop_length, sample_rate=info["sample_rate"],
+                hop_length=info["hop_length"], codec=info, mel=fp.mel.model_dump(mode="json"),
+                shard_size=S, n_shards=n_shards, n_utterances=len(index), n_failed=len(failed_all))
+    write_json(out / st.META, meta)
+
+    total_audio = float(index["duration"].sum())
+    metrics = dict(n_utterances=len(index), n_failed=len(failed_all), n_manifest=len(rows),
+                   total_audio_s=round(total_audio, 3), frames_per_second=frames_per_second,
+                   mel_frames_per_second=meta["mel_frames_per_second"], n_codebooks=info["n_codebooks"],
+                   codebook_size=info["codebook_size"],
+                   real_time_factor=round(elapsed / audio_s, 5) if audio_s else None,
+                   x_real_time=round(audio_s / elapsed, 2) if audio_s else None,
+                   codec=info["path"] or info["name"], codec_pretrained=info["pretrained"], device=device,
+                   n_shards=n_shards, shards_written=len(todo), shards_skipped=n_shards - len(todo),
+                   audio_s_this_run=round(audio_s, 3), elapsed_s=round(elapsed, 2))
+    write_json(fp.metrics, metrics)
+    if failed_all:
+        log.warning("features: %d utterance(s) failed, see %s", len(failed_all), out / st.FAILED)
+    return metrics
