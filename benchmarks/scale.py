@@ -12,8 +12,7 @@ Parts, each against a baseline measured in the same run:
 - loader: a features store of 100k utterances (tiny mel/codes, real shard + index format)
   and its prepared manifest; time and memory to open it and build the trainer's data
   (`TrainData`: examples, split, sampler), then 200 batches. Goal: start-up under 10 s and
-  memory flat while batching (RSS after 200 batches vs after start-up). Needs the features
-  package.
+  memory flat while batching (RSS after 200 batches vs after start-up).
 - ddp: stage1 on the fake corpus, 1 process x batch 4 vs 2 gloo processes x batch 2 (the
   same global batches): the largest relative difference between the two loss curves.
 """
@@ -90,20 +89,17 @@ def _rss_mib() -> float:
 
 
 def part_loader(tmp: Path, n: int) -> list[str]:
-    try:
-        from tristage.features.store import write_synthetic_store
-    except ImportError:
-        return ["loader: skipped (tristage.features.store.write_synthetic_store is missing)"]
     import numpy as np
     import pandas as pd
 
     from tristage.config import load_params
+    from tristage.testing import write_feature_store
     from tristage.training.data import Sources, TrainData
     from tristage.training.fakes import FakeCaptionTable
 
     folder = tmp / "features"
     t0 = time.perf_counter()
-    write_synthetic_store(folder, n, seed=0)
+    write_feature_store(folder, n, seed=0)
     t_write = time.perf_counter() - t0
     rng = np.random.default_rng(0)
     ids = [f"utt{i:07d}" for i in range(n)]

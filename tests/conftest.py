@@ -13,9 +13,16 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 
 # The real params.yaml with sizes shrunk so the whole DAG runs in about a minute on 2 cores.
+_TRAIN = {"steps": 4, "batch_size": 4, "log_every": 1, "eval_every": 2, "checkpoint_every": 2, "warmup_steps": 1,
+          "val_fraction": 0.2, "max_ref_frames": 32}
 TINY = {
     "corpus": {"n_speakers": 4, "utts_per_speaker": 10},
     "speaker_mapping": {"min_samples": 5},
+    "stage1": {**_TRAIN, "model": {"d_model": 32, "n_layer": 1, "n_head": 2, "cond_dim": 16, "cond_heads": 2,
+                                   "speaker_latents": 2, "emo_dim": 8, "classifier_hidden": 16}},
+    "stage2": _TRAIN,
+    "stage3": _TRAIN,
+    "evaluate": {"n_samples": 1, "max_sample_frames": 8},
 }
 
 

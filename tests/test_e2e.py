@@ -8,33 +8,72 @@ import pytest
 
 from conftest import project_env
 
+STAGES = ["corpus", "prepare", "speaker_mapping", "caption_vectors", "features", "stage1", "stage2", "stage3",
+          "evaluate"]
+STAGE_KEYS = {"mel_loss", "mel_top1", "trainable_params", "total_params", "trainable_fraction"}
+EVAL_KEYS = {"mel_loss", "mel_top1", "speaker_acc", "speaker_acc_band", "caption_cosine_mean", "emotion_probe_acc",
+             "speaker_probe_acc"}
+
 
 def dvc(repo, *args, check=True):
     r = subprocess.run(["dvc", *args], cwd=repo, capture_output=True, text=True, env=project_env())
     if check and r.returncode != 0:
-        raise AssertionError(f"dvc {' '.join(args)} failed:\n{r.stdout}\n{r.stderr}")
+        raise AssertionError(f"dvc {' '.join(args)} failed:\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}")
     return r
 
 
+def ran(out: str) -> list[str]:
+    return [s for s in STAGES if f"Running stage '{s}'" in out]
+
+
+def metrics(repo, stage):
+    return json.loads((repo / "metrics" / f"{stage}.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def reproduced(tmp_path_factory):
+    from conftest import copy_repo, shrink_params
+
+    repo = copy_repo(tmp_path_factory.mktemp("e2e") / "repo")
+    shrink_params(repo / "params.yaml")
+    out = dvc(repo, "repro").stdout
+    return repo, out
+
+
 @pytest.mark.slow
-def test_dvc_repro_runs_the_dag(repo_copy):
-    dvc(repo_copy, "repro")
-    prep = json.loads((repo_copy / "metrics/prepare.json").read_text())
+def test_dvc_repro_runs_the_whole_dag(reproduced):
+    repo, out = reproduced
+    assert ran(out) == STAGES
+    prep = metrics(repo, "prepare")
     assert prep["rows_in"] == 40 and prep["rows_kept"] == 40 and prep["rows_rejected"] == 0
-    mapping = json.loads((repo_copy / "data/speakers/speaker_mapping.json").read_text())
+    mapping = json.loads((repo / "data/speakers/speaker_mapping.json").read_text())
     assert sorted(mapping.values()) == [0, 1, 2, 3]
-    sm = json.loads((repo_copy / "metrics/speaker_mapping.json").read_text())
-    assert sm["selected_speakers"] == 4 and sm["selected_samples"] == 40 and sm["selected_fraction"] == 1.0
+    assert metrics(repo, "speaker_mapping")["selected_fraction"] == 1.0
+    cv = metrics(repo, "caption_vectors")
+    assert {"cosine_mean", "cosine_p05", "cosine_min", "caption_cosine_mean", "n_heldout_captions", "encoder"} <= set(cv)
+    assert "random-init" in cv["encoder"]
+    feats = metrics(repo, "features")
+    assert feats["n_utterances"] == 40 and feats["n_failed"] == 0 and "random-init" in feats["codec"]
+    for stage in ("stage1", "stage2", "stage3"):
+        m = metrics(repo, stage)
+        assert STAGE_KEYS <= set(m), stage
+        assert (repo / "models" / stage / "model.safetensors").is_file()
+    assert {"speaker_loss", "speaker_acc", "grl_lambda", "speaker_loss_weight"} <= set(metrics(repo, "stage2"))
+    ev = metrics(repo, "evaluate")
+    for stage in ("stage1", "stage2", "stage3"):
+        assert EVAL_KEYS <= set(ev[stage])
+    assert (repo / "data/samples/samples.json").is_file()
+    assert list((repo / "data/samples/stage3").glob("*.wav"))
     # Nothing changed: a second repro runs no stage.
-    again = dvc(repo_copy, "repro")
-    assert "Running stage" not in again.stdout
+    again = dvc(repo, "repro")
+    assert ran(again.stdout) == []
 
 
 @pytest.mark.slow
-def test_dvc_exp_run_with_override(repo_copy):
-    dvc(repo_copy, "repro")
-    dvc(repo_copy, "exp", "run", "-S", "speaker_mapping.top_k=2", "-n", "top2")
-    mapping = json.loads((repo_copy / "data/speakers/speaker_mapping.json").read_text())
-    assert len(mapping) == 2
-    shown = dvc(repo_copy, "exp", "show", "--json").stdout
-    assert "top2" in shown
+def test_dvc_exp_run_with_a_grl_override_reruns_from_stage2(reproduced):
+    repo, _ = reproduced
+    out = dvc(repo, "exp", "run", "-S", "stage2.grl_lambda=2.0", "-n", "lambda2").stdout
+    assert ran(out) == ["stage2", "stage3", "evaluate"]
+    assert metrics(repo, "stage2")["grl_lambda"] == 2.0
+    shown = dvc(repo, "exp", "show", "--json").stdout
+    assert "lambda2" in shown

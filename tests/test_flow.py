@@ -190,12 +190,14 @@ def test_flow_runs_the_dag_as_a_dvc_experiment_with_mlflow_runs(prefect_api, rep
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
     monkeypatch.delenv("TRISTAGE_TRACKING", raising=False)
     stages = _dag_stages(repo_copy)
-    target = "speaker_mapping"  # the data prefix; the training stages have their own e2e tests
-    result = pipeline(overrides={"corpus.utts_per_speaker": 6, "speaker_mapping.min_samples": 3},
-                      target=target, exp_name="flowtest", repo=str(repo_copy))
+    assert stages[-1] == "evaluate"
+    result = pipeline(overrides={"corpus.utts_per_speaker": 6, "speaker_mapping.min_samples": 3,
+                                 "stage2.grl_lambda": 2.0},
+                      target=None, exp_name="flowtest", repo=str(repo_copy))
 
-    assert result["stages"] == stages[: stages.index(target) + 1]
+    assert result["stages"] == stages  # the whole DAG
     assert result["metrics"]["prepare.rows_in"] == 4 * 6  # the override reached the stage
+    assert result["metrics"]["stage2.grl_lambda"] == 2.0
     assert not (repo_copy / ".tristage" / "runs" / "flowtest").exists()  # workspace removed after success
     assert not (repo_copy / "data").exists()  # the main workspace's outputs untouched
 
@@ -223,6 +225,12 @@ def test_flow_runs_the_dag_as_a_dvc_experiment_with_mlflow_runs(prefect_api, rep
     assert {"rows_in", "rows_kept", "rows_rejected"} <= set(children["prepare"].data.metrics)
     assert {"total_samples", "total_speakers", "speakers_with_min_samples", "selected_speakers", "selected_samples",
             "selected_fraction"} <= set(children["speaker_mapping"].data.metrics)
+    assert {"mel_loss", "mel_top1", "trainable_params", "total_params", "trainable_fraction"} <= \
+        set(children["stage1"].data.metrics)
+    assert {"speaker_loss", "speaker_acc", "grl_lambda", "speaker_loss_weight"} <= set(children["stage2"].data.metrics)
+    assert {f"{s}.{k}" for s in ("stage1", "stage2", "stage3") for k in ("mel_loss", "mel_top1", "speaker_probe_acc",
+                                                                      "emotion_probe_acc")} <= \
+        set(children["evaluate"].data.metrics)
     assert children["prepare"].data.params["prepare.min_duration"]  # the stage's params are logged
     assert parent.data.metrics["prepare.rows_in"] == 24
     assert parent.data.params["overrides.corpus.utts_per_speaker"] == "6"

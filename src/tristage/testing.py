@@ -107,3 +107,33 @@ def write_prepared(out_dir: str | Path, n_speakers: int = 4, utts_per_speaker: i
     path = out / "manifest.parquet"
     pq.write_table(table, path)
     return path
+
+
+def write_feature_store(folder: str | Path, n: int, shard_size: int = 1024, n_mels: int = 80, n_codebooks: int = 4,
+                        codebook_size: int = 256, seed: int = 0) -> Path:
+    """A features folder in the real format (shards, index, meta) with random short utterances
+    (1-3 s at 31.25 codec / 62.5 mel frames per second): for scale tests of the readers."""
+    import pandas as pd
+    import torch
+
+    from tristage.features import store as st
+    from tristage.fsio import atomic_path, write_json
+
+    out = Path(folder)
+    rng = np.random.default_rng(seed)
+    recs = []
+    for s, start in enumerate(range(0, n, shard_size)):
+        ids = [f"utt{i:07d}" for i in range(start, min(n, start + shard_size))]
+        T = rng.integers(31, 94, len(ids))
+        mels = [torch.from_numpy(rng.standard_normal((2 * t, n_mels), dtype=np.float32).astype(np.float16)) for t in T]
+        codes = [torch.from_numpy(rng.integers(0, codebook_size, (n_codebooks, t)).astype(np.int16)) for t in T]
+        durs = [float(t) / 31.25 for t in T]
+        st.write_shard(st.shard_path(out, s), mels, codes, ids, durs, [], "synthetic", n_mels, n_codebooks)
+        recs += [dict(id=u, shard=s, row=r, n_frames=int(t), n_mel_frames=int(2 * t), duration=d)
+                 for r, (u, t, d) in enumerate(zip(ids, T, durs))]
+    with atomic_path(out / st.INDEX, suffix=".parquet") as tmp:
+        pd.DataFrame(recs).to_parquet(tmp, index=False)
+    write_json(out / st.META, dict(format=st.FORMAT, n_mels=n_mels, n_codebooks=n_codebooks,
+                                   codebook_size=codebook_size, frames_per_second=31.25, mel_frames_per_second=62.5,
+                                   codec=dict(name="synthetic", pretrained=False), n_utterances=n))
+    return out

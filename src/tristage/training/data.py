@@ -64,10 +64,10 @@ def _describe(info: Any) -> str:
         return info
     if isinstance(info, dict):
         name = info.get("name") or info.get("model") or info.get("kind") or info.get("encoder") or "?"
-        pre = info.get("pretrained")
-        if pre is False:
-            return f"random-init {name}"
-        return str(name) if pre is None else f"pretrained {name}"
+        pre, name = info.get("pretrained"), str(name)
+        if pre is None or ("random-init" if pre is False else "pretrained") in name:
+            return name
+        return f"random-init {name}" if pre is False else f"pretrained {name}"
     return "unknown"
 
 
