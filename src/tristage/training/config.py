@@ -51,6 +51,7 @@ class StageParams(Section):
 
 
 class Stage1Params(StageParams):
+    steps: PosInt = 900  # stage1 learns from scratch: three times the later stages' fine-tuning
     model: ModelParams = ModelParams()
 
 
