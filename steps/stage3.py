@@ -5,18 +5,7 @@
 
 What trains is data: tristage/training/presets.py. Writes models/stage3/, metrics/stage3.json, plots/stage3/.
 """
-import os
-
-from tristage.stage import main
-
-
-def run(params, tracker):
-    from tristage.training.trainer import train_stage
-
-    return train_stage("stage3", params, tracker=tracker)
-
+from tristage.stage import main_training
 
 if __name__ == "__main__":
-    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 logs to MLflow
-        os.environ["TRISTAGE_TRACKING"] = "0"
-    main("stage3", run)
+    main_training("stage3", description=__doc__)

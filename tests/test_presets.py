@@ -97,12 +97,17 @@ def test_load_model_and_generate(three_stages):
     assert codes.shape == (cfg.n_codebooks, 3)
 
 
-def test_missing_previous_stage_is_one_line(tmp_path, capsys):
-    from tristage.stage import run_stage
-    from steps.stage2 import run
+def test_missing_previous_stage_is_one_line(tmp_path):
+    """stage2 started without stage1, through the real CLI: exit 2, one line naming the stage to run."""
+    import subprocess
+    import sys
+
+    from conftest import project_env
 
     p = write_tiny_params(tmp_path)
-    rc = run_stage("stage2", run, ["--params", str(p)])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2
-    assert err == ["stage2: error: models/stage1/model.safetensors not found: run stage1 first (dvc repro stage1)"]
+    r = subprocess.run([sys.executable, "-m", "steps.stage2", "--params", str(p)], capture_output=True, text=True,
+                       env=project_env(), cwd=tmp_path)
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1] == \
+        "stage2: error: models/stage1/model.safetensors not found: run stage1 first (dvc repro stage1)"

@@ -74,3 +74,16 @@ def run_stage(stage: str, fn: StageFn, argv: Sequence[str] | None = None, descri
 
 def main(stage: str, fn: StageFn, description: str | None = None) -> None:
     sys.exit(run_stage(stage, fn, description=description))
+
+
+def main_training(stage: str, description: str | None = None) -> None:
+    """`python -m steps.<stage>` for a training stage, also under `torchrun` (only rank 0 logs to MLflow)."""
+    if os.environ.get("RANK", "0") != "0":
+        os.environ["TRISTAGE_TRACKING"] = "0"
+
+    def run(params, tracker):
+        from tristage.training.trainer import train_stage
+
+        return train_stage(stage, params, tracker=tracker)
+
+    main(stage, run, description=description)
