@@ -11,8 +11,8 @@ Parts, each against a baseline measured in the same run:
   the same file, the naive way to load a manifest. Goal: streaming, peak RSS under 2 GiB.
 - loader: a features store of 100k utterances (tiny mel/codes, real shard + index format)
   and its prepared manifest; time and memory to open it and build the trainer's data
-  (`TrainData`: examples, split, sampler), then 200 batches. Goal: start-up under 10 s and
-  memory flat while batching (RSS after 200 batches vs after start-up).
+  (`TrainData`: examples, split, sampler), then 1,000 batches. Goal: start-up under 10 s and
+  memory flat while batching (RSS after 500 vs 1,000 batches; the cache is bounded).
 - ddp: stage1 on the fake corpus, 1 process x batch 4 vs 2 gloo processes x batch 2 (the
   same global batches): the largest relative difference between the two loss curves.
 """
@@ -94,7 +94,7 @@ def part_loader(tmp: Path, n: int) -> list[str]:
 
     from tristage.config import load_params
     from tristage.testing import write_feature_store
-    from tristage.training.data import Sources, TrainData
+    from tristage.training.data import CACHE_UTTERANCES, Sources, TrainData
     from tristage.training.fakes import FakeCaptionTable
 
     folder = tmp / "features"
@@ -126,18 +126,19 @@ def part_loader(tmp: Path, n: int) -> list[str]:
     rss_start = _rss_mib()
     data._cache.clear()
     t0 = time.perf_counter()
-    for i in range(200):
+    rss = {}
+    for i in range(1, 1001):
         data.next_batch()
-        if i == 19:
-            rss_20 = _rss_mib()
+        if i in (100, 500, 1000):
+            rss[i] = _rss_mib()
     t_batches = time.perf_counter() - t0
-    rss_end = _rss_mib()
     return [
         f"loader at scale: features store of {n:,} utterances (written in {t_write:.0f} s). Open store + manifest "
         f"and build TrainData: {t_start:.1f} s (goal under 10 s: {'ok' if t_start < 10 else 'NOT MET'}), "
-        f"RSS +{rss_start - base:.0f} MiB; 200 batches of 16 in {t_batches:.1f} s; RSS after 20 batches "
-        f"{rss_20:.0f} MiB, after 200 {rss_end:.0f} MiB ({rss_end - rss_20:+.0f} MiB = "
-        f"{(rss_end - rss_20) / rss_20 * 100:+.1f}%; goal flat, the loader's cache holds the utterances it read)",
+        f"RSS +{rss_start - base:.0f} MiB; 1,000 batches of 16 in {t_batches:.1f} s; RSS after 100 / 500 / 1,000 "
+        f"batches {rss[100]:.0f} / {rss[500]:.0f} / {rss[1000]:.0f} MiB (500 -> 1,000: "
+        f"{(rss[1000] - rss[500]) / rss[500] * 100:+.1f}%; goal flat: the decoded-utterance cache is bounded "
+        f"at {CACHE_UTTERANCES:,})",
         f"command: python -m benchmarks.scale --parts loader --utterances {n}",
     ]
 

@@ -70,6 +70,44 @@ def test_dvc_repro_runs_the_whole_dag(reproduced):
 
 
 @pytest.mark.slow
+def test_sigkill_during_dvc_repro_then_rerun_equals_an_uninterrupted_run(reproduced, tmp_path):
+    """kill -9 of the whole `dvc repro` in the middle of stage1's training; `dvc repro` again
+    finishes, and every model and the features equal the uninterrupted run's bit for bit."""
+    import os
+    import signal
+    import time
+
+    from safetensors.torch import load_file
+
+    from conftest import copy_repo, shrink_params
+
+    ref, _ = reproduced
+    repo = copy_repo(tmp_path / "repo")
+    shrink_params(repo / "params.yaml")
+    proc = subprocess.Popen(["dvc", "repro"], cwd=repo, env=project_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    mark = repo / "models/stage1/checkpoints/step-000002"
+    deadline = time.time() + 600
+    while not mark.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (repo / "models/stage1/model.safetensors").exists(), "stage1 finished before the kill"
+
+    out = dvc(repo, "repro").stdout
+    assert ran(out)[0] == "stage1" and ran(out)[-1] == "evaluate"
+    for stage in ("stage1", "stage2", "stage3"):
+        a = load_file(str(ref / "models" / stage / "model.safetensors"))
+        b = load_file(str(repo / "models" / stage / "model.safetensors"))
+        assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a), stage
+    assert (ref / "data/features/index.parquet").read_bytes() == (repo / "data/features/index.parquet").read_bytes()
+    ea, eb = metrics(ref, "evaluate"), metrics(repo, "evaluate")
+    assert [ea[s]["mel_loss"] for s in ("stage1", "stage2", "stage3")] == \
+        [eb[s]["mel_loss"] for s in ("stage1", "stage2", "stage3")]
+    assert ran(dvc(repo, "repro").stdout) == []
+
+
+@pytest.mark.slow
 def test_dvc_exp_run_with_a_grl_override_reruns_from_stage2(reproduced):
     repo, _ = reproduced
     out = dvc(repo, "exp", "run", "-S", "stage2.grl_lambda=2.0", "-n", "lambda2").stdout

@@ -163,3 +163,17 @@ def test_trainer_state_loads_weights_only(tmp_path):
     st = torch.load(tmp_path / "models/stage1/trainer_state.pt", weights_only=True)
     assert st["step"] == 2 and {"python", "numpy", "torch"} <= set(st["rng"]) and st["sampler"]["pos"] >= 1
     assert math.isfinite(st["history"][-1]["mel_loss"])
+
+
+def test_feature_cache_is_bounded_and_batches_do_not_depend_on_it(tmp_path, monkeypatch):
+    import tristage.training.data as data_mod
+
+    params = load_params(write_tiny_params(tmp_path))
+    src = fake_sources(n_speakers=4, utts_per_speaker=6)
+    full = TrainData(src, params.stage1, 32, 64)
+    monkeypatch.setattr(data_mod, "CACHE_UTTERANCES", 3)
+    small = TrainData(src, params.stage1, 32, 64)
+    for _ in range(6):
+        a, b = full.next_batch(), small.next_batch()
+        assert len(small._cache) <= 3
+        assert all(torch.equal(a[k], b[k]) for k in a)

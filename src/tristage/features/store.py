@@ -116,6 +116,7 @@ class FeatureStore:
         """-> (mel float16 (T_mel, n_mels), codes int16 (K, T))."""
         shard, row = self._row[uid]
         f, mo, co = self._shard(shard)
-        mel = f.get_slice("mel")[mo[row]:mo[row + 1]]
-        codes = f.get_slice("codes")[:, co[row]:co[row + 1]]
+        # clone: a slice may be a view that keeps the whole shard tensor alive while it is cached
+        mel = f.get_slice("mel")[mo[row]:mo[row + 1]].clone()
+        codes = f.get_slice("codes")[:, co[row]:co[row + 1]].clone()
         return mel, codes

@@ -13,6 +13,7 @@
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 from pathlib import Path
@@ -25,6 +26,7 @@ from tristage.errors import UserError
 from tristage.model.tts import encode_text
 
 log = logging.getLogger(__name__)
+CACHE_UTTERANCES = 8192  # decoded utterances kept in memory (about 40 KB each at the demo's sizes)
 
 
 @dataclasses.dataclass
@@ -204,15 +206,20 @@ class TrainData:
             self.by_speaker.setdefault((ex.speaker, i in val_set), []).append(i)
         self.sampler = BucketSampler([self.examples[i].n_frames for i in self.train_idx], sp.batch_size, sp.seed,
                                      sp.bucket_batches, rank, world)
-        self._cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        # the most recently used utterances (features + references), bounded: memory stays flat at any corpus size
+        self._cache: collections.OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = collections.OrderedDict()
 
     # -- loading ------------------------------------------------------------------------
     def features(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         uid = self.examples[i].id
-        if uid not in self._cache:
-            mel, codes = self.src.store.load(uid)
-            self._cache[uid] = (torch.as_tensor(mel), torch.as_tensor(codes))
-        return self._cache[uid]
+        if uid in self._cache:
+            self._cache.move_to_end(uid)
+            return self._cache[uid]
+        mel, codes = self.src.store.load(uid)
+        self._cache[uid] = item = (torch.as_tensor(mel), torch.as_tensor(codes))
+        if len(self._cache) > CACHE_UTTERANCES:
+            self._cache.popitem(last=False)
+        return item
 
     def _ref(self, i: int, mode: str, val: bool, rng: np.random.Generator) -> int:
         if mode == "same":
