@@ -97,3 +97,24 @@ def test_bad_stage_name_is_a_params_error(tmp_path):
 
     with pytest.raises(ParamsError, match="evaluate.stages"):
         load_params(write_tiny_params(tmp_path, steps=2), ["evaluate.stages=[stage9]"])
+
+
+def test_default_vocoder_decodes_with_the_features_codec_and_reports_its_provenance(tmp_path):
+    """The evaluate stage's audio comes from the very codec weights the features stage saved."""
+    from tristage.evaluation.run import default_vocoder
+    from tristage.features.codec import prepare_codec
+    from tristage.features.config import FeaturesParams
+    from tristage.fsio import write_json
+
+    fp = FeaturesParams()
+    model, info = prepare_codec(fp.codec, tmp_path)
+    write_json(tmp_path / "meta.json", dict(codec=info))
+    voc, prov = default_vocoder(tmp_path, "cpu")
+    assert prov == dict(name=info["name"], path=None, pretrained=False)
+    codes = torch.randint(0, info["codebook_size"], (info["n_codebooks"], 6))
+    wav, sr = voc(codes)
+    assert sr == info["sample_rate"] and wav.shape == (6 * info["hop_length"],)
+    from tristage.features.codec import decode_codes
+
+    ref, _ = decode_codes(model, codes)
+    assert np.array_equal(wav, ref)

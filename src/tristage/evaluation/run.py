@@ -120,10 +120,11 @@ def synthesize(model, data, table, plan: list[dict], ep, max_ref: int, device: s
 def default_vocoder(features_dir: Path, device: str) -> tuple[Vocoder, dict]:
     """The features stage's codec (the very weights that made the training codes)."""
     from tristage.features.codec import decode_codes, load_codec
+    from tristage.fsio import read_json
 
     codec = load_codec(features_dir, device=device)
-    info = dict(getattr(codec, "tristage_info", None) or {})
-    return (lambda codes: decode_codes(codec, codes)), info
+    info = read_json(Path(features_dir) / "meta.json")["codec"]  # name, path, pretrained, sample_rate, ...
+    return (lambda codes: decode_codes(codec, codes)), {k: info.get(k) for k in ("name", "path", "pretrained")}
 
 
 def _caption_cosine(path: Path) -> float | None:
