@@ -97,3 +97,15 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def save_figure(fig, path: str | os.PathLike, **savefig_kw: Any) -> Path:
+    """A matplotlib figure -> PNG at `path`, atomically; the figure is closed."""
+    import matplotlib.pyplot as plt
+
+    try:
+        with atomic_path(path, suffix=".png") as tmp:
+            fig.savefig(tmp, format="png", **savefig_kw)
+    finally:
+        plt.close(fig)
+    return Path(path)

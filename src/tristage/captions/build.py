@@ -220,7 +220,7 @@ def write_histogram(path: Path, series: dict[str, np.ndarray], title: str) -> No
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from tristage.fsio import atomic_path
+    from tristage.fsio import save_figure
 
     fig, ax = plt.subplots(figsize=(6, 3.2))
     lo = min([float(v.min()) for v in series.values() if len(v)] + [0.0])
@@ -232,9 +232,7 @@ def write_histogram(path: Path, series: dict[str, np.ndarray], title: str) -> No
     ax.set_ylabel("tokens")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
+    save_figure(fig, path, dpi=100, bbox_inches="tight")
 
 
 def run_caption_vectors(cp, tracker=None, progress: bool = True) -> dict:

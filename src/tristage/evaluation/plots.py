@@ -4,16 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-
-def _save(fig, path: Path) -> Path:
-    from tristage.fsio import atomic_path
-
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return path
+from tristage.fsio import save_figure
 
 
 def write_plots(out_dir: Path, per_stage: Mapping[str, Mapping[str, Any]], band: Sequence[float]) -> list[Path]:
@@ -32,7 +23,7 @@ def write_plots(out_dir: Path, per_stage: Mapping[str, Mapping[str, Any]], band:
         ax.bar(stages, [num(val(s, key)) for s in stages], color="tab:blue")
         ax.set_title(key)
     fig.suptitle("decoder on the validation split, per stage")
-    paths.append(_save(fig, out_dir / "stages.png"))
+    paths.append(save_figure(fig, out_dir / "stages.png", dpi=100, bbox_inches="tight"))
 
     fig, ax = plt.subplots(figsize=(6, 3))
     width = 0.38
@@ -45,7 +36,7 @@ def write_plots(out_dir: Path, per_stage: Mapping[str, Mapping[str, Any]], band:
     ax.set_ylim(0, 1)
     ax.set_title("fresh probes on the frozen emotion vectors")
     ax.legend(fontsize=7)
-    paths.append(_save(fig, out_dir / "probes.png"))
+    paths.append(save_figure(fig, out_dir / "probes.png", dpi=100, bbox_inches="tight"))
 
     fig, ax = plt.subplots(figsize=(6, 3))
     lo, hi = band
@@ -55,5 +46,5 @@ def write_plots(out_dir: Path, per_stage: Mapping[str, Mapping[str, Any]], band:
     ax.set_ylim(0, 1)
     ax.set_title("speaker classifier behind the GRL")
     ax.legend(fontsize=7)
-    paths.append(_save(fig, out_dir / "speaker_acc_band.png"))
+    paths.append(save_figure(fig, out_dir / "speaker_acc_band.png", dpi=100, bbox_inches="tight"))
     return paths

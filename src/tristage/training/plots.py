@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from tristage.fsio import atomic_path, write_text
+from tristage.fsio import save_figure, write_text
 
 COLUMNS = ("step", "mel_loss", "mel_top1", "speaker_loss", "speaker_acc", "lr", "grl_lambda",
            "speaker_loss_weight", "samples_per_s", "val_mel_loss", "val_mel_top1", "val_speaker_acc")
@@ -46,9 +46,7 @@ def plot_losses(history: list[dict], path: Path, title: str) -> None:
         a.grid(alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png", dpi=90)
-    plt.close(fig)
+    save_figure(fig, path, dpi=90)
 
 
 def plot_speaker_acc(history: list[dict], band: tuple[float, float], path: Path, title: str) -> None:
@@ -67,6 +65,4 @@ def plot_speaker_acc(history: list[dict], band: tuple[float, float], path: Path,
     ax.grid(alpha=0.3)
     ax.set_title(title)
     fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png", dpi=90)
-    plt.close(fig)
+    save_figure(fig, path, dpi=90)
