@@ -6,10 +6,11 @@
   emotion reference = the target utterance (`emotion_ref: same`); both randomly cropped to
   `max_ref_frames` mel frames;
 - speaker label = id from the speaker mapping, -100 (ignored by the loss) outside it;
-- `BucketSampler`: length-bucketed batches, an epoch order fixed by (seed, epoch), sharded
-  over DDP ranks; its position is part of the trainer state (exact resume). Every random
-  choice of a batch (crops, references) comes from a generator seeded by (seed, epoch,
-  position, rank), so a resumed run builds the very same batches.
+- `BucketSampler`: length-bucketed global batches, an epoch order fixed by (seed, epoch), each
+  DDP rank taking its slice; its position is part of the trainer state (exact resume). Every
+  random choice for an example (crops, references) comes from a generator seeded by (seed,
+  epoch, position, example), so a resumed run, or a run on another number of processes,
+  builds the very same rows.
 """
 from __future__ import annotations
 
