@@ -86,6 +86,9 @@ class Tracker:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 import mlflow  # heavy: imported only when tracking is on
+            if os.environ.get("TRISTAGE_LOG_LEVEL", "INFO") != "DEBUG":  # no database-migration chatter
+                for name in ("mlflow", "alembic"):
+                    logging.getLogger(name).setLevel(logging.WARNING)
             uri = os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(self.root)
             mlflow.set_tracking_uri(uri)
             mlflow.set_experiment(EXPERIMENT)
