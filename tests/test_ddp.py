@@ -57,3 +57,20 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     assert a[0] == pytest.approx(b[0], rel=0.02)  # same weights, same examples
     assert max(abs(x - y) / x for x, y in zip(a, b)) < 0.05, (a, b)
     assert a[-1] < a[0] and b[-1] < b[0]
+
+
+def test_stage2_with_extra_classifier_updates_under_two_processes(tmp_path):
+    """stage2's classifier-only updates all-reduce their gradients: 2 gloo processes finish (no hang)."""
+    params = write_tiny_params(tmp_path, steps=4, batch_size=2, checkpoint_every=2)
+    env = project_env(TRISTAGE_NO_PROGRESS="1")
+    fakes = ["-m", "tristage.training.fakes"]
+    subprocess.run([sys.executable, *fakes, "stage1", "--params", str(params)], env=env, check=True,
+                   capture_output=True, timeout=240)
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                        *fakes, "stage2", "--params", str(params)], env=env, capture_output=True, text=True,
+                       timeout=240)
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = json.loads((tmp_path / "metrics/stage2.json").read_text())
+    assert m["world_size"] == 2 and m["steps"] == 4 and m["speaker_acc"] is not None
+    st = torch.load(tmp_path / "models/stage2/trainer_state.pt", weights_only=True)
+    assert st["cls_optimizer"]["state"]  # the classifier's own optimizer ran and is saved for resume

@@ -177,3 +177,25 @@ def test_feature_cache_is_bounded_and_batches_do_not_depend_on_it(tmp_path, monk
         a, b = full.next_batch(), small.next_batch()
         assert len(small._cache) <= 3
         assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_classifier_updates_move_only_the_classifier(tmp_path, monkeypatch):
+    import dataclasses
+
+    from tristage.training import presets
+
+    monkeypatch.setitem(presets.PRESETS, "stage2", dataclasses.replace(presets.PRESETS["stage2"], needs_init=False))
+    params = load_params(write_tiny_params(tmp_path, steps=2), ["stage2.init_from=null", "stage2.classifier_steps=3"])
+    from tristage.training import ddp
+
+    t = _Trainer("stage2", params, params.stage2, ddp.init("cpu"), None, default_fake_sources(tmp_path))
+    batch = t.data.next_batch()
+    with torch.no_grad():
+        emo = t.model.emotion_vector(batch["emo_mel"], batch["emo_mask"])
+    before = {k: v.clone() for k, v in t.model.state_dict().items()}
+    t.classifier_updates([(emo, batch["speaker"])])
+    after = t.model.state_dict()
+    changed = {k.split(".")[0] for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {"speaker_classifier"}
+    params0 = load_params(write_tiny_params(tmp_path, steps=2), ["stage2.init_from=null", "stage2.classifier_steps=0"])
+    assert _Trainer("stage2", params0, params0.stage2, ddp.init("cpu"), None, default_fake_sources(tmp_path)).cls_opt is None

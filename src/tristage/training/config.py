@@ -69,7 +69,10 @@ class Stage2Params(StageParams):
     grl_lambda_max: NonNegFloat = 3.0
     speaker_loss_weight_max: NonNegFloat = 0.4
     grl_warmup: bool = False  # DANN schedule: lambda * (2 / (1 + exp(-10 p)) - 1)
-    classifier_lr_scale: PosFloat = 1.0  # the speaker classifier's lr = lr * lr_scale * this
+    classifier_lr_scale: PosFloat = 5.0  # the speaker classifier's lr = lr * lr_scale * this
+    # extra classifier-only updates per step on the step's (detached) emotion vectors; 0 = the seed's
+    # plain GRL, where the emotion encoder fools a lagging classifier instead of dropping the speaker
+    classifier_steps: NonNegInt = 5
 
     @field_validator("speaker_acc_band")
     @classmethod

@@ -64,6 +64,18 @@ def all_reduce_sum(values, d: Dist):
     return t.tolist()
 
 
+def average_gradients(params, d: Dist) -> None:
+    """All-reduce (mean) the gradients of `params` across ranks: for updates made outside the DDP wrapper."""
+    if not d.enabled:
+        return
+    import torch.distributed as dist
+
+    for p in params:
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad /= d.world
+
+
 def barrier(d: Dist) -> None:
     if d.enabled:
         import torch.distributed as dist

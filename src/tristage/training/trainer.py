@@ -173,6 +173,11 @@ class _Trainer:
         self.opt = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98), eps=1e-8)
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, lambda s: lr_factor(s, sp.warmup_steps, sp.steps, sp.min_lr_ratio))
+        # extra classifier-only updates (stage2.classifier_steps): its own optimizer, constant lr
+        self.cls_opt = None
+        if self.preset.grl and getattr(sp, "classifier_steps", 0) > 0:
+            self.cls_opt = torch.optim.AdamW(model.speaker_classifier.parameters(), lr=lr * cls_scale,
+                                             betas=(0.9, 0.98), eps=1e-8, weight_decay=sp.weight_decay)
         self.band = None
         if self.preset.grl:
             lo, hi = sp.speaker_acc_band
@@ -214,6 +219,7 @@ class _Trainer:
 
     def trainer_state(self) -> dict:
         return _plain(dict(step=self.step, fingerprint=self.fingerprint, optimizer=self.opt.state_dict(),
+                    cls_optimizer=self.cls_opt.state_dict() if self.cls_opt else {},
                     scheduler=self.sched.state_dict(), sampler=self.data.sampler.state_dict(), rng=ck.rng_state(),
                     band=self.band.state_dict() if self.band else {}, history=list(self.history),
                     window=list(self.window), best=dict(self.best), initial=dict(self.initial),
@@ -222,6 +228,8 @@ class _Trainer:
     def load_trainer_state(self, st: dict) -> None:
         self.step = int(st["step"])
         self.opt.load_state_dict(st["optimizer"])
+        if self.cls_opt:
+            self.cls_opt.load_state_dict(st["cls_optimizer"])
         self.sched.load_state_dict(st["scheduler"])
         self.data.sampler.load_state_dict(st["sampler"])
         if self.band:
@@ -279,6 +287,7 @@ class _Trainer:
         set_train_mode(self.model, self.preset)
         t0 = time.perf_counter()
         sums = np.zeros(8)  # mel_loss, mel_correct, mel_count, spk_loss, spk_correct, spk_count, nonfinite, n
+        emo_vecs = []  # (emotion vectors, speaker labels) of this step, for the extra classifier updates
         for micro in range(sp.grad_accum):
             batch = to_device(self.data.next_batch(), self.d.device)
             sync = self.d.enabled and micro < sp.grad_accum - 1
@@ -288,6 +297,8 @@ class _Trainer:
             finite = bool(torch.isfinite(loss))
             if finite:
                 (loss / sp.grad_accum).backward()
+            if self.cls_opt is not None:
+                emo_vecs.append((out["emo_vec"].detach().float(), batch["speaker"]))
             sums += [out["mel_loss"].item(), out["mel_correct"].item(), out["mel_count"].item(),
                      out["speaker_loss"].item() if lam is not None else 0.0,
                      out["speaker_correct"].item() if lam is not None else 0.0,
@@ -304,6 +315,7 @@ class _Trainer:
         self.opt.step()
         self.sched.step()
         self.opt.zero_grad(set_to_none=True)
+        self.classifier_updates(emo_vecs)
         self.step += 1
         dt = time.perf_counter() - t0
         self.train_time += dt
@@ -315,6 +327,25 @@ class _Trainer:
             rec.update(speaker_loss=sums[3] / n_micro, speaker_acc=sums[4] / max(sums[5], 1), grl_lambda=lam,
                        speaker_loss_weight=self.band.speaker_loss_weight)
         return rec
+
+    def classifier_updates(self, emo_vecs: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """`classifier_steps` updates of the speaker classifier alone on this step's detached emotion
+        vectors, so it keeps up with the emotion encoder and the GRL pushes against a real adversary."""
+        if self.cls_opt is None or not emo_vecs:
+            return
+        import torch.nn.functional as F
+
+        clf = self.model.speaker_classifier
+        clf.train()
+        params = [p for p in clf.parameters() if p.requires_grad]
+        for _ in range(self.sp.classifier_steps):  # every rank runs every update (DDP: same collectives)
+            self.cls_opt.zero_grad(set_to_none=True)
+            loss = sum(F.cross_entropy(logits, y, ignore_index=-100, reduction="sum") / (y != -100).sum().clamp(min=1)
+                       for logits, y in ((clf(e), y) for e, y in emo_vecs))
+            (loss / len(emo_vecs)).backward()
+            ddp.average_gradients(params, self.d)
+            self.cls_opt.step()
+        self.cls_opt.zero_grad(set_to_none=True)
 
     def _nonfinite_msg(self, value: float, what: str = "loss") -> str:
         keep = (f"the last good checkpoint is kept: {_rel(self.last_good, self.base)}" if self.last_good
