@@ -171,9 +171,7 @@ def run_evaluate(params, tracker=None, sources=None, vocoder: tuple[Vocoder, dic
         values.update(run_probes(model, data, src.manifest, ep, sp.max_ref_frames, device))
         values.update(n_val_utterances=len(data.val_idx), speaker_classifier_trained=trained)
         if plan is None:
-            rows = [dict(id=data.examples[i].id, speaker=data.examples[i].speaker,
-                         **_row(src.manifest, data.examples[i].id)) for i in data.val_idx]
-            plan = sample_plan(rows, ep.n_samples, ep.seed)
+            plan = sample_plan(_val_rows(src.manifest, data), ep.n_samples, ep.seed)
         codes = synthesize(model, data, src.table, plan, ep, sp.max_ref_frames, device)
         wavs, sr = [], 0
         for c in codes:
@@ -201,11 +199,22 @@ def run_evaluate(params, tracker=None, sources=None, vocoder: tuple[Vocoder, dic
     return doc
 
 
-def _row(manifest, uid: str) -> dict:
-    r = manifest.loc[manifest["id"] == uid].iloc[0]
-    get = lambda k: (None if k not in r.index or r[k] is None or (isinstance(r[k], float) and math.isnan(r[k]))  # noqa: E731
-                     else str(r[k]))
-    return dict(text=get("text") or "", caption=get("caption") or "", emotion=get("emotion"))
+def _val_rows(manifest, data) -> list[dict]:
+    """The validation utterances as dicts (id, speaker, text, caption, emotion) for the sample plan;
+    the manifest is indexed once (a scan per row would be quadratic at corpus scale)."""
+    by_id = manifest.drop_duplicates("id").set_index("id")
+
+    def get(r, k):
+        v = r.get(k)
+        return None if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
+
+    rows = []
+    for i in data.val_idx:
+        ex = data.examples[i]
+        r = by_id.loc[ex.id]
+        rows.append(dict(id=ex.id, speaker=ex.speaker, text=get(r, "text") or "", caption=get(r, "caption") or "",
+                         emotion=get(r, "emotion")))
+    return rows
 
 
 def _fmt(v) -> str:
