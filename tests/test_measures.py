@@ -7,8 +7,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tristage.audio.measures import (DEFAULT_LEVELS, MEASURE_COLUMNS, AttributeBins, Measures, coarse, count_words,
-                                     measure)
+from tristage.audio.measures import (
+    DEFAULT_LEVELS,
+    MEASURE_COLUMNS,
+    AttributeBins,
+    Measures,
+    coarse,
+    count_words,
+    measure,
+)
 from tristage.corpus.build import add_noise, add_reverb, trim_silence
 
 TEXTS = ["The quick brown fox jumps over the lazy dog near the river bank.",

@@ -40,8 +40,9 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -120,10 +121,10 @@ def yin(x: np.ndarray, sr: int = SR) -> tuple[np.ndarray, np.ndarray]:
     correlations; cmndf(tau) = d(tau) * tau / sum_{k<=tau} d(k); the period is the first dip
     below 0.1 (else the global minimum) refined by a parabola; aperiodicity = cmndf there.
     """
-    min_lag, max_lag = int(sr / FMAX), int(math.ceil(sr / FMIN))
+    min_lag, max_lag = int(sr / FMAX), math.ceil(sr / FMIN)
     win = FRAME - max_lag
     frames = _frames(x, FRAME, HOP)                                 # (n, FRAME)
-    n_fft = 1 << int(math.ceil(math.log2(FRAME + win)))
+    n_fft = 1 << math.ceil(math.log2(FRAME + win))
     spec = np.fft.rfft(frames, n_fft)                               # (n, n_fft/2+1)
     head = np.fft.rfft(frames[:, :win], n_fft)
     acf = np.fft.irfft(spec * head.conj(), n_fft)[:, : max_lag + 1]  # (n, max_lag+1): sum_j x_j x_{j+tau}
@@ -220,6 +221,13 @@ def _transform(values: np.ndarray, how: str) -> np.ndarray:
     return v
 
 
+def _group_key(value) -> str:
+    """A group column's value as a key; "" for missing (None or NaN)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return str(value)
+
+
 def _edges(values: np.ndarray, n_levels: int) -> list[float] | None:
     v = values[np.isfinite(values)]
     if len(v) < 2:
@@ -243,7 +251,7 @@ class AttributeBins:
 
     @classmethod
     def fit(cls, table, levels: Mapping[str, Sequence[str]] | None = None, min_group: int = 20,
-            quality: Mapping[str, Any] | None = None) -> "AttributeBins":
+            quality: Mapping[str, Any] | None = None) -> AttributeBins:
         """Fit on `table` (a DataFrame or a mapping column -> sequence) with the Measures columns."""
         levels = dict(DEFAULT_LEVELS if levels is None else levels)
         out: dict[str, dict[str, Any]] = {}
@@ -259,7 +267,7 @@ class AttributeBins:
             if everyone is not None:
                 groups["*"] = everyone
             if group_col is not None and group_col in table:
-                keys = np.asarray([("" if g is None or g != g else str(g)) for g in table[group_col]], dtype=object)
+                keys = np.asarray([_group_key(g) for g in table[group_col]], dtype=object)
                 for g in sorted(set(keys) - {""}):
                     sel = keys == g
                     if sel.sum() >= min_group:
@@ -274,7 +282,7 @@ class AttributeBins:
         return {"format": 1, "bins": self.bins, "quality": self.quality}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "AttributeBins":
+    def from_dict(cls, data: Mapping[str, Any]) -> AttributeBins:
         if data.get("format") != 1 or "bins" not in data or "quality" not in data:
             raise ValueError("not an AttributeBins dict (format 1 with `bins` and `quality`)")
         return cls(bins={k: dict(v) for k, v in data["bins"].items()}, quality=dict(data["quality"]))
@@ -293,7 +301,7 @@ class AttributeBins:
             groups = table[col] if col is not None and col in table else [None] * n
             res: list[str | None] = []
             for v, g in zip(values, groups):
-                edges = spec["groups"].get("" if g is None or g != g else str(g)) or spec["groups"].get("*")
+                edges = spec["groups"].get(_group_key(g)) or spec["groups"].get("*")
                 res.append(None if not np.isfinite(v) or edges is None
                            else spec["levels"][int(np.searchsorted(edges, v, side="right"))])
             out[attr] = res
