@@ -7,7 +7,7 @@
                                         #     "quality": [...]}
     AttributeBins.from_dict(json.loads(text)) == AttributeBins.from_dict(bins.to_dict())
 
-Measures (all cheap, numpy + scipy, about 10 ms per second of audio):
+Measures (all cheap, numpy + scipy, about 20 ms of CPU per second of audio):
 - `f0_hz`: median F0 of the voiced frames. F0 from a YIN tracker (cumulative mean normalised
   difference, 16 kHz, 64 ms frames, 10 ms hop); a frame is voiced when its YIN aperiodicity is
   below `VOICING_THRESHOLD` and it is not near-silent. NaN when no frame is voiced.
