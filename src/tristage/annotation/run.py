@@ -213,11 +213,10 @@ def run_annotate(ap: AnnotateParams, lexicon: dict, tracker=None, progress: bool
     agree, filled = {}, {}
     for attr in bins.attributes:
         given = df[attr].tolist() if attr in df.columns else [None] * len(df)
-        agree[attr] = agreement(given, assigned[attr])
-        new = [m if m is not None and (ap.overwrite or _missing(g)) else (None if _missing(g) else g)
-               for g, m in zip(given, assigned[attr])]
-        filled[attr] = sum(m is not None and (ap.overwrite or _missing(g)) for g, m in zip(given, assigned[attr]))
-        df[attr] = new
+        agree[attr] = agreement(given, assigned[attr])  # before filling: the user's values vs the measured bins
+        take = [m is not None and (ap.overwrite or _missing(g)) for g, m in zip(given, assigned[attr])]
+        df[attr] = [m if t else (None if _missing(g) else g) for g, m, t in zip(given, assigned[attr], take)]
+        filled[attr] = sum(take)
 
     captions_written = 0
     if "caption" not in df.columns:
@@ -275,6 +274,8 @@ def run_annotate(ap: AnnotateParams, lexicon: dict, tracker=None, progress: bool
         "snr_db_median": round(float(df.loc[ok, "snr_db"].median()), 2),
     }
     write_json(ap.metrics, metrics)
+    if tracker is not None:
+        tracker.log_artifact(out / "bins.json")
     if len(failed):
         log.warning("annotate: %d utterance(s) could not be measured, see %s", len(failed), out / "failed.jsonl")
     log.info("annotate: filled %s, %d captions written; agreement %s", filled, captions_written,
