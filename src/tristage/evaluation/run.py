@@ -28,7 +28,7 @@ import torch
 from tristage.errors import UserError
 from tristage.evaluation.metrics import evaluate_document, stage_metrics
 from tristage.evaluation.probes import probe_accuracy
-from tristage.evaluation.samples import sample_plan, write_samples
+from tristage.evaluation.samples import write_samples
 
 log = logging.getLogger("tristage.evaluate")
 
@@ -100,12 +100,19 @@ def run_probes(model, data, manifest, ep, max_frames: int, device: str) -> dict[
     return res
 
 
-def synthesize(model, data, table, plan: list[dict], ep, max_ref: int, device: str) -> list[torch.Tensor]:
-    """Codes (K, T) for each request of the plan; sampling seeded per request."""
+def synthesize(model, data, table, plan: list[dict], ep, max_ref: int, device: str,
+               stop: bool = False) -> list[torch.Tensor]:
+    """Codes (K, T) for each request of the plan; sampling seeded per request.
+
+    Length: `stop=False` (today) generates the speaker reference utterance's length (at most
+    max_sample_frames); `stop=True` is the hook for the decoder's stop token (h-synth): generate up to
+    max_sample_frames and let the model end the utterance."""
     pos = {ex.id: i for i, ex in enumerate(data.examples)}
     out = []
     for r, req in enumerate(plan):
         spk_i, emo_i = pos[req["speaker_ref"]["id"]], pos[req["emotion_ref"]["id"]]
+        if stop:
+            raise NotImplementedError("synthesize(stop=True) needs the decoder's stop token (branch h-synth)")
         n_frames = min(data.examples[spk_i].n_frames, ep.max_sample_frames)
         gen = torch.Generator(device=device).manual_seed(ep.seed + r)
         codes = model.generate(req["text"], table.encode(req["caption"]),
@@ -159,6 +166,10 @@ def run_evaluate(params, tracker=None, sources=None, vocoder: tuple[Vocoder, dic
     per_stage: dict[str, dict] = {}
     entries: list[dict] = []
     plan = None
+    # --- audio judges (evaluation/audio.py): collect per stage, judge once at the end ---
+    from tristage.evaluation.audio import AudioJudges
+
+    judges = AudioJudges(params, src, voc, codec_info, device)
     for stage in ep.stages:
         model, cfg = load_model(Path(ep.models_dir) / stage, device, table=src.table)
         sp = params.stage(stage)
@@ -171,7 +182,7 @@ def run_evaluate(params, tracker=None, sources=None, vocoder: tuple[Vocoder, dic
         values.update(run_probes(model, data, src.manifest, ep, sp.max_ref_frames, device))
         values.update(n_val_utterances=len(data.val_idx), speaker_classifier_trained=trained)
         if plan is None:
-            plan = sample_plan(_val_rows(src.manifest, data), ep.n_samples, ep.seed)
+            plan = judges.plan(data)  # sample_plan of the validation rows + unseen speakers' requests
         codes = synthesize(model, data, src.table, plan, ep, sp.max_ref_frames, device)
         wavs, sr = [], 0
         for c in codes:
@@ -179,16 +190,22 @@ def run_evaluate(params, tracker=None, sources=None, vocoder: tuple[Vocoder, dic
             wavs.append(wav)
         entries += write_samples(Path(ep.samples_dir), stage, plan, wavs, sr, codec_info,
                                  extra=[dict(n_frames=int(c.shape[1])) for c in codes])
+        judges.add_stage(stage, model, data, plan, wavs, sr, sp.max_ref_frames, device)
         per_stage[stage] = stage_metrics(values, band, caption_cos)
         log.info("%s: mel_loss %.4f top1 %.3f speaker_acc %s speaker_probe %s emotion_probe %s", stage,
                  values["mel_loss"] or math.nan, values["mel_top1"] or math.nan, _fmt(values["speaker_acc"]),
                  _fmt(values["speaker_probe_acc"]), _fmt(values["emotion_probe_acc"]))
         del model
+    audio_rows = judges.finish(tracker)  # ground_truth, resynthesis, <stage>: wer, cer, speaker_sim, ...
+    for stage in ep.stages:
+        per_stage[stage].update(audio_rows.get(stage, {}))
+    # --- end audio judges ---
     note = _note(src, pretrained_codec)
     write_json(Path(ep.samples_dir) / "samples.json", dict(note=note, samples=entries))
     doc = evaluate_document(per_stage, ep.stages[-1], band, extra=dict(
         codec=src.codec, caption_encoder=src.caption_encoder, audio_is_speech=pretrained_codec, note=note,
-        n_samples=len(entries)))
+        n_samples=len(entries), **{row: audio_rows[row] for row in ("ground_truth", "resynthesis") if row in audio_rows},
+        audio_judges=judges.info()))
     write_json(ep.metrics, doc)
     plots = write_plots(Path(ep.plots_dir), per_stage, band)
     if tracker is not None:
