@@ -31,6 +31,7 @@ import dataclasses
 import logging
 import math
 import random
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -38,6 +39,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from tristage.errors import UserError
+from tristage.evaluation.judges.text import normalize
 from tristage.evaluation.samples import sample_plan
 
 log = logging.getLogger("tristage.evaluate")
@@ -167,6 +169,9 @@ class AudioJudges:
             return
         if not self._anchored:
             self._anchors(data, plan)
+            judged = {normalize(req["text"]) for req in plan if req.get("judged")}
+            texts = [_text(self.by_id["text"].get(data.examples[i].id)) or "" for i in data.train_idx]
+            self.lm_texts = [t for t in texts if normalize(t) not in judged][:self.am.asr_lm_max_sentences]
         new = [self._clip(stage, req, to_16k(w, sample_rate), f"{stage}/{req['name']}.wav", self.pretrained_codec,
                           length_source=length_source)
                for req, w in zip(plan, wavs) if req.get("judged")]
@@ -222,10 +227,15 @@ class AudioJudges:
     def judge_clips(self) -> None:
         am, ep = self.am, self.ep
         if am.intelligibility:
-            from tristage.evaluation.judges.asr import load_asr
+            from tristage.evaluation.judges.asr import build_lm, load_asr
             from tristage.evaluation.judges.text import error_rates
 
-            asr = self._timed("asr_load", load_asr, ep.asr, self.device)
+            with tempfile.TemporaryDirectory() as tmp:
+                lm = None
+                if ep.asr is None and am.asr_lm == "train_texts" and getattr(self, "lm_texts", None):
+                    lm = self._timed("asr_load", build_lm, self.lm_texts, Path(tmp) / "train_texts.arpa")
+                asr = self._timed("asr_load", load_asr, ep.asr, self.device, lm)
+            self.asr_name = getattr(asr, "name", str(ep.asr))
             for c in self.clips:
                 hyp = self._timed("asr", asr, c.wav)
                 wer, cer = error_rates(c.text, hyp)
@@ -325,7 +335,7 @@ class AudioJudges:
 
     def info(self) -> dict[str, Any]:
         """What judged (for metrics/evaluate.json's `audio_judges`)."""
-        return dict(asr=str(self.ep.asr) if self.ep.asr else "pocketsphinx en-us (wheel model)",
+        return dict(asr=getattr(self, "asr_name", None),
                     speaker_encoder=str(self.ep.speaker_encoder) if self.ep.speaker_encoder
                     else "resemblyzer GE2E (wheel weights)",
                     quality="DNSMOS P.835 (speechmos ONNX)", switches=self.am.model_dump(),

@@ -1,6 +1,7 @@
 """Speech recognisers for the intelligibility judge: 16 kHz float audio -> transcript.
 
     asr = load_asr(None)                 # pocketsphinx: the English model inside its wheel, offline
+    asr = load_asr(None, lm=build_lm(train_texts, tmp / "lm.arpa"))   # ... with an LM of the training texts
     asr = load_asr(Path("/models/whisper-small"))   # a local Hugging Face ASR folder (transformers pipeline)
     asr(wav_16k)                         # -> "the quick brown fox"
 
@@ -9,8 +10,9 @@ read its WER against the ground-truth row, not on its own.
 """
 from __future__ import annotations
 
+import io
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -20,15 +22,32 @@ SAMPLE_RATE = 16000
 Transcriber = Callable[[np.ndarray], str]
 
 
+def build_lm(sentences: Sequence[str], path: Path) -> Path:
+    """A trigram ARPA language model (pocketsphinx's own builder) of the normalised `sentences` -> `path`."""
+    from pocketsphinx.lm import ArpaBoLM
+
+    from tristage.evaluation.judges.text import normalize
+
+    lines = [t for t in (normalize(s) for s in sentences) if t]
+    if not lines:
+        raise ValueError("build_lm: no sentences")
+    model = ArpaBoLM(text="\n".join(lines), add_start=True, case="lower")
+    model.compute()
+    buf = io.StringIO()
+    model.write(buf)
+    path.write_text(buf.getvalue())
+    return path
+
+
 class PocketSphinxASR:
-    """pocketsphinx 5 with its default en-us acoustic model, language model and dictionary."""
+    """pocketsphinx 5 with its en-us acoustic model and dictionary; its general LM or an ARPA file `lm`."""
 
-    name = "pocketsphinx en-us (wheel model)"
-
-    def __init__(self):
+    def __init__(self, lm: Path | None = None):
         from pocketsphinx import Decoder
 
-        self._decoder = Decoder(samprate=SAMPLE_RATE, loglevel="FATAL")
+        self.name = "pocketsphinx en-us" + (" + LM of the training transcripts" if lm else " (general LM)")
+        kw = {"lm": str(lm)} if lm else {}
+        self._decoder = Decoder(samprate=SAMPLE_RATE, loglevel="FATAL", **kw)
 
     def __call__(self, wav: np.ndarray) -> str:
         pcm = (np.clip(np.asarray(wav, np.float32), -1.0, 1.0) * 32767).astype(np.int16)
@@ -53,11 +72,12 @@ class HuggingFaceASR:
         return str(out.get("text", "")) if isinstance(out, dict) else str(out)
 
 
-def load_asr(path: Path | None, device: str = "cpu") -> Transcriber:
-    """pocketsphinx when `path` is None, else the local folder (UserError naming `evaluate.asr`)."""
+def load_asr(path: Path | None, device: str = "cpu", lm: Path | None = None) -> Transcriber:
+    """pocketsphinx (with the ARPA `lm` if given) when `path` is None, else the local folder (UserError
+    naming `evaluate.asr`)."""
     if path is None:
         try:
-            return PocketSphinxASR()
+            return PocketSphinxASR(lm)
         except ImportError:
             raise UserError("evaluate.audio_metrics.intelligibility: the `pocketsphinx` package is missing; "
                             "pip install pocketsphinx, set evaluate.asr to a local ASR folder, or switch it off") from None

@@ -1,7 +1,9 @@
 """Params of the audio judges (`evaluate.audio_metrics`, `evaluate.asr`, `evaluate.speaker_encoder`)."""
 from __future__ import annotations
 
-from tristage.schema import Section
+from typing import Literal
+
+from tristage.schema import PosInt, Section
 
 
 class AudioMetricsParams(Section):
@@ -12,3 +14,7 @@ class AudioMetricsParams(Section):
     dnsmos: bool = True  # DNSMOS SIG / BAK / OVRL (speechmos ONNX, 16 kHz)
     caption_adherence: bool = True  # measured pitch / speed bin == the caption's requested bin
     emotion_transfer: bool = True  # the emotion probe on the generated audio vs the emotion reference's label
+    # pocketsphinx's language model: `train_texts` = a trigram LM built from the training split's transcripts
+    # (judged sentences never in it), `general` = the wheel's general English LM (much higher WER)
+    asr_lm: Literal["train_texts", "general"] = "train_texts"
+    asr_lm_max_sentences: PosInt = 50000
