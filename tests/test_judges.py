@@ -138,3 +138,24 @@ def test_judges_switch_off_without_recordings(caplog):
     judges = AudioJudges(Params(), src, vocoder=None, codec_info={})
     assert not judges.enabled and judges.finish() == {}
     assert "no `audio` column" in caplog.text
+
+
+def test_caption_adherence_bins_a_high_voice_above_a_low_one(speech):
+    """Bins fitted (annotate's code) on voices from low to high pitch; the judge puts the high voice in a
+    higher pitch bin than the low voice, and agreement compares the caption's request with that bin."""
+    from tristage.audio.measures import DEFAULT_LEVELS
+    from tristage.corpus.espeak import Espeak
+    from tristage.evaluation.judges.adherence import AdherenceJudge, agreement
+
+    tts = Espeak.get()
+    corpus = [(to_16k(tts.synth(s, voice="en-us", pitch=p).astype(np.float32) / 32768, tts.sample_rate), s, None)
+              for p in (5, 20, 35, 50, 65, 80, 95) for s in SENTENCES[:2]]
+    judge = AdherenceJudge.from_recordings(corpus)
+    levels = DEFAULT_LEVELS["pitch"]
+    low = judge(speech["low"][SENTENCES[3]], SENTENCES[3])
+    high = judge(speech["high"][SENTENCES[3]], SENTENCES[3])
+    assert levels.index(low["pitch_measured"]) < levels.index(high["pitch_measured"])
+    assert high["f0_hz"] > low["f0_hz"] and low["speaking_rate"] > 0
+    assert agreement(high["pitch_measured"], high["pitch_measured"]) == 1.0
+    assert agreement(low["pitch_measured"], high["pitch_measured"]) == 0.0 and agreement(None, "high") is None
+    assert agreement("very high", "high", coarse=True) == 1.0

@@ -46,6 +46,7 @@ log = logging.getLogger("tristage.evaluate")
 
 SR = 16000  # every judge listens at 16 kHz
 GROUND_TRUTH, RESYNTHESIS = "ground_truth", "resynthesis"
+BIN_RECORDINGS = 200  # training recordings measured to fit the attribute bins when the manifest is not annotated
 SUMMARY_KEYS = ("wer", "cer", "speaker_sim", "dnsmos_ovrl", "pitch_agreement", "speed_agreement",
                 "emotion_transfer_acc")
 EXTRA_KEYS = ("speaker_sim_other", "dnsmos_sig", "dnsmos_bak", "pitch_agreement_coarse", "speed_agreement_coarse",
@@ -171,6 +172,7 @@ class AudioJudges:
             self._anchors(data, plan)
             judged = {normalize(req["text"]) for req in plan if req.get("judged")}
             texts = [_text(self.by_id["text"].get(data.examples[i].id)) or "" for i in data.train_idx]
+            self.train_ids = [data.examples[i].id for i in data.train_idx]
             self.lm_texts = [t for t in texts if normalize(t) not in judged][:self.am.asr_lm_max_sentences]
         new = [self._clip(stage, req, to_16k(w, sample_rate), f"{stage}/{req['name']}.wav", self.pretrained_codec,
                           length_source=length_source)
@@ -273,7 +275,10 @@ class AudioJudges:
         try:
             from tristage.evaluation.judges.adherence import ATTRIBUTES, AdherenceJudge, agreement
 
-            judge = self._timed("adherence_load", AdherenceJudge.from_manifest, self.src.manifest)
+            if {"f0_hz", "speaking_rate"} <= set(self.src.manifest.columns):  # the annotate stage's measures
+                judge = self._timed("adherence_load", AdherenceJudge.from_manifest, self.src.manifest)
+            else:  # not annotated: measure a fixed sample of the training recordings with the same code
+                judge = self._timed("adherence_load", AdherenceJudge.from_recordings, self._bin_recordings())
         except (ImportError, KeyError) as exc:
             log.warning("caption adherence skipped: %s", exc)
             self.adherence_note = f"not measured: {exc}"
@@ -287,6 +292,13 @@ class AudioJudges:
                 c.scores[f"{attr}_requested"] = want
                 c.scores[f"{attr}_agreement"] = agreement(want, res.get(f"{attr}_measured"))
                 c.scores[f"{attr}_agreement_coarse"] = agreement(want, res.get(f"{attr}_measured"), coarse=True)
+
+    def _bin_recordings(self):
+        ids = sorted(getattr(self, "train_ids", []))
+        ids = random.Random(self.ep.seed).sample(ids, min(len(ids), BIN_RECORDINGS))
+        for uid in ids:
+            gender = _text(self.by_id["gender"].get(uid)) if "gender" in self.by_id.columns else None
+            yield self._load_recording(uid), _text(self.by_id["text"].get(uid)) or "", gender
 
     # -- summaries and outputs -------------------------------------------------------------------
     @staticmethod

@@ -48,6 +48,24 @@ class AdherenceJudge:
         table.setdefault("pitch_std_st", np.full(len(manifest), np.nan))
         return cls(AttributeBins.fit(table))
 
+    @classmethod
+    def from_recordings(cls, items) -> "AdherenceJudge":
+        """Bins fitted on recordings measured here: `items` yields (wav 16 kHz, text, gender). For a manifest
+        without the annotate stage's columns; the same measuring code, on a sample of the training split."""
+        from tristage.audio.measures import MEASURE_COLUMNS, AttributeBins, measure
+
+        rows = []
+        for wav, text, gender in items:
+            try:
+                rows.append({**measure(np.asarray(wav, np.float64), SAMPLE_RATE, text).to_dict(), "gender": gender})
+            except ValueError:
+                continue
+        if not rows:
+            raise KeyError("no measurable training recordings to fit the attribute bins on")
+        table = {c: np.asarray([r[c] for r in rows], np.float64) for c in MEASURE_COLUMNS}
+        table["gender"] = [r["gender"] for r in rows]
+        return cls(AttributeBins.fit(table))
+
     def __call__(self, wav: np.ndarray, text: str, gender: str | None = None) -> dict[str, Any]:
         from tristage.audio.measures import measure
 
