@@ -1,4 +1,5 @@
 """The audio judges on short real speech made here with espeak-ng (no fixtures, no downloads)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -9,8 +10,12 @@ from tristage.errors import UserError
 from tristage.evaluation.audio import GROUND_TRUTH, AudioJudges, Clip, to_16k
 from tristage.evaluation.judges.text import error_rates, normalize
 
-SENTENCES = ["I think the doctor will be green tomorrow morning.", "We watched two boxes under the old tree.",
-             "Please fix the island before lunch.", "Laura said the village is tiny."]
+SENTENCES = [
+    "I think the doctor will be green tomorrow morning.",
+    "We watched two boxes under the old tree.",
+    "Please fix the island before lunch.",
+    "Laura said the village is tiny.",
+]
 
 
 @pytest.fixture(scope="module")
@@ -20,8 +25,13 @@ def speech():
 
     tts = Espeak.get()
     voices = {"low": ("en-us", 30), "high": ("en-gb-scotland+f3", 85)}
-    return {name: {s: to_16k(tts.synth(s, voice=v, pitch=p).astype(np.float32) / 32768, tts.sample_rate)
-                   for s in SENTENCES} for name, (v, p) in voices.items()}
+    return {
+        name: {
+            s: to_16k(tts.synth(s, voice=v, pitch=p).astype(np.float32) / 32768, tts.sample_rate)
+            for s in SENTENCES
+        }
+        for name, (v, p) in voices.items()
+    }
 
 
 def test_normalize_and_rates():
@@ -37,8 +47,10 @@ def test_normalize_and_rates():
 def test_asr_transcript_scores_zero_against_itself_and_speech_beats_noise(speech, tmp_path):
     from tristage.evaluation.judges.asr import build_lm, load_asr
 
-    lm = build_lm(SENTENCES[1:] + ["the doctor will be free this evening", "i think the village is green"],
-                  tmp_path / "lm.arpa")
+    lm = build_lm(
+        SENTENCES[1:] + ["the doctor will be free this evening", "i think the village is green"],
+        tmp_path / "lm.arpa",
+    )
     asr = load_asr(None, lm=lm)
     wav = speech["low"][SENTENCES[0]]
     hyp = asr(wav)
@@ -94,21 +106,36 @@ def test_emotion_probe_predicts_separable_vectors():
 
 
 def _clip(row, kind, hit, wer, split="seen"):
-    c = Clip(row=row, name=f"{kind}_00", kind=kind, split=split, text="t", speaker="a", utterance="u",
-             caption_source="u", emotion_target="happy", wav=np.zeros(10, np.float32), wav_path="x.wav",
-             is_speech=row == GROUND_TRUTH)
+    c = Clip(
+        row=row,
+        name=f"{kind}_00",
+        kind=kind,
+        split=split,
+        text="t",
+        speaker="a",
+        utterance="u",
+        caption_source="u",
+        emotion_target="happy",
+        wav=np.zeros(10, np.float32),
+        wav_path="x.wav",
+        is_speech=row == GROUND_TRUTH,
+    )
     c.scores.update(wer=wer, emotion_hit=hit)
     return c
 
 
 def test_summary_emotion_transfer_counts_cross_requests_of_a_stage_and_all_clips_of_an_anchor():
-    stage = [_clip("stage2", "matched", 1.0, 0.5), _clip("stage2", "cross", 0.0, 1.0),
-             _clip("stage2", "cross", 1.0, None)]
+    stage = [
+        _clip("stage2", "matched", 1.0, 0.5),
+        _clip("stage2", "cross", 0.0, 1.0),
+        _clip("stage2", "cross", 1.0, None),
+    ]
     s = AudioJudges.summarize(stage, "stage2")
     assert s["emotion_transfer_acc"] == 0.5 and s["emotion_acc_matched"] == 1.0
     assert s["wer"] == 0.75 and s["n_clips"] == 3 and s["speaker_sim"] is None
-    gt = AudioJudges.summarize([_clip(GROUND_TRUTH, "matched", 1.0, 0.2), _clip(GROUND_TRUTH, "matched", 0.0, 0.4)],
-                               GROUND_TRUTH)
+    gt = AudioJudges.summarize(
+        [_clip(GROUND_TRUTH, "matched", 1.0, 0.2), _clip(GROUND_TRUTH, "matched", 0.0, 0.4)], GROUND_TRUTH
+    )
     assert gt["emotion_transfer_acc"] == 0.5 and gt["wer"] == pytest.approx(0.3)
 
 
@@ -148,8 +175,11 @@ def test_caption_adherence_bins_a_high_voice_above_a_low_one(speech):
     from tristage.evaluation.judges.adherence import AdherenceJudge, agreement
 
     tts = Espeak.get()
-    corpus = [(to_16k(tts.synth(s, voice="en-us", pitch=p).astype(np.float32) / 32768, tts.sample_rate), s, None)
-              for p in (5, 20, 35, 50, 65, 80, 95) for s in SENTENCES[:2]]
+    corpus = [
+        (to_16k(tts.synth(s, voice="en-us", pitch=p).astype(np.float32) / 32768, tts.sample_rate), s, None)
+        for p in (5, 20, 35, 50, 65, 80, 95)
+        for s in SENTENCES[:2]
+    ]
     judge = AdherenceJudge.from_recordings(corpus)
     levels = DEFAULT_LEVELS["pitch"]
     low = judge(speech["low"][SENTENCES[3]], SENTENCES[3])

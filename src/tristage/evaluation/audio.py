@@ -3,7 +3,7 @@
     judges = AudioJudges(params, src, vocoder, codec_info)
     plan = judges.plan(manifest, data)            # the sample plan, seen + unseen speakers, `judged` marked
     for stage ...: judges.add_stage(stage, model, data, plan, wavs, sample_rate, max_ref, device)
-    rows = judges.finish(tracker)                 # {"ground_truth": {...}, "resynthesis": {...}, "stage1": {...}}
+    rows = judges.finish(tracker)   # {"ground_truth": {...}, "resynthesis": {...}, "stage1": {...}}
 
 Rows (the same judged requests in each):
 - `ground_truth`: the validation utterance's own audio (matched requests only: a cross request has
@@ -25,6 +25,7 @@ audio against its own emotion (the probe's ceiling on speech).
 Speakers held out of training (`stageN.heldout_speakers`) are judged as `unseen`; each row
 reports `seen_speakers` and `unseen_speakers` summaries besides the overall one.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -46,11 +47,26 @@ log = logging.getLogger("tristage.evaluate")
 
 SR = 16000  # every judge listens at 16 kHz
 GROUND_TRUTH, RESYNTHESIS = "ground_truth", "resynthesis"
-BIN_RECORDINGS = 200  # training recordings measured to fit the attribute bins when the manifest is not annotated
-SUMMARY_KEYS = ("wer", "cer", "speaker_sim", "dnsmos_ovrl", "pitch_agreement", "speed_agreement",
-                "emotion_transfer_acc")
-EXTRA_KEYS = ("speaker_sim_other", "dnsmos_sig", "dnsmos_bak", "pitch_agreement_coarse", "speed_agreement_coarse",
-              "emotion_acc_matched")
+BIN_RECORDINGS = (
+    200  # training recordings measured to fit the attribute bins when the manifest is not annotated
+)
+SUMMARY_KEYS = (
+    "wer",
+    "cer",
+    "speaker_sim",
+    "dnsmos_ovrl",
+    "pitch_agreement",
+    "speed_agreement",
+    "emotion_transfer_acc",
+)
+EXTRA_KEYS = (
+    "speaker_sim_other",
+    "dnsmos_sig",
+    "dnsmos_bak",
+    "pitch_agreement_coarse",
+    "speed_agreement_coarse",
+    "emotion_acc_matched",
+)
 
 
 @dataclasses.dataclass
@@ -96,12 +112,16 @@ class AudioJudges:
         self.am = self.ep.audio_metrics
         self.enabled = self.ep.n_audio_samples > 0 and "audio" in src.manifest.columns
         if self.ep.n_audio_samples > 0 and not self.enabled:
-            log.warning("audio judges off: the manifest %s has no `audio` column to judge against", self.ep.prepared)
+            log.warning(
+                "audio judges off: the manifest %s has no `audio` column to judge against", self.ep.prepared
+            )
         self.vocoder, self.device = vocoder, device
         self.pretrained_codec = bool(codec_info.get("pretrained", False))
         self.by_id = src.manifest.drop_duplicates("id").set_index("id")
         self.clips: list[Clip] = []
-        self.anchor_emotion: dict[tuple[str, str], str | None] = {}  # (row, name) -> prediction (final stage's)
+        self.anchor_emotion: dict[
+            tuple[str, str], str | None
+        ] = {}  # (row, name) -> prediction (final stage's)
         self.probe_stage: str | None = None
         self.seconds: dict[str, float] = {}
         self._anchored = False
@@ -113,8 +133,15 @@ class AudioJudges:
         for i in idx:
             ex = data.examples[i]
             r = self.by_id.loc[ex.id]
-            out.append(dict(id=ex.id, speaker=ex.speaker, text=_text(r.get("text")) or "",
-                            caption=_text(r.get("caption")) or "", emotion=_text(r.get("emotion"))))
+            out.append(
+                dict(
+                    id=ex.id,
+                    speaker=ex.speaker,
+                    text=_text(r.get("text")) or "",
+                    caption=_text(r.get("caption")) or "",
+                    emotion=_text(r.get("emotion")),
+                )
+            )
         return out
 
     def plan(self, data) -> list[dict]:
@@ -139,16 +166,29 @@ class AudioJudges:
 
         path = resolve_audio(self.ep.prepared, str(self.by_id.loc[uid, "audio"]))
         if not path.is_file():
-            raise UserError(f"{self.ep.prepared}: utterance {uid}: audio {path} not found (the judges need the recordings)")
+            raise UserError(
+                f"{self.ep.prepared}: utterance {uid}: audio {path} not found (the judges need it)"
+            )
         wav, sr = sf.read(str(path), dtype="float32")
         return to_16k(wav, sr)
 
     def _clip(self, row: str, req: dict, wav: np.ndarray, wav_path: str, is_speech: bool, **kw) -> Clip:
         caption_source = req["speaker_ref"]["id"] if req["kind"] == "matched" else req["emotion_ref"]["id"]
-        return Clip(row=row, name=req["name"], kind=req["kind"], split=req.get("split", "seen"), text=req["text"],
-                    speaker=str(req["speaker_ref"]["speaker"]), utterance=str(req["speaker_ref"]["id"]),
-                    caption_source=str(caption_source), emotion_target=req["emotion_ref"].get("emotion"),
-                    wav=wav, wav_path=wav_path, is_speech=is_speech, **kw)
+        return Clip(
+            row=row,
+            name=req["name"],
+            kind=req["kind"],
+            split=req.get("split", "seen"),
+            text=req["text"],
+            speaker=str(req["speaker_ref"]["speaker"]),
+            utterance=str(req["speaker_ref"]["id"]),
+            caption_source=str(caption_source),
+            emotion_target=req["emotion_ref"].get("emotion"),
+            wav=wav,
+            wav_path=wav_path,
+            is_speech=is_speech,
+            **kw,
+        )
 
     def _anchors(self, data, plan: list[dict]) -> None:
         pos = {ex.id: i for i, ex in enumerate(data.examples)}
@@ -156,15 +196,35 @@ class AudioJudges:
             if not req.get("judged") or req["kind"] != "matched":
                 continue
             uid = req["speaker_ref"]["id"]
-            self.clips.append(self._clip(GROUND_TRUTH, req, self._load_recording(uid),
-                                         f"{GROUND_TRUTH}/{req['name']}.wav", True))
+            self.clips.append(
+                self._clip(
+                    GROUND_TRUTH, req, self._load_recording(uid), f"{GROUND_TRUTH}/{req['name']}.wav", True
+                )
+            )
             wav, sr = self.vocoder(data.features(pos[uid])[1])
-            self.clips.append(self._clip(RESYNTHESIS, req, to_16k(wav, sr), f"{RESYNTHESIS}/{req['name']}.wav",
-                                         self.pretrained_codec))
+            self.clips.append(
+                self._clip(
+                    RESYNTHESIS,
+                    req,
+                    to_16k(wav, sr),
+                    f"{RESYNTHESIS}/{req['name']}.wav",
+                    self.pretrained_codec,
+                )
+            )
         self._anchored = True
 
-    def add_stage(self, stage: str, model, data, plan: list[dict], wavs: Sequence[np.ndarray], sample_rate: int,
-                  max_ref: int, device: str, length_source: str = "reference") -> None:
+    def add_stage(
+        self,
+        stage: str,
+        model,
+        data,
+        plan: list[dict],
+        wavs: Sequence[np.ndarray],
+        sample_rate: int,
+        max_ref: int,
+        device: str,
+        length_source: str = "reference",
+    ) -> None:
         """Keep the stage's judged clips; run this stage's emotion probe while its model is loaded."""
         if not self.enabled:
             return
@@ -173,19 +233,28 @@ class AudioJudges:
             judged = {normalize(req["text"]) for req in plan if req.get("judged")}
             texts = [_text(self.by_id["text"].get(data.examples[i].id)) or "" for i in data.train_idx]
             self.train_ids = [data.examples[i].id for i in data.train_idx]
-            self.lm_texts = [t for t in texts if normalize(t) not in judged][:self.am.asr_lm_max_sentences]
-        new = [self._clip(stage, req, to_16k(w, sample_rate), f"{stage}/{req['name']}.wav", self.pretrained_codec,
-                          length_source=length_source)
-               for req, w in zip(plan, wavs) if req.get("judged")]
+            self.lm_texts = [t for t in texts if normalize(t) not in judged][: self.am.asr_lm_max_sentences]
+        new = [
+            self._clip(
+                stage,
+                req,
+                to_16k(w, sample_rate),
+                f"{stage}/{req['name']}.wav",
+                self.pretrained_codec,
+                length_source=length_source,
+            )
+            for req, w in zip(plan, wavs)
+            if req.get("judged")
+        ]
         self.clips += new
         if self.am.emotion_transfer:
             t0 = time.perf_counter()
             anchors = [c for c in self.clips if c.row in (GROUND_TRUTH, RESYNTHESIS)]
             preds = self._emotion_predictions(model, data, [c.wav for c in new + anchors], max_ref, device)
             if preds is not None:
-                for c, p in zip(new, preds[:len(new)]):
+                for c, p in zip(new, preds[: len(new)]):
                     c.emotion_pred = p
-                for c, p in zip(anchors, preds[len(new):]):  # the last stage's probe wins for the anchors
+                for c, p in zip(anchors, preds[len(new) :]):  # the last stage's probe wins for the anchors
                     c.emotion_pred = p
                 self.probe_stage = stage
             self.seconds["emotion"] = self.seconds.get("emotion", 0.0) + time.perf_counter() - t0
@@ -201,8 +270,11 @@ class AudioJudges:
         train = [train[k] for k in probe_subset(len(train), self.ep.max_probe_utterances, self.ep.seed)]
         if len({labels[i] for i in train}) < 2:
             return None
-        probe = EmotionProbe(emotion_vectors(model, data, train, max_ref, device), [labels[i] for i in train],
-                             seed=self.ep.seed)
+        probe = EmotionProbe(
+            emotion_vectors(model, data, train, max_ref, device),
+            [labels[i] for i in train],
+            seed=self.ep.seed,
+        )
         vecs = audio_emotion_vectors(model, wavs, SR, self.params.features.mel, max_ref, device)
         return probe.predict(vecs)
 
@@ -256,8 +328,11 @@ class AudioJudges:
             for c in self.clips:
                 same, other = self._reference_ids(c.speaker, c.utterance)
                 emb = self._timed("speaker", enc, c.wav)
-                c.scores.update(speaker_ref=same, speaker_sim=None if same is None else cosine(emb, ref(same)),
-                                speaker_sim_other=None if other is None else cosine(emb, ref(other)))
+                c.scores.update(
+                    speaker_ref=same,
+                    speaker_sim=None if same is None else cosine(emb, ref(same)),
+                    speaker_sim_other=None if other is None else cosine(emb, ref(other)),
+                )
         if am.dnsmos:
             from tristage.evaluation.judges.quality import DNSMOS
 
@@ -291,7 +366,9 @@ class AudioJudges:
                 want = _text(self.by_id[attr].get(c.caption_source)) if attr in self.by_id.columns else None
                 c.scores[f"{attr}_requested"] = want
                 c.scores[f"{attr}_agreement"] = agreement(want, res.get(f"{attr}_measured"))
-                c.scores[f"{attr}_agreement_coarse"] = agreement(want, res.get(f"{attr}_measured"), coarse=True)
+                c.scores[f"{attr}_agreement_coarse"] = agreement(
+                    want, res.get(f"{attr}_measured"), coarse=True
+                )
 
     def _bin_recordings(self):
         ids = sorted(getattr(self, "train_ids", []))
@@ -316,7 +393,7 @@ class AudioJudges:
         return out
 
     def finish(self, tracker=None) -> dict[str, dict]:
-        """Judge every clip, write the anchor audio, the per-utterance table and the plot; -> row summaries."""
+        """Judge every clip, write the anchor audio, the per-utterance table and the plot -> row summaries."""
         if not self.enabled or not self.clips:
             return {}
         self.judge_clips()
@@ -330,14 +407,20 @@ class AudioJudges:
             for split in ("seen", "unseen"):
                 part = [c for c in clips if c.split == split]
                 if part:
-                    s[f"{split}_speakers"] = {k: v for k, v in self.summarize(part, row).items()
-                                              if k in SUMMARY_KEYS or k == "n_clips"}
+                    s[f"{split}_speakers"] = {
+                        k: v
+                        for k, v in self.summarize(part, row).items()
+                        if k in SUMMARY_KEYS or k == "n_clips"
+                    }
             rows[row] = s
         table = self.table()
         self._write_table(table)
         plot = self._plot(rows)
-        log.info("audio judges: %d clips, seconds %s", len(self.clips),
-                 {k: round(v, 1) for k, v in self.seconds.items()})
+        log.info(
+            "audio judges: %d clips, seconds %s",
+            len(self.clips),
+            {k: round(v, 1) for k, v in self.seconds.items()},
+        )
         if tracker is not None:
             if hasattr(tracker, "log_table"):
                 tracker.log_table(table, "evaluate/utterances.json")
@@ -347,33 +430,53 @@ class AudioJudges:
 
     def info(self) -> dict[str, Any]:
         """What judged (for metrics/evaluate.json's `audio_judges`)."""
-        return dict(asr=getattr(self, "asr_name", None),
-                    speaker_encoder=str(self.ep.speaker_encoder) if self.ep.speaker_encoder
-                    else "resemblyzer GE2E (wheel weights)",
-                    quality="DNSMOS P.835 (speechmos ONNX)", switches=self.am.model_dump(),
-                    emotion_probe_stage=self.probe_stage, n_clips=len(self.clips),
-                    adherence=getattr(self, "adherence_note", "annotate's measures, corpus-fitted bins"),
-                    seconds={k: round(v, 2) for k, v in self.seconds.items()},
-                    note=self.note())
+        return dict(
+            asr=getattr(self, "asr_name", None),
+            speaker_encoder=str(self.ep.speaker_encoder)
+            if self.ep.speaker_encoder
+            else "resemblyzer GE2E (wheel weights)",
+            quality="DNSMOS P.835 (speechmos ONNX)",
+            switches=self.am.model_dump(),
+            emotion_probe_stage=self.probe_stage,
+            n_clips=len(self.clips),
+            adherence=getattr(self, "adherence_note", "annotate's measures, corpus-fitted bins"),
+            seconds={k: round(v, 2) for k, v in self.seconds.items()},
+            note=self.note(),
+        )
 
     def note(self) -> str:
-        parts = ["ground_truth = the validation recordings; resynthesis = their codec codes decoded; each stage = "
-                 "generated audio; WER of pocketsphinx is high even on clean synthetic speech: read it against "
-                 "the ground_truth row"]
+        parts = [
+            "ground_truth = the validation recordings; resynthesis = their codec codes decoded; each stage = "
+            "generated audio; WER of pocketsphinx is high even on clean synthetic speech: read it against "
+            "the ground_truth row"
+        ]
         if not self.pretrained_codec:
-            parts.append("the codec is random-init (features.codec.weights unset): its decoder turns any codes into "
-                         "noise, so the resynthesis and stage rows are NOT speech and their scores only show what "
-                         "the judges give non-speech; the models are trained on codes of that codec, so set "
-                         "features.codec.weights to the official DAC weights for meaningful stage rows")
+            parts.append(
+                "the codec is random-init (features.codec.weights unset): its decoder turns any codes into "
+                "noise, so the resynthesis and stage rows are NOT speech and their scores only show what "
+                "the judges give non-speech; the models are trained on codes of that codec, so set "
+                "features.codec.weights to the official DAC weights for meaningful stage rows"
+            )
         return "; ".join(parts)
 
     def table(self) -> list[dict]:
         cols = []
         for c in self.clips:
-            rec = dict(row=c.row, name=c.name, kind=c.kind, split=c.split, speaker=c.speaker,
-                       utterance=c.utterance, caption_source=c.caption_source, text=c.text,
-                       emotion_target=c.emotion_target, is_speech=c.is_speech, length_source=c.length_source,
-                       seconds=round(len(c.wav) / SR, 3), wav=c.wav_path)
+            rec = dict(
+                row=c.row,
+                name=c.name,
+                kind=c.kind,
+                split=c.split,
+                speaker=c.speaker,
+                utterance=c.utterance,
+                caption_source=c.caption_source,
+                text=c.text,
+                emotion_target=c.emotion_target,
+                is_speech=c.is_speech,
+                length_source=c.length_source,
+                seconds=round(len(c.wav) / SR, 3),
+                wav=c.wav_path,
+            )
             rec.update(c.scores)
             cols.append(rec)
         return cols

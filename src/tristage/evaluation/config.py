@@ -32,7 +32,7 @@ class EvaluateParams(Section):
     seed: int = 1234
 
     # audio judges (issue 16): ground truth, codec resynthesis and each stage, seen and unseen speakers
-    n_audio_samples: NonNegInt = 2  # matched requests judged per speaker group (+ their cross requests); 0 = off
+    n_audio_samples: NonNegInt = 2  # matched requests judged per speaker group (+ their cross); 0 = off
     utterances: Path = Path("metrics/evaluate_utterances.csv")  # one row per judged clip
     asr: Path | None = None  # a local Hugging Face ASR folder; None = pocketsphinx (offline)
     speaker_encoder: Path | None = None  # a local HF speaker-embedding folder; None = resemblyzer GE2E

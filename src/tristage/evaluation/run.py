@@ -204,8 +204,8 @@ def run_evaluate(params, tracker=None, sources=None, vocoder: tuple[Vocoder, dic
     write_json(Path(ep.samples_dir) / "samples.json", dict(note=note, samples=entries))
     doc = evaluate_document(per_stage, ep.stages[-1], band, extra=dict(
         codec=src.codec, caption_encoder=src.caption_encoder, audio_is_speech=pretrained_codec, note=note,
-        n_samples=len(entries), **{row: audio_rows[row] for row in ("ground_truth", "resynthesis") if row in audio_rows},
-        audio_judges=judges.info()))
+        n_samples=len(entries), audio_judges=judges.info(),
+        **{row: audio_rows[row] for row in ("ground_truth", "resynthesis") if row in audio_rows}))
     write_json(ep.metrics, doc)
     plots = write_plots(Path(ep.plots_dir), per_stage, band)
     if tracker is not None:

@@ -6,6 +6,7 @@ fitted on the training corpus, and compare with the caption's requested value.
     judge(wav_16k, text, gender="female")   # -> {"pitch_measured": "high", "speed_measured": "moderate", ...}
     agreement(requested, measured)          # exact bin match; `coarse=True`: low / moderate / high classes
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -57,7 +58,9 @@ class AdherenceJudge:
         rows = []
         for wav, text, gender in items:
             try:
-                rows.append({**measure(np.asarray(wav, np.float64), SAMPLE_RATE, text).to_dict(), "gender": gender})
+                rows.append(
+                    {**measure(np.asarray(wav, np.float64), SAMPLE_RATE, text).to_dict(), "gender": gender}
+                )
             except ValueError:
                 continue
         if not rows:
@@ -75,6 +78,8 @@ class AdherenceJudge:
             return {f"{a}_measured": None for a in ATTRIBUTES} | dict(f0_hz=None, speaking_rate=None)
         bins = self.bins.assign_one(m, gender=gender)
         f0, rate = m.f0_hz, m.speaking_rate
-        return {**{f"{a}_measured": bins.get(a) for a in ATTRIBUTES},
-                "f0_hz": None if not np.isfinite(f0) else round(float(f0), 2),
-                "speaking_rate": None if not np.isfinite(rate) else round(float(rate), 3)}
+        return {
+            **{f"{a}_measured": bins.get(a) for a in ATTRIBUTES},
+            "f0_hz": None if not np.isfinite(f0) else round(float(f0), 2),
+            "speaking_rate": None if not np.isfinite(rate) else round(float(rate), 3),
+        }

@@ -8,6 +8,7 @@
 pocketsphinx is weak on synthetic voices (high absolute WER even on clean espeak-ng speech):
 read its WER against the ground-truth row, not on its own.
 """
+
 from __future__ import annotations
 
 import io
@@ -79,12 +80,16 @@ def load_asr(path: Path | None, device: str = "cpu", lm: Path | None = None) -> 
         try:
             return PocketSphinxASR(lm)
         except ImportError:
-            raise UserError("evaluate.audio_metrics.intelligibility: the `pocketsphinx` package is missing; "
-                            "pip install pocketsphinx, set evaluate.asr to a local ASR folder, or switch it off") from None
+            raise UserError(
+                "evaluate.audio_metrics.intelligibility: the `pocketsphinx` package is missing; "
+                "pip install pocketsphinx, set evaluate.asr to a local ASR folder, or switch it off"
+            ) from None
     path = Path(path)
     if not (path / "config.json").is_file():
         raise UserError(f"evaluate.asr: {path} is not a local Hugging Face model folder (no config.json)")
     try:
         return HuggingFaceASR(path, device)
     except Exception as exc:  # a broken folder: say which param points at it
-        raise UserError(f"evaluate.asr: cannot load {path} as an ASR pipeline: {str(exc).splitlines()[0]}") from None
+        raise UserError(
+            f"evaluate.asr: cannot load {path} as an ASR pipeline: {str(exc).splitlines()[0]}"
+        ) from None

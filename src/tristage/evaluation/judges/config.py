@@ -1,4 +1,5 @@
 """Params of the audio judges (`evaluate.audio_metrics`, `evaluate.asr`, `evaluate.speaker_encoder`)."""
+
 from __future__ import annotations
 
 from typing import Literal

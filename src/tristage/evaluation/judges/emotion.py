@@ -5,6 +5,7 @@ training utterances (labels from the manifest's `emotion`), then applied to the 
 the same model computes from the generated audio's log-mel. For a cross request (speaker A,
 emotion reference of B) the hit is `prediction == B's emotion`.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -33,9 +34,10 @@ class EmotionProbe:
 
 
 @torch.no_grad()
-def audio_emotion_vectors(model, wavs: Sequence[np.ndarray], sample_rate: int, mel_params, max_frames: int,
-                          device: str) -> np.ndarray:
-    """The model's emotion vector of each clip, from the log-mel the features stage would compute -> (N, D)."""
+def audio_emotion_vectors(
+    model, wavs: Sequence[np.ndarray], sample_rate: int, mel_params, max_frames: int, device: str
+) -> np.ndarray:
+    """The model's emotion vector of each clip, from the features stage's log-mel -> (N, D)."""
     import librosa
 
     from tristage.features.mel import log_mel
@@ -48,6 +50,6 @@ def audio_emotion_vectors(model, wavs: Sequence[np.ndarray], sample_rate: int, m
             x = librosa.resample(x, orig_sr=sample_rate, target_sr=mel_params.sample_rate)
         mel = log_mel(torch.from_numpy(x), mel_params)[0]  # (T, n_mels)
         start = max(0, (mel.shape[0] - max_frames) // 2)
-        mel = mel[start:start + max_frames]
+        mel = mel[start : start + max_frames]
         out.append(model.emotion_vector(mel[None].to(device)).float().cpu().numpy()[0])
     return np.stack(out) if out else np.zeros((0, model.cfg.d_model), np.float32)

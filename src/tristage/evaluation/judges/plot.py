@@ -1,4 +1,5 @@
 """One figure: each audio metric per stage (bars), the anchor rows drawn as reference lines."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,7 +7,15 @@ from typing import Any, Mapping
 
 from tristage.fsio import save_figure
 
-PANELS = ("wer", "cer", "speaker_sim", "dnsmos_ovrl", "pitch_agreement", "speed_agreement", "emotion_transfer_acc")
+PANELS = (
+    "wer",
+    "cer",
+    "speaker_sim",
+    "dnsmos_ovrl",
+    "pitch_agreement",
+    "speed_agreement",
+    "emotion_transfer_acc",
+)
 ANCHORS = (("ground_truth", "tab:green", "--"), ("resynthesis", "tab:orange", ":"))
 
 

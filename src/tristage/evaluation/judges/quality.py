@@ -1,4 +1,5 @@
 """DNSMOS (P.835 SIG / BAK / OVRL and P.808) from the ONNX models inside the `speechmos` wheel, 16 kHz."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -15,8 +16,10 @@ class DNSMOS:
         try:
             from speechmos import dnsmos
         except ImportError as exc:
-            raise UserError(f"evaluate.audio_metrics.dnsmos: speechmos cannot load ({exc}); pip install speechmos "
-                            "onnxruntime, or switch it off") from None
+            raise UserError(
+                f"evaluate.audio_metrics.dnsmos: speechmos cannot load ({exc}); pip install speechmos "
+                "onnxruntime, or switch it off"
+            ) from None
         self._run = dnsmos.run
 
     def __call__(self, wav: np.ndarray) -> dict[str, float]:
@@ -26,5 +29,9 @@ class DNSMOS:
         if x.size == 0 or not np.any(x):
             return dict(dnsmos_sig=None, dnsmos_bak=None, dnsmos_ovrl=None, dnsmos_p808=None)
         r = self._run(x, SAMPLE_RATE)
-        return dict(dnsmos_sig=float(r["sig_mos"]), dnsmos_bak=float(r["bak_mos"]),
-                    dnsmos_ovrl=float(r["ovrl_mos"]), dnsmos_p808=float(r["p808_mos"]))
+        return dict(
+            dnsmos_sig=float(r["sig_mos"]),
+            dnsmos_bak=float(r["bak_mos"]),
+            dnsmos_ovrl=float(r["ovrl_mos"]),
+            dnsmos_p808=float(r["p808_mos"]),
+        )

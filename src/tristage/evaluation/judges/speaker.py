@@ -6,6 +6,7 @@
 
 GE2E is weaker than WavLM + ECAPA (what F5-TTS and NeMo report) but runs offline; compare rows, not papers.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -36,14 +37,16 @@ class ResemblyzerEncoder:
     def __call__(self, wav: np.ndarray) -> np.ndarray:
         from resemblyzer import preprocess_wav
 
-        x = preprocess_wav(np.asarray(wav, np.float32), source_sr=None)  # already 16 kHz: volume + VAD trim only
+        x = preprocess_wav(
+            np.asarray(wav, np.float32), source_sr=None
+        )  # already 16 kHz: volume + VAD trim only
         if len(x) < SAMPLE_RATE // 10:  # VAD removed (nearly) everything: embed the raw clip
             x = np.asarray(wav, np.float32)
         return self._encoder.embed_utterance(x)  # (256,) unit norm
 
 
 class HuggingFaceSpeakerEncoder:
-    """A local folder: an x-vector head (e.g. WavLM-SV) if the model has one, else mean-pooled hidden states."""
+    """A local folder: its x-vector head (e.g. WavLM-SV) if it has one, else mean-pooled hidden states."""
 
     def __init__(self, path: Path, device: str = "cpu"):
         import torch
@@ -73,11 +76,15 @@ def load_speaker_encoder(path: Path | None, device: str = "cpu") -> Embedder:
         try:
             return ResemblyzerEncoder(device)
         except ImportError as exc:
-            raise UserError(f"evaluate.audio_metrics.speaker_sim: resemblyzer cannot load ({exc}); pip install "
-                            "resemblyzer, set evaluate.speaker_encoder to a local folder, or switch it off") from None
+            raise UserError(
+                f"evaluate.audio_metrics.speaker_sim: resemblyzer cannot load ({exc}); pip install "
+                "resemblyzer, set evaluate.speaker_encoder to a local folder, or switch it off"
+            ) from None
     path = Path(path)
     if not (path / "config.json").is_file():
-        raise UserError(f"evaluate.speaker_encoder: {path} is not a local Hugging Face model folder (no config.json)")
+        raise UserError(
+            f"evaluate.speaker_encoder: {path} is not a local Hugging Face model folder (no config.json)"
+        )
     try:
         return HuggingFaceSpeakerEncoder(path, device)
     except Exception as exc:

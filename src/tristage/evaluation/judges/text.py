@@ -5,6 +5,7 @@ Unicode NFKC, lower case, apostrophes kept inside words ("don't"), every other c
 that is not a letter or digit becomes a space, runs of spaces collapse. Numbers are not
 spelled out (the demo corpus has none; use a normaliser upstream for corpora that do).
 """
+
 from __future__ import annotations
 
 import re
@@ -16,7 +17,7 @@ _EDGE_APOS = re.compile(r"(?<!\w)'|'(?!\w)")
 
 
 def normalize(text: str) -> str:
-    """"Hello, World!  It's" -> "hello world it's"."""
+    """ "Hello, World!  It's" -> "hello world it's"."""
     text = unicodedata.normalize("NFKC", str(text or "")).translate(_APOSTROPHES).lower()
     text = _EDGE_APOS.sub(" ", _NOT_WORD.sub(" ", text))
     return " ".join(text.split())
