@@ -14,7 +14,34 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--limit", type=int, default=20, help="number of pipeline runs (newest first)")
     c.add_argument("--format", choices=("table", "csv", "json"), default="table")
     c.add_argument("--uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else mlflow.db)")
+    i = sub.add_parser("import", help="convert a corpus (ljspeech, libritts, hf-parquet, lhotse) into a manifest "
+                                      "that `prepare` reads; bad entries go to DIR/rejects.jsonl")
+    i.add_argument("format", choices=("ljspeech", "libritts", "hf-parquet", "lhotse"))
+    i.add_argument("src", help="the corpus folder (or file: metadata.csv, a .parquet shard, a lhotse .jsonl[.gz])")
+    i.add_argument("--out", required=True, help="output folder: manifest.jsonl, rejects.jsonl, wavs/ when audio "
+                                                "must be written")
+    i.add_argument("--columns", action="append", default=[], metavar="SOURCE=CONTRACT",
+                   help="hf-parquet: map a column, e.g. --columns sentence=text --columns client_id=speaker")
+    i.add_argument("--speaker", default=None, help="speaker for rows without one (ljspeech default: LJ)")
+    i.add_argument("--text", choices=("normalized", "original"), default="normalized",
+                   help="ljspeech/libritts: which transcript to use")
+    i.add_argument("--language", default=None, help="language code for every row, e.g. en")
     args = p.parse_args(argv)
+    if args.cmd == "import":
+        import json
+
+        from tristage.errors import UserError
+        from tristage.importers.formats import import_corpus
+        try:
+            summary = import_corpus(args.format, args.src, args.out, columns=args.columns, speaker=args.speaker,
+                                    text=args.text, language=args.language)
+        except UserError as exc:
+            print(f"import: error: {exc}", file=sys.stderr)
+            return 2
+        print(json.dumps(summary))
+        print(f"import {args.format}: {summary['rows']} rows -> {summary['manifest']}; {summary['rejected']} "
+              f"rejected -> {summary['rejects']}. Next: set prepare.manifest to it, then dvc repro", file=sys.stderr)
+        return 0
     if args.cmd == "compare":
         from tristage.compare import compare
         compare(args.uri, args.limit, args.format)

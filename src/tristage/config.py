@@ -23,6 +23,7 @@ from typing import Any, Iterable
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from tristage.annotation.config import AnnotateParams
 from tristage.captions.config import CaptionVectorsParams
 from tristage.corpus.config import CorpusParams
 from tristage.data.config import PrepareParams, SpeakerMappingParams
@@ -35,6 +36,7 @@ from tristage.training.config import Stage1Params, Stage2Params, Stage3Params
 STAGES = (
     "corpus",
     "prepare",
+    "annotate",
     "speaker_mapping",
     "caption_vectors",
     "features",
@@ -51,6 +53,7 @@ _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 class Params(Section):
     corpus: CorpusParams = CorpusParams()
     prepare: PrepareParams = PrepareParams()
+    annotate: AnnotateParams = AnnotateParams()
     speaker_mapping: SpeakerMappingParams = SpeakerMappingParams()
     caption_vectors: CaptionVectorsParams = CaptionVectorsParams()
     features: FeaturesParams = FeaturesParams()

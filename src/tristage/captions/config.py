@@ -25,7 +25,7 @@ class TinyEncoderParams(Section):
 
 
 class CaptionVectorsParams(Section):
-    manifest: Path = Path("data/prepared/manifest.parquet")
+    manifest: Path = Path("data/annotated/manifest.parquet")
     encoder: Path | None = None  # local HF encoder dir; None -> tiny seeded random-init T5
     out_dir: Path = Path("data/caption_vectors")
     metrics: Path = Path("metrics/caption_vectors.json")

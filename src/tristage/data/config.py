@@ -27,7 +27,7 @@ class PrepareParams(Section):
 
 
 class SpeakerMappingParams(Section):
-    manifest: Path = Path("data/prepared/manifest.parquet")  # JSONL or Parquet
+    manifest: Path = Path("data/annotated/manifest.parquet")  # JSONL or Parquet
     output: Path = Path("data/speakers/speaker_mapping.json")
     metrics: Path = Path("metrics/speaker_mapping.json")
     top_k: PosInt = 500

@@ -14,7 +14,7 @@ class EvaluateParams(Section):
     plots_dir: Path = Path("plots/evaluate")
     samples_dir: Path = Path("data/samples")
     # inputs (the validation split is the training stages' own: same seed and val_fraction)
-    prepared: Path = Path("data/prepared/manifest.parquet")
+    prepared: Path = Path("data/annotated/manifest.parquet")
     features: Path = Path("data/features")
     caption_vectors: Path = Path("data/caption_vectors")
     caption_metrics: Path = Path("metrics/caption_vectors.json")

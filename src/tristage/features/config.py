@@ -39,7 +39,7 @@ class CodecParams(Section):
 
 
 class FeaturesParams(Section):
-    manifest: Path = Path("data/prepared/manifest.parquet")
+    manifest: Path = Path("data/annotated/manifest.parquet")
     out_dir: Path = Path("data/features")
     metrics: Path = Path("metrics/features.json")
     shard_size: PosInt = 64

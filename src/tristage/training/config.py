@@ -19,7 +19,7 @@ class StageParams(Section):
     init_from: Path | None = None  # previous stage's out_dir
     metrics: Path = Path("metrics/stage1.json")
     plots_dir: Path = Path("plots/stage1")
-    prepared: Path = Path("data/prepared/manifest.parquet")
+    prepared: Path = Path("data/annotated/manifest.parquet")
     features: Path = Path("data/features")
     caption_vectors: Path = Path("data/caption_vectors")
     speaker_mapping: Path = Path("data/speakers/speaker_mapping.json")

@@ -1,0 +1,125 @@
+"""Captions written from attribute values with the lexicon's own phrases (dataspeech without the LLM).
+
+    writer = CaptionWriter(lexicon)      # params `caption_vectors.lexicon`
+    writer.write({"gender": "female", "pitch": "low", "speed": "fast", "quality": "noisy"}, rng)
+        -> "A deep-voiced woman talks at a brisk pace. The recording has background noise."
+
+Every stated value is said with one of its lexicon phrases, so the caption-vector matcher reads
+the same values back (`Matcher(lexicon).attributes(caption)`; tests check it). Phrases are sorted
+by shape (adverb "quickly", noun phrase "brisk pace", adjective "fast") and each shape has its
+frames ("speaks quickly", "talks at a brisk pace", "with a fast delivery"); the template, the
+order of the clauses and the phrases are drawn from the row's seeded rng, so a corpus gets varied
+phrasing and a rerun the same captions. Attributes without a value are left out.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from tristage.captions.lexicon import Matcher
+
+ORDER = ("gender", "accent", "pitch", "speed", "modulation", "emotion", "quality")
+GENDER_ADJ_ENDINGS = ("ale", "ine")  # female, male, feminine, masculine
+UNCOUNTABLE = ("intonation", "noise", "reverb", "echo", "variation", "emotion", "boredom")
+PREPOSITIONS = ("with", "without", "in", "at", "as", "on", "by")
+NOUN_ENDS = ("pitch", "voice", "tone", "pace", "speed", "intonation", "delivery", "noise", "room", "studio", "echo",
+             "reverb", "way", "accent", "boredom", "emotion")
+VERBS = ("speaks", "talks", "reads", "says the line")
+
+
+def shape(phrase: str) -> str:
+    """"adverb" (quickly, a bit slowly, as if bored), "noun" (brisk pace, deep voice) or "adjective"."""
+    words = phrase.lower().split()
+    if words[0] in PREPOSITIONS or words[0] == "a" or words[-1].endswith("ly") and words[-1] not in ("lively",):
+        return "adverb"
+    if words[-1] in NOUN_ENDS:
+        return "noun"
+    return "adjective"
+
+
+def article(phrase: str) -> str:
+    """"a deep voice", "an even speed", "very little intonation", "some background noise"."""
+    first, last = phrase.lower().split()[0], phrase.lower().split()[-1]
+    if first in ("a", "an", "some", "no", "very", "lot") and first != "very" or last in UNCOUNTABLE:
+        return ("a " + phrase) if first == "lot" else phrase
+    return ("an " if first[0] in "aeiou" else "a ") + phrase
+
+
+class CaptionWriter:
+    def __init__(self, lexicon: dict[str, dict[str, list[str]]]):
+        self.lexicon = lexicon
+        self.matcher = Matcher(lexicon)
+        # attribute -> value -> shape -> phrases; only phrases the matcher reads back as this value
+        self.phrases: dict[str, dict[str, dict[str, list[str]]]] = {}
+        for attr, values in lexicon.items():
+            for value, phrases in values.items():
+                by_shape: dict[str, list[str]] = {}
+                for ph in phrases:
+                    if self.matcher.attributes(ph).get(attr) == value and not ph.lower().endswith(("men", "women")):
+                        by_shape.setdefault(shape(ph), []).append(ph)
+                self.phrases.setdefault(attr, {})[value] = by_shape
+
+    def _pick(self, rng: np.random.Generator, attr: str, value: str, shapes: tuple[str, ...]) -> tuple[str, str] | None:
+        opts = [(s, ph) for s in shapes for ph in self.phrases.get(attr, {}).get(value, {}).get(s, [])]
+        return opts[int(rng.integers(len(opts)))] if opts else None
+
+    def write(self, attrs: dict[str, str | None], rng: np.random.Generator) -> str:
+        attrs = {k: v for k, v in attrs.items() if v and k in self.phrases and v in self.phrases[k]}
+        pre: list[str] = []    # adjectives before the subject noun
+        post: list[str] = []   # clauses after the verb
+        noun = "speaker"
+        if "gender" in attrs:
+            g = self._pick(rng, "gender", attrs["gender"], ("adjective", "noun"))
+            if g is not None:
+                if g[1].lower().endswith(GENDER_ADJ_ENDINGS):
+                    pre.append(g[1])
+                else:
+                    noun = g[1]
+        for attr in ("accent", "pitch", "emotion", "modulation"):
+            if attr not in attrs:
+                continue
+            got = self._pick(rng, attr, attrs[attr], ("adjective", "noun", "adverb"))
+            if got is None:
+                continue
+            kind, ph = got
+            if kind == "adjective" and attr in ("accent", "pitch") or kind == "adjective" and rng.random() < 0.3:
+                pre.append(ph)
+            elif kind == "adjective":
+                post.append(f"sounding {ph}" if attr == "emotion" else f"with {article(ph + ' delivery')}")
+            elif kind == "noun":
+                post.append(f"with {article(ph)}" if attr != "emotion" else f"in {article(ph)}")
+            else:
+                post.append(ph)
+        speed = self._pick(rng, "speed", attrs["speed"], ("adverb", "noun", "adjective")) if "speed" in attrs else None
+        verb = VERBS[int(rng.integers(len(VERBS)))]
+        if speed is None:
+            verb_phrase = verb
+        elif speed[0] == "noun":
+            verb_phrase = f"{verb} at {article(speed[1])}"
+        elif speed[0] == "adverb":
+            verb_phrase = f"{verb} {speed[1]}"
+        else:
+            verb_phrase = f"{verb} with {article(speed[1] + ' delivery')}"
+        order = rng.permutation(len(post))
+        post = [post[i] for i in order]
+        subject = " ".join([*pre, noun])
+        subject = article(subject) if not subject.lower().startswith(("a ", "an ")) else subject
+        template = int(rng.integers(3))
+        if template == 0 or not post:
+            body = f"{subject} {verb_phrase}" + (", " + ", ".join(post) if post else "")
+        elif template == 1:
+            body = f"{subject}, {post[0]}, {verb_phrase}" + (", " + ", ".join(post[1:]) if post[1:] else "")
+        else:
+            body = f"{post[0][:1].upper()}{post[0][1:]}, {subject} {verb_phrase}" + \
+                   (", " + ", ".join(post[1:]) if post[1:] else "")
+        text = body[:1].upper() + body[1:] + "."
+        if "quality" in attrs:
+            q = self._pick(rng, "quality", attrs["quality"], ("adjective", "noun"))
+            if q is not None:
+                kind, ph = q
+                if kind == "adjective":
+                    text += f" The recording is {ph}."
+                elif ph.lower().split()[-1] in ("room", "studio"):
+                    text += f" It was recorded in {article(ph)}."
+                else:
+                    text += f" The recording has {article(ph)}."
+        return text

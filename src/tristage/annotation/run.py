@@ -1,0 +1,282 @@
+"""The `annotate` stage: prepared manifest -> measured, binned and captioned manifest.
+
+    run_annotate(params.annotate, lexicon=params.caption_vectors.lexicon) -> metrics
+
+1. measure every utterance (`tristage.audio.measures.measure`: f0, pitch spread, speech span,
+   words/s, SNR, RT60) in `workers` processes, `shard_size` rows per task; each finished shard
+   is saved as `<out_dir>/measures/shard-NNNNN.parquet` with a fingerprint of its rows, so a
+   rerun (or a run after kill -9) measures only what changed. Audio that does not read is
+   counted (`failed.jsonl`), its row kept without measures;
+2. fit `AttributeBins` on the corpus (pitch per gender) and save them as `<out_dir>/bins.json`,
+   the bins `evaluate` uses for generated audio;
+3. fill the attribute columns `pitch`, `speed`, `modulation`, `quality` where empty (all of them
+   with `overwrite: true`); before that, where a row already has a value, count how often the
+   measured bin agrees (`metrics.agreement`, also reduced to low/moderate/high classes);
+4. write a caption (`CaptionWriter`, lexicon phrases, seeded per row id) for rows without one;
+   user captions are never changed;
+5. `<out_dir>/manifest.parquet`: the prepared columns (audio relative to `out_dir`) + the
+   measures; each output file is written atomically.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import multiprocessing as mp
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from tristage.annotation.config import AnnotateParams
+from tristage.errors import UserError
+
+log = logging.getLogger(__name__)
+FILLED = ("pitch", "speed", "modulation", "quality")
+SHARDS = "measures"
+
+
+def _measure_one(audio: str, text: str | None) -> tuple[dict | None, str | None]:
+    import soundfile as sf
+
+    from tristage.audio.measures import measure
+
+    try:
+        x, sr = sf.read(audio, dtype="float32", always_2d=True)
+        return measure(x, sr, text).to_dict(), None
+    except Exception as exc:  # noqa: BLE001 - any bad file is recorded, the rest goes on
+        return None, f"{type(exc).__name__}: {exc}".strip().splitlines()[0][:300]
+
+
+def measure_shard(task: tuple[int, list[tuple[str, str, str]]]) -> tuple[int, list[dict]]:
+    """(shard, [(id, absolute audio path, text)]) -> (shard, one record per row: id, measures..., error)."""
+    from tristage.audio.measures import MEASURE_COLUMNS
+
+    shard, rows = task
+    out = []
+    for uid, audio, text in rows:
+        m, err = _measure_one(audio, text)
+        rec = {"id": uid, **(m or {k: None for k in MEASURE_COLUMNS}), "error": err}
+        out.append(rec)
+    return shard, out
+
+
+def fingerprint(rows: list[tuple[str, str, str]]) -> str:
+    """The rows and the measuring code: a changed `measures.py` measures everything again."""
+    from tristage.audio import measures
+
+    h = hashlib.sha256(Path(measures.__file__).read_bytes())
+    for uid, audio, text in rows:
+        h.update(f"\0{uid}\0{audio}\0{text}".encode())
+    return h.hexdigest()[:32]
+
+
+def _shard_path(out: Path, i: int) -> Path:
+    return out / SHARDS / f"shard-{i:05d}.parquet"
+
+
+def _shard_fingerprint(path: Path) -> str | None:
+    import pyarrow.parquet as pq
+
+    try:
+        md = pq.read_schema(path).metadata or {}
+    except Exception:  # noqa: BLE001 - a damaged cache file is measured again
+        return None
+    return md.get(b"fingerprint", b"").decode() or None
+
+
+def _write_shard(path: Path, records: list[dict], fp: str) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tristage.audio.measures import MEASURE_COLUMNS
+    from tristage.fsio import atomic_path
+
+    cols = {"id": pa.string(), **{c: (pa.int32() if c == "n_words" else pa.float64()) for c in MEASURE_COLUMNS},
+            "error": pa.string()}
+    schema = pa.schema(list(cols.items()), metadata={"fingerprint": fp})
+    table = pa.table({c: [r[c] for r in records] for c in cols}, schema=schema)
+    with atomic_path(path, suffix=".parquet") as tmp:
+        pq.write_table(table, tmp)
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and value != value) or (isinstance(value, str) and not value.strip())
+
+
+def check_levels(ap: AnnotateParams, lexicon: dict) -> None:
+    """Every level and quality value must be a lexicon value (the captions and caption vectors use them)."""
+    from tristage.audio.measures import QUALITY_LEVELS
+
+    for attr, values in [*ap.levels.items(), ("quality", [*QUALITY_LEVELS, "reverberant"])]:
+        known = lexicon.get(attr, {})
+        for v in values:
+            if v not in known:
+                key = f"annotate.levels.{attr}" if attr != "quality" else "annotate.quality"
+                raise UserError(f"{key}: {v!r} is not a value of caption_vectors.lexicon.{attr} "
+                                f"({', '.join(known) or 'no values'})")
+
+
+def agreement(given: list, measured: list) -> dict:
+    """How often the measured bin equals the given value, where both exist: exact, and reduced to
+    low / moderate / high (`coarse`); `chance_coarse` is what matching the marginals at random gives."""
+    from collections import Counter
+
+    from tristage.audio.measures import coarse
+
+    pairs = [(str(g), m) for g, m in zip(given, measured) if not _missing(g) and m is not None]
+    if not pairs:
+        return {"n": 0}
+    n = len(pairs)
+    cg, cm = Counter(coarse(g) for g, _ in pairs), Counter(coarse(m) for _, m in pairs)
+    return {"n": n, "exact": round(sum(g == m for g, m in pairs) / n, 4),
+            "coarse": round(sum(coarse(g) == coarse(m) for g, m in pairs) / n, 4),
+            "chance_coarse": round(sum(cg[k] * cm[k] for k in cg) / n / n, 4)}
+
+
+def run_annotate(ap: AnnotateParams, lexicon: dict, tracker=None, progress: bool = True) -> dict:
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from tqdm import tqdm
+
+    from tristage.annotation.captions import CaptionWriter
+    from tristage.audio.measures import MEASURE_COLUMNS, AttributeBins
+    from tristage.data.manifest import read_prepared, relative_audio, resolve_audio
+    from tristage.fsio import atomic_path, write_bytes, write_json
+
+    check_levels(ap, lexicon)
+    df = read_prepared(ap.manifest)
+    for c in ("id", "audio", "text"):
+        if c not in df.columns:
+            raise UserError(f"{ap.manifest}: prepared manifest has no `{c}` column; rerun `prepare`")
+    if df.empty:
+        raise UserError(f"{ap.manifest}: no rows")
+    dup = df["id"][df["id"].duplicated()]
+    if len(dup):
+        raise UserError(f"{ap.manifest}: duplicate id {dup.iloc[0]!r}; rerun `prepare`")
+    df = df.sort_values("id", kind="stable").reset_index(drop=True)
+    audio_abs = [str(resolve_audio(ap.manifest, a)) for a in df["audio"]]
+    rows = [(str(u), a, "" if _missing(t) else str(t)) for u, a, t in zip(df["id"], audio_abs, df["text"])]
+
+    out = Path(ap.out_dir)
+    (out / SHARDS).mkdir(parents=True, exist_ok=True)
+    for tmp in (out / SHARDS).glob(".*.tmp"):  # leftovers of a killed run
+        tmp.unlink(missing_ok=True)
+    size = ap.shard_size
+    shard_rows = [rows[i:i + size] for i in range(0, len(rows), size)]
+    fps = [fingerprint(r) for r in shard_rows]
+    todo = [i for i, f in enumerate(fps) if not _shard_path(out, i).is_file() or _shard_fingerprint(_shard_path(out, i)) != f]
+    for p in (out / SHARDS).glob("shard-*.parquet"):  # shards of a longer, older manifest
+        if int(p.stem.split("-")[1]) >= len(shard_rows):
+            p.unlink()
+    log.info("annotate: %d utterances, %d shards (%d to measure), %d worker(s)", len(rows), len(shard_rows), len(todo),
+             ap.workers)
+
+    t0 = time.perf_counter()
+    tasks = [(i, shard_rows[i]) for i in todo]
+    bar = tqdm(total=sum(len(shard_rows[i]) for i in todo), unit="utt", desc="annotate", dynamic_ncols=True,
+               mininterval=1.0, disable=not progress)
+    if ap.workers and len(tasks) > 1:
+        with mp.get_context("fork").Pool(min(ap.workers, len(tasks))) as pool:
+            for i, records in pool.imap_unordered(measure_shard, tasks):
+                _write_shard(_shard_path(out, i), records, fps[i])
+                bar.update(len(records))
+    else:
+        for task in tasks:
+            i, records = measure_shard(task)
+            _write_shard(_shard_path(out, i), records, fps[i])
+            bar.update(len(records))
+    bar.close()
+    elapsed = time.perf_counter() - t0
+
+    meas = pd.concat([pq.read_table(_shard_path(out, i)).to_pandas() for i in range(len(shard_rows))],
+                     ignore_index=True)
+    if list(meas["id"]) != list(df["id"].astype(str)):
+        raise RuntimeError(f"{out / SHARDS}: cached measures do not line up with the manifest; delete the folder")
+    failed = meas[meas["error"].notna()]
+    ok = meas["error"].isna().to_numpy()
+    if not ok.any():
+        raise UserError(f"{ap.manifest}: no utterance could be measured (first error: {failed['error'].iloc[0]}); "
+                        f"see {out / 'failed.jsonl'}")
+    for c in MEASURE_COLUMNS:
+        df[c] = meas[c].to_numpy()
+
+    fit_table = df.loc[ok, [*MEASURE_COLUMNS, *(["gender"] if "gender" in df.columns else [])]]
+    bins = AttributeBins.fit(fit_table, levels=ap.levels, min_group=ap.min_group,
+                             quality=ap.quality.model_dump())
+    assigned = bins.assign(df)
+    for attr in assigned:  # failed rows have NaN measures -> None already
+        assigned[attr] = [v if good else None for v, good in zip(assigned[attr], ok)]
+
+    agree, filled = {}, {}
+    for attr in bins.attributes:
+        given = df[attr].tolist() if attr in df.columns else [None] * len(df)
+        agree[attr] = agreement(given, assigned[attr])
+        new = [m if m is not None and (ap.overwrite or _missing(g)) else (None if _missing(g) else g)
+               for g, m in zip(given, assigned[attr])]
+        filled[attr] = sum(m is not None and (ap.overwrite or _missing(g)) for g, m in zip(given, assigned[attr]))
+        df[attr] = new
+
+    captions_written = 0
+    if "caption" not in df.columns:
+        df["caption"] = ""
+    if ap.captions:
+        writer = CaptionWriter(lexicon)
+        attr_cols = [c for c in ("gender", "accent", "pitch", "speed", "modulation", "emotion", "quality")
+                     if c in df.columns]
+        caps = df["caption"].tolist()
+        for i, cap in enumerate(caps):
+            if _missing(cap):
+                rng = np.random.default_rng([ap.seed, zlib.crc32(str(df.at[i, "id"]).encode())])
+                attrs = {c: (None if _missing(df.at[i, c]) else str(df.at[i, c])) for c in attr_cols}
+                caps[i] = writer.write(attrs, rng)
+                captions_written += 1
+        df["caption"] = caps
+
+    # outputs: audio paths relative to the annotated manifest's folder
+    df["audio"] = [relative_audio(out.resolve(), Path(a)) for a in audio_abs]
+    from tristage.data.manifest import prepared_schema
+
+    base = prepared_schema()
+    fields = [base.field(c) for c in base.names]
+    fields += [pa.field(c, pa.int32() if c == "n_words" else pa.float64()) for c in MEASURE_COLUMNS]
+    extra = [c for c in df.columns if c not in {f.name for f in fields}]
+    fields += [pa.field(c, pa.string()) for c in extra]
+    for f in fields:
+        if f.name not in df.columns:
+            df[f.name] = None
+        if pa.types.is_string(f.type):
+            df[f.name] = [None if v is None or (isinstance(v, float) and v != v) else str(v) for v in df[f.name]]
+    table = pa.Table.from_pandas(df[[f.name for f in fields]], schema=pa.schema(fields), preserve_index=False)
+    with atomic_path(out / "manifest.parquet", suffix=".parquet") as tmp:
+        pq.write_table(table, tmp)
+    write_json(out / "bins.json", bins.to_dict())
+    write_bytes(out / "failed.jsonl", "".join(json.dumps({"id": r.id, "audio": rows[k][1], "reason": r.error}) + "\n"
+                                              for k, r in zip(failed.index, failed.itertuples())).encode())
+
+    audio_s = float(df.loc[ok, "duration_s"].sum())
+    now = [k for i in todo for k in range(i * size, i * size + len(shard_rows[i]))]
+    audio_now = float(np.nansum(df["duration_s"].to_numpy(dtype=np.float64)[now])) if now else 0.0
+    f0_by_gender = {}
+    if "gender" in df.columns:
+        for g, sub in df[ok].groupby(df.loc[ok, "gender"].fillna("unknown")):
+            f0_by_gender[str(g)] = round(float(sub["f0_hz"].median()), 2)
+    metrics = {
+        "n_rows": len(df), "n_measured": int(ok.sum()), "n_failed": len(failed),
+        "total_audio_s": round(audio_s, 2), "shards_measured": len(todo), "shards_skipped": len(shard_rows) - len(todo),
+        "elapsed_s": round(elapsed, 2),
+        "x_real_time": round(audio_now / elapsed, 1) if now and elapsed > 0 else None,
+        "filled": filled, "overwrite": ap.overwrite, "captions_written": captions_written,
+        "captions_kept": len(df) - captions_written, "agreement": agree,
+        "f0_hz_median_by_gender": f0_by_gender,
+        "speaking_rate_median": round(float(df.loc[ok, "speaking_rate"].median()), 3),
+        "snr_db_median": round(float(df.loc[ok, "snr_db"].median()), 2),
+    }
+    write_json(ap.metrics, metrics)
+    if len(failed):
+        log.warning("annotate: %d utterance(s) could not be measured, see %s", len(failed), out / "failed.jsonl")
+    log.info("annotate: filled %s, %d captions written; agreement %s", filled, captions_written,
+             {k: v.get("coarse") for k, v in agree.items()})
+    return metrics
