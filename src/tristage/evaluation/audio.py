@@ -350,10 +350,16 @@ class AudioJudges:
         try:
             from tristage.evaluation.judges.adherence import ATTRIBUTES, AdherenceJudge, agreement
 
-            if {"f0_hz", "speaking_rate"} <= set(self.src.manifest.columns):  # the annotate stage's measures
+            bins_file = Path(self.ep.prepared).parent / "bins.json"  # written by the annotate stage
+            if bins_file.is_file():
+                judge = self._timed("adherence_load", AdherenceJudge.from_file, bins_file)
+                self.adherence_note = f"the annotate stage's bins ({bins_file.name})"
+            elif {"f0_hz", "speaking_rate"} <= set(self.src.manifest.columns):  # the annotate stage's measures
                 judge = self._timed("adherence_load", AdherenceJudge.from_manifest, self.src.manifest)
+                self.adherence_note = "bins fitted on the manifest's measured columns"
             else:  # not annotated: measure a fixed sample of the training recordings with the same code
                 judge = self._timed("adherence_load", AdherenceJudge.from_recordings, self._bin_recordings())
+                self.adherence_note = f"bins fitted on {BIN_RECORDINGS} measured training recordings at most"
         except (ImportError, KeyError) as exc:
             log.warning("caption adherence skipped: %s", exc)
             self.adherence_note = f"not measured: {exc}"

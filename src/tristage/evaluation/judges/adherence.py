@@ -35,6 +35,14 @@ class AdherenceJudge:
         self.bins = bins
 
     @classmethod
+    def from_file(cls, path) -> "AdherenceJudge":
+        """The annotate stage's own fitted bins (`<annotate.out_dir>/bins.json`)."""
+        from tristage.audio.measures import AttributeBins
+        from tristage.fsio import read_json
+
+        return cls(AttributeBins.from_dict(read_json(path)))
+
+    @classmethod
     def from_manifest(cls, manifest) -> "AdherenceJudge":
         """Bins fitted on the corpus' measured columns (the annotate stage's f0_hz, speaking_rate, ...)."""
         from tristage.audio.measures import MEASURE_COLUMNS, AttributeBins
