@@ -7,6 +7,7 @@ Picks `n` utterances of distinct speakers (by seed); the ASR's LM is built from 
 texts (as `evaluate` does with the training split). Rows: `ground_truth` (the recordings) and
 `resynthesis` (encoded and decoded by the default random-init DAC of the features stage: not speech).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,7 +31,9 @@ from tristage.evaluation.judges.text import error_rates
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--corpus", default="data/raw", help="folder with manifest.jsonl (the corpus stage's output)")
+    ap.add_argument(
+        "--corpus", default="data/raw", help="folder with manifest.jsonl (the corpus stage's output)"
+    )
     ap.add_argument("--n", type=int, default=8)
     ap.add_argument("--seed", type=int, default=1234)
     args = ap.parse_args(argv)
@@ -60,7 +63,9 @@ def main(argv=None) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         codec, _ = prepare_codec(FeaturesParams().codec, Path(tmp))
-        lm = timed("asr_load", build_lm, [r["text"] for r in rows if r["id"] not in picked_ids], Path(tmp) / "lm")
+        lm = timed(
+            "asr_load", build_lm, [r["text"] for r in rows if r["id"] not in picked_ids], Path(tmp) / "lm"
+        )
         asr = timed("asr_load", load_asr, None, "cpu", lm)
     enc = timed("speaker_load", load_speaker_encoder, None)
     mos = timed("dnsmos_load", DNSMOS)
@@ -80,19 +85,32 @@ def main(argv=None) -> int:
             emb = timed("speaker", enc, audio)
             m = timed("dnsmos", mos, audio)
             a = timed("adherence", adher, audio, r["text"], r.get("gender"))
-            results[row].append(dict(wer=wer, cer=cer, sim=cosine(emb, ref_same), sim_other=cosine(emb, ref_other),
-                                     ovrl=m["dnsmos_ovrl"], pitch=agreement(r.get("pitch"), a["pitch_measured"]),
-                                     speed=agreement(r.get("speed"), a["speed_measured"])))
+            results[row].append(
+                dict(
+                    wer=wer,
+                    cer=cer,
+                    sim=cosine(emb, ref_same),
+                    sim_other=cosine(emb, ref_other),
+                    ovrl=m["dnsmos_ovrl"],
+                    pitch=agreement(r.get("pitch"), a["pitch_measured"]),
+                    speed=agreement(r.get("speed"), a["speed_measured"]),
+                )
+            )
     n_clips = 2 * len(picked)
     print(f"audio judges on {len(picked)} utterances of {folder} ({len(by_speaker)} speakers), seed {args.seed}")
-    print("| row | wer | cer | speaker_sim | speaker_sim_other | dnsmos_ovrl | pitch_agreement | speed_agreement |")
+    print("| row | wer | cer | speaker_sim | speaker_sim_other | dnsmos_ovrl | pitch_agreement "
+          "| speed_agreement |")
     print("|---|---|---|---|---|---|---|---|")
     for row, res in results.items():
         mean = lambda k: np.mean([x[k] for x in res if x[k] is not None] or [np.nan])  # noqa: E731
-        print(f"| {row} | {mean('wer'):.3f} | {mean('cer'):.3f} | {mean('sim'):.3f} | {mean('sim_other'):.3f} | "
-              f"{mean('ovrl'):.2f} | {mean('pitch'):.2f} | {mean('speed'):.2f} |")
+        print(
+            f"| {row} | {mean('wer'):.3f} | {mean('cer'):.3f} | {mean('sim'):.3f} | {mean('sim_other'):.3f} "
+            "| "
+            f"{mean('ovrl'):.2f} | {mean('pitch'):.2f} | {mean('speed'):.2f} |"
+        )
     per_clip = {k: round(v / n_clips, 3) for k, v in cost.items() if not k.endswith("_load")}
-    print(f"seconds per clip: {per_clip}; loading: { {k: round(v, 2) for k, v in cost.items() if k.endswith('_load')} }")
+    loading = {k: round(v, 2) for k, v in cost.items() if k.endswith("_load")}
+    print(f"seconds per clip: {per_clip}; loading: {loading}")
     print("resynthesis = the default random-init codec: not speech")
     return 0
 

@@ -354,7 +354,9 @@ class AudioJudges:
             if bins_file.is_file():
                 judge = self._timed("adherence_load", AdherenceJudge.from_file, bins_file)
                 self.adherence_note = f"the annotate stage's bins ({bins_file.name})"
-            elif {"f0_hz", "speaking_rate"} <= set(self.src.manifest.columns):  # the annotate stage's measures
+            elif {"f0_hz", "speaking_rate"} <= set(
+                self.src.manifest.columns
+            ):  # the annotate stage's measures
                 judge = self._timed("adherence_load", AdherenceJudge.from_manifest, self.src.manifest)
                 self.adherence_note = "bins fitted on the manifest's measured columns"
             else:  # not annotated: measure a fixed sample of the training recordings with the same code
