@@ -97,7 +97,8 @@ def main(argv=None) -> int:
                 )
             )
     n_clips = 2 * len(picked)
-    print(f"audio judges on {len(picked)} utterances of {folder} ({len(by_speaker)} speakers), seed {args.seed}")
+    print(f"audio judges on {len(picked)} utterances of {folder} ({len(by_speaker)} speakers), "
+          f"seed {args.seed}")
     print("| row | wer | cer | speaker_sim | speaker_sim_other | dnsmos_ovrl | pitch_agreement "
           "| speed_agreement |")
     print("|---|---|---|---|---|---|---|---|")
