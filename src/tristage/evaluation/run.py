@@ -100,19 +100,12 @@ def run_probes(model, data, manifest, ep, max_frames: int, device: str) -> dict[
     return res
 
 
-def synthesize(model, data, table, plan: list[dict], ep, max_ref: int, device: str,
-               stop: bool = False) -> list[torch.Tensor]:
-    """Codes (K, T) for each request of the plan; sampling seeded per request.
-
-    Length: `stop=False` (today) generates the speaker reference utterance's length (at most
-    max_sample_frames); `stop=True` is the hook for the decoder's stop token (h-synth): generate up to
-    max_sample_frames and let the model end the utterance."""
+def synthesize(model, data, table, plan: list[dict], ep, max_ref: int, device: str) -> list[torch.Tensor]:
+    """Codes (K, T) for each request of the plan; sampling seeded per request."""
     pos = {ex.id: i for i, ex in enumerate(data.examples)}
     out = []
     for r, req in enumerate(plan):
         spk_i, emo_i = pos[req["speaker_ref"]["id"]], pos[req["emotion_ref"]["id"]]
-        if stop:
-            raise NotImplementedError("synthesize(stop=True) needs the decoder's stop token (branch h-synth)")
         n_frames = min(data.examples[spk_i].n_frames, ep.max_sample_frames)
         gen = torch.Generator(device=device).manual_seed(ep.seed + r)
         codes = model.generate(req["text"], table.encode(req["caption"]),
@@ -190,7 +183,9 @@ def run_evaluate(params, tracker=None, sources=None, vocoder: tuple[Vocoder, dic
             wavs.append(wav)
         entries += write_samples(Path(ep.samples_dir), stage, plan, wavs, sr, codec_info,
                                  extra=[dict(n_frames=int(c.shape[1])) for c in codes])
-        judges.add_stage(stage, model, data, plan, wavs, sr, sp.max_ref_frames, device)
+        # LENGTH HOOK: "reference" = the fixed-length path above; "model" once the stop head (h-synth) sets it
+        judges.add_stage(stage, model, data, plan, wavs, sr, sp.max_ref_frames, device,
+                         length_source="reference")
         per_stage[stage] = stage_metrics(values, band, caption_cos)
         log.info("%s: mel_loss %.4f top1 %.3f speaker_acc %s speaker_probe %s emotion_probe %s", stage,
                  values["mel_loss"] or math.nan, values["mel_top1"] or math.nan, _fmt(values["speaker_acc"]),
