@@ -119,9 +119,6 @@ class AudioJudges:
         self.pretrained_codec = bool(codec_info.get("pretrained", False))
         self.by_id = src.manifest.drop_duplicates("id").set_index("id")
         self.clips: list[Clip] = []
-        self.anchor_emotion: dict[
-            tuple[str, str], str | None
-        ] = {}  # (row, name) -> prediction (final stage's)
         self.probe_stage: str | None = None
         self.seconds: dict[str, float] = {}
         self._anchored = False
