@@ -8,8 +8,8 @@ import pytest
 
 from conftest import project_env
 
-STAGES = ["corpus", "prepare", "annotate", "speaker_mapping", "caption_vectors", "features", "stage1", "stage2", "stage3",
-          "evaluate"]
+STAGES = ["corpus", "prepare", "annotate", "speaker_mapping", "caption_vectors", "features", "stage1", "stage2",
+          "stage3", "evaluate"]
 STAGE_KEYS = {"mel_loss", "mel_top1", "trainable_params", "total_params", "trainable_fraction"}
 EVAL_KEYS = {"mel_loss", "mel_top1", "speaker_acc", "speaker_acc_band", "caption_cosine_mean", "emotion_probe_acc",
              "speaker_probe_acc"}
