@@ -33,11 +33,13 @@ def audio_judges_plot(path: Path, rows: Mapping[str, Mapping[str, Any]], pretrai
         for anchor, color, style in ANCHORS:
             if anchor in rows and rows[anchor].get(key) is not None:
                 ax.axhline(rows[anchor][key], color=color, linestyle=style, label=anchor)
+        ax.set_xticks(range(len(stages)), stages)
+        ax.set_ylim(*((1, 5) if key == "dnsmos_ovrl" else (0, 1.05)))
         ax.set_title(key, fontsize=9)
         ax.tick_params(axis="x", labelsize=7, rotation=45)
     axes[0].legend(fontsize=6)
     title = "audio judges per stage; lines: ground truth and codec resynthesis"
     if not pretrained_codec:
         title += " (random-init codec: resynthesis and stages are NOT speech)"
-    fig.suptitle(title, fontsize=9)
+    fig.suptitle(title, fontsize=9, y=1.04)
     return save_figure(fig, path, dpi=100, bbox_inches="tight")
