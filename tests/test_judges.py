@@ -189,3 +189,49 @@ def test_caption_adherence_bins_a_high_voice_above_a_low_one(speech):
     assert agreement(high["pitch_measured"], high["pitch_measured"]) == 1.0
     assert agreement(low["pitch_measured"], high["pitch_measured"]) == 0.0 and agreement(None, "high") is None
     assert agreement("very high", "high", coarse=True) == 1.0
+
+
+def test_audio_judges_rows_table_and_plot_on_espeak_recordings(tmp_path, speech):
+    """AudioJudges end to end without a trained model: recordings of two voices, a stub codec that
+    returns noise, one stage whose 'generated' audio is noise too; ASR and DNSMOS off to stay fast."""
+    from types import SimpleNamespace
+
+    import soundfile as sf
+
+    from tristage.config import Params
+
+    rows, examples = [], []
+    for v, voice in enumerate(("low", "high", "low", "high")):  # four speakers, two voices
+        for u, text in enumerate(SENTENCES):
+            uid = f"spk{v}_{u}"
+            sf.write(tmp_path / f"{uid}.wav", speech[voice][text], 16000)
+            rows.append(dict(id=uid, speaker=f"spk{v}", text=text, caption="a voice", emotion="neutral",
+                             audio=f"{uid}.wav", gender="male", pitch="high" if voice == "high" else "low",
+                             speed="moderate"))
+            examples.append(SimpleNamespace(id=uid, speaker=f"spk{v}", n_frames=10))
+    params = Params()
+    ep = params.evaluate
+    ep.prepared, ep.samples_dir = tmp_path / "manifest.parquet", tmp_path / "samples"
+    ep.plots_dir, ep.utterances = tmp_path / "plots", tmp_path / "utterances.csv"
+    ep.n_samples, ep.n_audio_samples = 2, 1
+    ep.audio_metrics.intelligibility = ep.audio_metrics.dnsmos = ep.audio_metrics.emotion_transfer = False
+    noise = lambda n: np.random.default_rng(n).standard_normal(8000).astype(np.float32) * 0.1  # noqa: E731
+    data = SimpleNamespace(examples=examples, val_idx=[0, 1, 4, 5, 8, 9], heldout_idx=[12, 13, 14, 15],
+                           train_idx=[2, 3, 6, 7, 10, 11], features=lambda i: (None, np.zeros((2, 10))))
+    vocoder = lambda codes: (noise(1), 16000)  # noqa: E731
+    judges = AudioJudges(params, SimpleNamespace(manifest=pd.DataFrame(rows)), vocoder, {"pretrained": False})
+    plan = judges.plan(data)
+    judged = [r["name"] for r in plan if r["judged"]]
+    assert judged == ["matched_00", "cross_00", "unseen_matched_00"]
+    judges.add_stage("stage1", None, data, plan, [noise(i) for i in range(len(plan))], 16000, 32, "cpu")
+    out = judges.finish()
+    gt, stage = out["ground_truth"], out["stage1"]
+    assert gt["label"] == "speech" and stage["label"].startswith("not speech") and gt["n_clips"] == 2
+    assert stage["n_clips"] == 3 and out["resynthesis"]["n_clips"] == 2
+    assert gt["speaker_sim"] > gt["speaker_sim_other"] and gt["speaker_sim"] > stage["speaker_sim"]
+    assert gt["wer"] is None and gt["unseen_speakers"]["n_clips"] == 1 and gt["seen_speakers"]["n_clips"] == 1
+    assert gt["pitch_agreement"] is not None and stage["pitch_agreement"] is None  # noise has no voiced frame
+    table = pd.read_csv(ep.utterances)
+    assert len(table) == 7 and set(table["row"]) == {"ground_truth", "resynthesis", "stage1"}
+    assert (ep.samples_dir / "ground_truth/matched_00.wav").is_file()
+    assert (ep.plots_dir / "audio_judges.png").is_file()
