@@ -22,7 +22,7 @@ TINY = {
                                    "speaker_latents": 2, "emo_dim": 8, "classifier_hidden": 16}},
     "stage2": _TRAIN,
     "stage3": _TRAIN,
-    "evaluate": {"n_samples": 1, "max_sample_frames": 8},
+    "evaluate": {"n_samples": 1, "max_sample_frames": 8, "n_audio_samples": 1},
 }
 
 

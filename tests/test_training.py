@@ -76,7 +76,7 @@ def test_dann_warmup_and_lr_schedule():
 
 
 def test_data_references_labels_and_split(tmp_path):
-    params = load_params(write_tiny_params(tmp_path))
+    params = load_params(write_tiny_params(tmp_path, heldout_speakers=0))  # utterance split only (no unseen speakers)
     src = fake_sources(n_speakers=4, utts_per_speaker=6, mapped_speakers=3)
     data = TrainData(src, params.stage1, 32, 64)
     again = TrainData(src, params.stage1, 32, 64)

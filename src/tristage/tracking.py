@@ -180,6 +180,17 @@ class Tracker:
         except Exception as exc:
             self._fail("log_artifact", exc)
 
+    def log_table(self, rows: list[dict], artifact_file: str) -> None:
+        """A table (list of row dicts) as an MLflow table artifact (shown in the UI's artifact view)."""
+        if not self.active or not rows:
+            return
+        try:
+            import pandas as pd
+
+            self._mlflow.log_table(pd.DataFrame(rows), artifact_file=artifact_file)
+        except Exception as exc:
+            self._fail("log_table", exc)
+
 
 class NullTracker(Tracker):
     """A tracker that logs nothing (library calls outside a stage, tests)."""

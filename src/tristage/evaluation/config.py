@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from typing import Literal
 
-from tristage.schema import Field, Fraction, Path, PosInt, Section
+from tristage.evaluation.judges.config import AudioMetricsParams
+from tristage.schema import Field, Fraction, NonNegInt, Path, PosInt, Section
 
 
 class EvaluateParams(Section):
@@ -30,3 +31,9 @@ class EvaluateParams(Section):
     top_k: PosInt = 50
     seed: int = 1234
 
+    # audio judges (issue 16): ground truth, codec resynthesis and each stage, seen and unseen speakers
+    n_audio_samples: NonNegInt = 2  # matched requests judged per speaker group (+ their cross); 0 = off
+    utterances: Path = Path("metrics/evaluate_utterances.csv")  # one row per judged clip
+    asr: Path | None = None  # a local Hugging Face ASR folder; None = pocketsphinx (offline)
+    speaker_encoder: Path | None = None  # a local HF speaker-embedding folder; None = resemblyzer GE2E
+    audio_metrics: AudioMetricsParams = AudioMetricsParams()

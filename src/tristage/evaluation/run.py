@@ -28,7 +28,7 @@ import torch
 from tristage.errors import UserError
 from tristage.evaluation.metrics import evaluate_document, stage_metrics
 from tristage.evaluation.probes import probe_accuracy
-from tristage.evaluation.samples import sample_plan, write_samples
+from tristage.evaluation.samples import write_samples
 
 log = logging.getLogger("tristage.evaluate")
 
@@ -159,6 +159,10 @@ def run_evaluate(params, tracker=None, sources=None, vocoder: tuple[Vocoder, dic
     per_stage: dict[str, dict] = {}
     entries: list[dict] = []
     plan = None
+    # --- audio judges (evaluation/audio.py): collect per stage, judge once at the end ---
+    from tristage.evaluation.audio import AudioJudges
+
+    judges = AudioJudges(params, src, voc, codec_info, device)
     for stage in ep.stages:
         model, cfg = load_model(Path(ep.models_dir) / stage, device, table=src.table)
         sp = params.stage(stage)
@@ -171,7 +175,7 @@ def run_evaluate(params, tracker=None, sources=None, vocoder: tuple[Vocoder, dic
         values.update(run_probes(model, data, src.manifest, ep, sp.max_ref_frames, device))
         values.update(n_val_utterances=len(data.val_idx), speaker_classifier_trained=trained)
         if plan is None:
-            plan = sample_plan(_val_rows(src.manifest, data), ep.n_samples, ep.seed)
+            plan = judges.plan(data)  # sample_plan of the validation rows + unseen speakers' requests
         codes = synthesize(model, data, src.table, plan, ep, sp.max_ref_frames, device)
         wavs, sr = [], 0
         for c in codes:
@@ -179,16 +183,24 @@ def run_evaluate(params, tracker=None, sources=None, vocoder: tuple[Vocoder, dic
             wavs.append(wav)
         entries += write_samples(Path(ep.samples_dir), stage, plan, wavs, sr, codec_info,
                                  extra=[dict(n_frames=int(c.shape[1])) for c in codes])
+        # LENGTH HOOK: "reference" = the fixed-length path above; "model" once the stop head (h-synth) sets it
+        judges.add_stage(stage, model, data, plan, wavs, sr, sp.max_ref_frames, device,
+                         length_source="reference")
         per_stage[stage] = stage_metrics(values, band, caption_cos)
         log.info("%s: mel_loss %.4f top1 %.3f speaker_acc %s speaker_probe %s emotion_probe %s", stage,
                  values["mel_loss"] or math.nan, values["mel_top1"] or math.nan, _fmt(values["speaker_acc"]),
                  _fmt(values["speaker_probe_acc"]), _fmt(values["emotion_probe_acc"]))
         del model
+    audio_rows = judges.finish(tracker)  # ground_truth, resynthesis, <stage>: wer, cer, speaker_sim, ...
+    for stage in ep.stages:
+        per_stage[stage].update(audio_rows.get(stage, {}))
+    # --- end audio judges ---
     note = _note(src, pretrained_codec)
     write_json(Path(ep.samples_dir) / "samples.json", dict(note=note, samples=entries))
     doc = evaluate_document(per_stage, ep.stages[-1], band, extra=dict(
         codec=src.codec, caption_encoder=src.caption_encoder, audio_is_speech=pretrained_codec, note=note,
-        n_samples=len(entries)))
+        n_samples=len(entries), audio_judges=judges.info(),
+        **{row: audio_rows[row] for row in ("ground_truth", "resynthesis") if row in audio_rows}))
     write_json(ep.metrics, doc)
     plots = write_plots(Path(ep.plots_dir), per_stage, band)
     if tracker is not None:

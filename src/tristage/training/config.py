@@ -38,6 +38,7 @@ class StageParams(Section):
     amp: bool = True  # bf16 autocast, on CUDA only
     # data
     val_fraction: Fraction = 0.05  # held-out utterances (split fixed by seed)
+    heldout_speakers: NonNegInt = 2  # speakers never trained on (zero-shot eval; at most a third of them)
     max_ref_frames: PosInt = 160  # random crop of the reference mels (mel frames)
     speaker_ref: Literal["other", "same"] = "other"  # another utterance of the same speaker
     emotion_ref: Literal["same", "other"] = "same"  # the target utterance itself

@@ -201,6 +201,11 @@ class TrainData:
         n_val = min(n_val, len(perm) - 1)
         self.val_idx = sorted(perm[:n_val].tolist())
         self.train_idx = sorted(perm[n_val:].tolist())
+        # unseen speakers: all their utterances leave both splits (evaluate judges them as zero-shot)
+        held = heldout_speakers([ex.speaker for ex in self.examples], sp.heldout_speakers, sp.seed)
+        self.heldout_idx = [i for i, ex in enumerate(self.examples) if ex.speaker in held]
+        self.val_idx = [i for i in self.val_idx if self.examples[i].speaker not in held]
+        self.train_idx = [i for i in self.train_idx if self.examples[i].speaker not in held]
         self.by_speaker: dict[tuple[str, bool], list[int]] = {}
         val_set = set(self.val_idx)
         for i, ex in enumerate(self.examples):
@@ -274,6 +279,15 @@ class TrainData:
         order = sorted(self.val_idx, key=lambda i: self.examples[i].n_frames)
         return [self.collate(order[i:i + batch_size], [self.sp.seed, 999_983], val=True)
                 for i in range(0, len(order), batch_size)]
+
+
+def heldout_speakers(speakers: list[str], n: int, seed: int) -> set[str]:
+    """`n` speakers (at most a third of them) chosen by `seed` alone, never trained on by any stage."""
+    names = sorted(set(speakers))
+    n = min(n, len(names) // 3)
+    if n <= 0:
+        return set()
+    return set(np.random.default_rng([seed, 7919]).choice(names, n, replace=False).tolist())
 
 
 def _pad_mels(mels: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,45 @@
+"""One figure: each audio metric per stage (bars), the anchor rows drawn as reference lines."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+from tristage.fsio import save_figure
+
+PANELS = (
+    "wer",
+    "cer",
+    "speaker_sim",
+    "dnsmos_ovrl",
+    "pitch_agreement",
+    "speed_agreement",
+    "emotion_transfer_acc",
+)
+ANCHORS = (("ground_truth", "tab:green", "--"), ("resynthesis", "tab:orange", ":"))
+
+
+def audio_judges_plot(path: Path, rows: Mapping[str, Mapping[str, Any]], pretrained_codec: bool) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    stages = [r for r in rows if r not in ("ground_truth", "resynthesis")]
+    num = lambda v: float("nan") if v is None else float(v)  # noqa: E731
+    fig, axes = plt.subplots(1, len(PANELS), figsize=(2.3 * len(PANELS), 3.0))
+    for ax, key in zip(axes, PANELS):
+        ax.bar(stages, [num(rows[s].get(key)) for s in stages], color="tab:blue", label="generated")
+        for anchor, color, style in ANCHORS:
+            if anchor in rows and rows[anchor].get(key) is not None:
+                ax.axhline(rows[anchor][key], color=color, linestyle=style, label=anchor)
+        ax.set_xticks(range(len(stages)), stages)
+        ax.set_ylim(*((1, 5) if key == "dnsmos_ovrl" else (0, 1.05)))
+        ax.set_title(key, fontsize=9)
+        ax.tick_params(axis="x", labelsize=7, rotation=45)
+    axes[0].legend(fontsize=6)
+    title = "audio judges per stage; lines: ground truth and codec resynthesis"
+    if not pretrained_codec:
+        title += " (random-init codec: resynthesis and stages are NOT speech)"
+    fig.suptitle(title, fontsize=9, y=1.04)
+    return save_figure(fig, path, dpi=100, bbox_inches="tight")
