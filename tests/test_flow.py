@@ -232,7 +232,7 @@ def test_flow_runs_the_dag_as_a_dvc_experiment_with_mlflow_runs(prefect_api, rep
                                                                       "emotion_probe_acc")} <= \
         set(children["evaluate"].data.metrics)
     assert children["prepare"].data.params["prepare.min_duration"]  # the stage's params are logged
-    assert parent.data.metrics["prepare.rows_in"] == 24
+    assert parent.data.metrics["prepare/rows_in"] == 24
     assert parent.data.params["overrides.corpus.utts_per_speaker"] == "6"
 
     from tristage.compare import compare
