@@ -75,6 +75,12 @@ def prepare_workspace(repo: Path, name: str, overrides: dict[str, Any], target: 
     except Exception:
         workspace.remove_workspace(repo, ws)
         raise
+    logger = _task_logger()
+    try:  # outputs already computed come out of the shared cache; what is missing is recomputed
+        dvc.run(dvc.checkout_cmd(stages), ws, {"CUDA_VISIBLE_DEVICES": ""}, on_line=dvc.LogForwarder(logger))
+    except dvc.CommandFailed as exc:
+        logger.warning("dvc checkout in the run workspace failed; stages will recompute (%s)",
+                       str(exc).splitlines()[0])
     return ws, stages
 
 

@@ -193,3 +193,10 @@ def test_dvc_plots_page_loads_no_script_from_the_internet(tmp_path):
     assert not re.search(r"<script[^>]+src=[\"']https?://", page), "the page loads a script from the internet"
     assert "vegaEmbed" in page and page.count("<script") >= 5  # 3 inlined libraries + one per plot
     assert '"mel_loss"' in page or "mel_loss" in page
+
+
+def test_stage_cli_misspelt_key_gets_the_same_hint():
+    from tristage.config import load_params
+
+    with pytest.raises(ParamsError, match=r"stage2\.grl_lambdda: unknown key; did you mean stage2\.grl_lambda\?"):
+        load_params(REPO / "params.yaml", ["stage2.grl_lambdda=1"])
