@@ -56,7 +56,8 @@ def test_plain_dvc_repro_runs_grouped_by_experiment_or_revision():
         return RunRecord(f"r{i}", stage, t, "FINISHED", {"stage": stage, **tags}, {}, metrics)
 
     rev = {"git_revision": "abcdef1234"}
-    runs = [stage_run(1, "stage1", 10, rev, {"val_mel_loss": 5.0}), stage_run(2, "stage1", 20, rev, {"val_mel_loss": 4.0}),
+    runs = [stage_run(1, "stage1", 10, rev, {"val_mel_loss": 5.0}),
+            stage_run(2, "stage1", 20, rev, {"val_mel_loss": 4.0}),
             stage_run(3, "stage2", 30, rev, {"val_mel_loss": 3.0}),
             stage_run(4, "stage2", 40, {**rev, "dvc_experiment": "exp-x"}, {"val_mel_loss": 2.0})]
     rows = {r["run"]: r for r in table_rows(group_runs(runs))}

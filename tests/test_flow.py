@@ -258,17 +258,18 @@ def test_flow_reuses_the_cache_of_dvc_repro_and_names_its_task_runs(prefect_api,
     come out of the shared DVC cache, adding nothing to it); its task runs carry the stage names and
     the stages' log lines, and a summary artifact names the experiment and the MLflow parent run."""
     import yaml
+    from conftest import project_env
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, LogFilter, \
-        LogFilterTaskRunId, TaskRunFilter, TaskRunFilterFlowRunId
+    from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterFlowRunId, LogFilter,
+                                                LogFilterTaskRunId, TaskRunFilter, TaskRunFilterFlowRunId)
 
     from flows.pipeline import pipeline
-    from conftest import project_env
 
     monkeypatch.setenv("TRISTAGE_TRACKING", "0")  # the stages' own MLflow runs are not under test here
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{repo_copy / 'mlflow.db'}")
     dvc_bin = str(Path(sys.executable).with_name("dvc"))
-    subprocess.run([dvc_bin, "repro", "stage2"], cwd=repo_copy, env=project_env(), check=True, capture_output=True)
+    subprocess.run([dvc_bin, "repro", "stage2"], cwd=repo_copy, env=project_env(), check=True,
+                   capture_output=True)
     before = _cache_objects(repo_copy)
     assert before
 
@@ -294,7 +295,8 @@ def test_flow_reuses_the_cache_of_dvc_repro_and_names_its_task_runs(prefect_api,
             flow_run_id=TaskRunFilterFlowRunId(any_=[flow_run_id])))
         by_name = {t.name: t for t in task_runs}
         assert "stage2 (gpu slot)" in by_name and "corpus" in by_name, sorted(by_name)
-        logs = client.read_logs(log_filter=LogFilter(task_run_id=LogFilterTaskRunId(any_=[by_name["stage2 (gpu slot)"].id])))
+        stage2_task = by_name["stage2 (gpu slot)"].id
+        logs = client.read_logs(log_filter=LogFilter(task_run_id=LogFilterTaskRunId(any_=[stage2_task])))
         text = "\n".join(entry.message for entry in logs)
         assert "Running stage 'stage2'" in text  # the stage's own output, in the task's log
         artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(

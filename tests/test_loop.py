@@ -198,5 +198,6 @@ def test_dvc_plots_page_loads_no_script_from_the_internet(tmp_path):
 def test_stage_cli_misspelt_key_gets_the_same_hint():
     from tristage.config import load_params
 
-    with pytest.raises(ParamsError, match=r"stage2\.grl_lambdda: unknown key; did you mean stage2\.grl_lambda\?"):
+    hint = r"stage2\.grl_lambdda: unknown key; did you mean stage2\.grl_lambda\?"
+    with pytest.raises(ParamsError, match=hint):
         load_params(REPO / "params.yaml", ["stage2.grl_lambdda=1"])

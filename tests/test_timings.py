@@ -13,7 +13,8 @@ from tristage.timings import split_timings
 
 def test_split_timings_keeps_quality_and_nesting():
     quality, timings = split_timings({"mel_loss": 2.0, "samples_per_s": 80.1, "elapsed_s": 3.0, "steps": 300,
-                                      "stage2": {"speaker_acc": 0.4, "probe_seconds": 1.5}, "encode_seconds": 0.4})
+                                      "stage2": {"speaker_acc": 0.4, "probe_seconds": 1.5},
+                                      "encode_seconds": 0.4})
     assert quality == {"mel_loss": 2.0, "steps": 300, "stage2": {"speaker_acc": 0.4}}
     assert timings == {"samples_per_s": 80.1, "elapsed_s": 3.0, "stage2": {"probe_seconds": 1.5},
                        "encode_seconds": 0.4}

@@ -108,7 +108,8 @@ def test_one_parent_run_per_dvc_invocation_in_a_model_training_experiment(repo_c
     env = project_env(TRISTAGE_TRACKING="1", MLFLOW_TRACKING_URI=uri)
     dvc = str(Path(sys.executable).with_name("dvc"))
     subprocess.run([dvc, "repro", "prepare"], cwd=repo_copy, env=env, check=True, capture_output=True)
-    subprocess.run([dvc, "repro", "-f", "-s", "prepare"], cwd=repo_copy, env=env, check=True, capture_output=True)
+    subprocess.run([dvc, "repro", "-f", "-s", "prepare"], cwd=repo_copy, env=env, check=True,
+                   capture_output=True)
 
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("tristage")
@@ -117,6 +118,7 @@ def test_one_parent_run_per_dvc_invocation_in_a_model_training_experiment(repo_c
     parents = [r for r in runs if r.data.tags.get("tristage.role") == "dvc"]
     assert len(parents) == 2 and all(p.info.status == "FINISHED" for p in parents)
     children = {p.info.run_id: sorted(r.data.tags["stage"] for r in runs
-                                      if r.data.tags.get("mlflow.parentRunId") == p.info.run_id) for p in parents}
+                                      if r.data.tags.get("mlflow.parentRunId") == p.info.run_id)
+                for p in parents}
     assert [children[p.info.run_id] for p in parents] == [["corpus", "prepare"], ["prepare"]]
     assert parents[0].info.run_name.startswith("repro@")

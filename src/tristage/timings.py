@@ -20,8 +20,9 @@ from tristage.fsio import write_json, write_text
 
 TIMINGS_DIR = Path("timings")
 # Run facts that vary with the machine or with what an earlier (interrupted) run left behind.
-TIMING_KEYS = frozenset({"elapsed_s", "seconds", "encode_seconds", "samples_per_s", "x_real_time", "real_time_factor",
-                         "shards_written", "shards_skipped", "audio_s_this_run", "resumed_from_step"})
+TIMING_KEYS = frozenset({"elapsed_s", "seconds", "encode_seconds", "samples_per_s", "x_real_time",
+                         "real_time_factor", "shards_written", "shards_skipped", "audio_s_this_run",
+                         "resumed_from_step"})
 TIMING_SUFFIXES = ("_seconds", "_elapsed_s", "_per_s", "_wall_s", "_time_s")
 
 
