@@ -211,7 +211,7 @@ def test_kill_9_then_rerun_gives_identical_bytes(tmp_path):
     from tristage.testing import write_prepared
 
     manifest = write_prepared(tmp_path / "corpus", n_speakers=2, utts_per_speaker=8, sample_rate=22050)
-    env = project_env(PYTHONPATH=str(REPO))
+    env = project_env(PYTHONPATH=f"{REPO / 'src'}{os.pathsep}{REPO}")  # this checkout's code, not an install
 
     def run(folder: Path, kill_after_first_shard: bool = False) -> None:
         folder.mkdir()
@@ -238,7 +238,7 @@ def test_kill_9_then_rerun_gives_identical_bytes(tmp_path):
     r = subprocess.run([sys.executable, "-m", "steps.features", "--params", str(p)], env=env,
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
-    m = json.loads((tmp_path / "b" / "metrics" / "features.json").read_text())
+    m = json.loads((tmp_path / "b" / "timings" / "features.json").read_text())  # run facts, not metrics
     assert m["shards_skipped"] >= 1 and m["shards_skipped"] + m["shards_written"] == 8
     files = lambda d: sorted(str(f.relative_to(d)) for f in d.rglob("*") if f.is_file())  # noqa: E731
     a, b = tmp_path / "a" / "features", tmp_path / "b" / "features"

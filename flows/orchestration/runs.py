@@ -3,42 +3,23 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
-from tristage.tracking import EXPERIMENT, default_tracking_uri, flatten
+from tristage.environment import apply_quiet_env
+from tristage.tracking import ROLE_TAG, ensure_experiment, flatten
 
 log = logging.getLogger(__name__)
 
-ROLE_TAG = "tristage.role"  # "flow" on parent runs
-
-
-def tracking_uri(repo: Path) -> str:
-    """Absolute: the stages run in other folders (the run workspace) and must log to the same store."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI")
-    if uri and uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        uri = f"sqlite:///{(repo / uri[len('sqlite:///'):]).resolve()}"
-    return uri or default_tracking_uri(repo)
 
 
 def _client(uri: str):
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    apply_quiet_env()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         from mlflow.tracking import MlflowClient
     return MlflowClient(tracking_uri=uri)
-
-
-def _experiment_id(client, artifact_root: Path | None = None) -> str:
-    exp = client.get_experiment_by_name(EXPERIMENT)
-    if exp is not None:
-        return exp.experiment_id
-    try:
-        return client.create_experiment(EXPERIMENT, artifact_location=artifact_root.resolve().as_uri() if artifact_root else None)
-    except Exception:  # created concurrently
-        return client.get_experiment_by_name(EXPERIMENT).experiment_id
 
 
 def start_parent_run(uri: str, name: str, tags: Mapping[str, str], params: Mapping[str, Any],
@@ -46,7 +27,7 @@ def start_parent_run(uri: str, name: str, tags: Mapping[str, str], params: Mappi
     """Create the flow's parent run; None (with a warning) if MLflow is unusable."""
     try:
         client = _client(uri)
-        run = client.create_run(_experiment_id(client, artifact_root), run_name=name, tags={ROLE_TAG: "flow", **tags})
+        run = client.create_run(ensure_experiment(client, artifact_root), run_name=name, tags={ROLE_TAG: "flow", **tags})
         flat = {k: ("" if v is None else str(v))[:6000] for k, v in flatten(params).items()}
         items = list(flat.items())
         for i in range(0, len(items), 100):
@@ -78,6 +59,8 @@ def read_stage_metrics(workspace: Path, stages: list[str]) -> dict[str, float]:
 
 def finish_parent_run(uri: str, run_id: str | None, status: str, metrics: Mapping[str, float] | None = None,
                       tags: Mapping[str, str] | None = None) -> None:
+    """End the parent run; `metrics` (`stage.key` -> value) are logged as `stage/key`, which the
+    MLflow UI groups per stage and which no params key (`stage2.grl_lambda`) can be mistaken for."""
     if run_id is None:
         return
     try:
@@ -88,7 +71,8 @@ def finish_parent_run(uri: str, run_id: str | None, status: str, metrics: Mappin
         from mlflow.entities import Metric, RunTag
 
         now = int(time.time() * 1000)
-        ms = [Metric(k, float(v), now, 0) for k, v in (metrics or {}).items() if math.isfinite(float(v))]
+        ms = [Metric(k.replace(".", "/", 1), float(v), now, 0) for k, v in (metrics or {}).items()
+              if math.isfinite(float(v))]
         for i in range(0, len(ms), 500):
             client.log_batch(run_id, metrics=ms[i : i + 500])
         if tags:
