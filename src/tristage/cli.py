@@ -14,7 +14,19 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--limit", type=int, default=20, help="number of pipeline runs (newest first)")
     c.add_argument("--format", choices=("table", "csv", "json"), default="table")
     c.add_argument("--uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else mlflow.db)")
+    c.add_argument("--sweep", default=None, metavar="NAME", help="the table of sweep NAME (sweeps/NAME/) and the "
+                                                                 "recommended point")
     args = p.parse_args(argv)
+    if args.cmd == "compare" and args.sweep:
+        from tristage.errors import UserError
+        from tristage.stage import default_params_path
+        from tristage.sweep import print_sweep
+        try:
+            print_sweep(default_params_path().parent, args.sweep, args.format)
+        except UserError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        return 0
     if args.cmd == "compare":
         from tristage.compare import compare
         compare(args.uri, args.limit, args.format)
