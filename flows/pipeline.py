@@ -21,7 +21,8 @@ from typing import Any
 from prefect import flow, task
 from prefect.runtime import flow_run as current_flow_run
 
-from tristage.orchestration import dvc, gpu, runs, workspace
+from flows.orchestration import dvc, gpu, runs, workspace
+from tristage.tracking import tracking_uri
 
 REPO = Path(__file__).resolve().parents[1]
 log = logging.getLogger("tristage.flow")
@@ -85,7 +86,7 @@ def pipeline(overrides: dict[str, Any] | None = None, target: str | None = None,
 
     ws, stages = prepare_workspace(repo_dir, name, overrides, target, include_local_changes)
     git_rev = workspace._git(["rev-parse", "HEAD"], ws).strip()
-    uri = runs.tracking_uri(repo_dir)
+    uri = tracking_uri(repo_dir)
     parent = runs.start_parent_run(
         uri, name, tags={"dvc_experiment": name, "prefect_flow_run_id": flow_run_id, "git_revision": git_rev,
                          "target": target or "all"},

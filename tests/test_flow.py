@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tristage.errors import UserError
-from tristage.orchestration import dvc, gpu
+from flows.orchestration import dvc, gpu
 
 
 # -- dvc commands and overrides (fast) ------------------------------------------------------
@@ -97,7 +97,7 @@ def test_each_holder_gets_its_own_device(tmp_path):
 
 
 def test_device_lock_holds_across_processes(tmp_path):
-    code = ("import sys,time; from pathlib import Path; from tristage.orchestration.gpu import claim_device\n"
+    code = ("import sys,time; from pathlib import Path; from flows.orchestration.gpu import claim_device\n"
             "with claim_device(['7'], Path(sys.argv[1])) as d:\n print(d, flush=True); time.sleep(3)")
     proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
     try:

@@ -40,7 +40,7 @@ def test_null_tracker_logs_nothing():
 def test_child_run_under_parent_with_tags_params_stepped_metrics(monkeypatch, tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from tristage.orchestration.runs import finish_parent_run, read_stage_metrics, start_parent_run
+    from flows.orchestration.runs import finish_parent_run, read_stage_metrics, start_parent_run
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
@@ -76,3 +76,18 @@ def test_child_run_under_parent_with_tags_params_stepped_metrics(monkeypatch, tm
     assert p.info.status == "FINISHED" and p.data.tags["tristage.role"] == "flow"
     assert p.data.metrics == {"stage2.mel_loss": 1.0, "stage2.speaker_acc": 0.4}
     assert p.data.params["overrides.stage2.grl_lambda"] == "2.0"
+
+
+def test_tracking_uri_one_resolver_makes_relative_sqlite_absolute(monkeypatch, tmp_path):
+    from tristage.tracking import tracking_uri
+
+    ws = tmp_path / "repo" / ".tristage" / "runs" / "r1"
+    ws.mkdir(parents=True)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert tracking_uri(ws) == f"sqlite:///{(tmp_path / 'repo' / 'mlflow.db').resolve()}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///runs/db.sqlite")  # relative: to the project root
+    assert tracking_uri(ws) == f"sqlite:///{(tmp_path / 'repo' / 'runs' / 'db.sqlite').resolve()}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////abs/x.db")
+    assert tracking_uri(ws) == "sqlite:////abs/x.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert tracking_uri(ws) == "http://127.0.0.1:5000"

@@ -206,8 +206,8 @@ def load_runs(uri: str, limit: int = 20) -> list[RunRecord]:
 
 
 def compare(uri: str | None = None, limit: int = 20, fmt: str = "table", out=None) -> list[dict[str, Any]]:
-    from tristage.orchestration.runs import tracking_uri
     from tristage.stage import default_params_path
+    from tristage.tracking import tracking_uri
 
     uri = uri or tracking_uri(default_params_path().parent)
     rows = table_rows(group_runs(load_runs(uri, limit))[:limit])

@@ -41,6 +41,21 @@ def default_tracking_uri(root: Path) -> str:
     return f"sqlite:///{project_root(root) / 'mlflow.db'}"
 
 
+def tracking_uri(root: Path) -> str:
+    """The one tracking-URI resolver: `MLFLOW_TRACKING_URI` if set, else `mlflow.db` in the project.
+
+    A relative SQLite path (`sqlite:///mlflow.db`) is made absolute against the project root,
+    so stages that run in another folder (a flow's run workspace, a DVC temp experiment) log
+    to the same database as the caller."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        return default_tracking_uri(root)
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        return f"{prefix}{(project_root(root) / uri[len(prefix):]).resolve()}"
+    return uri
+
+
 def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in d.items():
@@ -89,8 +104,7 @@ class Tracker:
             if os.environ.get("TRISTAGE_LOG_LEVEL", "INFO") != "DEBUG":  # no database-migration chatter
                 for name in ("mlflow", "alembic"):
                     logging.getLogger(name).setLevel(logging.WARNING)
-            uri = os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(self.root)
-            mlflow.set_tracking_uri(uri)
+            mlflow.set_tracking_uri(tracking_uri(self.root))
             mlflow.set_experiment(EXPERIMENT)
             parent = os.environ.get("TRISTAGE_PARENT_RUN_ID")
             tags = {"stage": self.stage}

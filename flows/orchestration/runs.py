@@ -8,19 +8,11 @@ import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
-from tristage.tracking import EXPERIMENT, default_tracking_uri, flatten
+from tristage.tracking import EXPERIMENT, flatten
 
 log = logging.getLogger(__name__)
 
 ROLE_TAG = "tristage.role"  # "flow" on parent runs
-
-
-def tracking_uri(repo: Path) -> str:
-    """Absolute: the stages run in other folders (the run workspace) and must log to the same store."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI")
-    if uri and uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        uri = f"sqlite:///{(repo / uri[len('sqlite:///'):]).resolve()}"
-    return uri or default_tracking_uri(repo)
 
 
 def _client(uri: str):
