@@ -4,12 +4,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-export HF_HUB_OFFLINE = 1
-export TRANSFORMERS_OFFLINE = 1
-export MLFLOW_DISABLE_TELEMETRY = true
-export DVC_NO_ANALYTICS = 1
-export PREFECT_SERVER_ANALYTICS_ENABLED = false
-export TOKENIZERS_PARALLELISM = false
+# Offline/quiet environment defaults live in one place, src/tristage/environment.py (QUIET_ENV): every
+# stage, the flows and the tests apply them; DVC's own analytics are off in .dvc/config.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: install demo test test-fast bench serve dag clean-outputs

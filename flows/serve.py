@@ -5,6 +5,7 @@
 
 Starts `prefect server start --host 127.0.0.1` in the background unless a server already
 answers at PREFECT_API_URL (default http://127.0.0.1:4200/api), waits until it is healthy,
+creates the global concurrency limit `gpu` (one slot per visible GPU) if it is missing,
 then serves the flow (blocks; Ctrl-C stops serving and the server it started).
 MLflow UI, in another shell:  mlflow ui --host 127.0.0.1 --backend-store-uri sqlite:///mlflow.db
 """
@@ -18,14 +19,14 @@ import time
 import urllib.request
 from pathlib import Path
 
+from tristage.environment import apply_quiet_env
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_API = "http://127.0.0.1:4200/api"
 DEPLOYMENT = "tristage"
 DESCRIPTION = ("Run the tristage DVC DAG as one DVC experiment; `overrides` are params keys -> values "
                "(dvc exp run -S), `target` the last stage.")
 
-QUIET_ENV = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "MLFLOW_DISABLE_TELEMETRY": "true", "DVC_NO_ANALYTICS": "1",
-             "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 
 def healthy(api_url: str, timeout: float = 2.0) -> bool:
@@ -48,7 +49,7 @@ def start_server(api_url: str, log_path: Path, wait_s: float = 120.0) -> subproc
     cmd = [str(prefect) if prefect.exists() else "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)]
     logf = open(log_path, "ab")
     proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True,
-                            env={**os.environ, **QUIET_ENV})
+                            env=apply_quiet_env(dict(os.environ)))
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -71,6 +72,17 @@ def stop_server(proc: subprocess.Popen | None) -> None:
         proc.kill()
 
 
+def create_gpu_limit() -> int:
+    """The Prefect global concurrency limit `gpu` (one slot per visible GPU, one on a CPU machine),
+    created now so it exists before the first run; an existing limit is kept. Returns its size."""
+    from flows.orchestration import gpu
+
+    limit = gpu.ensure_gpu_limit(gpu.n_slots(gpu.visible_gpus()))
+    print(f"Prefect concurrency limit {gpu.GPU_LIMIT!r}: {limit} slot(s) "
+          f"(change: prefect gcl update {gpu.GPU_LIMIT} --limit N)", file=sys.stderr)
+    return limit
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m flows.serve", description=__doc__.splitlines()[0])
     p.add_argument("--name", default=DEPLOYMENT, help="deployment name")
@@ -79,14 +91,14 @@ def main(argv: list[str] | None = None) -> None:
                    help="register the deployment on this process work pool (workers on GPU machines run it from "
                         "this checkout's path) instead of serving it here; returns at once")
     a = p.parse_args(argv)
-    for k, v in QUIET_ENV.items():
-        os.environ.setdefault(k, v)
+    apply_quiet_env()
     api = os.environ.setdefault("PREFECT_API_URL", DEFAULT_API)
     os.chdir(REPO)  # the deployment's entrypoint, flows/pipeline.py:pipeline, is relative to the repo
     import signal
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `kill` stops the server we started too
     server = None if a.no_server else start_server(api, REPO / ".tristage" / "prefect-server.log")
+    create_gpu_limit()
     print("MLflow UI:  mlflow ui --host 127.0.0.1 --backend-store-uri sqlite:///mlflow.db", file=sys.stderr)
     try:
         from flows.pipeline import pipeline

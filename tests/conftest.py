@@ -10,7 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tristage.environment import QUIET_ENV, apply_quiet_env
+
 REPO = Path(__file__).resolve().parents[1]
+apply_quiet_env()  # the tests run offline and quiet, with or without the Makefile
 
 # The real params.yaml with sizes shrunk so the whole DAG runs in about a minute on 2 cores.
 _TRAIN = {"steps": 4, "batch_size": 4, "log_every": 1, "eval_every": 2, "checkpoint_every": 2, "warmup_steps": 1,
@@ -29,9 +32,8 @@ TINY = {
 def project_env(**extra: str) -> dict[str, str]:
     """Environment for stage subprocesses: offline, quiet, tracking off unless asked."""
     env = dict(os.environ)
-    env.update({"TRISTAGE_TRACKING": "0", "HF_HUB_OFFLINE": "1", "DVC_NO_ANALYTICS": "1",
-                "MLFLOW_DISABLE_TELEMETRY": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS", "1"), "PYTHONUNBUFFERED": "1"})
+    env.update(QUIET_ENV)
+    env.update({"TRISTAGE_TRACKING": "0", "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS", "1"), "PYTHONUNBUFFERED": "1"})
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.update(extra)
     return env

@@ -153,7 +153,7 @@ def test_transient_stage_failure_is_retried_bad_input_is_not(prefect_api, monkey
 
     calls = []
 
-    def flaky(cmd, cwd, env=None, log_to=None):
+    def flaky(cmd, cwd, env=None, log_to=None, on_line=None):
         calls.append(cmd)
         if len(calls) == 1:
             raise dvc.CommandFailed("dvc repro failed: lock busy", 1)

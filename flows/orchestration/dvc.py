@@ -7,9 +7,11 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
+from tristage.environment import QUIET_ENV
 from tristage.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -56,7 +58,12 @@ def override_args(overrides: Mapping[str, Any] | None) -> list[str]:
 
 
 def apply_overrides(params_file: Path, overrides: Mapping[str, Any] | None) -> None:
-    """Edit `params_file` in place exactly as `dvc exp run -S key=value` does (same parser)."""
+    """Edit `params_file` in place exactly as `dvc exp run -S key=value` does (same writer), after
+    checking the overrides against the typed params: a misspelt key or a bad value fails here,
+    naming the key, and the file is left as it was."""
+    from tristage.config import check_overrides
+
+    overrides = check_overrides(params_file, overrides)
     args = override_args(overrides)
     if not args:
         return
@@ -67,7 +74,7 @@ def apply_overrides(params_file: Path, overrides: Mapping[str, Any] | None) -> N
     except Exception as exc:  # hydra's parse errors; the cause names the key
         cause = exc.__cause__ or exc
         detail = " ".join(str(cause).split())[:300]
-        raise UserError(f"overrides {args}: {detail} (keys must exist in params.yaml)") from None
+        raise UserError(f"overrides {args}: {detail}") from None
 
 
 def pipeline_stages(repo: Path, target: str | None = None) -> list[str]:
@@ -102,6 +109,16 @@ def repro_cmd(stage: str) -> list[str]:
     return [dvc_executable(), "repro", "--single-item", stage]
 
 
+def stage_outcome(stage: str, output: str) -> str:
+    """What `dvc repro --single-item <stage>` did, read from its log: "ran" (the command ran),
+    "restored" (outputs checked out of the shared cache by DVC's run cache) or "unchanged"."""
+    if f"Running stage '{stage}'" in output:
+        return "ran"
+    if f"Stage '{stage}' is cached" in output:
+        return "restored"
+    return "unchanged"
+
+
 def exp_save_cmd(name: str, stages: Sequence[str] = (), include_untracked: Sequence[str] = (),
                  message: str | None = None) -> list[str]:
     """Record the workspace as DVC experiment `name`; `stages` limits caching to the stages run
@@ -125,17 +142,62 @@ class CommandFailed(RuntimeError):
         return self.returncode != 2
 
 
-def run(cmd: Sequence[str], cwd: Path, env: Mapping[str, str] | None = None, log_to=None) -> str:
-    """Run `cmd`, streaming its output; raise `CommandFailed` with the tail of the output on failure."""
+class LogForwarder:
+    """A stage's output, line by line, to a logger (the Prefect task's run logger, so it shows in
+    the task's Logs tab). Progress-bar lines (tqdm) go out at most once per `every_s` seconds, and
+    the last one when the command ends; every other line at once, warnings and errors as such."""
+
+    PROGRESS = re.compile(r"\d+%\||\|\s*\d+/\d+\s*\[")
+    PROBLEM = re.compile(r"\b(WARNING|ERROR|CRITICAL|Traceback|error:)")
+
+    def __init__(self, logger: logging.Logger | logging.LoggerAdapter, every_s: float = 15.0,
+                 clock: Callable[[], float] = time.monotonic):
+        self.logger = logger
+        self.every_s = every_s
+        self.clock = clock
+        self._last_progress: float | None = None
+        self._pending: str | None = None
+
+    def __call__(self, line: str) -> None:
+        text = line.rstrip()
+        if not text.strip():
+            return
+        if self.PROGRESS.search(text):
+            now = self.clock()
+            if self._last_progress is None or now - self._last_progress >= self.every_s:
+                self.logger.info(text)
+                self._last_progress, self._pending = now, None
+            else:
+                self._pending = text
+            return
+        self.logger.log(logging.WARNING if self.PROBLEM.search(text) else logging.INFO, text)
+
+    def close(self) -> None:
+        if self._pending is not None:
+            self.logger.info(self._pending)
+            self._pending = None
+
+
+def run(cmd: Sequence[str], cwd: Path, env: Mapping[str, str] | None = None, log_to=None,
+        on_line: Callable[[str], None] | None = None) -> str:
+    """Run `cmd`, streaming its output to `on_line` (e.g. a `LogForwarder`), else to `log_to`
+    (default stderr); raise `CommandFailed` with the tail of the output on failure."""
     full_env = {**os.environ, **(env or {})}
     log.info("$ %s   (in %s)", " ".join(cmd), cwd)
     proc = subprocess.Popen(list(cmd), cwd=cwd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, bufsize=1)
     lines: list[str] = []
     assert proc.stdout is not None
-    for line in proc.stdout:
-        lines.append(line)
-        (log_to or sys.stderr).write(line)
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if on_line is not None:
+                on_line(line)
+            else:
+                (log_to or sys.stderr).write(line)
+    finally:
+        if hasattr(on_line, "close"):
+            on_line.close()
     rc = proc.wait()
     if rc != 0:
         tail = "".join(lines[-30:])
@@ -160,10 +222,7 @@ def subprocess_env(workspace: Path, *, tracking_uri: str, parent_run_id: str | N
         "MLFLOW_TRACKING_URI": tracking_uri,
         "DVC_EXP_NAME": exp_name,
         "CUDA_VISIBLE_DEVICES": device if device is not None else "",
-        "DVC_NO_ANALYTICS": "1",
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "HF_HUB_OFFLINE": "1",
+        **{k: os.environ.get(k, v) for k, v in QUIET_ENV.items()},
     }
     if parent_run_id:
         env["TRISTAGE_PARENT_RUN_ID"] = parent_run_id

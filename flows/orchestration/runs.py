@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
+from tristage.environment import apply_quiet_env
 from tristage.tracking import EXPERIMENT, flatten
 
 log = logging.getLogger(__name__)
@@ -16,7 +16,7 @@ ROLE_TAG = "tristage.role"  # "flow" on parent runs
 
 
 def _client(uri: str):
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    apply_quiet_env()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         from mlflow.tracking import MlflowClient

@@ -49,10 +49,14 @@ def _copy_files(src: Path, dst: Path, files: Iterable[str]) -> int:
 
 
 def dvc_cache_dir(repo: Path) -> Path:
+    """The repo's configured cache folder (`.dvc/cache` by default), the value `cache.dir` takes.
+
+    Not `cache.local.path`: that is the md5 object folder inside it (`.dvc/cache/files/md5`);
+    given as `cache.dir` it would nest a second, empty cache and every stage would rerun."""
     from dvc.repo import Repo
 
     with Repo(str(repo)) as r:
-        return Path(r.cache.local.path)
+        return Path(r.cache.local_cache_dir)
 
 
 def create_workspace(repo: Path, name: str, include_local_changes: bool = True) -> Path:

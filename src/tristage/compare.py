@@ -19,6 +19,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
+from tristage.environment import apply_quiet_env
 from tristage.evaluation.metrics import band_status
 
 DEFAULT_BAND = (0.3, 0.6)
@@ -188,7 +189,7 @@ def load_runs(uri: str, limit: int = 20) -> list[RunRecord]:
     import os
     import warnings
 
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    apply_quiet_env()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         from mlflow.tracking import MlflowClient

@@ -13,12 +13,13 @@
 """
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import types
 import typing
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -86,19 +87,74 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
-def apply_overrides(data: dict, overrides: Iterable[str]) -> dict:
-    for item in overrides:
-        keys, value = parse_override(item)
+Overrides = Iterable[str] | Mapping[str, Any]
+
+
+def override_items(overrides: Overrides | None) -> dict[str, Any]:
+    """The one override parser: `["stage2.grl_lambda=2.0"]` (the `--set` form) or
+    `{"stage2.grl_lambda": 2.0}` (the flow's form) -> `{"stage2.grl_lambda": 2.0}`."""
+    if not overrides:
+        return {}
+    if isinstance(overrides, Mapping):
+        items = {}
+        for key, value in overrides.items():
+            if not isinstance(key, str) or not key.strip() or any(not p for p in key.strip().split(".")):
+                raise ParamsError(f"overrides: bad key {key!r}; "
+                                  "use dotted params keys like 'stage2.grl_lambda'")
+            items[key.strip()] = value  # already typed (JSON from the run form)
+        return items
+    if isinstance(overrides, str):
+        overrides = [overrides]
+    return {".".join(keys): value for keys, value in map(parse_override, overrides)}
+
+
+def apply_overrides(data: dict, overrides: Overrides | None) -> dict:
+    for key, value in override_items(overrides).items():
+        keys = key.split(".")
         node = data
         for depth, k in enumerate(keys[:-1]):
             nxt = node.get(k)
             if nxt is None:
                 nxt = node[k] = {}
             if not isinstance(nxt, dict):
-                raise ParamsError(f"--set {'.'.join(keys)}: {'.'.join(keys[: depth + 1])} is not a mapping")
+                raise ParamsError(f"--set {key}: {'.'.join(keys[: depth + 1])} is not a mapping")
             node = nxt
         node[keys[-1]] = value
     return data
+
+
+def _dotted_keys(data: Mapping, prefix: str = "") -> list[str]:
+    out = []
+    for k, v in data.items():
+        out.append(f"{prefix}{k}")
+        if isinstance(v, Mapping):
+            out.extend(_dotted_keys(v, f"{prefix}{k}."))
+    return out
+
+
+def check_overrides(path: str | os.PathLike, overrides: Overrides | None) -> dict[str, Any]:
+    """Validate overrides against `path` and the typed params *before* anything edits the file
+    (`dvc exp run -S` writes the file first and validates never). Returns them as a dict.
+
+    Like DVC, a key must already exist in the file; a misspelt one fails with one hint
+    (`did you mean stage2.grl_lambda?`). Values are then checked by the same schema as
+    `load_params`, so a wrong type or range names the key."""
+    items = override_items(overrides)
+    src = Path(path)
+    try:
+        data = yaml.safe_load(src.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ParamsError(f"{src}: cannot read params: {exc}".replace("\n", " ")) from None
+    known = _dotted_keys(data)
+    for key in items:
+        if key in known:
+            continue
+        same_depth = [k for k in known if k.count(".") == key.count(".")]
+        close = difflib.get_close_matches(key, same_depth, n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]}?" if close else "; use the dotted names of params.yaml (stage.key)"
+        raise ParamsError(f"overrides: {key}: no such key in {src.name}{hint}")
+    load_params(src, items)
+    return items
 
 
 def _format_validation_error(exc: ValidationError, source: str) -> str:
@@ -138,9 +194,8 @@ def resolve_paths(model: BaseModel, base: Path) -> BaseModel:
     return model.model_copy(update=updates) if updates else model
 
 
-def load_params(path: str | os.PathLike | None = "params.yaml", overrides: Iterable[str] = ()) -> Params:
+def load_params(path: str | os.PathLike | None = "params.yaml", overrides: Overrides | None = ()) -> Params:
     """Read, override, validate and resolve. Raises `ParamsError` naming the key at fault."""
-    overrides = list(overrides)
     if path is None:
         data: dict = {}
         base = Path.cwd()

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
+from tristage.environment import apply_quiet_env
 from tristage.errors import UserError
 
 # The repository's own params.yaml: the default when the working folder has none.
@@ -39,11 +40,8 @@ def build_parser(stage: str, description: str | None = None) -> argparse.Argumen
 
 
 def setup_environment() -> None:
-    """Offline and quiet by default; the user's explicit settings win."""
-    for k, v in (("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "1"), ("MLFLOW_DISABLE_TELEMETRY", "true"),
-                 ("DVC_NO_ANALYTICS", "1"), ("PREFECT_SERVER_ANALYTICS_ENABLED", "false"),
-                 ("TOKENIZERS_PARALLELISM", "false")):
-        os.environ.setdefault(k, v)
+    """Offline and quiet by default (`tristage.environment.QUIET_ENV`); the user's explicit settings win."""
+    apply_quiet_env()
 
 
 def run_stage(stage: str, fn: StageFn, argv: Sequence[str] | None = None, description: str | None = None) -> int:

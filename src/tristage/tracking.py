@@ -19,6 +19,8 @@ import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
+from tristage.environment import apply_quiet_env
+
 log = logging.getLogger(__name__)
 
 EXPERIMENT = "tristage"
@@ -93,7 +95,7 @@ class Tracker:
         if not self.enabled:
             return self
         try:
-            os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+            apply_quiet_env()
             # An unreachable server must cost seconds, not MLflow's default minutes of retries.
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
