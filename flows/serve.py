@@ -103,14 +103,23 @@ def main(argv: list[str] | None = None) -> None:
     try:
         from flows.pipeline import pipeline
 
+        # -- the sweep deployment beside the pipeline's (issue 18) --------------------------------
+        from flows import sweep as sweep_flow
+
         if a.pool:
             # Each worker runs the flow from this path: keep the same checkout (and .venv) on every machine.
             dep = pipeline.from_source(source=str(REPO), entrypoint="flows/pipeline.py:pipeline")
             dep_id = dep.deploy(name=a.name, work_pool_name=a.pool, description=DESCRIPTION)
             print(f"deployment tristage-pipeline/{a.name} ({dep_id}) on work pool {a.pool}; start workers with: "
                   f"prefect worker start --pool {a.pool} --type process", file=sys.stderr)
+            sweep_flow.sweep.from_source(source=str(REPO), entrypoint="flows/sweep.py:sweep").deploy(
+                name=sweep_flow.DEPLOYMENT, work_pool_name=a.pool, description=sweep_flow.DESCRIPTION)
             return
-        pipeline.serve(name=a.name, description=DESCRIPTION)
+        from prefect import serve
+
+        serve(pipeline.to_deployment(name=a.name, description=DESCRIPTION),
+              sweep_flow.sweep.to_deployment(name=sweep_flow.DEPLOYMENT, description=sweep_flow.DESCRIPTION))
+        # -- end sweep deployment -----------------------------------------------------------------
     finally:
         stop_server(server)
 

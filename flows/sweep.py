@@ -33,14 +33,17 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from prefect import flow, task
+from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run as current_flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows.orchestration import dvc, gpu, runs, workspace
+from flows.pipeline import StageName, _example
 from tristage import sweep as sw
+from tristage.config import check_overrides, load_params
 from tristage.errors import UserError
-from tristage.orchestration import dvc, gpu, runs, workspace
+from tristage.tracking import tracking_uri
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOYMENT = "sweep"
@@ -74,9 +77,7 @@ def split_stages(repo: Path, target: str | None, keys: list[str]) -> tuple[list[
 
 def validate_point(params_file: Path, overrides: dict[str, Any]) -> dict[str, Any]:
     """Typed check of params + overrides without touching the file; the knobs' effective values."""
-    from tristage.config import load_params
-
-    params = load_params(params_file, overrides=dvc.override_args(overrides))
+    params = load_params(params_file, check_overrides(params_file, overrides))
     return {k: _get(params, k) for k in sw.KNOBS}
 
 
@@ -186,13 +187,11 @@ def run_base(repo: Path, name: str, overrides: dict[str, Any], stages: list[str]
     ws = workspace.create_workspace(repo, name, include_local_changes)
     dvc.apply_overrides(ws / "params.yaml", overrides)
     git_rev = workspace._git(["rev-parse", "HEAD"], ws).strip()
+    logger = get_run_logger()
     for stage in stages:
-        if stage in dvc.GPU_STAGES:
-            with hold_slot(*slot) as device:
-                dvc.run(dvc.repro_cmd(stage), ws, _point_env(ws, uri, parent, flow_run_id, name, git_rev, device,
-                                                             threads))
-        else:
-            dvc.run(dvc.repro_cmd(stage), ws, _point_env(ws, uri, parent, flow_run_id, name, git_rev, None, threads))
+        with hold_slot(*slot) if stage in dvc.GPU_STAGES else contextlib.nullcontext() as device:
+            env = _point_env(ws, uri, parent, flow_run_id, name, git_rev, device, threads)
+            dvc.run(dvc.repro_cmd(stage), ws, env, on_line=dvc.LogForwarder(logger))
     done.write_text(json.dumps(marker))
     return ws
 
@@ -204,6 +203,7 @@ def run_point(repo: Path, point: str, overrides: dict[str, Any], base_ws: Path, 
     """One point: its workspace from the base, its stages in one slot, `dvc exp save -n <point>`.
     Never raises: a failure is the record's status and reason."""
     record: dict[str, Any] = {"status": "failed", "overrides": overrides, "knobs": knobs}
+    logger = get_run_logger()
     ws = repo / workspace.RUNS_DIR / point
     run_id = None
     started = time.time()
@@ -224,16 +224,18 @@ def run_point(repo: Path, point: str, overrides: dict[str, Any], base_ws: Path, 
             record["device"] = device or ""
             env = _point_env(ws, uri, run_id, flow_run_id, point, git_rev, device, threads)
             record["started"] = time.time()
+            logger.info("%s: holds a %s slot, CUDA_VISIBLE_DEVICES=%r, %d torch thread(s)", point, slot[0],
+                        env["CUDA_VISIBLE_DEVICES"], threads)
             if shared:  # the shared outputs, from the DVC cache (the base's dvc.lock says which)
-                dvc.run([dvc.dvc_executable(), "checkout", *shared], ws, env)
+                dvc.run([dvc.dvc_executable(), "checkout", *shared], ws, env, on_line=dvc.LogForwarder(logger))
             for stage in stages:
-                dvc.run(dvc.repro_cmd(stage), ws, env)
+                dvc.run(dvc.repro_cmd(stage), ws, env, on_line=dvc.LogForwarder(logger))
             record["finished"] = time.time()
         message = f"tristage sweep {sweep_name} point " + " ".join(dvc.override_args(overrides))
         save = dvc.exp_save_cmd(point, shared + stages, workspace.untracked_outputs(ws), message)
         for attempt in range(3):  # points ending together write git refs at once
             try:
-                dvc.run(save, ws, env)
+                dvc.run(save, ws, env, on_line=dvc.LogForwarder(logger))
                 break
             except dvc.CommandFailed:
                 if attempt == 2:
@@ -242,7 +244,7 @@ def run_point(repo: Path, point: str, overrides: dict[str, Any], base_ws: Path, 
         record["status"] = "finished"
     except Exception as exc:  # recorded, the other points go on
         record["reason"] = failure_reason(exc)
-        log.warning("sweep point %s failed: %s", point, record["reason"])
+        logger.warning("sweep point %s failed: %s", point, record["reason"])
     record["seconds"] = round(time.time() - started, 1)
     record["metrics"] = sw.point_metrics(ws) if record["status"] == "finished" else {}
     if run_id:
@@ -260,13 +262,35 @@ def run_point(repo: Path, point: str, overrides: dict[str, Any], base_ws: Path, 
 
 # -- the flow ---------------------------------------------------------------------------------
 @flow(name="tristage-sweep", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=MAX_WORKERS))
-def sweep(grid: dict[str, list[Any]] | None = None, random: int = 0, ranges: dict[str, Any] | None = None,
-          overrides: dict[str, Any] | None = None, target: str = "evaluate", name: str | None = None,
-          cpu_slots: int | None = None, seed: int = 0, include_local_changes: bool = True,
-          repo: str | None = None) -> dict:
-    """Sweep params: `grid` {"stage2.grl_lambda": [0.3, 1, 3]}, `random` N points over `ranges`
-    {"stage2.grl_lambda": "0.1:3:log"}; `overrides` apply to every point; `target` the last stage of a point;
-    `cpu_slots` points at once on a machine without GPU (default: the `cpu` limit in force, else 1)."""
+def sweep(
+    grid: dict[str, list[Any]] | None = _example({"stage2.grl_lambda": [0.3, 1, 3],
+                                                  "stage2.speaker_loss_weight": [0.1, 0.3]}),
+    random: int = 0,
+    ranges: dict[str, Any] | None = _example({"stage2.grl_lambda": "0.1:3:log"}),
+    overrides: dict[str, Any] | None = _example({"stage2.steps": 100}),
+    target: StageName = "evaluate",
+    name: str | None = _example("lam-w"),
+    cpu_slots: int | None = _example(2),
+    seed: int = 0,
+    include_local_changes: bool = True,
+    repo: str | None = _example("/path/to/tristage"),
+) -> dict:
+    """Sweep params as DVC experiments: shared stages once, then each point's stages, points concurrently.
+
+    Args:
+        grid: params keys -> lists of values; every combination is a point, e.g.
+            {"stage2.grl_lambda": [0.3, 1, 3], "stage2.speaker_loss_weight": [0.1, 0.3]}.
+        random: this many more points drawn from `ranges` (with `seed`).
+        ranges: params keys -> "LOW:HIGH" (uniform; integers if both are) or "LOW:HIGH:log".
+        overrides: params keys -> values applied to every point and to the shared stages.
+        target: the last stage each point runs (default evaluate: the probes and the band).
+        name: the sweep's name: `sweeps/<name>/`, the experiments' prefix; run it again to resume.
+        cpu_slots: points at once on a machine without GPU (sets the Prefect limit `cpu`;
+            empty: the limit in force, else 1). With GPUs the `gpu` limit decides.
+        seed: the seed of the random points.
+        include_local_changes: start from HEAD plus the checkout's uncommitted files.
+        repo: the project checkout; empty: the one this flow file lives in.
+    """
     repo_dir = Path(repo or os.environ.get("TRISTAGE_REPO") or REPO).resolve()
     name = sw.check_sweep_name(name or re.sub(r"[^A-Za-z0-9_.-]+", "-", current_flow_run.name or "sweep"))
     overrides = dict(overrides or {})
@@ -333,7 +357,7 @@ def sweep(grid: dict[str, list[Any]] | None = None, random: int = 0, ranges: dic
             todo.append((point, p, knobs))
 
     # 4. MLflow parent, shared stages once, then the points concurrently
-    uri = runs.tracking_uri(repo_dir)
+    uri = tracking_uri(repo_dir)
     flow_run_id = str(current_flow_run.id or "")
     git_rev = workspace._git(["rev-parse", "HEAD"], repo_dir).strip()
     parent = runs.start_parent_run(
@@ -371,9 +395,7 @@ def sweep(grid: dict[str, list[Any]] | None = None, random: int = 0, ranges: dic
 
 
 def _band(params_file: Path, overrides: dict[str, Any]) -> tuple[float, float]:
-    from tristage.config import load_params
-
-    lo, hi = load_params(params_file, overrides=dvc.override_args(overrides)).stage2.speaker_acc_band
+    lo, hi = load_params(params_file, check_overrides(params_file, overrides)).stage2.speaker_acc_band
     return float(lo), float(hi)
 
 
