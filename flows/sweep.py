@@ -319,7 +319,7 @@ def sweep(
         try:
             named.append((sw.point_name(name, p), p, validate_point(params_file, {**overrides, **p}), None))
         except UserError as exc:
-            named.append((sw.point_name(name, p), p, None, str(exc)))
+            named.append((sw.point_name(name, p), p, None, str(exc).replace(str(params_file), "params.yaml")))
     if all(reason for *_, reason in named):
         raise UserError(f"sweep {name}: every point is invalid; first: {named[0][3]}")
     shared, per_point = split_stages(repo_dir, target, keys)
@@ -385,7 +385,8 @@ def sweep(
         print(sw.render_table(rows, rec.as_dict()))
         _log_results(uri, parent, paths, rows, rec)
         status = "FINISHED" if any(r["status"] == "finished" for r in rows) else "FAILED"
-        if all(r["status"] == "finished" for r in rows):
+        if all(r["status"] == "finished" for r, (*_, invalid) in zip(rows, named) if invalid is None):
+            # nothing left to retry (an invalid point stays invalid): the base is not needed any more
             workspace.remove_workspace(repo_dir, repo_dir / workspace.RUNS_DIR / base_name)
     finally:
         runs.finish_parent_run(uri, parent, status)

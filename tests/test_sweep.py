@@ -213,6 +213,7 @@ def test_two_point_sweep_runs_concurrently_with_stage1_once(prefect_api, repo_co
     assert sum(r["recommended"] == "True" for r in table) == 1
     assert (out / "speaker_acc_band.png").stat().st_size > 10_000
     assert (out / "mel_loss_vs_speaker_probe.png").stat().st_size > 10_000
+    assert sorted(p.name for p in (repo_copy / ".tristage" / "runs").iterdir()) == []  # workspaces cleaned up
 
     dvc = str(Path(sys.executable).with_name("dvc"))
     shown = subprocess.run([dvc, "exp", "list", "--name-only"], cwd=repo_copy, capture_output=True, text=True,
@@ -251,3 +252,45 @@ def test_two_point_sweep_runs_concurrently_with_stage1_once(prefect_api, repo_co
 
     monkeypatch.chdir(repo_copy)
     assert main(["compare", "--sweep", "t"]) == 0
+
+
+@pytest.mark.slow
+def test_points_on_fake_gpus_hold_distinct_devices(prefect_api, repo_copy, monkeypatch):
+    """Two fake GPUs: the two points run at once, each with its own CUDA_VISIBLE_DEVICES (dvc faked)."""
+    import threading
+
+    import flows.sweep as fs
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    monkeypatch.setenv("TRISTAGE_TRACKING", "0")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{repo_copy / 'mlflow.db'}")
+    calls, lock = [], threading.Lock()
+
+    def fake_run(cmd, cwd, env=None, log_to=None, on_line=None):
+        if "repro" in cmd or "checkout" in cmd:
+            t0 = time.monotonic()
+            time.sleep(0.5 if "repro" in cmd else 0)
+            with lock:
+                calls.append((Path(cwd).name, cmd[-1], (env or {}).get("CUDA_VISIBLE_DEVICES"),
+                              (env or {}).get("OMP_NUM_THREADS"), t0, time.monotonic()))
+        return ""
+
+    monkeypatch.setattr(fs.dvc, "run", fake_run)
+    result = fs.sweep(grid={"stage2.grl_lambda": [0.5, 2.0]}, name="g", repo=str(repo_copy))
+    assert set(result["points"].values()) == {"finished"}
+    by_point = {}
+    for ws, stage, device, threads, t0, t1 in calls:
+        if ws.startswith("g-grl"):
+            if stage in result["point_stages"]:
+                by_point.setdefault(ws, []).append((device, t0, t1))
+        else:  # the shared stages: GPU stages hold a slot, the others see no GPU
+            assert device in (("0", "1") if stage in fs.dvc.GPU_STAGES else ("",)), (stage, device)
+    assert sorted(by_point) == ["g-grl_lambda0.5", "g-grl_lambda2.0"]
+    devices = {p: {d for d, *_ in v} for p, v in by_point.items()}
+    assert all(len(d) == 1 for d in devices.values())  # a point keeps its device for all its stages
+    assert set.union(*devices.values()) == {"0", "1"}  # and the two points have different ones
+    (a0, a1), (b0, b1) = [(min(t for _, t, _ in v), max(t for *_, t in v)) for v in by_point.values()]
+    assert a0 < b1 and b0 < a1, "the two points did not run at the same time"
+    import os
+
+    assert {t for *_, t, _, _ in calls} == {str(max(1, len(os.sched_getaffinity(0)) // 2))}

@@ -409,18 +409,20 @@ def plot_band(rows: Sequence[dict], band: Sequence[float], path: Path, title: st
     for x, r in zip(xs, rows):
         acc = r.get("speaker_acc")
         if r["status"] != "finished" or acc is None:
-            ax.text(x, 0.02, "failed" if r["status"] == "failed" else r["status"], rotation=90, ha="center",
-                    va="bottom", fontsize=8, color="#d62728")
+            ax.plot([x], [0.02], marker="x", markersize=10, color="#d62728")
+            ax.text(x, 0.06, "failed" if r["status"] == "failed" else r["status"], ha="center", va="bottom",
+                    fontsize=8, color="#d62728")
             continue
         ax.bar(x, acc, color=colors.get(r.get("band")), edgecolor="black" if r.get("recommended") else "none",
                linewidth=2 if r.get("recommended") else 0)
         ax.text(x, acc + 0.01, f"{acc:.2f}" + (" *" if r.get("recommended") else ""), ha="center", va="bottom",
                 fontsize=8)
+    ax.set_xlim(-0.6, len(rows) - 0.4)
     ax.set_xticks(xs)
     ax.set_xticklabels([r.get("label") or r["point"] for r in rows], rotation=30, ha="right", fontsize=8)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("stage2 speaker_acc (GRL classifier, validation)")
-    ax.set_title(title or "speaker_acc per sweep point (* = recommended)", fontsize=10)
+    ax.set_title(title or "speaker_acc per sweep point (* = recommended)", fontsize=9)
     handles = [plt.Rectangle((0, 0), 1, 1, color=colors[k]) for k in ("below", "in", "above")]
     ax.legend([ax.patches[0]] + handles, [f"band [{band[0]:g}, {band[1]:g}]", "below", "in", "above"],
               fontsize=8, loc="upper right")
@@ -450,7 +452,7 @@ def plot_front(rows: Sequence[dict], path: Path, title: str = "") -> Path:
 
     done = [r for r in rows if r["status"] == "finished" and r.get("val_mel_loss") is not None
             and r.get("speaker_probe_acc") is not None]
-    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    fig, ax = plt.subplots(figsize=(7.6, 5.0))
     colors = {"in": "#2ca02c", "below": "#1f77b4", "above": "#d62728", None: "#999999"}
     xy = [(r["val_mel_loss"], r["speaker_probe_acc"]) for r in done]
     for r, (x, y) in zip(done, xy):
@@ -468,12 +470,17 @@ def plot_front(rows: Sequence[dict], path: Path, title: str = "") -> Path:
     if not done:
         ax.text(0.5, 0.5, "no finished point with evaluate's figures", ha="center", va="center",
                 transform=ax.transAxes)
+    ax.ticklabel_format(axis="both", useOffset=False, style="plain")
     ax.set_xlabel("val mel_loss (final stage; lower is better)")
     ax.set_ylabel("speaker probe on emotion vectors (lower = less speaker)")
-    ax.set_title(title or "mel_loss vs speaker leakage per sweep point", fontsize=10)
+    ax.set_title(title or "mel_loss vs speaker leakage per sweep point", fontsize=9)
+    for status in ("below", "in", "above"):  # legend entries for the colours (speaker_acc vs the band)
+        if any(r.get("band") == status for r in done):
+            ax.scatter([], [], color=colors[status], label=f"speaker_acc {status} the band" if status != "in"
+                       else "speaker_acc in the band")
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8)
-    ax.margins(0.15)
+        ax.legend(fontsize=7)
+    ax.margins(x=0.3, y=0.15)
     fig.tight_layout()
     return save_figure(fig, path)
 
@@ -483,7 +490,7 @@ def write_results(out_dir: Path, rows: list[dict], rec: Recommendation, band: Se
     """results.csv, results.json (rows + recommendation + band + meta) and the two charts."""
     out_dir.mkdir(parents=True, exist_ok=True)
     random_init = any(r.get("random_init") for r in rows)
-    note = " (random-init codec: pipeline behaviour, not speech quality)" if random_init else ""
+    note = "\n(random-init codec: the pipeline's behaviour, not speech quality)" if random_init else ""
     paths = {"csv": out_dir / RESULTS_CSV, "json": out_dir / RESULTS_JSON,
              "band_png": out_dir / BAND_PNG, "front_png": out_dir / FRONT_PNG}
     write_text(paths["csv"], to_csv(rows))
