@@ -75,6 +75,12 @@ def prepare_workspace(repo: Path, name: str, overrides: dict[str, Any], target: 
     except Exception:
         workspace.remove_workspace(repo, ws)
         raise
+    logger = _task_logger()
+    try:  # outputs already computed come out of the shared cache; what is missing is recomputed
+        dvc.run(dvc.checkout_cmd(stages), ws, {"CUDA_VISIBLE_DEVICES": ""}, on_line=dvc.LogForwarder(logger))
+    except dvc.CommandFailed as exc:
+        logger.warning("dvc checkout in the run workspace failed; stages will recompute (%s)",
+                       str(exc).splitlines()[0])
     return ws, stages
 
 
@@ -177,8 +183,8 @@ def pipeline(
             log.warning("run summary artifact not created (%s)", exc)
         if status == "FINISHED" and not keep_workspace:
             workspace.remove_workspace(repo_dir, ws)
-    return {"experiment": name, "stages": stages, "outcomes": outcomes, "mlflow_parent_run_id": parent,
-            "metrics": metrics, "summary": summary, "workspace": str(ws) if keep_workspace else None}
+    return {"experiment": name, "flow_run_id": flow_run_id, "stages": stages, "outcomes": outcomes,
+            "mlflow_parent_run_id": parent, "metrics": metrics, "summary": summary, "workspace": str(ws) if keep_workspace else None}
 
 
 def _main(argv: list[str] | None = None) -> None:

@@ -238,7 +238,7 @@ def test_kill_9_then_rerun_gives_identical_bytes(tmp_path):
     r = subprocess.run([sys.executable, "-m", "steps.features", "--params", str(p)], env=env,
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
-    m = json.loads((tmp_path / "b" / "metrics" / "features.json").read_text())
+    m = json.loads((tmp_path / "b" / "timings" / "features.json").read_text())  # run facts, not metrics
     assert m["shards_skipped"] >= 1 and m["shards_skipped"] + m["shards_written"] == 8
     files = lambda d: sorted(str(f.relative_to(d)) for f in d.rglob("*") if f.is_file())  # noqa: E731
     a, b = tmp_path / "a" / "features", tmp_path / "b" / "features"

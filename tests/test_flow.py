@@ -232,7 +232,7 @@ def test_flow_runs_the_dag_as_a_dvc_experiment_with_mlflow_runs(prefect_api, rep
                                                                       "emotion_probe_acc")} <= \
         set(children["evaluate"].data.metrics)
     assert children["prepare"].data.params["prepare.min_duration"]  # the stage's params are logged
-    assert parent.data.metrics["prepare.rows_in"] == 24
+    assert parent.data.metrics["prepare/rows_in"] == 24
     assert parent.data.params["overrides.corpus.utts_per_speaker"] == "6"
 
     from tristage.compare import compare
@@ -245,3 +245,80 @@ def test_flow_runs_the_dag_as_a_dvc_experiment_with_mlflow_runs(prefect_api, rep
         pipeline(overrides={"stage2.grl_lambda": "not-a-number"}, target="corpus", exp_name="bad",
                  repo=str(repo_copy))
     assert not (repo_copy / ".tristage" / "runs" / "bad").exists()
+
+
+def _cache_objects(repo: Path) -> set[str]:
+    md5 = repo / ".dvc" / "cache" / "files" / "md5"
+    return {str(p.relative_to(md5)) for p in md5.rglob("*") if p.is_file()} if md5.is_dir() else set()
+
+
+@pytest.mark.slow
+def test_flow_reuses_the_cache_of_dvc_repro_and_names_its_task_runs(prefect_api, repo_copy, monkeypatch):
+    """After `dvc repro`, a flow run with a changed stage2 param runs only stage2 (the stages before
+    come out of the shared DVC cache, adding nothing to it); its task runs carry the stage names and
+    the stages' log lines, and a summary artifact names the experiment and the MLflow parent run."""
+    import yaml
+    from conftest import project_env
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterFlowRunId, LogFilter,
+                                                LogFilterTaskRunId, TaskRunFilter, TaskRunFilterFlowRunId)
+
+    from flows.pipeline import pipeline
+
+    monkeypatch.setenv("TRISTAGE_TRACKING", "0")  # the stages' own MLflow runs are not under test here
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{repo_copy / 'mlflow.db'}")
+    dvc_bin = str(Path(sys.executable).with_name("dvc"))
+    subprocess.run([dvc_bin, "repro", "stage2"], cwd=repo_copy, env=project_env(), check=True,
+                   capture_output=True)
+    before = _cache_objects(repo_copy)
+    assert before
+
+    result = pipeline(overrides={"stage2.grl_lambda": 0.5}, target="stage2", exp_name="lam-half",
+                      repo=str(repo_copy), keep_workspace=True)
+    stages = result["stages"]
+    assert stages[-1] == "stage2"
+    assert result["outcomes"]["stage2"] == "ran"
+    assert {result["outcomes"][s] for s in stages[:-1]} <= {"restored", "unchanged"}, result["outcomes"]
+    cache = repo_copy / ".dvc" / "cache" / "files" / "md5"
+    assert not (cache / "files").exists(), "a second DVC cache nested inside the first"
+    lock = yaml.safe_load((Path(result["workspace"]) / "dvc.lock").read_text())["stages"]
+    for stage in stages[:-1]:  # every output of an unchanged stage was in the cache before the run
+        for out in lock[stage].get("outs", []):
+            assert f"{out['md5'][:2]}/{out['md5'][2:]}" in before, (stage, out["path"])
+    added = _cache_objects(repo_copy) - before
+    stage2_outs = {f"{o['md5'][:2]}/{o['md5'][2:]}" for o in lock["stage2"]["outs"]}
+    assert added and stage2_outs <= added | before
+
+    with get_client(sync_client=True) as client:
+        flow_run_id = result["flow_run_id"]
+        task_runs = client.read_task_runs(task_run_filter=TaskRunFilter(
+            flow_run_id=TaskRunFilterFlowRunId(any_=[flow_run_id])))
+        by_name = {t.name: t for t in task_runs}
+        assert "stage2 (gpu slot)" in by_name and "corpus" in by_name, sorted(by_name)
+        stage2_task = by_name["stage2 (gpu slot)"].id
+        logs = client.read_logs(log_filter=LogFilter(task_run_id=LogFilterTaskRunId(any_=[stage2_task])))
+        text = "\n".join(entry.message for entry in logs)
+        assert "Running stage 'stage2'" in text  # the stage's own output, in the task's log
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+    assert len(artifacts) == 1 and artifacts[0].key == "tristage-run-summary"
+    assert "lam-half" in artifacts[0].data and str(result["mlflow_parent_run_id"]) in artifacts[0].data
+    assert "| stage2 | ran |" in artifacts[0].data
+
+
+@pytest.mark.slow
+def test_serve_creates_the_gpu_limit_before_the_first_run(prefect_api, monkeypatch):
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    import flows.serve as serve
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.delete_global_concurrency_limit_by_name("gpu")
+        except ObjectNotFound:
+            pass
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    assert serve.create_gpu_limit() == 2
+    with get_client(sync_client=True) as client:
+        assert client.read_global_concurrency_limit_by_name("gpu").limit == 2

@@ -172,3 +172,32 @@ def test_quiet_environment_defined_in_one_place():
         offenders += [f"{path.relative_to(REPO)}:{i}" for i, line in lines
                       if names.search(line) and not line.lstrip().startswith("#")]
     assert not offenders, f"set these from tristage.environment.QUIET_ENV instead: {offenders}"
+
+
+# -- plots render offline -----------------------------------------------------------------------------------
+def test_dvc_plots_page_loads_no_script_from_the_internet(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import copy_repo, project_env
+
+    repo = copy_repo(tmp_path / "repo")
+    for stage in ("stage1", "stage2", "stage3"):
+        (repo / "plots" / stage).mkdir(parents=True, exist_ok=True)
+        (repo / "plots" / stage / "train.tsv").write_text(
+            "step\tmel_loss\tspeaker_acc\tval_speaker_acc\n1\t3.0\t0.5\t0.4\n2\t2.5\t0.45\t0.42\n")
+    dvc_bin = str(Path(sys.executable).with_name("dvc"))
+    subprocess.run([dvc_bin, "plots", "show", "-o", str(tmp_path / "out")], cwd=repo, env=project_env(),
+                   check=True, capture_output=True, text=True)
+    page = (tmp_path / "out" / "index.html").read_text()
+    assert not re.search(r"<script[^>]+src=[\"']https?://", page), "the page loads a script from the internet"
+    assert "vegaEmbed" in page and page.count("<script") >= 5  # 3 inlined libraries + one per plot
+    assert '"mel_loss"' in page or "mel_loss" in page
+
+
+def test_stage_cli_misspelt_key_gets_the_same_hint():
+    from tristage.config import load_params
+
+    hint = r"stage2\.grl_lambdda: unknown key; did you mean stage2\.grl_lambda\?"
+    with pytest.raises(ParamsError, match=hint):
+        load_params(REPO / "params.yaml", ["stage2.grl_lambdda=1"])

@@ -74,7 +74,7 @@ def test_child_run_under_parent_with_tags_params_stepped_metrics(monkeypatch, tm
     assert [a.path for a in c.list_artifacts(child)] == ["plot.txt"]
     p = c.get_run(parent)
     assert p.info.status == "FINISHED" and p.data.tags["tristage.role"] == "flow"
-    assert p.data.metrics == {"stage2.mel_loss": 1.0, "stage2.speaker_acc": 0.4}
+    assert p.data.metrics == {"stage2/mel_loss": 1.0, "stage2/speaker_acc": 0.4}
     assert p.data.params["overrides.stage2.grl_lambda"] == "2.0"
 
 
@@ -91,3 +91,34 @@ def test_tracking_uri_one_resolver_makes_relative_sqlite_absolute(monkeypatch, t
     assert tracking_uri(ws) == "sqlite:////abs/x.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
     assert tracking_uri(ws) == "http://127.0.0.1:5000"
+
+
+@pytest.mark.slow
+def test_one_parent_run_per_dvc_invocation_in_a_model_training_experiment(repo_copy):
+    """`dvc repro` runs its stages in separate processes; their MLflow runs nest under one parent
+    per invocation, and the experiment opens on runs in the MLflow 3 UI (model-training kind)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conftest import project_env
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{repo_copy / 'mlflow.db'}"
+    env = project_env(TRISTAGE_TRACKING="1", MLFLOW_TRACKING_URI=uri)
+    dvc = str(Path(sys.executable).with_name("dvc"))
+    subprocess.run([dvc, "repro", "prepare"], cwd=repo_copy, env=env, check=True, capture_output=True)
+    subprocess.run([dvc, "repro", "-f", "-s", "prepare"], cwd=repo_copy, env=env, check=True,
+                   capture_output=True)
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("tristage")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    runs = client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])
+    parents = [r for r in runs if r.data.tags.get("tristage.role") == "dvc"]
+    assert len(parents) == 2 and all(p.info.status == "FINISHED" for p in parents)
+    children = {p.info.run_id: sorted(r.data.tags["stage"] for r in runs
+                                      if r.data.tags.get("mlflow.parentRunId") == p.info.run_id)
+                for p in parents}
+    assert [children[p.info.run_id] for p in parents] == [["corpus", "prepare"], ["prepare"]]
+    assert parents[0].info.run_name.startswith("repro@")

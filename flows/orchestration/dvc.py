@@ -104,6 +104,13 @@ def _dvc_yaml_rank(repo: Path, name: str) -> str:
         return f"9999{name}"
 
 
+def checkout_cmd(stages: Sequence[str]) -> list[str]:
+    """Check the outputs recorded in the workspace's dvc.lock out of the shared cache, so that
+    `dvc repro` finds unchanged stages up to date. The run cache cannot do this for every stage:
+    DVC never run-caches a stage with a `persist` output (features)."""
+    return [dvc_executable(), "checkout", "--allow-missing", *stages]
+
+
 def repro_cmd(stage: str) -> list[str]:
     """Run exactly one stage (its inputs come from the tasks before it; DVC skips it if up to date)."""
     return [dvc_executable(), "repro", "--single-item", stage]

@@ -8,11 +8,10 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from tristage.environment import apply_quiet_env
-from tristage.tracking import EXPERIMENT, flatten
+from tristage.tracking import ROLE_TAG, ensure_experiment, flatten
 
 log = logging.getLogger(__name__)
 
-ROLE_TAG = "tristage.role"  # "flow" on parent runs
 
 
 def _client(uri: str):
@@ -23,22 +22,12 @@ def _client(uri: str):
     return MlflowClient(tracking_uri=uri)
 
 
-def _experiment_id(client, artifact_root: Path | None = None) -> str:
-    exp = client.get_experiment_by_name(EXPERIMENT)
-    if exp is not None:
-        return exp.experiment_id
-    try:
-        return client.create_experiment(EXPERIMENT, artifact_location=artifact_root.resolve().as_uri() if artifact_root else None)
-    except Exception:  # created concurrently
-        return client.get_experiment_by_name(EXPERIMENT).experiment_id
-
-
 def start_parent_run(uri: str, name: str, tags: Mapping[str, str], params: Mapping[str, Any],
                      artifact_root: Path | None = None) -> str | None:
     """Create the flow's parent run; None (with a warning) if MLflow is unusable."""
     try:
         client = _client(uri)
-        run = client.create_run(_experiment_id(client, artifact_root), run_name=name, tags={ROLE_TAG: "flow", **tags})
+        run = client.create_run(ensure_experiment(client, artifact_root), run_name=name, tags={ROLE_TAG: "flow", **tags})
         flat = {k: ("" if v is None else str(v))[:6000] for k, v in flatten(params).items()}
         items = list(flat.items())
         for i in range(0, len(items), 100):
@@ -70,6 +59,8 @@ def read_stage_metrics(workspace: Path, stages: list[str]) -> dict[str, float]:
 
 def finish_parent_run(uri: str, run_id: str | None, status: str, metrics: Mapping[str, float] | None = None,
                       tags: Mapping[str, str] | None = None) -> None:
+    """End the parent run; `metrics` (`stage.key` -> value) are logged as `stage/key`, which the
+    MLflow UI groups per stage and which no params key (`stage2.grl_lambda`) can be mistaken for."""
     if run_id is None:
         return
     try:
@@ -80,7 +71,8 @@ def finish_parent_run(uri: str, run_id: str | None, status: str, metrics: Mappin
         from mlflow.entities import Metric, RunTag
 
         now = int(time.time() * 1000)
-        ms = [Metric(k, float(v), now, 0) for k, v in (metrics or {}).items() if math.isfinite(float(v))]
+        ms = [Metric(k.replace(".", "/", 1), float(v), now, 0) for k, v in (metrics or {}).items()
+              if math.isfinite(float(v))]
         for i in range(0, len(ms), 500):
             client.log_batch(run_id, metrics=ms[i : i + 500])
         if tags:

@@ -3,11 +3,13 @@
     tristage compare                 # the 20 most recent runs, newest first
     tristage compare --format csv    # or json; --uri to read another MLflow store
 
-A row gathers the stage runs of one pipeline run: the flow's parent run and its children,
-or, for plain `dvc repro` runs (no parent), the latest run of each stage per DVC experiment
-(or per git revision). Columns: the GRL settings, mel_loss per stage, the stage-2 GRL
-speaker_acc and its band, and the evaluate stage's probes. `*` marks the best run: speaker_acc
-in the band, then the lowest final mel_loss.
+A row gathers the stage runs of one pipeline run: a parent run (a Prefect flow run's, or one
+`dvc repro` / `dvc exp run`'s) and its children, or, for stage runs without a parent, the
+latest run of each stage per DVC experiment (or per git revision). Columns: the GRL settings,
+the validation mel_loss per stage, the stage-2 GRL speaker_acc on the training window and on
+validation and its band, and the evaluate stage's probes; `val_`/`train_` say which data a
+figure comes from, and figures are rounded to 6 significant digits. `*` marks the best run:
+speaker_acc in the band, then the lowest final validation mel_loss.
 """
 from __future__ import annotations
 
@@ -45,7 +47,8 @@ class RunRecord:
 
     @property
     def is_flow(self) -> bool:
-        return self.tags.get("tristage.role") == "flow"
+        """A parent run: a Prefect flow run's ("flow") or one `dvc repro` / `dvc exp run`'s ("dvc")."""
+        return self.tags.get("tristage.role") in ("flow", "dvc")
 
 
 @dataclass
@@ -59,22 +62,28 @@ class Group:
 
 
 # (column, where to read it). A source is (stage, "metric"|"param", key); the first hit wins.
+# `val_` columns are held-out figures (the stage's validation split, or the evaluate stage on it);
+# `train_` columns are averages over the last training window (batches the model trained on).
 COLUMNS: list[tuple[str, list[tuple[str, str, str]]]] = [
     ("grl_lambda", [("stage2", "metric", "grl_lambda"), ("stage2", "param", "stage2.grl_lambda"),
                     ("flow", "param", "overrides.stage2.grl_lambda")]),
     ("spk_loss_w", [("stage2", "metric", "speaker_loss_weight"), ("stage2", "param", "stage2.speaker_loss_weight"),
                     ("flow", "param", "overrides.stage2.speaker_loss_weight")]),
-    ("s1_mel_loss", [("stage1", "metric", "mel_loss")]),
-    ("s2_mel_loss", [("stage2", "metric", "mel_loss")]),
-    ("s3_mel_loss", [("stage3", "metric", "mel_loss")]),
-    ("s2_speaker_acc", [("stage2", "metric", "speaker_acc"), ("evaluate", "metric", "stage2.speaker_acc")]),
-    ("band", []),  # computed
+    ("s1_val_mel_loss", [("stage1", "metric", "val_mel_loss"), ("evaluate", "metric", "stage1.mel_loss")]),
+    ("s2_val_mel_loss", [("stage2", "metric", "val_mel_loss"), ("evaluate", "metric", "stage2.mel_loss")]),
+    ("s3_val_mel_loss", [("stage3", "metric", "val_mel_loss"), ("evaluate", "metric", "stage3.mel_loss")]),
+    ("s2_train_spk_acc", [("stage2", "metric", "speaker_acc")]),
+    ("s2_val_spk_acc", [("stage2", "metric", "val_speaker_acc"), ("evaluate", "metric", "stage2.speaker_acc")]),
+    ("band", []),  # computed: s2_val_spk_acc (else s2_train_spk_acc) against stage2.speaker_acc_band
     ("s1_spk_probe", [("evaluate", "metric", "stage1.speaker_probe_acc")]),
     ("s2_spk_probe", [("evaluate", "metric", "stage2.speaker_probe_acc")]),
     ("final_spk_probe", [("evaluate", "metric", "speaker_probe_acc")]),
     ("final_emo_probe", [("evaluate", "metric", "emotion_probe_acc")]),
     ("caption_cos", [("evaluate", "metric", "caption_cosine_mean"), ("caption_vectors", "metric", "caption_cosine_mean")]),
 ]
+LEGEND = ("val_ = held-out validation rows; train_ = the last training window; probes: fresh classifiers on the "
+          "frozen emotion vectors (held-out accuracy).")
+SIGNIFICANT = 6  # figures kept in every output: 0.10000000000000002 -> 0.1
 
 
 def group_runs(runs: Iterable[RunRecord]) -> list[Group]:
@@ -109,7 +118,7 @@ def _number(v: Any) -> float | None:
         f = float(v)
     except (TypeError, ValueError):
         return None
-    return f if math.isfinite(f) else None
+    return float(f"{f:.{SIGNIFICANT}g}") if math.isfinite(f) else None
 
 
 def _lookup(g: Group, sources: Sequence[tuple[str, str, str]]) -> float | None:
@@ -145,10 +154,12 @@ def table_rows(groups: Sequence[Group]) -> list[dict[str, Any]]:
         for col, sources in COLUMNS:
             row[col] = _lookup(g, sources) if sources else None
         if row["band"] is None:
-            row["band"] = band_status(row["s2_speaker_acc"], _band(g))
+            acc = row["s2_val_spk_acc"] if row["s2_val_spk_acc"] is not None else row["s2_train_spk_acc"]
+            row["band"] = band_status(acc, _band(g))
         row["best"] = False
         rows.append(row)
-    final = lambda r: next((r[c] for c in ("s3_mel_loss", "s2_mel_loss", "s1_mel_loss") if r[c] is not None), math.inf)
+    final = lambda r: next((r[c] for c in ("s3_val_mel_loss", "s2_val_mel_loss", "s1_val_mel_loss")  # noqa: E731
+                             if r[c] is not None), math.inf)
     in_band = [r for r in rows if r["band"] == "in"]
     if in_band:
         min(in_band, key=final)["best"] = True
@@ -180,7 +191,8 @@ def render(rows: Sequence[dict[str, Any]], fmt: str = "table") -> str:
     if not rows:
         out.append("(no tristage runs yet: run `dvc repro` or the Prefect flow first)")
     else:
-        out.append("* = GRL speaker_acc in the band, lowest final mel_loss.  Details: `mlflow ui`, `dvc exp show`.")
+        out.append("* = GRL speaker_acc in the band, then the lowest final val_mel_loss.  " + LEGEND)
+        out.append("Details: `mlflow ui`, `dvc exp show --only-changed`.")
     return "\n".join(out)
 
 

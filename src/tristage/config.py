@@ -157,13 +157,21 @@ def check_overrides(path: str | os.PathLike, overrides: Overrides | None) -> dic
     return items
 
 
+def _did_you_mean(key: str) -> str:
+    """`; did you mean stage2.grl_lambda?` for a misspelt key (the schema's keys, same depth)."""
+    known = [k for k in _dotted_keys(Params().model_dump(mode="json", exclude={"base_dir", "source"}))
+             if k.count(".") == key.count(".")]
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]}?" if close else " (check the spelling against params.yaml)"
+
+
 def _format_validation_error(exc: ValidationError, source: str) -> str:
     parts = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"])
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
-            msg = "unknown key (check the spelling against params.yaml's documented keys)"
+            msg = "unknown key" + _did_you_mean(loc)
         elif "input" in err and not isinstance(err["input"], (dict, list)):
             msg = f"{msg} (got {err['input']!r})"
         parts.append(f"{loc}: {msg}")

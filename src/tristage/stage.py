@@ -51,7 +51,8 @@ def run_stage(stage: str, fn: StageFn, argv: Sequence[str] | None = None, descri
                         format=f"%(asctime)s {stage} %(levelname)s %(message)s", datefmt="%H:%M:%S")
     args = build_parser(stage, description).parse_args(argv)
     from tristage.config import load_params
-    from tristage.tracking import Tracker
+    from tristage.timings import separate_timings, split_timings
+    from tristage.tracking import Tracker, flatten
 
     try:
         params = load_params(args.params or default_params_path(), args.overrides)
@@ -59,8 +60,12 @@ def run_stage(stage: str, fn: StageFn, argv: Sequence[str] | None = None, descri
         with Tracker(stage, params.base_dir) as tracker:
             tracker.log_params({stage: section.model_dump(mode="json")})
             metrics = fn(params, tracker)
+            timings = separate_timings(stage, section, params.base_dir) if os.environ.get("RANK", "0") == "0" else {}
             if metrics:
-                tracker.log_metrics(metrics)
+                quality, returned_timings = split_timings(metrics)
+                tracker.log_metrics(quality)
+                timings = {**returned_timings, **timings}
+            tracker.log_metrics({f"timing/{k}": v for k, v in flatten(timings).items()})
     except UserError as exc:
         print(f"{stage}: error: {exc}", file=sys.stderr)
         return 2

@@ -8,6 +8,13 @@ Environment (set by `flows/` or the user, never needed for `dvc repro`):
 - `TRISTAGE_TRACKING=0`: switch tracking off.
 - `TRISTAGE_PARENT_RUN_ID`: log as a child of this run (the flow run's parent run).
 - `TRISTAGE_PREFECT_FLOW_RUN_ID`, `DVC_EXP_NAME`: copied into the run's tags.
+
+Grouping: the stage runs of one `dvc repro` / `dvc exp run` are children of one parent run per
+invocation (tag `tristage.role=dvc`, named after the DVC experiment, else `repro@<rev>`); the
+invocation is the `dvc` process the stage runs under. A Prefect flow run makes its own parent
+(`tristage.role=flow`). A stage run outside DVC (`python -m steps.X`) stays a top-level run.
+The experiment `tristage` is tagged as a model-training experiment, so the MLflow 3 UI opens
+on its runs (not on the GenAI Traces page).
 """
 from __future__ import annotations
 
@@ -24,6 +31,10 @@ from tristage.environment import apply_quiet_env
 log = logging.getLogger(__name__)
 
 EXPERIMENT = "tristage"
+ROLE_TAG = "tristage.role"  # "flow" (a Prefect flow run's parent), "dvc" (one dvc repro / exp run)
+INVOCATION_TAG = "tristage.invocation"
+# MLflow 3's experiment type: the UI opens a "custom_model_development" experiment on its runs.
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 _DVC_TEMP_MARK = os.sep + os.path.join(".dvc", "tmp", "exps") + os.sep
 _FLOW_RUN_MARK = os.sep + os.path.join(".tristage", "runs") + os.sep  # the Prefect flow's run workspaces
 
@@ -56,6 +67,45 @@ def tracking_uri(root: Path) -> str:
     if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
         return f"{prefix}{(project_root(root) / uri[len(prefix):]).resolve()}"
     return uri
+
+
+def ensure_experiment(client, artifact_root: Path | None = None) -> str:
+    """The id of the `tristage` experiment, created if missing, tagged as model training."""
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    if exp is None:
+        location = artifact_root.resolve().as_uri() if artifact_root else None
+        try:
+            return client.create_experiment(EXPERIMENT, artifact_location=location,
+                                            tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+        except Exception:  # created concurrently
+            exp = client.get_experiment_by_name(EXPERIMENT)
+    kind = exp.tags.get(EXPERIMENT_KIND_TAG, "")
+    if not kind or kind.endswith("_inferred") or kind == "no_inferred_type":  # a user's explicit choice stays
+        client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    return exp.experiment_id
+
+
+def dvc_invocation(pid: int | None = None, max_depth: int = 8) -> str | None:
+    """An id of the `dvc` process (`dvc repro`, `dvc exp run`, a queue worker) that this process
+    runs under: boot id, pid and start time of the nearest `dvc` ancestor. None outside DVC or
+    where /proc is missing."""
+    pid = os.getppid() if pid is None else pid
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:8]
+    except OSError:
+        return None
+    for _ in range(max_depth):
+        if pid <= 1:
+            return None
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            return None
+        if any(Path(a).name == "dvc" for a in argv[:3]):
+            return f"{boot}-{pid}-{fields[19]}"  # field 22 of stat: start time in clock ticks
+        pid = int(fields[1])
+    return None
 
 
 def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -106,16 +156,24 @@ class Tracker:
             if os.environ.get("TRISTAGE_LOG_LEVEL", "INFO") != "DEBUG":  # no database-migration chatter
                 for name in ("mlflow", "alembic"):
                     logging.getLogger(name).setLevel(logging.WARNING)
-            mlflow.set_tracking_uri(tracking_uri(self.root))
-            mlflow.set_experiment(EXPERIMENT)
+            from mlflow.tracking import MlflowClient
+
+            uri = tracking_uri(self.root)
+            mlflow.set_tracking_uri(uri)
+            client = MlflowClient(tracking_uri=uri)
+            experiment_id = ensure_experiment(client)
+            mlflow.set_experiment(experiment_id=experiment_id)
             parent = os.environ.get("TRISTAGE_PARENT_RUN_ID")
             tags = {"stage": self.stage}
             rev = os.environ.get("TRISTAGE_GIT_REV") or git_revision(self.root)
             if rev:
                 tags["git_revision"] = rev
-            for env, tag in (("DVC_EXP_NAME", "dvc_experiment"), ("TRISTAGE_PREFECT_FLOW_RUN_ID", "prefect_flow_run_id")):
+            for env, tag in (("DVC_EXP_NAME", "dvc_experiment"),
+                             ("TRISTAGE_PREFECT_FLOW_RUN_ID", "prefect_flow_run_id")):
                 if os.environ.get(env):
                     tags[tag] = os.environ[env]
+            if not parent:
+                parent = self._invocation_parent(client, experiment_id, rev)
             if parent:
                 tags["mlflow.parentRunId"] = parent
             self._run = mlflow.start_run(run_name=self.stage, tags=tags, nested=bool(parent))
@@ -125,10 +183,39 @@ class Tracker:
             self._fail("start", exc)
         return self
 
+    def _invocation_parent(self, client, experiment_id: str, rev: str | None) -> str | None:
+        """The parent run of this `dvc repro` / `dvc exp run` (found by its invocation tag, else
+        created); None outside DVC. It is RUNNING while a stage runs and ends with the last one."""
+        key = dvc_invocation()
+        self._invocation_run_id = None
+        if key is None:
+            return None
+        found = client.search_runs([experiment_id], filter_string=f"tags.`{INVOCATION_TAG}` = '{key}'",
+                                   max_results=1)
+        if found:
+            run_id = found[0].info.run_id
+            client.update_run(run_id, status="RUNNING")
+        else:
+            import time
+
+            exp_name = os.environ.get("DVC_EXP_NAME")
+            name = exp_name or f"repro@{(rev or 'norev')[:7]} {time.strftime('%m-%d %H:%M')}"
+            tags = {ROLE_TAG: "dvc", INVOCATION_TAG: key, "git_revision": rev or ""}
+            if exp_name:
+                tags["dvc_experiment"] = exp_name
+            run_id = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
+        self._invocation_run_id = run_id
+        return run_id
+
     def end(self, status: str = "FINISHED") -> None:
         if self._mlflow is not None:
             try:
                 self._mlflow.end_run(status=status)
+                parent = getattr(self, "_invocation_run_id", None)
+                if parent:  # the invocation's parent ends with its latest stage (FAILED if that failed)
+                    from mlflow.tracking import MlflowClient
+
+                    MlflowClient(tracking_uri=self._mlflow.get_tracking_uri()).set_terminated(parent, status)
             except Exception as exc:
                 self._fail("end", exc)
         self._mlflow = None
