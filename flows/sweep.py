@@ -188,6 +188,11 @@ def run_base(repo: Path, name: str, overrides: dict[str, Any], stages: list[str]
     dvc.apply_overrides(ws / "params.yaml", overrides)
     git_rev = workspace._git(["rev-parse", "HEAD"], ws).strip()
     logger = get_run_logger()
+    try:  # outputs the checkout's dvc.lock records (e.g. a finished `make demo`) come from the cache, not a rerun
+        dvc.run(dvc.checkout_cmd(stages), ws, {"CUDA_VISIBLE_DEVICES": ""}, on_line=dvc.LogForwarder(logger))
+    except dvc.CommandFailed as exc:
+        logger.warning("dvc checkout in the base workspace failed; the shared stages recompute (%s)",
+                       failure_reason(exc))
     for stage in stages:
         with hold_slot(*slot) if stage in dvc.GPU_STAGES else contextlib.nullcontext() as device:
             env = _point_env(ws, uri, parent, flow_run_id, name, git_rev, device, threads)
@@ -227,7 +232,7 @@ def run_point(repo: Path, point: str, overrides: dict[str, Any], base_ws: Path, 
             logger.info("%s: holds a %s slot, CUDA_VISIBLE_DEVICES=%r, %d torch thread(s)", point, slot[0],
                         env["CUDA_VISIBLE_DEVICES"], threads)
             if shared:  # the shared outputs, from the DVC cache (the base's dvc.lock says which)
-                dvc.run([dvc.dvc_executable(), "checkout", *shared], ws, env, on_line=dvc.LogForwarder(logger))
+                dvc.run(dvc.checkout_cmd(shared), ws, env, on_line=dvc.LogForwarder(logger))
             for stage in stages:
                 dvc.run(dvc.repro_cmd(stage), ws, env, on_line=dvc.LogForwarder(logger))
             record["finished"] = time.time()
