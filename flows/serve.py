@@ -101,10 +101,9 @@ def main(argv: list[str] | None = None) -> None:
     create_gpu_limit()
     print("MLflow UI:  mlflow ui --host 127.0.0.1 --backend-store-uri sqlite:///mlflow.db", file=sys.stderr)
     try:
-        from flows.pipeline import pipeline
-
-        # -- the sweep deployment beside the pipeline's (issue 18) --------------------------------
+        # issue 18: the sweep deployment beside the pipeline's
         from flows import sweep as sweep_flow
+        from flows.pipeline import pipeline
 
         if a.pool:
             # Each worker runs the flow from this path: keep the same checkout (and .venv) on every machine.
@@ -117,9 +116,8 @@ def main(argv: list[str] | None = None) -> None:
             return
         from prefect import serve
 
-        serve(pipeline.to_deployment(name=a.name, description=DESCRIPTION),
+        serve(pipeline.to_deployment(name=a.name, description=DESCRIPTION),  # issue 18: two deployments
               sweep_flow.sweep.to_deployment(name=sweep_flow.DEPLOYMENT, description=sweep_flow.DESCRIPTION))
-        # -- end sweep deployment -----------------------------------------------------------------
     finally:
         stop_server(server)
 

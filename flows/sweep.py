@@ -30,8 +30,9 @@ import logging
 import os
 import re
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -64,7 +65,7 @@ def split_stages(repo: Path, target: str | None, keys: list[str]) -> tuple[list[
     from dvc.repo import Repo
 
     order = dvc.pipeline_stages(repo, target)
-    touches = lambda p, k: k == p or k.startswith(p + ".") or p.startswith(k + ".")  # noqa: E731
+    touches = lambda p, k: k == p or k.startswith(p + ".") or p.startswith(k + ".")
     with Repo(str(repo)) as r:
         graph = r.index.graph  # edges: stage -> the stage it depends on
         per_point: set[str] = set()
@@ -108,7 +109,7 @@ def failure_reason(exc: BaseException) -> str:
     text = str(exc)
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     if isinstance(exc, dvc.CommandFailed):
-        own = [ln for ln in lines[1:] if re.search(r"\berror\b|NonFinite|nan|Traceback|Error:", ln, re.I)
+        own = [ln for ln in lines[1:] if re.search(r"\berror\b|NonFinite|nan|Traceback|Error:", ln, re.IGNORECASE)
                and not ln.startswith("ERROR: failed to reproduce")]
         picked = own[-1] if own else (lines[-1] if len(lines) > 1 else lines[0] if lines else "")
         return f"exit code {exc.returncode}: {picked}"[:400]
@@ -166,7 +167,7 @@ def _read_record(out_dir: Path, point: str) -> dict | None:
 
 
 def existing_experiments(repo: Path) -> set[str]:
-    out = dvc.run([dvc.dvc_executable(), "exp", "list", "--name-only"], repo, log_to=open(os.devnull, "w"))
+    out = dvc.run([dvc.dvc_executable(), "exp", "list", "--name-only"], repo, on_line=lambda _line: None)
     return {ln.strip() for ln in out.splitlines() if ln.strip()}
 
 
@@ -247,7 +248,7 @@ def run_point(repo: Path, point: str, overrides: dict[str, Any], base_ws: Path, 
                     raise
                 time.sleep(2 + 3 * attempt)
         record["status"] = "finished"
-    except Exception as exc:  # recorded, the other points go on
+    except Exception as exc:  # noqa: BLE001 - any failure is recorded with its reason; the other points go on
         record["reason"] = failure_reason(exc)
         logger.warning("sweep point %s failed: %s", point, record["reason"])
     record["seconds"] = round(time.time() - started, 1)
@@ -417,7 +418,7 @@ def _log_results(uri: str, run_id: str | None, paths: dict[str, Path], rows: lis
         client.set_tag(run_id, "recommendation", rec.text[:5000])
         client.log_metric(run_id, "points_finished", sum(r["status"] == "finished" for r in rows))
         client.log_metric(run_id, "points_failed", sum(r["status"] == "failed" for r in rows))
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - tracking is best effort, the files are in sweeps/<name>/
         log.warning("MLflow: sweep results not logged to run %s (%s)", run_id, exc)
 
 

@@ -78,8 +78,8 @@ def test_shared_stages_are_those_no_swept_key_reaches():
 
 
 def test_failure_reason_is_the_stages_own_line():
-    from flows.sweep import failure_reason
     from flows.orchestration.dvc import CommandFailed
+    from flows.sweep import failure_reason
 
     tail = ("dvc repro --single-item stage2 failed with exit code 2 in /x:\nRunning stage 'stage2':\n"
             "stage2: error: step 3: mel_loss is nan (non-finite loss); lower stage2.lr\n"

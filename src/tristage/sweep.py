@@ -25,8 +25,9 @@ import json
 import math
 import random as _random
 import re
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import yaml
 
@@ -305,7 +306,7 @@ def recommend(rows: Sequence[dict], band: Sequence[float]) -> Recommendation:
         failed = sum(r["status"] == "failed" for r in rows)
         return Recommendation(None, False, f"no finished point with a speaker_acc ({failed} failed): nothing to "
                                            f"recommend; see each point's reason")
-    mel = lambda r: r["val_mel_loss"] if r.get("val_mel_loss") is not None else math.inf  # noqa: E731
+    mel = lambda r: r["val_mel_loss"] if r.get("val_mel_loss") is not None else math.inf
     inside = [r for r in done if r["band"] == "in"]
     if inside:
         best = min(inside, key=mel)
@@ -334,7 +335,7 @@ def recommend(rows: Sequence[dict], band: Sequence[float]) -> Recommendation:
     if sides == {"above"}:
         text = (head + "All points above the band: the emotion vector still carries the speaker (the GRL has too "
                 "little effect). Seed's advice: raise stage2.grl_lambda (1.0 -> 2.0-3.0).")
-        grid = [f"stage2.grl_lambda=" + ",".join(_scaled(lam, (2, 3, 4)))] if _scaled(lam, (2,)) else []
+        grid = ["stage2.grl_lambda=" + ",".join(_scaled(lam, (2, 3, 4)))] if _scaled(lam, (2,)) else []
         return Recommendation(best["point"], False, text, grid)
     text = (head + "All points below the band: the GRL classifier can't find the speaker in the emotion vector. "
             "Seed's advice: raise stage2.speaker_loss_weight (0.1 -> 0.2); a weaker reversal (lower "
@@ -374,12 +375,12 @@ def to_csv(rows: Sequence[dict]) -> str:
 def render_table(rows: Sequence[dict], rec: Mapping[str, Any] | None = None) -> str:
     cols = [c for c in columns(rows) if c not in ("device", "reason", "recommended")]
     short = {c: _short(c) for c in cols}
-    cell = lambda v: "-" if v is None or v == "" else (f"{v:.4g}" if isinstance(v, float) else str(v))  # noqa: E731
+    cell = lambda v: "-" if v is None or v == "" else (f"{v:.4g}" if isinstance(v, float) else str(v))
     body = [[("*" if r.get("recommended") else " ") + cell(r.get(cols[0]))] + [cell(r.get(c)) for c in cols[1:]]
             for r in rows]
     head = [" " + cols[0]] + [short[c] for c in cols[1:]]
     widths = [max(len(x) for x in col) for col in zip(head, *body)] if body else [len(h) for h in head]
-    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
     out = [line(head), line(["-" * w for w in widths])] + [line(b) for b in body]
     for r in rows:
         if r["status"] == "failed":
