@@ -256,29 +256,43 @@ def test_two_point_sweep_runs_concurrently_with_stage1_once(prefect_api, repo_co
 
 @pytest.mark.slow
 def test_points_on_fake_gpus_hold_distinct_devices(prefect_api, repo_copy, monkeypatch):
-    """Two fake GPUs: the two points run at once, each with its own CUDA_VISIBLE_DEVICES (dvc faked)."""
+    """Two fake GPUs: points run two at once, each with its own CUDA_VISIBLE_DEVICES (dvc faked); a point
+    whose stage2 fails (NaN) is recorded with the reason while the others finish; a rerun retries only it."""
+    import os
     import threading
 
     import flows.sweep as fs
+    from flows.orchestration.dvc import CommandFailed
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
     monkeypatch.setenv("TRISTAGE_TRACKING", "0")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{repo_copy / 'mlflow.db'}")
-    calls, lock = [], threading.Lock()
+    calls, saved, lock = [], [], threading.Lock()
+    broken = {"g-grl_lambda4.0"}
 
     def fake_run(cmd, cwd, env=None, log_to=None, on_line=None):
-        if "repro" in cmd or "checkout" in cmd:
+        if "repro" in cmd:
+            if Path(cwd).name in broken and cmd[-1] == "stage2":
+                raise CommandFailed(f"{' '.join(cmd)} failed with exit code 2 in {cwd}:\n"
+                                    "stage2: error: step 3: mel_loss is nan (non-finite loss)\n", 2)
             t0 = time.monotonic()
-            time.sleep(0.5 if "repro" in cmd else 0)
+            time.sleep(0.5)
             with lock:
-                if "repro" in cmd:
-                    calls.append((Path(cwd).name, cmd[-1], (env or {}).get("CUDA_VISIBLE_DEVICES"),
-                                  (env or {}).get("OMP_NUM_THREADS"), t0, time.monotonic()))
-        return ""
+                calls.append((Path(cwd).name, cmd[-1], (env or {}).get("CUDA_VISIBLE_DEVICES"),
+                              (env or {}).get("OMP_NUM_THREADS"), t0, time.monotonic()))
+        if cmd[1:3] == ["exp", "save"]:
+            saved.append(cmd[cmd.index("-n") + 1])
+        return "\n".join(saved) if cmd[1:3] == ["exp", "list"] else ""
 
     monkeypatch.setattr(fs.dvc, "run", fake_run)
-    result = fs.sweep(grid={"stage2.grl_lambda": [0.5, 2.0]}, name="g", repo=str(repo_copy))
-    assert set(result["points"].values()) == {"finished"}
+    grid = {"stage2.grl_lambda": [0.5, 2.0, 4.0]}
+    result = fs.sweep(grid=grid, name="g", repo=str(repo_copy))
+    assert result["points"] == {"g-grl_lambda0.5": "finished", "g-grl_lambda2.0": "finished",
+                                "g-grl_lambda4.0": "failed"}
+    record = json.loads((repo_copy / "sweeps" / "g" / "points" / "g-grl_lambda4.0.json").read_text())
+    assert record["reason"] == "exit code 2: stage2: error: step 3: mel_loss is nan (non-finite loss)"
+    assert (repo_copy / ".tristage" / "runs" / "g-grl_lambda4.0").is_dir()  # kept for a look
+    assert not (repo_copy / ".tristage" / "runs" / "g-grl_lambda0.5").exists()
     by_point = {}
     for ws, stage, device, threads, t0, t1 in calls:
         if ws.startswith("g-grl"):
@@ -292,6 +306,11 @@ def test_points_on_fake_gpus_hold_distinct_devices(prefect_api, repo_copy, monke
     assert set.union(*devices.values()) == {"0", "1"}  # and the two points have different ones
     (a0, a1), (b0, b1) = [(min(t for _, t, _ in v), max(t for *_, t in v)) for v in by_point.values()]
     assert a0 < b1 and b0 < a1, "the two points did not run at the same time"
-    import os
-
     assert {t for *_, t, _, _ in calls} == {str(max(1, len(os.sched_getaffinity(0)) // 2))}
+
+    broken.clear()  # fixed: the rerun retries the failed point only (the base workspace is reused)
+    calls.clear()
+    again = fs.sweep(grid=grid, name="g", repo=str(repo_copy))
+    assert set(again["points"].values()) == {"finished"}
+    assert {ws for ws, *_ in calls} == {"g-grl_lambda4.0"}
+    assert not (repo_copy / ".tristage" / "runs" / "g-base").exists()  # all done: the base is removed
