@@ -211,7 +211,7 @@ def test_kill_9_then_rerun_gives_identical_bytes(tmp_path):
     from tristage.testing import write_prepared
 
     manifest = write_prepared(tmp_path / "corpus", n_speakers=2, utts_per_speaker=8, sample_rate=22050)
-    env = project_env(PYTHONPATH=str(REPO))
+    env = project_env(PYTHONPATH=f"{REPO / 'src'}{os.pathsep}{REPO}")  # this checkout's code, not an install
 
     def run(folder: Path, kill_after_first_shard: bool = False) -> None:
         folder.mkdir()
