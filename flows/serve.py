@@ -101,6 +101,8 @@ def main(argv: list[str] | None = None) -> None:
     create_gpu_limit()
     print("MLflow UI:  mlflow ui --host 127.0.0.1 --backend-store-uri sqlite:///mlflow.db", file=sys.stderr)
     try:
+        # issue 18: the sweep deployment beside the pipeline's
+        from flows import sweep as sweep_flow
         from flows.pipeline import pipeline
 
         if a.pool:
@@ -109,8 +111,13 @@ def main(argv: list[str] | None = None) -> None:
             dep_id = dep.deploy(name=a.name, work_pool_name=a.pool, description=DESCRIPTION)
             print(f"deployment tristage-pipeline/{a.name} ({dep_id}) on work pool {a.pool}; start workers with: "
                   f"prefect worker start --pool {a.pool} --type process", file=sys.stderr)
+            sweep_flow.sweep.from_source(source=str(REPO), entrypoint="flows/sweep.py:sweep").deploy(
+                name=sweep_flow.DEPLOYMENT, work_pool_name=a.pool, description=sweep_flow.DESCRIPTION)
             return
-        pipeline.serve(name=a.name, description=DESCRIPTION)
+        from prefect import serve
+
+        serve(pipeline.to_deployment(name=a.name, description=DESCRIPTION),  # issue 18: two deployments
+              sweep_flow.sweep.to_deployment(name=sweep_flow.DEPLOYMENT, description=sweep_flow.DESCRIPTION))
     finally:
         stop_server(server)
 

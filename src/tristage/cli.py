@@ -14,6 +14,8 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--limit", type=int, default=20, help="number of pipeline runs (newest first)")
     c.add_argument("--format", choices=("table", "csv", "json"), default="table")
     c.add_argument("--uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else mlflow.db)")
+    c.add_argument("--sweep", default=None, metavar="NAME", help="the table of sweep NAME (sweeps/NAME/) and the "
+                                                                 "recommended point")
     i = sub.add_parser("import", help="convert a corpus (ljspeech, libritts, hf-parquet, lhotse) into a manifest "
                                       "that `prepare` reads; bad entries go to DIR/rejects.jsonl")
     i.add_argument("format", choices=("ljspeech", "libritts", "hf-parquet", "lhotse"))
@@ -41,6 +43,16 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(summary))
         print(f"import {args.format}: {summary['rows']} rows -> {summary['manifest']}; {summary['rejected']} "
               f"rejected -> {summary['rejects']}. Next: set prepare.manifest to it, then dvc repro", file=sys.stderr)
+        return 0
+    if args.cmd == "compare" and args.sweep:
+        from tristage.errors import UserError
+        from tristage.stage import default_params_path
+        from tristage.sweep import print_sweep
+        try:
+            print_sweep(default_params_path().parent, args.sweep, args.format)
+        except UserError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         return 0
     if args.cmd == "compare":
         from tristage.compare import compare

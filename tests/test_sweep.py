@@ -1,0 +1,316 @@
+"""Sweeps: points, stage split, failure reasons, the table, the recommendation, charts, and the real flow."""
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tristage import sweep as sw
+from tristage.errors import UserError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# -- points (fast) ---------------------------------------------------------------------------
+def test_grid_is_the_product_of_the_axes_with_yaml_values():
+    axes = sw.parse_grid(["stage2.grl_lambda=0.3,1,3", "stage2.speaker_loss_weight=0.1,0.3",
+                          "stage2.speaker_acc_band=[0.2, 0.5],[0.3,0.6]", "stage2.band_control=warn,auto"])
+    assert axes["stage2.grl_lambda"] == [0.3, 1, 3]
+    assert axes["stage2.speaker_acc_band"] == [[0.2, 0.5], [0.3, 0.6]]  # commas inside brackets don't split
+    assert axes["stage2.band_control"] == ["warn", "auto"]
+    points = sw.grid_points(axes)
+    assert len(points) == 3 * 2 * 2 * 2
+    assert points[0] == {"stage2.grl_lambda": 0.3, "stage2.speaker_loss_weight": 0.1,
+                         "stage2.speaker_acc_band": [0.2, 0.5], "stage2.band_control": "warn"}
+    assert sw.parse_grid(["a.b=1,1,2"]) == {"a.b": [1, 2]}  # duplicates dropped
+
+
+@pytest.mark.parametrize("item", ["stage2.grl_lambda", "=1,2", "stage2.=1", "stage2.grl_lambda=1,,2"])
+def test_bad_grid_items_name_the_flag(item):
+    with pytest.raises(UserError, match="--grid"):
+        sw.parse_grid([item])
+
+
+def test_random_points_respect_ranges_and_seed():
+    ranges = sw.parse_ranges(["stage2.grl_lambda=0.1:3:log", "stage2.steps=10:20",
+                              "stage2.speaker_loss_weight=0.05:0.5"])
+    assert ranges["stage2.steps"].integer and ranges["stage2.grl_lambda"].log
+    a = sw.random_points(ranges, 20, seed=3)
+    assert a == sw.random_points(ranges, 20, seed=3) and a != sw.random_points(ranges, 20, seed=4)
+    for p in a:
+        assert 0.1 <= p["stage2.grl_lambda"] <= 3 and isinstance(p["stage2.steps"], int)
+        assert 10 <= p["stage2.steps"] <= 20 and 0.05 <= p["stage2.speaker_loss_weight"] <= 0.5
+    lam = sorted(p["stage2.grl_lambda"] for p in sw.random_points(ranges, 400, seed=0))
+    assert lam[200] < 1.0  # log-uniform: the median sits near sqrt(0.1 * 3) = 0.55, not 1.55
+    assert sw.parse_ranges({"stage2.grl_lambda": [0.1, 3, "log"]})["stage2.grl_lambda"].log  # the UI's form
+    with pytest.raises(UserError, match="--range"):
+        sw.parse_ranges(["stage2.grl_lambda=0:3:log"])
+    with pytest.raises(UserError, match="--range"):
+        sw.random_points({}, 2)
+
+
+def test_point_names_are_valid_experiment_names_and_stable():
+    p = {"stage2.grl_lambda": 0.3, "stage2.speaker_loss_weight": 0.1}
+    assert sw.point_name("s", p) == "s-grl_lambda0.3-speaker_loss_weight0.1"
+    long = {f"stage2.key_number_{i}": [0.1, 0.2] for i in range(5)}
+    name = sw.point_name("s", long)
+    assert name == sw.point_name("s", dict(reversed(list(long.items())))) and len(name) < 20
+    with pytest.raises(UserError, match="sweep name"):
+        sw.check_sweep_name("bad name")
+
+
+# -- stages and failure reasons (fast; reads this repo's dvc.yaml) ----------------------------
+def test_shared_stages_are_those_no_swept_key_reaches():
+    from flows.sweep import split_stages
+
+    shared, per_point = split_stages(REPO, "evaluate", ["stage2.grl_lambda"])
+    assert shared[-1] == "stage1" and "features" in shared
+    assert per_point == ["stage2", "stage3", "evaluate"]
+    shared, per_point = split_stages(REPO, "stage2", ["stage1.lr"])
+    assert "stage1" in per_point and "stage2" in per_point and "stage3" not in per_point
+    shared, per_point = split_stages(REPO, "evaluate", ["caption_vectors.peft.rank"])  # a subkey stage1 reads
+    assert "caption_vectors" in per_point and "stage1" in per_point
+
+
+def test_failure_reason_is_the_stages_own_line():
+    from flows.orchestration.dvc import CommandFailed
+    from flows.sweep import failure_reason
+
+    tail = ("dvc repro --single-item stage2 failed with exit code 2 in /x:\nRunning stage 'stage2':\n"
+            "stage2: error: step 3: mel_loss is nan (non-finite loss); lower stage2.lr\n"
+            "ERROR: failed to reproduce 'stage2': failed to run: python -m steps.stage2, exited with 2\n")
+    assert failure_reason(CommandFailed(tail, 2)) == \
+        "exit code 2: stage2: error: step 3: mel_loss is nan (non-finite loss); lower stage2.lr"
+    assert failure_reason(UserError("stage2.grl_lambda: bad\nmore")) == "stage2.grl_lambda: bad"
+
+
+def test_a_bad_value_is_caught_before_work_naming_the_key():
+    from flows.sweep import validate_point
+
+    knobs = validate_point(REPO / "params.yaml", {"stage2.grl_lambda": 2.5})
+    assert knobs == {"stage2.grl_lambda": 2.5, "stage2.speaker_loss_weight": 0.1}
+    with pytest.raises(UserError, match="stage2.grl_lambda"):
+        validate_point(REPO / "params.yaml", {"stage2.grl_lambda": -1})
+    with pytest.raises(UserError, match="stage2.grl_lambdda"):
+        validate_point(REPO / "params.yaml", {"stage2.grl_lambdda": 1})
+
+
+# -- results, recommendation, charts (fast) --------------------------------------------------
+BAND = (0.3, 0.6)
+
+
+def _row(name, acc, mel, probe, lam=1.0, wgt=0.1, status="finished", reason=""):
+    metrics = {} if status != "finished" else {"val_mel_loss": mel, "speaker_acc": acc, "speaker_probe_acc": probe,
+                                               "s1_speaker_probe_acc": 0.78, "emotion_probe_acc": 0.5}
+    record = {"status": status, "reason": reason, "metrics": metrics,
+              "knobs": {"stage2.grl_lambda": lam, "stage2.speaker_loss_weight": wgt}}
+    return sw.result_row(name, {"stage2.grl_lambda": lam, "stage2.speaker_loss_weight": wgt}, record, BAND)
+
+
+def test_recommend_in_band_lowest_mel_loss():
+    rows = [_row("a", 0.2, 1.9, 0.5), _row("b", 0.4, 2.1, 0.4), _row("c", 0.5, 2.0, 0.45), _row("d", 0.7, 1.8, 0.3),
+            _row("e", None, None, None, status="failed", reason="exit code 2: nan")]
+    rec = sw.recommend(rows, BAND)
+    assert rec.point == "c" and rec.in_band and [r["point"] for r in rows if r["recommended"]] == ["c"]
+    assert [r["band"] for r in rows] == ["below", "in", "in", "above", None]
+
+
+def test_recommend_all_below_gives_the_seeds_advice_as_a_next_grid():
+    rows = [_row("a", 0.10, 2.0, 0.4, lam=1.0, wgt=0.1), _row("b", 0.25, 2.1, 0.5, lam=0.3, wgt=0.3)]
+    rec = sw.recommend(rows, BAND)
+    assert rec.point == "b" and not rec.in_band and "below the band" in rec.text
+    assert "stage2.speaker_loss_weight=0.6,1.2" in rec.next_grid and "stage2.grl_lambda=0.075,0.15" in rec.next_grid
+    rec = sw.recommend([_row("a", 0.9, 2.0, 0.8, lam=1.0), _row("b", 0.8, 2.0, 0.7, lam=2.0)], BAND)
+    assert rec.point == "b" and "raise stage2.grl_lambda" in rec.text and rec.next_grid == ["stage2.grl_lambda=4,6,8"]
+    rec = sw.recommend([_row("a", 0.1, 2.0, 0.8, lam=4.0), _row("b", 0.8, 2.0, 0.7, lam=1.0)], BAND)
+    assert "between a (below) and b (above)" in rec.text and rec.next_grid[0] == "stage2.grl_lambda=1,2,4"
+    rec = sw.recommend([_row("a", None, None, None, status="failed", reason="x")], BAND)
+    assert rec.point is None and "1 failed" in rec.text
+
+
+def test_pareto_front():
+    assert sw.pareto_front([(2.0, 0.5), (1.9, 0.6), (2.1, 0.4), (2.2, 0.45), (1.8, 0.7)]) == [4, 1, 0, 2]
+
+
+def test_results_files_and_table(tmp_path, capsys):
+    rows = [_row("sw-a", 0.2, 1.9, 0.5), _row("sw-b", 0.4, 2.1, 0.4),
+            _row("sw-c", None, None, None, status="failed", reason="exit code 2: stage2: error: nan")]
+    rec = sw.recommend(rows, BAND)
+    out = tmp_path / "sweeps" / "sw"
+    paths = sw.write_results(out, rows, rec, BAND, {"sweep": "sw"})
+    table = list(csv.DictReader(paths["csv"].open()))
+    assert [r["point"] for r in table] == ["sw-a", "sw-b", "sw-c"]
+    assert table[1]["band"] == "in" and table[1]["recommended"] == "True" and table[2]["status"] == "failed"
+    assert {"stage2.grl_lambda", "val_mel_loss", "speaker_acc", "speaker_probe_acc", "emotion_probe_acc",
+            "reason"} <= set(table[0])
+    for key in ("band_png", "front_png"):
+        assert paths[key].stat().st_size > 10_000 and paths[key].read_bytes()[:4] == b"\x89PNG"
+    doc = sw.print_sweep(tmp_path, "sw")
+    printed = capsys.readouterr().out
+    assert doc["recommendation"]["point"] == "sw-b"
+    assert "*sw-b" in printed and "failed sw-c: exit code 2" in printed and "recommended: sw-b" in printed
+    with pytest.raises(UserError, match="sweeps here: sw"):
+        sw.print_sweep(tmp_path, "nope")
+
+
+def test_point_metrics_read_from_a_workspace(tmp_path):
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics" / "stage2.json").write_text(json.dumps({"val_mel_loss": 2.1, "val_speaker_acc": 0.2,
+                                                                  "codec": "random-init dac"}))
+    m = sw.point_metrics(tmp_path)  # target stage2: no evaluate
+    assert m["val_mel_loss"] == 2.1 and m["speaker_acc"] == 0.2 and m["speaker_probe_acc"] is None
+    (tmp_path / "metrics" / "evaluate.json").write_text(json.dumps({
+        "mel_loss": 2.0, "speaker_probe_acc": 0.4, "emotion_probe_acc": 0.55, "wer": 0.9, "codec": "random-init dac",
+        "stage1": {"speaker_probe_acc": 0.78}, "stage2": {"mel_loss": 2.05, "speaker_acc": 0.14}}))
+    m = sw.point_metrics(tmp_path)
+    assert (m["val_mel_loss"], m["s2_val_mel_loss"], m["speaker_acc"], m["s1_speaker_probe_acc"], m["wer"]) == \
+        (2.0, 2.05, 0.14, 0.78, 0.9)
+    assert m["random_init"]
+
+
+# -- the real flow on the shrunk DAG (slow) --------------------------------------------------
+@pytest.fixture(scope="module")
+def prefect_api():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.mark.slow
+def test_two_point_sweep_runs_concurrently_with_stage1_once(prefect_api, repo_copy, monkeypatch):
+    from flows.sweep import sweep
+
+    db = repo_copy / "mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # CPU slots
+    monkeypatch.delenv("TRISTAGE_TRACKING", raising=False)
+    grid = {"stage2.grl_lambda": [0.5, 2.0, -1.0]}  # -1: a bad value, recorded as failed, costs no work
+    result = sweep(grid=grid, overrides={"corpus.utts_per_speaker": 6, "speaker_mapping.min_samples": 3},
+                   name="t", cpu_slots=2, repo=str(repo_copy))
+
+    assert result["shared_stages"][-1] == "stage1" and result["point_stages"] == ["stage2", "stage3", "evaluate"]
+    assert result["points"] == {"t-grl_lambda0.5": "finished", "t-grl_lambda2.0": "finished",
+                                "t-grl_lambda-1.0": "failed"}
+    out = repo_copy / "sweeps" / "t"
+    records = {p: json.loads((out / "points" / f"{p}.json").read_text()) for p in result["points"]}
+    assert "stage2.grl_lambda" in records["t-grl_lambda-1.0"]["reason"]
+    a, b = records["t-grl_lambda0.5"], records["t-grl_lambda2.0"]
+    assert a["started"] < b["finished"] and b["started"] < a["finished"], "the two points did not overlap"
+
+    table = list(csv.DictReader((out / "results.csv").open()))
+    assert [r["point"] for r in table] == list(result["points"])
+    for r in table[:2]:
+        assert r["status"] == "finished" and float(r["val_mel_loss"]) > 0 and r["band"] in ("below", "in", "above")
+        assert 0 <= float(r["speaker_acc"]) <= 1 and 0 <= float(r["speaker_probe_acc"]) <= 1
+        assert 0 <= float(r["emotion_probe_acc"]) <= 1
+    assert [r["stage2.grl_lambda"] for r in table[:2]] == ["0.5", "2.0"]
+    assert sum(r["recommended"] == "True" for r in table) == 1
+    assert (out / "speaker_acc_band.png").stat().st_size > 10_000
+    assert (out / "mel_loss_vs_speaker_probe.png").stat().st_size > 10_000
+    assert sorted(p.name for p in (repo_copy / ".tristage" / "runs").iterdir()) == []  # workspaces cleaned up
+
+    dvc = str(Path(sys.executable).with_name("dvc"))
+    shown = subprocess.run([dvc, "exp", "list", "--name-only"], cwd=repo_copy, capture_output=True, text=True,
+                           check=True).stdout.split()
+    assert sorted(shown) == ["t-grl_lambda0.5", "t-grl_lambda2.0"]
+    exp_show = json.loads(subprocess.run([dvc, "exp", "show", "--json"], cwd=repo_copy, capture_output=True,
+                                         text=True, check=True).stdout)
+    assert '"t-grl_lambda0.5"' in json.dumps(exp_show) and '"t-grl_lambda2.0"' in json.dumps(exp_show)
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{db}")
+    runs = client.search_runs([client.get_experiment_by_name("tristage").experiment_id], max_results=500)
+    assert sum(r.data.tags.get("stage") == "stage1" for r in runs) == 1  # stage1 ran once
+    assert sum(r.data.tags.get("stage") == "stage2" for r in runs) == 2
+    parents = [r for r in runs if r.data.tags.get("tristage.role") == "sweep"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id
+                and r.data.tags.get("tristage.role") == "flow"]
+    assert sorted(r.info.run_name for r in children) == ["t-grl_lambda0.5", "t-grl_lambda2.0"]
+    assert parents[0].data.tags["recommended_point"] in ("t-grl_lambda0.5", "t-grl_lambda2.0")
+    arts = {f.path for f in client.list_artifacts(parents[0].info.run_id, "sweep")}
+    assert {"sweep/results.csv", "sweep/speaker_acc_band.png", "sweep/mel_loss_vs_speaker_probe.png"} <= arts
+
+    # rerun: the finished points are skipped, nothing trains again
+    t0 = time.monotonic()
+    again = sweep(grid=grid, overrides={"corpus.utts_per_speaker": 6, "speaker_mapping.min_samples": 3},
+                  name="t", cpu_slots=2, repo=str(repo_copy))
+    assert again["points"] == result["points"] and again["recommended"] == result["recommended"]
+    runs2 = client.search_runs([client.get_experiment_by_name("tristage").experiment_id], max_results=500)
+    assert sum(r.data.tags.get("stage") is not None for r in runs2) == sum(r.data.tags.get("stage") is not None
+                                                                          for r in runs)
+    assert time.monotonic() - t0 < 60
+
+    from tristage.cli import main
+
+    monkeypatch.chdir(repo_copy)
+    assert main(["compare", "--sweep", "t"]) == 0
+
+
+@pytest.mark.slow
+def test_points_on_fake_gpus_hold_distinct_devices(prefect_api, repo_copy, monkeypatch):
+    """Two fake GPUs: points run two at once, each with its own CUDA_VISIBLE_DEVICES (dvc faked); a point
+    whose stage2 fails (NaN) is recorded with the reason while the others finish; a rerun retries only it."""
+    import os
+    import threading
+
+    import flows.sweep as fs
+    from flows.orchestration.dvc import CommandFailed
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    monkeypatch.setenv("TRISTAGE_TRACKING", "0")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{repo_copy / 'mlflow.db'}")
+    calls, saved, lock = [], [], threading.Lock()
+    broken = {"g-grl_lambda4.0"}
+
+    def fake_run(cmd, cwd, env=None, log_to=None, on_line=None):
+        if "repro" in cmd:
+            if Path(cwd).name in broken and cmd[-1] == "stage2":
+                raise CommandFailed(f"{' '.join(cmd)} failed with exit code 2 in {cwd}:\n"
+                                    "stage2: error: step 3: mel_loss is nan (non-finite loss)\n", 2)
+            t0 = time.monotonic()
+            time.sleep(0.5)
+            with lock:
+                calls.append((Path(cwd).name, cmd[-1], (env or {}).get("CUDA_VISIBLE_DEVICES"),
+                              (env or {}).get("OMP_NUM_THREADS"), t0, time.monotonic()))
+        if cmd[1:3] == ["exp", "save"]:
+            saved.append(cmd[cmd.index("-n") + 1])
+        return "\n".join(saved) if cmd[1:3] == ["exp", "list"] else ""
+
+    monkeypatch.setattr(fs.dvc, "run", fake_run)
+    grid = {"stage2.grl_lambda": [0.5, 2.0, 4.0]}
+    result = fs.sweep(grid=grid, name="g", repo=str(repo_copy))
+    assert result["points"] == {"g-grl_lambda0.5": "finished", "g-grl_lambda2.0": "finished",
+                                "g-grl_lambda4.0": "failed"}
+    record = json.loads((repo_copy / "sweeps" / "g" / "points" / "g-grl_lambda4.0.json").read_text())
+    assert record["reason"] == "exit code 2: stage2: error: step 3: mel_loss is nan (non-finite loss)"
+    assert (repo_copy / ".tristage" / "runs" / "g-grl_lambda4.0").is_dir()  # kept for a look
+    assert not (repo_copy / ".tristage" / "runs" / "g-grl_lambda0.5").exists()
+    by_point = {}
+    for ws, stage, device, threads, t0, t1 in calls:
+        if ws.startswith("g-grl"):
+            if stage in result["point_stages"]:
+                by_point.setdefault(ws, []).append((device, t0, t1))
+        else:  # the shared stages: GPU stages hold a slot, the others see no GPU
+            assert device in (("0", "1") if stage in fs.dvc.GPU_STAGES else ("",)), (stage, device)
+    assert sorted(by_point) == ["g-grl_lambda0.5", "g-grl_lambda2.0"]
+    devices = {p: {d for d, *_ in v} for p, v in by_point.items()}
+    assert all(len(d) == 1 for d in devices.values())  # a point keeps its device for all its stages
+    assert set.union(*devices.values()) == {"0", "1"}  # and the two points have different ones
+    (a0, a1), (b0, b1) = [(min(t for _, t, _ in v), max(t for *_, t in v)) for v in by_point.values()]
+    assert a0 < b1 and b0 < a1, "the two points did not run at the same time"
+    assert {t for *_, t, _, _ in calls} == {str(max(1, len(os.sched_getaffinity(0)) // 2))}
+
+    broken.clear()  # fixed: the rerun retries the failed point only (the base workspace is reused)
+    calls.clear()
+    again = fs.sweep(grid=grid, name="g", repo=str(repo_copy))
+    assert set(again["points"].values()) == {"finished"}
+    assert {ws for ws, *_ in calls} == {"g-grl_lambda4.0"}
+    assert not (repo_copy / ".tristage" / "runs" / "g-base").exists()  # all done: the base is removed
