@@ -174,6 +174,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="t5-base size only, 5 repeats")
+    ap.add_argument("--sizes", default=",".join(SIZES), help=f"comma-separated, of {', '.join(SIZES)}")
     ap.add_argument("--device", default="cpu")
     a = ap.parse_args(argv)
     import torch
@@ -183,11 +184,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if a.device == "cpu":
         torch.set_num_threads(max(1, min(os.cpu_count() or 1, 16)))
     rows = []
-    for name in (["t5-base"] if a.quick else list(SIZES)):
+    sizes = ["t5-base"] if a.quick else [n for n in a.sizes.split(",") if n]
+    unknown = set(sizes) - set(SIZES)
+    if unknown:
+        ap.error(f"--sizes: unknown {sorted(unknown)}; known: {', '.join(SIZES)}")
+    for name in sizes:
         rows.append(measure(name, a.batch, a.repeats, a.warmup, a.device))
         print(report(rows[-1], torch.get_num_threads()), flush=True)
     print(f"command: python -m benchmarks.caption_vectors --batch {a.batch} --repeats {a.repeats} --warmup "
-          f"{a.warmup}" + (" --quick" if a.quick else "") + (f" --device {a.device}" if a.device != "cpu" else ""))
+          f"{a.warmup}" + (" --quick" if a.quick else f" --sizes {','.join(sizes)}") + (f" --device {a.device}" if a.device != "cpu" else ""))
     return rows
 
 
