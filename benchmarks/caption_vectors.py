@@ -1,70 +1,109 @@
 """caption_vectors: table lookup + caption PEFT vs the T5 encoder forward, on the same caption batch.
 
     python -m benchmarks.caption_vectors            # T5-base and flan-t5-large sizes (random init)
-    python -m benchmarks.caption_vectors --quick    # T5-base size only
+    python -m benchmarks.caption_vectors --quick    # T5-base size only, fewer repeats
     python -m benchmarks.caption_vectors --device cuda
 
-For each encoder size (built from a T5Config, random weights: timing only), in one run on the
-same batch of caption token ids (B captions, lengths like the demo corpus's):
-- encoder: `T5EncoderModel` forward, inference mode;
-- table: `CaptionPEFT` (eval, inference mode) over a vector table of the same width: the
-  adapters are baked into the table once per weight update (timed separately), then a caption
-  batch is a gather; and the training-mode forward (LoRA + VAE sampling + orthogonality, with
-  autograd, no cache), what a training step pays. The table has the shape a real build gives
-  (tokens, attribute values and pieces, contexts, vocabulary fallback rows).
-Median of several repeats after one warm-up. Memory: encoder weights vs table + adapters
-(fp32 bytes). Goal: table path at least 100x faster per caption batch.
+For each encoder size (built from a T5Config, random weights: timing only), on one batch of B
+captions drawn from the demo corpus's caption generator:
+- encoder: `T5EncoderModel` forward in inference mode (the frozen encoder a trainer without the
+  table runs every step), on the captions' T5-length token ids;
+- table, inference: `CaptionPEFT` in eval mode: the adapters are baked into the table once per
+  weight update (timed separately), then a caption batch is a gather;
+- table, training: `CaptionPEFT` in train mode, forward (LoRA, VAE sampling, orthogonality) AND
+  backward, no cache: what a training step pays for its captions.
+The table has the shape of a real build (tokens, attribute values and pieces, contexts; its rows are
+the demo generator's, built from 2,000 captions) padded with vocabulary-fallback rows to a T5-sized
+vocabulary; its vectors are random (timing only). The three are timed round-robin, one call each
+per repeat after a warm-up, so a load change on a shared machine hits all three alike; the ratio is
+taken per repeat and its median and spread (10th-90th percentile) printed, in wall time and in
+process CPU time (which a busy shared machine inflates less). Memory: encoder weights
+vs table + adapters (fp32).
 """
 from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import time
+
+import numpy as np
 
 SIZES = {
     "t5-base": dict(d_model=768, d_kv=64, d_ff=3072, num_layers=12, num_heads=12, feed_forward_proj="relu"),
     "flan-t5-large": dict(d_model=1024, d_kv=64, d_ff=2816, num_layers=24, num_heads=16,
                           feed_forward_proj="gated-gelu"),
 }
-# a table shaped like a real build on a larger caption corpus
-ROWS = dict(token=600, attribute=400, context=6000, vocab=32000)
-N_VALUES = 60  # attribute values (VAEs)
+VOCAB_ROWS = 32000  # vocabulary-fallback rows, as a T5 tokenizer's vocabulary gives
+GOALS = {"inference": 1000, "training": 100}
 
 
-def fake_table(dim: int, seed: int = 0):
-    import numpy as np
+def demo_captions(n: int, seed: int) -> list[str]:
+    from tristage.corpus.build import ACCENTS
+    from tristage.corpus.text import EMOTION, MODULATION, PITCH, QUALITY, SPEED, caption
 
-    from tristage.captions.vectors import UNK, CaptionVectorTable
-
-    tokens, kinds, bases = [UNK], ["unk"], [UNK]
-    for i in range(ROWS["token"]):
-        tokens.append(f"t{i}"), kinds.append("token"), bases.append(f"t{i}")
-    for i in range(ROWS["attribute"]):
-        tokens.append(f"<a:{i % N_VALUES}>\tp{i}"), kinds.append("attribute"), bases.append(f"<a:{i % N_VALUES}>")
-    for i in range(ROWS["context"]):
-        b = f"t{i % ROWS['token']}"
-        tokens.append(f"x{i}\t{b}\t"), kinds.append("context"), bases.append(b)
-    for i in range(ROWS["vocab"]):
-        tokens.append(f"<vocab>\tv{i}"), kinds.append("vocab"), bases.append(f"v{i}")
-    vec = np.random.default_rng(seed).standard_normal((len(tokens), dim)).astype(np.float32)
-    return CaptionVectorTable(tokens, kinds, bases, vec, {"name": "bench", "pretrained": False})
+    values = dict(gender=["female", "male"], pitch=list(PITCH), speed=list(SPEED), modulation=list(MODULATION),
+                  quality=list(QUALITY), emotion=list(EMOTION), accent=[a[1] for a in ACCENTS])
+    rng = np.random.default_rng(seed)
+    return [caption(rng, {k: v[int(rng.integers(len(v)))] for k, v in values.items()}) for _ in range(n)]
 
 
-def _median_time(fn, repeats: int, sync) -> float:
-    fn()
-    sync()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+def bench_table(dim: int, n_build: int = 2000, seed: int = 0):
+    """A table with a real build's rows (demo captions, our tokenizer), random vectors of width `dim`."""
+    from tristage.captions.build import TableBuilder, tokenized_units
+    from tristage.captions.encoder import train_tokenizer
+    from tristage.captions.lexicon import LEXICON
+    from tristage.captions.tokenize import CaptionParser
+    from tristage.captions.vectors import VOCAB, CaptionVectorTable
+
+    captions = demo_captions(n_build, seed)
+    tok = train_tokenizer(captions, 1000)
+    parser = CaptionParser(tok, LEXICON)
+    units = tokenized_units(parser, captions)
+    builder = TableBuilder()
+    builder.add(units, [np.zeros((sum(len(u.positions) for u in us), 4), np.float32) for us in units])
+    t = builder.finish(dict(name="bench", lexicon=LEXICON, end_token=parser.end_token, attribute_pieces=True,
+                            context_keys=True), tokenizer=tok)
+    names = t.tokens + [f"{VOCAB}v{i}" for i in range(VOCAB_ROWS)]
+    kinds, bases = t.kinds + ["vocab"] * VOCAB_ROWS, t.bases + [f"v{i}" for i in range(VOCAB_ROWS)]
+    vectors = np.random.default_rng(seed).standard_normal((len(names), dim)).astype(np.float32)
+    return CaptionVectorTable(names, kinds, bases, vectors, t.meta, tokenizer=tok)
 
 
-def measure(name: str, batch: int, length: int, repeats: int, device: str) -> dict:
+def caption_batch(table, batch: int, seed: int):
+    """(ids (B, L) table rows, mask (B, L)) for `batch` demo captions not used to build the table."""
+    import torch
+
+    rows = [table.encode(c) for c in demo_captions(batch, seed + 1)]
+    L = max(len(r) for r in rows)
+    ids = torch.zeros(batch, L, dtype=torch.long)
+    mask = torch.zeros(batch, L, dtype=torch.bool)
+    for b, r in enumerate(rows):
+        ids[b, :len(r)], mask[b, :len(r)] = torch.tensor(r), True
+    return ids, mask
+
+
+def round_robin(fns: dict, repeats: int, warmup: int, sync) -> tuple[dict, dict]:
+    """Wall and process-CPU seconds per call of each fn, timed in turn (fn1, fn2, ... per repeat) after
+    `warmup` rounds. CPU time counts the work done, not the time spent waiting for a core that other
+    processes hold: on a shared machine it is the steadier of the two."""
+    wall, cpu = {k: [] for k in fns}, {k: [] for k in fns}
+    for i in range(warmup + repeats):
+        for k, fn in fns.items():
+            t0, c0 = time.perf_counter(), time.process_time()
+            fn()
+            sync()
+            if i >= warmup:
+                wall[k].append(time.perf_counter() - t0)
+                cpu[k].append(time.process_time() - c0)
+    return {k: np.asarray(v) for k, v in wall.items()}, {k: np.asarray(v) for k, v in cpu.items()}
+
+
+def spread(x: np.ndarray) -> str:
+    return f"{np.median(x):.3g} [{np.percentile(x, 10):.3g}-{np.percentile(x, 90):.3g}]"
+
+
+def measure(name: str, batch: int, repeats: int, warmup: int, device: str) -> dict:
     import torch
     from transformers import T5Config, T5EncoderModel
 
@@ -74,67 +113,86 @@ def measure(name: str, batch: int, length: int, repeats: int, device: str) -> di
     sync = (lambda: torch.cuda.synchronize()) if device.startswith("cuda") else (lambda: None)
     cfg = T5Config(vocab_size=32128, dropout_rate=0.0, **SIZES[name])
     torch.manual_seed(0)
-    t0 = time.perf_counter()
     enc = T5EncoderModel(cfg).eval().to(device)
-    t_init = time.perf_counter() - t0
+    table = bench_table(cfg.d_model)
+    ids, mask = caption_batch(table, batch, seed=0)
+    # the encoder's input: T5 tokenizes a caption into about as many tokens as the table has rows for it
     g = torch.Generator().manual_seed(0)
-    lengths = torch.randint(length // 2, length + 1, (batch,), generator=g)
-    mask = (torch.arange(length)[None] < lengths[:, None]).to(device)  # (B, L)
-    ids_enc = torch.randint(5, 32000, (batch, length), generator=g).to(device) * mask
-    table = fake_table(cfg.d_model)
-    peft = CaptionPEFT(table, PeftParams()).eval().to(device)
-    # a table caption: mostly context / token rows, about a third attribute rows
-    pick = torch.randint(1, 1 + ROWS["token"] + ROWS["attribute"] + ROWS["context"], (batch, length), generator=g)
-    ids_tab = pick.to(device) * mask
-
+    ids_enc = (torch.randint(5, 32000, ids.shape, generator=g) * mask).to(device)
+    ids, mask = ids.to(device), mask.to(device)
+    peft_eval = CaptionPEFT(table, PeftParams()).eval().to(device)
+    peft_train = CaptionPEFT(table, PeftParams()).train().to(device)
+    t0 = time.perf_counter()
     with torch.inference_mode():
-        t_enc = _median_time(lambda: enc(input_ids=ids_enc, attention_mask=mask.long()).last_hidden_state,
-                             repeats, sync)
-        t0 = time.perf_counter()
-        peft(ids_tab, mask)  # first call bakes the enhanced table (once per parameter update)
-        sync()
-        t_bake = time.perf_counter() - t0
-        t_tab = _median_time(lambda: peft(ids_tab, mask), max(repeats, 20), sync)
-    peft.train()
-    t_train = _median_time(lambda: peft(ids_tab, mask), max(repeats, 10), sync)  # training: no cache, with grad
-    nbytes = lambda ts: sum(t.numel() * t.element_size() for t in ts)  # noqa: E731
-    enc_mb = nbytes(enc.parameters()) / 2**20
-    table_mb = table.vectors.numel() * 4 / 2**20
-    adapters_mb = nbytes(peft.parameters()) / 2**20
-    del enc
-    return dict(encoder=name, batch=batch, max_len=length, tokens=int(lengths.sum()), d=cfg.d_model,
-                encoder_ms=1e3 * t_enc, table_peft_ms=1e3 * t_tab, speedup=t_enc / t_tab,
-                bake_ms=1e3 * t_bake, train_forward_ms=1e3 * t_train, train_speedup=t_enc / t_train,
-                encoder_mb=enc_mb, table_mb=table_mb, adapters_mb=adapters_mb,
-                memory_saved_mb=enc_mb - table_mb - adapters_mb, init_s=t_init, device=device)
+        peft_eval(ids, mask)  # first call bakes the enhanced table (once per parameter update)
+    sync()
+    t_bake = time.perf_counter() - t0
+
+    def encoder():
+        with torch.inference_mode():
+            enc(input_ids=ids_enc, attention_mask=mask.long()).last_hidden_state
+
+    def inference():
+        with torch.inference_mode():
+            peft_eval(ids, mask)
+
+    def training():
+        out = peft_train(ids, mask)
+        (out.states.square().mean() + out.kl + out.ortho).backward()
+        peft_train.zero_grad(set_to_none=True)
+
+    t, c = round_robin(dict(encoder=encoder, inference=inference, training=training), repeats, warmup, sync)
+    nbytes = lambda ts: sum(x.numel() * x.element_size() for x in ts)  # noqa: E731
+    uniq = torch.unique(ids[mask])
+    return dict(encoder=name, batch=batch, tokens=int(mask.sum()), unique_rows=len(uniq), d=cfg.d_model,
+                times=t, ratio_inference=t["encoder"] / t["inference"], ratio_training=t["encoder"] / t["training"],
+                cpu_ratio_inference=c["encoder"] / c["inference"], cpu_ratio_training=c["encoder"] / c["training"],
+                bake_ms=1e3 * t_bake, encoder_mb=nbytes(enc.parameters()) / 2**20,
+                table_mb=table.vectors.numel() * 4 / 2**20, adapters_mb=nbytes(peft_train.parameters()) / 2**20,
+                table_rows=len(table), device=device)
+
+
+def report(r: dict, threads: int) -> str:
+    ms = {k: v * 1e3 for k, v in r["times"].items()}
+    ok = lambda ratio, goal: "ok" if np.median(ratio) >= goal else "MISSED"  # noqa: E731
+    return (f"caption_vectors [{r['encoder']} size, d={r['d']}, {r['device']}, {threads} threads]: batch of "
+            f"{r['batch']} demo captions ({r['tokens']} tokens, {r['unique_rows']} distinct table rows of "
+            f"{r['table_rows']}); ms, median [p10-p90] of {len(ms['encoder'])} round-robin repeats: encoder "
+            f"forward {spread(ms['encoder'])}; table + PEFT inference {spread(ms['inference'])} = "
+            f"{spread(r['ratio_inference'])}x (goal >= {GOALS['inference']}x: "
+            f"{ok(r['ratio_inference'], GOALS['inference'])}); training forward + backward "
+            f"{spread(ms['training'])} = {spread(r['ratio_training'])}x (goal >= {GOALS['training']}x: "
+            f"{ok(r['ratio_training'], GOALS['training'])}); in process CPU time (steadier under load) inference "
+            f"{spread(r['cpu_ratio_inference'])}x, training {spread(r['cpu_ratio_training'])}x; baking the adapters into the table after a weight "
+            f"update {r['bake_ms']:.0f} ms; memory: encoder weights {r['encoder_mb']:.0f} MiB vs table "
+            f"{r['table_mb']:.0f} MiB + adapters {r['adapters_mb']:.0f} MiB")
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--length", type=int, default=48, help="max caption tokens (the demo corpus: 25-45)")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--quick", action="store_true", help="t5-base size only")
+    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--quick", action="store_true", help="t5-base size only, 5 repeats")
+    ap.add_argument("--sizes", default=",".join(SIZES), help=f"comma-separated, of {', '.join(SIZES)}")
     ap.add_argument("--device", default="cpu")
     a = ap.parse_args(argv)
     import torch
 
+    if a.quick:
+        a.repeats = min(a.repeats, 5)
     if a.device == "cpu":
         torch.set_num_threads(max(1, min(os.cpu_count() or 1, 16)))
     rows = []
-    for name in (["t5-base"] if a.quick else list(SIZES)):
-        r = measure(name, a.batch, a.length, a.repeats, a.device)
-        rows.append(r)
-        print(f"caption_vectors [{name} size, d={r['d']}, {a.device}, {torch.get_num_threads()} threads]: "
-              f"batch of {r['batch']} captions ({r['tokens']} tokens): encoder forward {r['encoder_ms']:.1f} ms; "
-              f"table lookup + PEFT {r['table_peft_ms']:.2f} ms = {r['speedup']:.0f}x faster "
-              f"(goal >= 100x: {'ok' if r['speedup'] >= 100 else 'MISSED'}; baking the adapters into the table "
-              f"after a weight update {r['bake_ms']:.0f} ms); in training (train mode, VAE sampling, autograd, no "
-              f"cache) {r['train_forward_ms']:.1f} ms = {r['train_speedup']:.0f}x; memory: encoder weights "
-              f"{r['encoder_mb']:.0f} MiB vs table {r['table_mb']:.0f} MiB + adapters {r['adapters_mb']:.0f} MiB "
-              f"(saves {r['memory_saved_mb']:.0f} MiB)", flush=True)
-    print(f"command: python -m benchmarks.caption_vectors --batch {a.batch} --length {a.length} --repeats "
-          f"{a.repeats}" + (" --quick" if a.quick else "") + (f" --device {a.device}" if a.device != "cpu" else ""))
+    sizes = ["t5-base"] if a.quick else [n for n in a.sizes.split(",") if n]
+    unknown = set(sizes) - set(SIZES)
+    if unknown:
+        ap.error(f"--sizes: unknown {sorted(unknown)}; known: {', '.join(SIZES)}")
+    for name in sizes:
+        rows.append(measure(name, a.batch, a.repeats, a.warmup, a.device))
+        print(report(rows[-1], torch.get_num_threads()), flush=True)
+    print(f"command: python -m benchmarks.caption_vectors --batch {a.batch} --repeats {a.repeats} --warmup "
+          f"{a.warmup}" + (" --quick" if a.quick else f" --sizes {','.join(sizes)}") + (f" --device {a.device}" if a.device != "cpu" else ""))
     return rows
 
 

@@ -10,7 +10,10 @@
 3. the table: per token the mean state over its contexts, per attribute value the mean over its
    tokens and contexts, per (prev, token, next) context seen `context_min_count` times its mean;
 4. fidelity on the held-out captions and on free-form paraphrases: the table's vectors, spread
-   over the tokens they stand for, against the encoder's states of the same tokens.
+   over the tokens they stand for, against the encoder's states of the same tokens; overall, per
+   attribute, for unseen tokens. The held-out captions and their states are saved with the table
+   (`load_heldout`), so a trained caption module can be scored later without the encoder;
+5. `mode: cache`: the table plus the exact encoder states of every manifest caption (`add_cache`).
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from tristage.captions.tokenize import CaptionParser, Unit, clean_caption
-from tristage.captions.vectors import UNK, VOCAB, CaptionVectorTable, context_keys
+from tristage.captions.vectors import ATTRIBUTE_KINDS, CACHE, UNK, VOCAB, CaptionVectorTable, context_keys
 from tristage.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -173,38 +176,59 @@ def build_table(units_list: list[list[Unit]], states: list[np.ndarray], meta: di
     return b.finish(meta, tokenizer, min_count, vocab)
 
 
+def position_group(table: CaptionVectorTable, row: int) -> str:
+    """What a looked-up row stands for: an attribute ("pitch"), "unseen" (vocabulary fallback or
+    <unk>) or "other" (ordinary tokens, the end token)."""
+    kind = table.kinds[row]
+    if kind in ("vocab", "unk"):
+        return "unseen"
+    if kind in ATTRIBUTE_KINDS:
+        return table.bases[row][1:].split(":", 1)[0]
+    return "other"
+
+
 class Fidelity:
     """Token cosines (the table vector standing for each token vs its encoder state), caption cosines
-    (mean-pooled), unseen tokens; fed batch by batch. `context` / `pieces`: lookup variants (None: the table's)."""
+    (mean-pooled), unseen tokens, cosines per group (attribute / "unseen" / "other"); fed batch by batch.
+    `context` / `pieces` / `cache`: lookup variants (None: the table's). `vectors` (N, dim): other
+    vectors for the same rows, e.g. a trained caption module's baked table (CaptionPEFT._baked()[0])."""
 
-    def __init__(self, table: CaptionVectorTable, context: bool | None = None, pieces: bool | None = None):
-        self.table, self.context, self.pieces = table, context, pieces
-        self.V = table.vectors.numpy()
+    def __init__(self, table: CaptionVectorTable, context: bool | None = None, pieces: bool | None = None,
+                 cache: bool = True, vectors=None):
+        self.table, self.context, self.pieces, self.cache = table, context, pieces, cache
+        self.V = np.asarray(table.vectors if vectors is None else vectors, dtype=np.float32)
         self.tok_cos: list[np.ndarray] = []
         self.cap_cos: list[float] = []
+        self.groups: dict[str, list[np.ndarray]] = {}
         self.unseen = self.unk = 0
 
     def add(self, captions: list[str], states: list[np.ndarray]) -> None:
         for c, H in zip(captions, states):
-            ids, where, n = self.table.lookup(c, self.context, self.pieces)
+            ids, where, n = self.table.lookup(c, self.context, self.pieces, cache=self.cache)
             self.unseen += n
             self.unk += sum(len(p) for i, p in zip(ids, where) if i == 0)
             if not where:
                 continue
             R = np.zeros_like(H)
+            group = np.full(len(H), "other", dtype=object)
             for row, pos in zip(ids, where):
                 R[pos] = self.V[row]
-            num = (R * H).sum(1)
-            self.tok_cos.append(num / (np.linalg.norm(R, axis=1) * np.linalg.norm(H, axis=1) + 1e-8))
+                group[pos] = position_group(self.table, row)
+            cos = (R * H).sum(1) / (np.linalg.norm(R, axis=1) * np.linalg.norm(H, axis=1) + 1e-8)
+            self.tok_cos.append(cos)
+            for g in set(group):
+                self.groups.setdefault(g, []).append(cos[group == g])
             r, h = R.mean(0), H.mean(0)
             self.cap_cos.append(float(r @ h / (np.linalg.norm(r) * np.linalg.norm(h) + 1e-8)))
 
     def result(self) -> dict:
         t = np.concatenate(self.tok_cos) if self.tok_cos else np.zeros(0)
         f = lambda x: round(float(x()), 5) if len(t) else None  # noqa: E731
+        by_group = {g: round(float(np.concatenate(v).mean()), 5) for g, v in sorted(self.groups.items())}
         return dict(cosine_mean=f(t.mean), cosine_p05=f(lambda: np.percentile(t, 5)), cosine_min=f(t.min),
                     caption_cosine_mean=f(lambda: np.mean(self.cap_cos)), n_tokens=int(len(t)),
-                    n_unseen_tokens=int(self.unseen), n_unk=int(self.unk), _cosines=t)
+                    n_unseen_tokens=int(self.unseen), n_unk=int(self.unk), by_group=by_group,
+                    _cosines=t)
 
 
 def fidelity(table: CaptionVectorTable, captions: list[str], states: list[np.ndarray],
@@ -214,7 +238,58 @@ def fidelity(table: CaptionVectorTable, captions: list[str], states: list[np.nda
     return f.result()
 
 
-def write_histogram(path: Path, series: dict[str, np.ndarray], title: str) -> None:
+def add_cache(table: CaptionVectorTable, captions: list[str], units_list: list[list[Unit]],
+              states: list[np.ndarray]) -> CaptionVectorTable:
+    """`table` plus cache rows: each caption's exact encoder states, one row per token position, its rows
+    contiguous. A position inside an attribute phrase shares that value's VAE, any other its token's LoRA."""
+    names, kinds, bases, cache, n = list(table.tokens), list(table.kinds), list(table.bases), {}, len(table)
+    for caption, units, H in zip(captions, units_list, states):
+        cache[caption] = (n, len(H))
+        for u in sorted(units, key=lambda u: u.positions[0]):
+            for _ in u.positions:
+                names.append(f"{CACHE}{n}")
+                kinds.append("cache_attribute" if u.attribute is not None else "cache")
+                bases.append(u.key)
+                n += 1
+    vectors = np.concatenate([table.vectors.numpy()] + [np.asarray(H, dtype=np.float32) for H in states])
+    assert len(vectors) == n == len(names), "cache rows and encoder states out of line"
+    return CaptionVectorTable(names, kinds, bases, vectors, dict(table.meta, mode="cache"),
+                              tokenizer=table._tokenizer, cache=cache)
+
+
+def save_heldout(folder: Path, captions: list[str], states: list[np.ndarray]) -> None:
+    """The held-out captions and their encoder states (`heldout.json`, `heldout.safetensors`)."""
+    from safetensors.numpy import save_file
+
+    from tristage.fsio import write_json
+
+    offsets = np.cumsum([0] + [len(h) for h in states]).astype(np.int64)
+    dim = states[0].shape[1] if states else 0
+    flat = np.concatenate(states).astype(np.float32) if states else np.zeros((0, dim), np.float32)
+    save_file({"states": np.ascontiguousarray(flat), "offsets": offsets}, str(folder / "heldout.safetensors"))
+    write_json(folder / "heldout.json", captions, indent=None)
+
+
+def load_heldout(folder: str | Path) -> tuple[list[str], list[np.ndarray]]:
+    """Public: the captions held out of a table build and the encoder's states for them, (T_i, dim) each,
+    token positions as the table's lookup gives them. Score any vectors for the table's rows with
+    `Fidelity(table, vectors=...)`, e.g. a trained caption module's: no encoder needed."""
+    from safetensors.numpy import load_file
+
+    from tristage.fsio import read_json
+
+    folder = Path(folder)
+    try:
+        captions = read_json(folder / "heldout.json")
+        data = load_file(str(folder / "heldout.safetensors"))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{folder}: no held-out captions ({exc}); run the `caption_vectors` stage again") from exc
+    off = data["offsets"]
+    return captions, [data["states"][a:b] for a, b in zip(off[:-1], off[1:])]
+
+
+def write_plot(path: Path, series: dict[str, np.ndarray], groups: dict[str, dict[str, float]], title: str) -> None:
+    """Token cosine histograms (left) and the mean cosine per attribute / unseen / other tokens (right)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -222,7 +297,7 @@ def write_histogram(path: Path, series: dict[str, np.ndarray], title: str) -> No
 
     from tristage.fsio import save_figure
 
-    fig, ax = plt.subplots(figsize=(6, 3.2))
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 3.4), gridspec_kw=dict(width_ratios=[1.1, 1]))
     lo = min([float(v.min()) for v in series.values() if len(v)] + [0.0])
     bins = np.linspace(min(lo, 0.0), 1.0, 41)
     for name, v in series.items():
@@ -232,86 +307,147 @@ def write_histogram(path: Path, series: dict[str, np.ndarray], title: str) -> No
     ax.set_ylabel("tokens")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
+    names = sorted({g for d in groups.values() for g in d}, key=lambda g: (g in ("other", "unseen"), g))
+    width = 0.8 / max(len(groups), 1)
+    for k, (label, d) in enumerate(groups.items()):
+        bx.bar(np.arange(len(names)) + k * width, [d.get(g, np.nan) for g in names], width, label=label)
+    bx.set_xticks(np.arange(len(names)) + width * (len(groups) - 1) / 2, names, rotation=30, fontsize=8)
+    bx.set_ylim(min([0.5] + [v for d in groups.values() for v in d.values()]) - 0.05, 1.0)
+    bx.set_ylabel("mean token cosine")
+    bx.set_title("per attribute, unseen and other tokens", fontsize=9)
+    bx.legend(fontsize=8)
     save_figure(fig, path, dpi=100, bbox_inches="tight")
+
+
+def load_inputs(cp) -> tuple[list[str], list[str], list[str], tuple]:
+    """(build captions, held-out captions, paraphrases, (attribute agreement, cells)) of the manifest."""
+    from tristage.data.manifest import read_prepared
+
+    df = read_prepared(cp.manifest)
+    captions = manifest_captions(df)
+    if not captions:
+        raise UserError(f"{cp.manifest}: no captions (column `caption` empty and no attribute columns)")
+    build, held = split_captions(captions, cp.heldout_fraction, cp.seed)
+    paraphrases = [c for c in dict.fromkeys(clean_caption(p) for p in cp.paraphrases) if c and c not in set(build)]
+    log.info("%d unique captions: %d to build the table, %d held out, %d paraphrases",
+             len(captions), len(build), len(held), len(paraphrases))
+    return build, held, paraphrases, attribute_agreement(df, cp.lexicon)
+
+
+def open_encoder(cp, build: list[str], folder: Path):
+    """(model, tokenizer, info): the local encoder, or the seeded tiny T5 saved in `folder`/encoder."""
+    from tristage.captions.encoder import load_encoder, make_tiny_encoder
+
+    if cp.encoder is not None:
+        return load_encoder(cp.encoder)
+    model, tok, info = make_tiny_encoder(build, folder / "encoder", cp.tiny, cp.seed)
+    info["path"] = "encoder"  # relative to the table folder
+    return model, tok, info
+
+
+def encode_table(cp, model, parser: CaptionParser, info: dict, build: list[str], progress: bool,
+                 keep_states: bool = False) -> tuple[CaptionVectorTable, list[np.ndarray] | None]:
+    """Encode the build captions batch by batch into the table (and keep their states, for the cache)."""
+    from tristage.captions.encoder import encode_batches, encode_vocabulary
+
+    builder, kept, dim = TableBuilder(cp.context_keys, cp.attribute_pieces), [None] * len(build), 0
+    for idx, states in encode_batches(model, parser, build, cp.batch_size, progress, "encoding build captions"):
+        builder.add(tokenized_units(parser, [build[i] for i in idx]), states)
+        dim = states[0].shape[1]
+        for i, h in zip(idx, states) if keep_states else ():
+            kept[i] = h
+    meta = dict(name=info["name"], encoder=info, pretrained=bool(info["pretrained"]), dim=int(dim),
+                end_token=parser.end_token, max_length=cp.max_length, lexicon=cp.lexicon,
+                n_build_captions=len(build), seed=cp.seed, mode="table")
+    vocab = encode_vocabulary(model, parser.tok, cp.vocab_fallback_max) if cp.vocab_fallback_max else None
+    table = builder.finish(meta, tokenizer=parser.tok, min_count=cp.context_min_count, vocab=vocab)
+    return table, (kept if keep_states else None)
+
+
+def score_table(cp, model, parser, table, held: list[str], paraphrases: list[str], progress: bool):
+    """Fidelity of the table (its lookup, and the seed's one-row-per-token way as a baseline) on the
+    held-out captions and the paraphrases: ({name: result}, held-out states)."""
+    from tristage.captions.encoder import encode_batches
+
+    acc = {k: Fidelity(table, **kw) for k, kw in (("held", {}), ("base", dict(context=False, pieces=False)))}
+    acc["para"], acc["base_para"] = Fidelity(table), Fidelity(table, context=False, pieces=False)
+    held_states: list = [None] * len(held)
+    for caps, names in ((held, ("held", "base")), (paraphrases, ("para", "base_para"))):
+        for idx, states in encode_batches(model, parser, caps, cp.batch_size, progress, f"encoding {names[0]}"):
+            for name in names:
+                acc[name].add([caps[i] for i in idx], states)
+            for i, h in zip(idx, states) if caps is held else ():
+                held_states[i] = h
+    return {k: f.result() for k, f in acc.items()}, held_states
+
+
+def caption_metrics(r: dict, table, info: dict, n: dict, extra: dict) -> dict:
+    """metrics/caption_vectors.json from the fidelity results `r` (see score_table)."""
+    fid, base, para, base_para = r["held"], r["base"], r["para"], r["base_para"]
+    kinds = table.kinds
+    return dict(
+        cosine_mean=fid["cosine_mean"], cosine_p05=fid["cosine_p05"], cosine_min=fid["cosine_min"],
+        caption_cosine_mean=fid["caption_cosine_mean"], n_heldout_captions=n["held"],
+        encoder=f"{info['name']} ({'pretrained' if info['pretrained'] else 'random-init'}, {info['model_type']}, "
+                f"d={table.dim})",
+        pretrained=bool(info["pretrained"]),
+        paraphrase_cosine_mean=para["cosine_mean"], paraphrase_cosine_p05=para["cosine_p05"],
+        paraphrase_cosine_min=para["cosine_min"], paraphrase_caption_cosine_mean=para["caption_cosine_mean"],
+        n_paraphrases=n["para"], n_unseen_tokens=fid["n_unseen_tokens"] + para["n_unseen_tokens"],
+        heldout_unseen_tokens=fid["n_unseen_tokens"], paraphrase_unseen_tokens=para["n_unseen_tokens"],
+        heldout_unseen_cosine_mean=fid["by_group"].get("unseen"),
+        paraphrase_unseen_cosine_mean=para["by_group"].get("unseen"),
+        heldout_cosine_by_attribute=fid["by_group"], paraphrase_cosine_by_attribute=para["by_group"],
+        n_unk_fallback_tokens=fid["n_unk"] + para["n_unk"],  # unseen and not in the vocabulary rows
+        heldout_tokens=fid["n_tokens"], paraphrase_tokens=para["n_tokens"],
+        baseline_cosine_mean=base["cosine_mean"], baseline_caption_cosine_mean=base["caption_cosine_mean"],
+        baseline_paraphrase_cosine_mean=base_para["cosine_mean"],
+        n_build_captions=n["build"], n_rows=len(table), n_token_rows=kinds.count("token"),
+        n_attribute_rows=kinds.count("attribute"), n_context_rows=kinds.count("context"),
+        n_vocab_rows=kinds.count("vocab"), dim=table.dim, **extra)
 
 
 def run_caption_vectors(cp, tracker=None, progress: bool = True) -> dict:
     import torch
 
-    from tristage.captions.encoder import encode_batches, encode_vocabulary, load_encoder, make_tiny_encoder
-    from tristage.data.manifest import read_prepared
     from tristage.fsio import atomic_dir, write_json
 
     t0 = time.perf_counter()
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 8)))
-    df = read_prepared(cp.manifest)
-    captions = manifest_captions(df)
-    if not captions:
-        raise UserError(f"{cp.manifest}: no captions (column `caption` empty and no attribute columns)")
-    agreement, n_cells = attribute_agreement(df, cp.lexicon)
-    build, held = split_captions(captions, cp.heldout_fraction, cp.seed)
-    paraphrases = [c for c in dict.fromkeys(clean_caption(p) for p in cp.paraphrases) if c and c not in set(build)]
-    log.info("%d unique captions: %d to build the table, %d held out, %d paraphrases",
-             len(captions), len(build), len(held), len(paraphrases))
+    build, held, paraphrases, (agreement, n_cells) = load_inputs(cp)
+    cached = cp.mode == "cache"
     with atomic_dir(cp.out_dir) as tmp:
-        if cp.encoder is not None:
-            model, tok, info = load_encoder(cp.encoder)
-        else:
-            model, tok, info = make_tiny_encoder(build, tmp / "encoder", cp.tiny, cp.seed)
-            info["path"] = "encoder"  # relative to the table folder
+        model, tok, info = open_encoder(cp, build, tmp)
         parser = CaptionParser(tok, cp.lexicon, cp.max_length)
         t1 = time.perf_counter()
-        builder = TableBuilder(cp.context_keys, cp.attribute_pieces)
-        dim = 0
-        for idx, states in encode_batches(model, parser, build, cp.batch_size, progress, "encoding build captions"):
-            builder.add(tokenized_units(parser, [build[i] for i in idx]), states)
-            dim = states[0].shape[1]
+        table, build_states = encode_table(cp, model, parser, info, build, progress, keep_states=cached)
         t_encode = time.perf_counter() - t1
-        meta = dict(name=info["name"], encoder=info, pretrained=bool(info["pretrained"]), dim=int(dim),
-                    end_token=parser.end_token, max_length=cp.max_length, lexicon=cp.lexicon,
-                    n_build_captions=len(build), seed=cp.seed)
-        vocab = encode_vocabulary(model, tok, cp.vocab_fallback_max) if cp.vocab_fallback_max else None
-        table = builder.finish(meta, tokenizer=tok, min_count=cp.context_min_count, vocab=vocab)
+        results, held_states = score_table(cp, model, parser, table, held, paraphrases, progress)
+        save_heldout(tmp, held, held_states)
+        extra = dict(mode=cp.mode, table_bytes=int(table.vectors.numel() * 4))
+        if cached:  # exact states of every manifest caption; the table rows stay as the back-off
+            caps, states = build + held, build_states + held_states
+            table = add_cache(table, caps, tokenized_units(parser, caps), states)
+            exact = fidelity(table, held, held_states)
+            n_rows = sum(len(h) for h in states)
+            extra.update(cache_captions=len(caps), cache_rows=n_rows, cache_bytes=int(n_rows * table.dim * 4),
+                         cache_heldout_cosine_mean=exact["cosine_mean"])
         table.save(tmp)
-        # fidelity: the table's lookup (its default, and the seed's way as a baseline) vs the encoder
-        fid, base = Fidelity(table), Fidelity(table, context=False, pieces=False)
-        para, base_para = Fidelity(table), Fidelity(table, context=False, pieces=False)
-        for caps, accs, what in ((held, (fid, base), "held-out"), (paraphrases, (para, base_para), "paraphrases")):
-            for idx, states in encode_batches(model, parser, caps, cp.batch_size, progress, f"encoding {what}"):
-                for acc in accs:
-                    acc.add([caps[i] for i in idx], states)
-        fid, base, para, base_para = (x.result() for x in (fid, base, para, base_para))
-    kinds = table.kinds
-    label = f"{info['name']} ({'pretrained' if info['pretrained'] else 'random-init'}, {info['model_type']}, " \
-            f"d={table.dim})"
-    metrics = dict(
-        cosine_mean=fid["cosine_mean"], cosine_p05=fid["cosine_p05"], cosine_min=fid["cosine_min"],
-        caption_cosine_mean=fid["caption_cosine_mean"], n_heldout_captions=len(held), encoder=label,
-        pretrained=bool(info["pretrained"]),
-        paraphrase_cosine_mean=para["cosine_mean"], paraphrase_cosine_p05=para["cosine_p05"],
-        paraphrase_cosine_min=para["cosine_min"], paraphrase_caption_cosine_mean=para["caption_cosine_mean"],
-        n_paraphrases=len(paraphrases), n_unseen_tokens=fid["n_unseen_tokens"] + para["n_unseen_tokens"],
-        heldout_unseen_tokens=fid["n_unseen_tokens"], paraphrase_unseen_tokens=para["n_unseen_tokens"],
-        n_unk_fallback_tokens=fid["n_unk"] + para["n_unk"],  # unseen and not in the vocabulary rows
-        heldout_tokens=fid["n_tokens"], paraphrase_tokens=para["n_tokens"],
-        baseline_cosine_mean=base["cosine_mean"], baseline_caption_cosine_mean=base["caption_cosine_mean"],
-        baseline_paraphrase_cosine_mean=base_para["cosine_mean"],
-        attribute_agreement=agreement, attribute_cells=n_cells,
-        n_build_captions=len(build), n_rows=len(table), n_token_rows=kinds.count("token"),
-        n_attribute_rows=kinds.count("attribute"), n_context_rows=kinds.count("context"),
-        n_vocab_rows=kinds.count("vocab"), dim=table.dim, context_keys=bool(cp.context_keys),
-        attribute_pieces=bool(cp.attribute_pieces), encode_seconds=round(t_encode, 3),
-        seconds=round(time.perf_counter() - t0, 2))
-    write_histogram(Path(cp.plots_dir) / "cosine_hist.png",
-                    {"held-out": fid["_cosines"], "paraphrases": para["_cosines"]},
-                    f"caption vector fidelity, {label}")
+    extra.update(attribute_agreement=agreement, attribute_cells=n_cells, context_keys=bool(cp.context_keys),
+                 attribute_pieces=bool(cp.attribute_pieces), encode_seconds=round(t_encode, 3),
+                 seconds=round(time.perf_counter() - t0, 2))
+    metrics = caption_metrics(results, table, info, dict(held=len(held), para=len(paraphrases), build=len(build)),
+                              extra)
+    write_plot(Path(cp.plots_dir) / "cosine_hist.png",
+               {"held-out": results["held"]["_cosines"], "paraphrases": results["para"]["_cosines"]},
+               {"held-out": results["held"]["by_group"], "paraphrases": results["para"]["by_group"]},
+               f"caption vector fidelity, {metrics['encoder']}")
     write_json(cp.metrics, metrics)
     if tracker is not None:
-        tracker.set_tags({"caption_encoder": label})
+        tracker.set_tags({"caption_encoder": metrics["encoder"]})
         tracker.log_artifact(Path(cp.plots_dir) / "cosine_hist.png")
-    log.info("table %d rows (%d tokens, %d attributes, %d contexts), d=%d; held-out token cosine %.3f "
-             "(baseline %.3f), caption %.3f; paraphrases %.3f, %d unseen tokens; %.1f s",
-             len(table), metrics["n_token_rows"], metrics["n_attribute_rows"], metrics["n_context_rows"], table.dim,
-             fid["cosine_mean"] or 0, base["cosine_mean"] or 0, fid["caption_cosine_mean"] or 0,
-             para["cosine_mean"] or 0, metrics["n_unseen_tokens"], metrics["seconds"])
-    return {k: v for k, v in metrics.items() if not isinstance(v, str)}
+    log.info("table %d rows, d=%d; held-out token cosine %.3f (baseline %.3f), caption %.3f; paraphrases %.3f, "
+             "%d unseen tokens; %.1f s", len(table), table.dim, metrics["cosine_mean"] or 0,
+             metrics["baseline_cosine_mean"] or 0, metrics["caption_cosine_mean"] or 0,
+             metrics["paraphrase_cosine_mean"] or 0, metrics["n_unseen_tokens"], metrics["seconds"])
+    return {k: v for k, v in metrics.items() if not isinstance(v, str)}  # the tracker flattens the dicts

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+from typing import Literal
 
 from tristage.captions.lexicon import LEXICON, PARAPHRASES
 from tristage.schema import Field, Fraction, NonNegFloat, NonNegInt, Path, PosInt, Section
@@ -27,6 +28,9 @@ class TinyEncoderParams(Section):
 class CaptionVectorsParams(Section):
     manifest: Path = Path("data/annotated/manifest.parquet")
     encoder: Path | None = None  # local HF encoder dir; None -> tiny seeded random-init T5
+    # table: compact, composable rows (tokens, contexts, attribute values); cache: the table plus the
+    # encoder's exact states of every manifest caption (one row per token; captions not cached back off)
+    mode: Literal["table", "cache"] = "table"
     out_dir: Path = Path("data/caption_vectors")
     metrics: Path = Path("metrics/caption_vectors.json")
     plots_dir: Path = Path("plots/caption_vectors")

@@ -32,18 +32,20 @@ import torch.nn.functional as F
 def grouped_matmul(x: torch.Tensor, slot: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
     """y[i] = x[i] @ W[slot[i]] for x (R, a), slot (R,), W (S, a, b) -> (R, b).
 
-    Rows are grouped by slot, groups cut into chunks of at most C rows (C = the mean group size,
-    so padding at most doubles the work), and one bmm runs over the chunks: W is gathered once
-    per chunk, not once per row."""
+    Rows are grouped by slot, groups cut into chunks of at most C rows, and one bmm runs over the
+    chunks: W is gathered once per chunk, not once per row. Moving W dominates (a LoRA or VAE matrix
+    is much larger than a few rows), so C is at least the mean group size (padding at most doubles
+    the rows) and up to b (a chunk's padded rows cost at most what its gathered W does), which keeps
+    most groups in one chunk: one gather of W per slot present."""
     R = x.shape[0]
     if R == 0:
         return x.new_zeros(0, W.shape[-1])
     slots, grp = torch.unique(slot, return_inverse=True)  # (G,), (R,)
     G = len(slots)
-    C = -(-R // G)  # chunk size
     order = torch.argsort(grp, stable=True)
     g = grp[order]
     counts = torch.bincount(grp, minlength=G)  # (G,)
+    C = max(-(-R // G), min(W.shape[-1], int(counts.max())))  # chunk size
     pos = torch.arange(R, device=x.device) - (torch.cumsum(counts, 0) - counts)[g]  # index within its group
     n_chunks = -(-counts // C)  # (G,)
     chunk = (torch.cumsum(n_chunks, 0) - n_chunks)[g] + pos // C  # (R,) chunk of each sorted row

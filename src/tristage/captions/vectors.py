@@ -14,6 +14,10 @@ Rows (`table.tokens`, `table.kinds`):
   "\\ttoken\\tnext"), used first when the caption has that context, else backing off to the token.
 - "vocab": "<vocab>\ttoken", the tokenizer's tokens that no build caption has, each encoded alone
   (`vocab_fallback`): the fallback of an unseen token, before "<unk>"; they share the unseen LoRA.
+- "cache" / "cache_attribute" (`caption_vectors.mode: cache`): the encoder's exact states of every
+  manifest caption, one row per token ("<cache>\tj"), the caption's rows contiguous (`cache.json`:
+  caption -> first row, row count). A cached caption looks up its own rows; any other backs off to
+  the rows above. Cache rows share the adapters of their token (LoRA) or attribute value (VAE).
 Folder: vectors.safetensors ("vectors" (N, dim)), tokens.json (tokens, kinds, base), meta.json,
 tokenizer/ (the encoder's tokenizer, so lookups need no encoder).
 """
@@ -30,6 +34,8 @@ from tristage.captions.tokenize import CaptionParser, Unit, clean_caption
 UNK = "<unk>"
 BOS, EOS = "<^>", "<$>"  # context placeholders before the first / after the last unit
 VOCAB = "<vocab>\t"  # prefix of the rows of tokens encoded alone (fallback for unseen tokens)
+CACHE = "<cache>\t"  # prefix of the cached rows (exact encoder states of one caption's tokens)
+ATTRIBUTE_KINDS = ("attribute", "cache_attribute")  # rows refined by their attribute value's VAE
 
 
 def context_keys(units: list[Unit], i: int) -> tuple[str, ...]:
@@ -41,12 +47,13 @@ def context_keys(units: list[Unit], i: int) -> tuple[str, ...]:
 
 class CaptionVectorTable:
     def __init__(self, tokens: list[str], kinds: list[str], bases: list[str], vectors: np.ndarray | torch.Tensor,
-                 meta: dict, tokenizer=None):
+                 meta: dict, tokenizer=None, cache: dict[str, tuple[int, int]] | None = None):
         assert tokens[0] == UNK and len(tokens) == len(kinds) == len(bases) == len(vectors)
         self.tokens, self.kinds, self.bases, self.meta = list(tokens), list(kinds), list(bases), dict(meta)
         self.vectors = torch.as_tensor(np.asarray(vectors, dtype=np.float32))  # (N, dim)
         self.index = {t: i for i, t in enumerate(self.tokens)}
-        self.is_attribute = torch.tensor([k == "attribute" for k in kinds], dtype=torch.bool)  # (N,)
+        self.is_attribute = torch.tensor([k in ATTRIBUTE_KINDS for k in kinds], dtype=torch.bool)  # (N,)
+        self.cache = dict(cache or {})  # caption -> (first row, n rows): exact encoder states
         # adapter slot of each row: LoRA slot (by token content; 0 = the shared unseen adapter) for
         # token/context rows, VAE slot (by attribute value) for attribute rows
         lora = {UNK: 0}
@@ -55,10 +62,10 @@ class CaptionVectorTable:
                 lora.setdefault(t, len(lora))
         vae: dict[str, int] = {}
         for b, k in zip(self.bases, self.kinds):
-            if k == "attribute":
+            if k in ATTRIBUTE_KINDS:
                 vae.setdefault(b, len(vae))
         self.n_lora, self.n_vae = len(lora), len(vae)
-        self.adapter_ids = torch.tensor([vae[b] if k == "attribute" else lora.get(b, 0)
+        self.adapter_ids = torch.tensor([vae[b] if k in ATTRIBUTE_KINDS else lora.get(b, 0)
                                          for k, b in zip(self.kinds, self.bases)], dtype=torch.long)
         self.known_attributes = {b[1:-1] for b in vae}
         self.attribute_pieces = bool(meta.get("attribute_pieces", False))
@@ -129,10 +136,14 @@ class CaptionVectorTable:
             where.append(list(u.positions))
         return ids, where, unseen
 
-    def lookup(self, caption, context: bool | None = None,
-               pieces: bool | None = None) -> tuple[list[int], list[list[int]], int]:
-        """(ids, token positions per id, n_unseen) for one caption; an empty caption gives [end id]."""
+    def lookup(self, caption, context: bool | None = None, pieces: bool | None = None,
+               cache: bool = True) -> tuple[list[int], list[list[int]], int]:
+        """(ids, token positions per id, n_unseen) for one caption; an empty caption gives [end id].
+        A cached caption (and `cache`) gives its own rows, one per token."""
         caption = clean_caption(caption)
+        if cache and caption in self.cache:
+            first, n = self.cache[caption]
+            return list(range(first, first + n)), [[p] for p in range(n)], 0
         units = self.parser.parse(caption, self.known_attributes) if caption else []
         if not units:
             return [self.end_id], [], 0
@@ -159,6 +170,8 @@ class CaptionVectorTable:
         save_file({"vectors": np.ascontiguousarray(self.vectors.numpy())}, str(folder / "vectors.safetensors"))
         write_json(folder / "tokens.json", dict(tokens=self.tokens, kinds=self.kinds, base=self.bases), indent=None)
         write_json(folder / "meta.json", self.meta)
+        if self.cache:
+            write_json(folder / "cache.json", self.cache, indent=None)
         if self._tokenizer is not None:
             self._tokenizer.save_pretrained(folder / "tokenizer")
 
@@ -174,8 +187,10 @@ class CaptionVectorTable:
             vectors = load_file(str(folder / "vectors.safetensors"))["vectors"]
             idx = read_json(folder / "tokens.json")
             meta = read_json(folder / "meta.json")
+            cache = read_json(folder / "cache.json") if (folder / "cache.json").is_file() else None
         except (OSError, KeyError, ValueError) as exc:
             raise UserError(f"{folder}: not a caption vector table ({exc}); run the `caption_vectors` stage") from exc
-        table = cls(idx["tokens"], idx["kinds"], idx["base"], vectors, meta)
+        table = cls(idx["tokens"], idx["kinds"], idx["base"], vectors, meta,
+                    cache={c: (int(a), int(b)) for c, (a, b) in (cache or {}).items()})
         table.folder = folder
         return table
