@@ -20,28 +20,18 @@ from pathlib import Path
 
 import numpy as np
 
-from tristage.captions.tokenize import CaptionParser, Unit, clean_caption
+from tristage.captions.tokenize import CAPTION_ATTRIBUTES, CaptionParser, Unit, clean_caption, row_captions
 from tristage.captions.vectors import UNK, VOCAB, CaptionVectorTable, context_keys
 from tristage.errors import UserError
 
 log = logging.getLogger(__name__)
 
-ATTRS = ("gender", "pitch", "speed", "accent", "modulation", "quality", "emotion")
+ATTRS = CAPTION_ATTRIBUTES
 
 
 def manifest_captions(df) -> list[str]:
     """Unique captions in first-seen order; rows without a caption are rebuilt from attribute columns."""
-    cols = [c for c in ATTRS if c in df.columns]
-    caps = df["caption"].tolist() if "caption" in df.columns else [None] * len(df)
-    out, seen = [], set()
-    for i, c in enumerate(caps):
-        c = clean_caption(c)
-        if not c and cols:
-            c = clean_caption(" ".join(clean_caption(df[k].iloc[i]) for k in cols))
-        if c and c not in seen:
-            seen.add(c)
-            out.append(c)
-    return out
+    return [c for c in dict.fromkeys(row_captions(df)) if c]
 
 
 def attribute_agreement(df, lexicon: dict) -> tuple[float | None, int]:
@@ -175,11 +165,14 @@ def build_table(units_list: list[list[Unit]], states: list[np.ndarray], meta: di
 
 class Fidelity:
     """Token cosines (the table vector standing for each token vs its encoder state), caption cosines
-    (mean-pooled), unseen tokens; fed batch by batch. `context` / `pieces`: lookup variants (None: the table's)."""
+    (mean-pooled), unseen tokens; fed batch by batch. `context` / `pieces`: lookup variants (None: the table's);
+    `vectors` (N, dim): other vectors for the table's rows (default: the table's)."""
 
-    def __init__(self, table: CaptionVectorTable, context: bool | None = None, pieces: bool | None = None):
+    def __init__(self, table: CaptionVectorTable, context: bool | None = None, pieces: bool | None = None,
+                 vectors: np.ndarray | None = None):
         self.table, self.context, self.pieces = table, context, pieces
-        self.V = table.vectors.numpy()
+        # the row vectors scored: the table's own, or (evaluate) every row through a model's trained adapters
+        self.V = table.vectors.numpy() if vectors is None else np.asarray(vectors, dtype=np.float32)
         self.tok_cos: list[np.ndarray] = []
         self.cap_cos: list[float] = []
         self.unseen = self.unk = 0

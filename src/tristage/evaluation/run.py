@@ -11,6 +11,9 @@ Per stage (`evaluate.stages`, each read from `models/<stage>/`):
 - speaker_probe_acc / emotion_probe_acc: fresh logistic-regression probes fitted on the frozen
   emotion vectors (fixed split by seed). The speaker probe should fall from stage1 to stage2:
   that, not the GRL classifier, is the proof that the emotion vector lost the speaker;
+- caption_cosine_mean: the stage's own caption module (its trained adapters, eval mode) vs the
+  caption encoder on the caption_vectors stage's held-out captions (evaluation/captions.py);
+  `table_caption_cosine_mean` (top level) is the raw table's figure from caption_vectors;
 - audio: the fixed sample plan (matched and cross speaker/emotion pairs) generated with the
   delay pattern and decoded by the features stage's codec. With a random-init codec the audio
   is not speech, and `samples.json` and the metrics say so.
@@ -26,6 +29,7 @@ import numpy as np
 import torch
 
 from tristage.errors import UserError
+from tristage.evaluation.captions import caption_cosine, heldout_states
 from tristage.evaluation.metrics import evaluate_document, stage_metrics
 from tristage.evaluation.probes import probe_accuracy
 from tristage.evaluation.samples import sample_plan, write_samples
@@ -153,7 +157,8 @@ def run_evaluate(params, tracker=None, sources=None, vocoder: tuple[Vocoder, dic
             raise UserError(f"{Path(ep.models_dir) / stage}/model.safetensors not found: run {stage} first "
                             f"(dvc repro {stage}), or drop it from evaluate.stages")
     src = sources if sources is not None else load_sources(ep, params.caption_vectors.peft.model_dump())
-    caption_cos = _caption_cosine(ep.caption_metrics)
+    table_cos = _caption_cosine(ep.caption_metrics)
+    held = heldout_states(params, src.table)
     voc, codec_info = vocoder if vocoder is not None else default_vocoder(ep.features, device)
     pretrained_codec = bool(codec_info.get("pretrained", False))
     per_stage: dict[str, dict] = {}
@@ -169,7 +174,8 @@ def run_evaluate(params, tracker=None, sources=None, vocoder: tuple[Vocoder, dic
                                       speaker_acc=val.get("val_speaker_acc") if trained else None,
                                       speaker_loss=val.get("val_speaker_loss") if trained else None)
         values.update(run_probes(model, data, src.manifest, ep, sp.max_ref_frames, device))
-        values.update(n_val_utterances=len(data.val_idx), speaker_classifier_trained=trained)
+        values.update(n_val_utterances=len(data.val_idx), speaker_classifier_trained=trained,
+                      n_skipped_too_long=data.n_skipped_too_long)
         if plan is None:
             plan = sample_plan(_val_rows(src.manifest, data), ep.n_samples, ep.seed)
         codes = synthesize(model, data, src.table, plan, ep, sp.max_ref_frames, device)
@@ -179,7 +185,7 @@ def run_evaluate(params, tracker=None, sources=None, vocoder: tuple[Vocoder, dic
             wavs.append(wav)
         entries += write_samples(Path(ep.samples_dir), stage, plan, wavs, sr, codec_info,
                                  extra=[dict(n_frames=int(c.shape[1])) for c in codes])
-        per_stage[stage] = stage_metrics(values, band, caption_cos)
+        per_stage[stage] = stage_metrics(values, band, caption_cosine(model.caption_peft, src.table, held))
         log.info("%s: mel_loss %.4f top1 %.3f speaker_acc %s speaker_probe %s emotion_probe %s", stage,
                  values["mel_loss"] or math.nan, values["mel_top1"] or math.nan, _fmt(values["speaker_acc"]),
                  _fmt(values["speaker_probe_acc"]), _fmt(values["emotion_probe_acc"]))
@@ -188,7 +194,8 @@ def run_evaluate(params, tracker=None, sources=None, vocoder: tuple[Vocoder, dic
     write_json(Path(ep.samples_dir) / "samples.json", dict(note=note, samples=entries))
     doc = evaluate_document(per_stage, ep.stages[-1], band, extra=dict(
         codec=src.codec, caption_encoder=src.caption_encoder, audio_is_speech=pretrained_codec, note=note,
-        n_samples=len(entries)))
+        n_samples=len(entries), table_caption_cosine_mean=table_cos,
+        n_heldout_captions=len(held.captions) if held else 0))
     write_json(ep.metrics, doc)
     plots = write_plots(Path(ep.plots_dir), per_stage, band)
     if tracker is not None:
@@ -212,7 +219,7 @@ def _val_rows(manifest, data) -> list[dict]:
     for i in data.val_idx:
         ex = data.examples[i]
         r = by_id.loc[ex.id]
-        rows.append(dict(id=ex.id, speaker=ex.speaker, text=get(r, "text") or "", caption=get(r, "caption") or "",
+        rows.append(dict(id=ex.id, speaker=ex.speaker, text=get(r, "text") or "", caption=ex.caption_text,
                          emotion=get(r, "emotion")))
     return rows
 

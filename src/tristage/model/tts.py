@@ -19,6 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from tristage.captions.peft import CaptionPEFT
+from tristage.captions.vectors import CaptionVectorTable
 from tristage.errors import UserError
 from tristage.model.classifier import SpeakerClassifier
 from tristage.model.config import TTSConfig
@@ -26,6 +28,9 @@ from tristage.model.decoder import Decoder, DecoderConfig, code_loss, delay_code
 from tristage.model.grl import GradientReversal
 from tristage.model.perceiver import ConditioningEncoder, EncoderConfig, PerceiverConfig, PerceiverResampler
 
+# the config's default caption module / table (TTSConfig.caption_module / caption_table), imported statically
+DEFAULT_CLASSES = {"tristage.captions.peft:CaptionPEFT": CaptionPEFT,
+                   "tristage.captions.vectors:CaptionVectorTable": CaptionVectorTable}
 MODULE_NAMES = ("decoder", "caption_peft", "speaker_encoder", "speaker_perceiver", "emotion_encoder",
                 "emotion_perceiver", "emovec_layer", "emo_layer", "speaker_classifier")
 
@@ -155,6 +160,8 @@ def _scalar(x: Any, like: torch.Tensor) -> torch.Tensor:
 
 
 def _import(path: str):
+    if path in DEFAULT_CLASSES:  # imported statically: part of the import closure (tristage/closure.py)
+        return DEFAULT_CLASSES[path]
     mod, _, name = path.partition(":")
     return getattr(importlib.import_module(mod), name)
 

@@ -1,0 +1,110 @@
+"""The code a stage runs: the static import closure of a module inside the `tristage` package.
+
+    files = import_closure([Path("steps/stage1.py")])           # -> [.../src/tristage/stage.py, ...]
+    digest, per_file = code_digest(["tristage.training.trainer"])  # changes when any of that code does
+
+Found from the source alone (`ast`), never by importing: every `import` / `from ... import` anywhere
+in a file (module level or inside a function: the stages import their heavy parts lazily). A module
+named only by a string (the model config's `caption_module`) is not followed: code that loads one by
+name must also import the default statically (model/tts.py does). Only files under `src/tristage/` are followed; third-party
+packages are versioned by the environment, not by this. Package `__init__.py` files on the way
+count (importing `a.b.c` runs `a/__init__.py` and `a/b/__init__.py`).
+
+Used twice, so the two can't disagree: a test checks that each DVC stage's `deps` in dvc.yaml
+cover the closure of `steps/<stage>.py`, and the trainer hashes the closure of its own module
+into the checkpoint fingerprint (a checkpoint made by other code is not resumed).
+"""
+from __future__ import annotations
+
+import ast
+import hashlib
+from pathlib import Path
+from typing import Iterable
+
+PACKAGE = "tristage"
+SRC = Path(__file__).resolve().parents[1]  # the folder that holds the `tristage` package
+
+
+def module_file(name: str, src: Path = SRC) -> Path | None:
+    """`tristage.a.b` -> src/tristage/a/b.py or src/tristage/a/b/__init__.py (None outside the package)."""
+    if name != PACKAGE and not name.startswith(PACKAGE + "."):
+        return None
+    base = src.joinpath(*name.split("."))
+    for cand in (base.with_suffix(".py"), base / "__init__.py"):
+        if cand.is_file():
+            return cand
+    return None
+
+
+def _with_parents(name: str) -> list[str]:
+    parts = name.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Names of the modules a file imports, package-internal or not."""
+    tree = ast.parse(Path(path).read_text(encoding="utf-8"), filename=str(path))
+    pkg = _package_of(path)
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: from .x import y
+                anchor = pkg.split(".")[: len(pkg.split(".")) - node.level + 1] if pkg else []
+                base = ".".join([*anchor, base] if base else anchor)
+            names.add(base)
+            names.update(f"{base}.{a.name}" for a in node.names)  # `from pkg import module`
+    return {n for n in names if n}
+
+
+def _package_of(path: Path) -> str:
+    """The dotted package a file under SRC belongs to ('' outside it)."""
+    try:
+        rel = Path(path).resolve().relative_to(SRC)
+    except ValueError:
+        return ""
+    parts = list(rel.with_suffix("").parts)
+    return ".".join(parts[:-1])  # a/b/c.py -> a.b; a/b/__init__.py -> a.b
+
+
+def import_closure(start: Iterable[Path | str], src: Path = SRC) -> list[Path]:
+    """Files under `src/tristage` reached from the `start` files (which may lie outside, e.g. steps/),
+    sorted. `start` items may also be dotted module names."""
+    todo: list[Path] = []
+    for s in start:
+        f = module_file(s, src) if isinstance(s, str) and not s.endswith(".py") else Path(s)
+        if f is None:
+            raise ValueError(f"{s}: not a module of the {PACKAGE} package under {src}")
+        todo.append(Path(f).resolve())
+    seen: set[Path] = set()
+    inside: set[Path] = set()
+    root = (src / PACKAGE).resolve()
+    while todo:
+        f = todo.pop()
+        if f in seen:
+            continue
+        seen.add(f)
+        if f.is_relative_to(root):
+            inside.add(f)
+        for name in imported_modules(f):
+            for mod in _with_parents(name):
+                g = module_file(mod, src)
+                if g is not None and g.resolve() not in seen:
+                    todo.append(g.resolve())
+    return sorted(inside)
+
+
+def code_digest(modules: Iterable[str], src: Path = SRC) -> tuple[str, dict[str, str]]:
+    """(sha256 over the closure's files, {path relative to src: sha256 of the file}) for `modules`."""
+    per_file = {}
+    for f in import_closure(list(modules), src):
+        per_file[f.relative_to(src.resolve()).as_posix()] = hashlib.sha256(f.read_bytes()).hexdigest()
+    blob = "\n".join(f"{k} {v}" for k, v in sorted(per_file.items()))
+    return hashlib.sha256(blob.encode()).hexdigest(), per_file
+
+
+def changed_files(old: dict[str, str], new: dict[str, str]) -> list[str]:
+    """Paths whose hash differs, or that were added or removed, sorted."""
+    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
