@@ -108,3 +108,51 @@ def code_digest(modules: Iterable[str], src: Path = SRC) -> tuple[str, dict[str,
 def changed_files(old: dict[str, str], new: dict[str, str]) -> list[str]:
     """Paths whose hash differs, or that were added or removed, sorted."""
     return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+
+
+def covering_deps(files: Iterable[Path], repo: Path) -> list[str]:
+    """Short dvc.yaml deps covering `files` (paths relative to `repo`): a folder where every .py file
+    directly in it is in `files` (and it has no subfolders), else the files themselves."""
+    files = {Path(f).resolve() for f in files}
+    out: set[str] = set()
+    for f in files:
+        folder = f.parent
+        whole = not any(p.is_dir() and p.name != "__pycache__" for p in folder.iterdir()) and \
+            all(p in files for p in folder.glob("*.py"))
+        out.add((folder if whole and folder.name != PACKAGE else f).relative_to(repo.resolve()).as_posix())
+    return sorted(out)
+
+
+def uncovered(files: Iterable[Path], deps: Iterable[str], repo: Path) -> list[str]:
+    """The `files` (as paths relative to `repo`) that no dep covers (a dep covers itself and what is under it)."""
+    dep_paths = [(repo / d).resolve() for d in deps]
+    return sorted(Path(f).resolve().relative_to(repo.resolve()).as_posix() for f in files
+                  if not any(Path(f).resolve() == d or Path(f).resolve().is_relative_to(d) for d in dep_paths))
+
+
+def check_dvc_deps(repo: Path) -> dict[str, list[str]]:
+    """{stage: paths of its step's import closure that its dvc.yaml deps miss}, for every stage of
+    `repo`/dvc.yaml whose `steps/<stage>.py` exists (stages with nothing missing are left out)."""
+    import yaml
+
+    stages = (yaml.safe_load((repo / "dvc.yaml").read_text()) or {}).get("stages", {})
+    out = {}
+    for name, st in stages.items():
+        step = repo / "steps" / f"{name}.py"
+        if not step.is_file():
+            continue
+        deps = [d if isinstance(d, str) else next(iter(d)) for d in st.get("deps", [])]
+        missing = uncovered([step, *import_closure([step], repo / "src")], deps, repo)
+        if missing:
+            out[name] = missing
+    return out
+
+
+if __name__ == "__main__":  # python -m tristage.closure [REPO]: the deps each stage misses, and a full list
+    import sys
+
+    repo = Path(sys.argv[1] if len(sys.argv) > 1 else ".").resolve()
+    for stage, missing in check_dvc_deps(repo).items():
+        full = covering_deps(import_closure([repo / "steps" / f"{stage}.py"], repo / "src"), repo)
+        print(f"{stage}: missing {', '.join(missing)}\n  src deps that cover its closure:\n" +
+              "\n".join(f"      - {d}" for d in full))
