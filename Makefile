@@ -12,7 +12,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED = false
 export TOKENIZERS_PARALLELISM = false
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install demo test test-fast bench serve dag clean-outputs
+.PHONY: install demo summary test test-fast bench serve dag clean-outputs
 
 install: $(STAMP)
 
@@ -27,7 +27,10 @@ $(STAMP): pyproject.toml
 
 demo: install
 	$(VENV)/bin/dvc repro
-	$(VENV)/bin/dvc metrics show
+	$(PY) -m tristage.cli summary  # one table; every metric: dvc metrics show --md
+
+summary: install
+	$(PY) -m tristage.cli summary
 
 test: install
 	$(PY) -m pytest -q
