@@ -28,7 +28,7 @@ def _loop(model, opt, get_batch, steps: int) -> float:
     t0 = time.perf_counter()
     for i in range(steps):
         batch = get_batch(i)
-        out = model(batch, grl_lambda=1.0)
+        out = model(batch, speaker_head=True, grl_lambda=1.0)
         (out["mel_loss"] + 0.1 * out["speaker_loss"]).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

@@ -73,4 +73,4 @@ def test_stage2_with_extra_classifier_updates_under_two_processes(tmp_path):
     m = json.loads((tmp_path / "metrics/stage2.json").read_text())
     assert m["world_size"] == 2 and m["steps"] == 4 and m["speaker_acc"] is not None
     st = torch.load(tmp_path / "models/stage2/trainer_state.pt", weights_only=True)
-    assert st["cls_optimizer"]["state"]  # the classifier's own optimizer ran and is saved for resume
+    assert st["adversary"]["optimizer"]["state"]  # the classifier's own optimizer ran and is saved for resume

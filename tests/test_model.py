@@ -48,7 +48,7 @@ def test_forward_shapes_and_losses(tiny):
     import numpy as np
 
     batch = data.collate(data.train_idx[:3], [0])
-    out = model(batch, grl_lambda=1.0)
+    out = model(batch, speaker_head=True, grl_lambda=1.0)
     assert out["emo_vec"].shape == (3, cfg.d_model)
     assert out["mel_loss"].ndim == 0 and torch.isfinite(out["mel_loss"])
     # untrained: cross-entropy near log(V)
@@ -98,7 +98,7 @@ def test_grl_gradient_at_emotion_perceiver_is_reversed(tiny):
         h1 = model.speaker_classifier.register_forward_pre_hook(on_cls_input)
         h2 = model.emo_layer.register_forward_hook(on_emo_vec)
         try:
-            out = model(batch, grl_lambda=lam)
+            out = model(batch, speaker_head=True, grl_lambda=lam)
             out["speaker_loss"].backward()
         finally:
             h1.remove(), h2.remove()

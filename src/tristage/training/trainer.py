@@ -31,7 +31,8 @@ from tristage.model.config import TTSConfig
 from tristage.model.tts import build_model
 from tristage.training import checkpoint as ck
 from tristage.training import ddp
-from tristage.training.band import SpeakerAccBand, band_status, dann_lambda
+from tristage.training.adversary import SpeakerAdversary
+from tristage.training.band import band_status
 from tristage.training.data import Sources, TrainData, load_sources, to_device
 from tristage.training.plots import plot_losses, plot_speaker_acc, write_tsv
 from tristage.training.presets import PRESETS, apply_preset, set_train_mode
@@ -160,7 +161,8 @@ class _Trainer:
         self.data = TrainData(self.src, sp, self.cfg.max_text_len, self.cfg.max_frames, d.rank, d.world)
         self.val = self.data.val_batches(sp.batch_size)
         lr = sp.lr * sp.lr_scale
-        cls_scale = getattr(sp, "classifier_lr_scale", 1.0)
+        self.adversary = SpeakerAdversary.from_params(sp, model, d, grl=self.preset.grl)
+        cls_scale = self.adversary.classifier_lr_scale if self.adversary else 1.0
         groups = []
         for is_cls in (False, True):
             ps = [p for n, p in model.named_parameters()
@@ -173,17 +175,6 @@ class _Trainer:
         self.opt = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98), eps=1e-8)
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, lambda s: lr_factor(s, sp.warmup_steps, sp.steps, sp.min_lr_ratio))
-        # extra classifier-only updates (stage2.classifier_steps): its own optimizer, constant lr
-        self.cls_opt = None
-        if self.preset.grl and getattr(sp, "classifier_steps", 0) > 0:
-            self.cls_opt = torch.optim.AdamW(model.speaker_classifier.parameters(), lr=lr * cls_scale,
-                                             betas=(0.9, 0.98), eps=1e-8, weight_decay=sp.weight_decay)
-        self.band = None
-        if self.preset.grl:
-            lo, hi = sp.speaker_acc_band
-            self.band = SpeakerAccBand(lo, hi, sp.band_patience, sp.band_control, sp.grl_lambda,
-                                       sp.speaker_loss_weight, sp.grl_lambda_max, sp.speaker_loss_weight_max,
-                                       sp.band_factor)
         self.peft = params.caption_vectors.peft
         self.out = Path(sp.out_dir)
         self.ckroot = self.out / "checkpoints"
@@ -219,21 +210,18 @@ class _Trainer:
 
     def trainer_state(self) -> dict:
         return _plain(dict(step=self.step, fingerprint=self.fingerprint, optimizer=self.opt.state_dict(),
-                    cls_optimizer=self.cls_opt.state_dict() if self.cls_opt else {},
                     scheduler=self.sched.state_dict(), sampler=self.data.sampler.state_dict(), rng=ck.rng_state(),
-                    band=self.band.state_dict() if self.band else {}, history=list(self.history),
+                    adversary=self.adversary.state_dict() if self.adversary else {}, history=list(self.history),
                     window=list(self.window), best=dict(self.best), initial=dict(self.initial),
                     band_log=list(self.band_log), samples_seen=self.samples_seen, train_time=self.train_time))
 
     def load_trainer_state(self, st: dict) -> None:
         self.step = int(st["step"])
         self.opt.load_state_dict(st["optimizer"])
-        if self.cls_opt:
-            self.cls_opt.load_state_dict(st["cls_optimizer"])
         self.sched.load_state_dict(st["scheduler"])
         self.data.sampler.load_state_dict(st["sampler"])
-        if self.band:
-            self.band.load_state_dict(st["band"])
+        if self.adversary:
+            self.adversary.load_state_dict(st["adversary"])
         self.history = list(st["history"])
         self.window.extend(st["window"])
         self.best, self.initial = dict(st["best"]), dict(st["initial"])
@@ -270,39 +258,33 @@ class _Trainer:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return nullcontext()
 
-    def grl_lambda(self) -> float | None:
-        if not self.band:
-            return None
-        lam = self.band.grl_lambda
-        return dann_lambda(lam, self.step / self.sp.steps) if self.sp.grl_warmup else lam
-
-    def loss_of(self, out: dict, lam: float | None) -> torch.Tensor:
+    def loss_of(self, out: dict) -> torch.Tensor:
         loss = out["mel_loss"] + self.peft.kl_weight * out["kl"] + self.peft.orthogonality_weight * out["ortho"]
-        if lam is not None:
-            loss = loss + self.band.speaker_loss_weight * out["speaker_loss"]
+        if self.adversary:
+            loss = loss + self.adversary.speaker_term(out)
         return loss
 
     def train_step(self) -> dict[str, float]:
-        sp, lam = self.sp, self.grl_lambda()
+        sp, adv = self.sp, self.adversary
+        forward_args = adv.forward_args(self.step) if adv else {}
         set_train_mode(self.model, self.preset)
         t0 = time.perf_counter()
         sums = np.zeros(8)  # mel_loss, mel_correct, mel_count, spk_loss, spk_correct, spk_count, nonfinite, n
-        emo_vecs = []  # (emotion vectors, speaker labels) of this step, for the extra classifier updates
         for micro in range(sp.grad_accum):
             batch = to_device(self.data.next_batch(), self.d.device)
             sync = self.d.enabled and micro < sp.grad_accum - 1
             with (self.ddp_model.no_sync() if sync else nullcontext()), self.autocast():
-                out = self.ddp_model(batch, grl_lambda=lam)
-                loss = self.loss_of(out, lam)
+                out = self.ddp_model(batch, **forward_args)
+                loss = self.loss_of(out)
             finite = bool(torch.isfinite(loss))
             if finite:
                 (loss / sp.grad_accum).backward()
-            if self.cls_opt is not None:
-                emo_vecs.append((out["emo_vec"].detach().float(), batch["speaker"]))
+            if adv:
+                adv.remember(out, batch)
             sums += [out["mel_loss"].item(), out["mel_correct"].item(), out["mel_count"].item(),
-                     out["speaker_loss"].item() if lam is not None else 0.0,
-                     out["speaker_correct"].item() if lam is not None else 0.0,
-                     out["speaker_count"].item() if lam is not None else 0.0, 0.0 if finite else 1.0,
+                     out["speaker_loss"].item() if adv else 0.0,
+                     out["speaker_correct"].item() if adv else 0.0,
+                     out["speaker_count"].item() if adv else 0.0, 0.0 if finite else 1.0,
                      batch["codes"].shape[0]]
         sums = np.array(ddp.all_reduce_sum(sums.tolist(), self.d))
         if sums[6] > 0:
@@ -315,7 +297,8 @@ class _Trainer:
         self.opt.step()
         self.sched.step()
         self.opt.zero_grad(set_to_none=True)
-        self.classifier_updates(emo_vecs)
+        if adv:
+            adv.classifier_updates()
         self.step += 1
         dt = time.perf_counter() - t0
         self.train_time += dt
@@ -323,29 +306,9 @@ class _Trainer:
         n_micro = sp.grad_accum * self.d.world
         rec = dict(mel_loss=sums[0] / n_micro, mel_top1=sums[1] / max(sums[2], 1), samples_per_s=sums[7] / dt,
                    lr=self.sched.get_last_lr()[0])
-        if lam is not None:
-            rec.update(speaker_loss=sums[3] / n_micro, speaker_acc=sums[4] / max(sums[5], 1), grl_lambda=lam,
-                       speaker_loss_weight=self.band.speaker_loss_weight)
+        if adv:
+            rec.update(speaker_loss=sums[3] / n_micro, speaker_acc=sums[4] / max(sums[5], 1), **adv.last_used)
         return rec
-
-    def classifier_updates(self, emo_vecs: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        """`classifier_steps` updates of the speaker classifier alone on this step's detached emotion
-        vectors, so it keeps up with the emotion encoder and the GRL pushes against a real adversary."""
-        if self.cls_opt is None or not emo_vecs:
-            return
-        import torch.nn.functional as F
-
-        clf = self.model.speaker_classifier
-        clf.train()
-        params = [p for p in clf.parameters() if p.requires_grad]
-        for _ in range(self.sp.classifier_steps):  # every rank runs every update (DDP: same collectives)
-            self.cls_opt.zero_grad(set_to_none=True)
-            loss = sum(F.cross_entropy(logits, y, ignore_index=-100, reduction="sum") / (y != -100).sum().clamp(min=1)
-                       for logits, y in ((clf(e), y) for e, y in emo_vecs))
-            (loss / len(emo_vecs)).backward()
-            ddp.average_gradients(params, self.d)
-            self.cls_opt.step()
-        self.cls_opt.zero_grad(set_to_none=True)
 
     def _nonfinite_msg(self, value: float, what: str = "loss") -> str:
         keep = (f"the last good checkpoint is kept: {_rel(self.last_good, self.base)}" if self.last_good
@@ -354,7 +317,7 @@ class _Trainer:
                 f"{self.stage}.lr or raise {self.stage}.warmup_steps (a changed config starts fresh)")
 
     def evaluate(self) -> dict[str, float]:
-        return validate(self.model, self.val, self.d.device, speaker=self.band is not None, autocast=self.autocast)
+        return validate(self.model, self.val, self.d.device, speaker=self.adversary is not None, autocast=self.autocast)
 
     def window_mean(self, key: str) -> float | None:
         vals = [r[key] for r in self.window if key in r]
@@ -368,10 +331,10 @@ class _Trainer:
 
     def on_eval(self, ev: dict) -> dict:
         row = dict(ev)
-        if self.band:
+        if self.adversary:
             acc = ev.get("val_speaker_acc", self.window_mean("speaker_acc"))
             if acc is not None:
-                dec = self.band.update(acc)
+                dec = self.adversary.check_band(self.step, acc, last=self.step == self.sp.steps)
                 row["band_status"] = dec.status
                 if dec.warning and self.d.is_main:
                     log.warning("%s step %d: %s", self.stage, self.step, dec.warning)
@@ -438,15 +401,14 @@ class _Trainer:
                  best_step=self.best["step"], best_val_mel_loss=self.best["val_mel_loss"],
                  world_size=self.d.world, codec=self.cfg.codec, caption_encoder=self.cfg.caption_encoder,
                  resumed_from_step=self.resumed_from)
-        if self.band:
+        if self.adversary:
             lo, hi = self.sp.speaker_acc_band
             acc = self.window_mean("speaker_acc")
             val_acc = last_eval.get("val_speaker_acc")
             m.update(speaker_loss=self.window_mean("speaker_loss"), speaker_acc=acc,
-                     grl_lambda=self.grl_lambda(), speaker_loss_weight=self.band.speaker_loss_weight,
                      val_speaker_acc=val_acc,
                      speaker_acc_band=band_status(val_acc if val_acc is not None else acc, lo, hi),
-                     band_warnings=len(self.band_log), band_changes=self.band.n_changes)
+                     band_warnings=len(self.band_log), **self.adversary.metrics())
         m = {k: float(v) if isinstance(v, (float, np.floating)) else v for k, v in m.items()}
         return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in m.items()}
 
@@ -464,6 +426,7 @@ class _Trainer:
         info = dict(stage=self.stage, fingerprint=self.fingerprint, frozen=list(self.preset.frozen),
                     grl=self.preset.grl, best_checkpoint=f"checkpoints/step-{self.best['step']:06d}"
                     if self.best["step"] > 0 else None, band_log=self.band_log,
+                    grl_log=self.adversary.changes if self.adversary else [],
                     note=_provenance(self.cfg))
         write_json(self.out / "training.json", info)
         write_json(sp.metrics, metrics)
@@ -471,7 +434,7 @@ class _Trainer:
         write_tsv(self.history, plots / "train.tsv")
         title = f"{self.stage} ({_provenance(self.cfg)})"
         plot_losses(self.history, plots / "losses.png", title)
-        if self.band:
+        if self.adversary:
             plot_speaker_acc(self.history, tuple(sp.speaker_acc_band), plots / "speaker_acc.png", title)
         if self.tracker is not None:
             self.tracker.set_tags({"codec": self.cfg.codec, "caption_encoder": self.cfg.caption_encoder})
@@ -488,12 +451,11 @@ def validate(model, batches: list[dict], device: str, speaker: bool, autocast=nu
     if not batches:
         return {}
     model.eval()
-    lam = 0.0 if speaker else None
     tot = np.zeros(6)  # mel_loss*count, mel_correct, mel_count, spk_correct, spk_count, spk_loss*count
     for batch in batches:
         batch = to_device(batch, device)
         with autocast():
-            out = model(batch, grl_lambda=lam)
+            out = model(batch, speaker_head=speaker)
         n = float(out["mel_count"])
         tot += [out["mel_loss"].item() * n, out["mel_correct"].item(), n,
                 out["speaker_correct"].item() if speaker else 0.0,
