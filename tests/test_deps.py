@@ -8,7 +8,7 @@ from pathlib import Path
 import yaml
 
 from conftest import REPO
-from tristage.closure import check_dvc_deps, code_digest, import_closure, uncovered
+from tristage.closure import check_dvc_deps, code_digest, import_closure, rewrite_dvc_deps, uncovered
 
 
 def _stages() -> dict:
@@ -42,12 +42,19 @@ def test_check_fails_naming_stage_and_path_when_a_dep_is_removed(tmp_path):
     for stage, dep in (("stage1", "src/tristage/model"), ("evaluate", "src/tristage/evaluation"),
                        ("stage2", "src/tristage/captions/peft.py")):
         doc["stages"][stage]["deps"].remove(dep)
-    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))  # another layout: still read
     missing = check_dvc_deps(tmp_path)
     assert set(missing) == {"stage1", "evaluate", "stage2"}
     assert "src/tristage/model/decoder.py" in missing["stage1"]
     assert "src/tristage/evaluation/run.py" in missing["evaluate"]
     assert missing["stage2"] == ["src/tristage/captions/peft.py"]
+    # `python -m tristage.closure --write` puts them back and leaves the rest of the file alone
+    assert sorted(rewrite_dvc_deps(tmp_path)) == ["evaluate", "stage1", "stage2"]
+    assert check_dvc_deps(tmp_path) == {}
+    fixed = yaml.safe_load((tmp_path / "dvc.yaml").read_text())
+    assert {k: v for k, v in fixed["stages"]["stage1"].items() if k != "deps"} == \
+        {k: v for k, v in _stages()["stage1"].items() if k != "deps"}
+    assert fixed["stages"]["stage1"]["deps"][0] == "steps/stage1.py" and "data/features" in fixed["stages"]["stage1"]["deps"]
 
 
 def test_a_new_import_is_a_new_dep(tmp_path):

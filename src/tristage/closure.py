@@ -148,11 +148,50 @@ def check_dvc_deps(repo: Path) -> dict[str, list[str]]:
     return out
 
 
-if __name__ == "__main__":  # python -m tristage.closure [REPO]: the deps each stage misses, and a full list
+def rewrite_dvc_deps(repo: Path) -> list[str]:
+    """Rewrite, in place, the src/ deps of each stage of `repo`/dvc.yaml that has a steps/<stage>.py:
+    the step file first, then the folders / files covering its closure, then its other deps (data, models,
+    metrics) unchanged. Everything else in the file stays as it is (text edit). Returns the stages changed."""
+    import yaml
+
+    path = repo / "dvc.yaml"
+    lines = path.read_text().split("\n")
+    stages = (yaml.safe_load("\n".join(lines)) or {}).get("stages", {})
+    out, changed, stage, i = [], [], None, 0
+    while i < len(lines):
+        line = lines[i]
+        name = line.strip()[:-1]
+        if line.startswith("  ") and not line.startswith("   ") and line.endswith(":") and name in stages:
+            stage = name
+        if stage and line.strip() == "deps:" and (repo / "steps" / f"{stage}.py").is_file():
+            out.append(line)
+            i += 1
+            old, indent = [], " " * (len(line) - len(line.lstrip()) + 2)
+            while i < len(lines) and lines[i].lstrip().startswith("- ") and \
+                    len(lines[i]) - len(lines[i].lstrip()) >= len(line) - len(line.lstrip()):
+                indent = lines[i][:len(lines[i]) - len(lines[i].lstrip())]
+                old.append(lines[i].lstrip()[2:])
+                i += 1
+            step = f"steps/{stage}.py"
+            src = covering_deps(import_closure([repo / step], repo / "src"), repo)
+            new = [step, *src, *(d for d in old if not d.startswith("src/") and d != step)]
+            out += [f"{indent}- {d}" for d in new]
+            if new != old:
+                changed.append(stage)
+            stage = None
+            continue
+        out.append(line)
+        i += 1
+    path.write_text("\n".join(out))
+    return changed
+
+
+if __name__ == "__main__":  # python -m tristage.closure [--write] [REPO]: what each stage's deps miss
     import sys
 
-    repo = Path(sys.argv[1] if len(sys.argv) > 1 else ".").resolve()
+    args = sys.argv[1:]
+    repo = Path(next((a for a in args if a != "--write"), ".")).resolve()
+    if "--write" in args:
+        print("deps rewritten:", ", ".join(rewrite_dvc_deps(repo)) or "none")
     for stage, missing in check_dvc_deps(repo).items():
-        full = covering_deps(import_closure([repo / "steps" / f"{stage}.py"], repo / "src"), repo)
-        print(f"{stage}: missing {', '.join(missing)}\n  src deps that cover its closure:\n" +
-              "\n".join(f"      - {d}" for d in full))
+        print(f"{stage}: missing {', '.join(missing)} (python -m tristage.closure --write rewrites the deps)")
