@@ -14,7 +14,8 @@ from tristage.training.adversary import SpeakerAdversary
 from tristage.training.band import SpeakerAccBand, band_status, dann_lambda
 from tristage.training.data import BucketSampler, TrainData
 from tristage.training.fakes import default_fake_sources, fake_sources, write_tiny_params
-from tristage.training.trainer import _Trainer, lr_factor, train_stage
+from tristage.training.optim import lr_factor
+from tristage.training.trainer import _Trainer, train_stage
 
 
 def _band(control="warn", patience=2):
@@ -157,7 +158,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypa
 
     def poisoned(self, out):
         loss = real(self, out)
-        return loss * float("nan") if self.step >= 5 else loss
+        return loss * float("nan") if self.state.step >= 5 else loss
 
     monkeypatch.setattr(_Trainer, "loss_of", poisoned)
     with pytest.raises(UserError) as e:

@@ -67,13 +67,13 @@ def _center_crop(mel: torch.Tensor, n: int) -> torch.Tensor:
 @torch.no_grad()
 def emotion_vectors(model, data, indices: list[int], max_frames: int, device: str, batch: int = 32) -> np.ndarray:
     """The emotion vector of each utterance from its own mel (center crop) -> (N, d_model)."""
-    from tristage.training.data import _pad_mels
+    from tristage.training.data import pad_mels
 
     model.eval()
     out = []
     for i in range(0, len(indices), batch):
         mels = [_center_crop(data.features(j)[0], max_frames) for j in indices[i:i + batch]]
-        mel, mask = _pad_mels(mels)
+        mel, mask = pad_mels(mels)
         out.append(model.emotion_vector(mel.to(device), mask.to(device)).float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, model.cfg.d_model), np.float32)
 
@@ -145,7 +145,7 @@ def run_evaluate(params, tracker=None, sources=None, vocoder: tuple[Vocoder, dic
     from tristage.fsio import write_json
     from tristage.model.tts import load_model
     from tristage.training.data import TrainData, load_sources
-    from tristage.training.trainer import validate
+    from tristage.training.validation import validate
 
     from tristage.evaluation.plots import write_plots
 

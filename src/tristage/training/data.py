@@ -277,8 +277,8 @@ class TrainData:
             codes[b, :, :e.n_frames] = c[:, :e.n_frames].long()
             spk.append(self._crop(self.features(self._ref(i, self.sp.speaker_ref, val, rng))[0], rng))
             emo.append(self._crop(self.features(self._ref(i, self.sp.emotion_ref, val, rng))[0], rng))
-        spk_mel, spk_mask = _pad_mels(spk)
-        emo_mel, emo_mask = _pad_mels(emo)
+        spk_mel, spk_mask = pad_mels(spk)
+        emo_mel, emo_mask = pad_mels(emo)
         return dict(text=text, text_mask=text != 256, codes=codes,
                     code_lengths=torch.tensor([e.n_frames for e in exs]), caption_ids=caption,
                     caption_mask=caption_mask, spk_mel=spk_mel, spk_mask=spk_mask, emo_mel=emo_mel,
@@ -295,7 +295,8 @@ class TrainData:
                 for i in range(0, len(order), batch_size)]
 
 
-def _pad_mels(mels: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_mels(mels: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mels of different lengths [(T_i, n_mels)] -> zero-padded (B, T, n_mels) float32 and mask (B, T)."""
     T = max(m.shape[0] for m in mels)
     out = torch.zeros((len(mels), T, mels[0].shape[1]), dtype=torch.float32)
     mask = torch.zeros((len(mels), T), dtype=torch.bool)

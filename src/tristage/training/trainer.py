@@ -6,14 +6,15 @@ Reads its inputs from `params.<stage>`; writes `models/<stage>/` (model.safetens
 config.json, trainer_state.pt, checkpoints/step-XXXXXX/), `metrics/<stage>.json` and
 `plots/<stage>/` (train.tsv, losses.png, speaker_acc.png). Resumes exactly from the newest
 valid checkpoint written with the same config (fingerprint), else starts fresh.
+
+The rooms: `build.py` (architecture and initial weights), `optim.py` (optimizer, schedule),
+`adversary.py` (the GRL: lambda, speaker loss weight, band, classifier updates),
+`state.py` (loop state), `validation.py`, `fingerprint.py` + `checkpoint.py` (resume),
+`outputs.py` (metrics and files). This module is the loop that ties them together.
 """
 from __future__ import annotations
 
-import collections
-import hashlib
-import json
 import logging
-import math
 import os
 import random
 import sys
@@ -26,45 +27,24 @@ import numpy as np
 import torch
 
 from tristage.errors import UserError
-from tristage.fsio import atomic_path, write_json, write_text
-from tristage.model.config import TTSConfig
 from tristage.model.tts import build_model
 from tristage.training import checkpoint as ck
 from tristage.training import ddp
 from tristage.training.adversary import SpeakerAdversary
-from tristage.training.band import band_status
+from tristage.training.build import check_init, load_init_weights, rel, resolve_config
 from tristage.training.data import Sources, TrainData, load_sources, to_device
-from tristage.training.plots import plot_losses, plot_speaker_acc, write_tsv
+from tristage.training.fingerprint import data_fingerprint, run_fingerprint
+from tristage.training.optim import build_optimizer
+from tristage.training.outputs import final_metrics, provenance, write_model, write_reports
 from tristage.training.presets import PRESETS, apply_preset, set_train_mode
+from tristage.training.state import StepSums, TrainState, plain
+from tristage.training.validation import validate
 
 log = logging.getLogger("tristage.training")
-
-# Params that don't change the trained weights (a resume is allowed across them).
-COSMETIC = {"out_dir", "metrics", "plots_dir", "log_every", "keep_last", "checkpoint_every", "device",
-            "prepared", "features", "caption_vectors", "speaker_mapping", "init_from"}
 
 
 class NonFiniteLoss(UserError):
     pass
-
-
-def _rel(p: Path, base: Path | None) -> str:
-    try:
-        return str(Path(p).resolve().relative_to(Path(base).resolve())) if base else str(p)
-    except ValueError:
-        return str(p)
-
-
-def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
-    """Linear warm-up to 1, then cosine down to min_ratio (step counts from 0)."""
-    if warmup and step < warmup:
-        return (step + 1) / warmup
-    p = (step - warmup) / max(1, total - warmup)
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(p, 1.0)))
-
-
-def _file_sha(path: Path) -> str:
-    return ck.sha256(path) if path.is_file() else ""
 
 
 def _seed_all(seed: int) -> None:
@@ -73,52 +53,14 @@ def _seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def resolve_config(stage: str, params, sp, src: Sources) -> tuple[TTSConfig, Path | None]:
-    """The architecture: from stage1.model for stage1; from the previous stage's config.json after."""
-    preset = PRESETS[stage]
-    if not preset.needs_init:
-        sizes = params.stage1.model.resolved()
-        cfg = TTSConfig(n_codebooks=src.n_codebooks, codebook_size=src.codebook_size, n_mels=src.n_mels,
-                        caption_dim=int(src.table.dim), n_speakers=max(len(src.mapping), 1),
-                        preset=params.stage1.model.preset, **sizes)
-        init = None
-    else:
-        init = Path(sp.init_from)
-        cfg = TTSConfig.from_dict(json.loads((init / "config.json").read_text()))
-        for k, v in (("n_codebooks", src.n_codebooks), ("codebook_size", src.codebook_size), ("n_mels", src.n_mels),
-                     ("caption_dim", int(src.table.dim))):
-            if getattr(cfg, k) != v:
-                raise UserError(f"{init / 'config.json'}: {k}={getattr(cfg, k)} but the data has {v}; "
-                                f"rerun {preset.previous} on the current features (dvc repro {preset.previous})")
-        if len(src.mapping) > cfg.n_speakers:
-            raise UserError(f"{sp.speaker_mapping}: {len(src.mapping)} speakers but the {preset.previous} model "
-                            f"has a {cfg.n_speakers}-way speaker classifier; rerun {preset.previous}")
-    cfg.caption_module, cfg.caption_table = src.caption_module, src.caption_table
-    cfg.caption_vectors, cfg.peft = src.caption_vectors, dict(src.peft)
-    cfg.codec, cfg.caption_encoder = src.codec, src.caption_encoder
-    return cfg, init
-
-
-def check_init(stage: str, sp, base: Path | None) -> None:
-    preset = PRESETS[stage]
-    if not preset.needs_init:
-        return
-    if sp.init_from is None:
-        raise UserError(f"{stage}.init_from: required (the {preset.previous} output folder, e.g. models/{preset.previous})")
-    for name in ("model.safetensors", "config.json"):
-        p = Path(sp.init_from) / name
-        if not p.is_file():
-            raise UserError(f"{_rel(p, base)} not found: run {preset.previous} first (dvc repro {preset.previous})")
-
-
 def train_stage(stage: str, params, tracker=None, sources: Sources | None = None) -> dict[str, Any]:
-    sp = params.stage(stage)
-    check_init(stage, sp, params.base_dir)
-    d = ddp.init(sp.device)
+    stage_params = params.stage(stage)
+    check_init(stage, stage_params, params.base_dir)
+    dist = ddp.init(stage_params.device)
     try:
-        return _Trainer(stage, params, sp, d, tracker, sources).run()
+        return _Trainer(stage, params, stage_params, dist, tracker, sources).run()
     finally:
-        ddp.shutdown(d)
+        ddp.shutdown(dist)
 
 
 class _Trainer:
@@ -136,21 +78,13 @@ class _Trainer:
         self.cfg, init = resolve_config(stage, params, sp, self.src)
         _seed_all(sp.seed)
         model = build_model(self.cfg, self.src.table)
-        self.init_sha = ""
-        if init is not None:
-            from safetensors.torch import load_file
-
-            wpath = init / "model.safetensors"
-            self.init_sha = _file_sha(wpath)
-            missing, unexpected = model.load_state_dict(load_file(str(wpath)), strict=False)
-            if missing or unexpected:
-                raise UserError(f"{wpath}: weights don't match its config.json (missing {missing[:3]}, "
-                                f"unexpected {unexpected[:3]}); rerun {self.preset.previous}")
+        init_sha = load_init_weights(model, init, self.preset.previous)
         self.counts = apply_preset(model, self.preset)
         if d.is_main:
-            c = self.counts
-            log.info("%s: trainable %s / %s parameters (%.1f%%); frozen: %s", stage, f"{c['trainable_params']:,}",
-                     f"{c['total_params']:,}", 100 * c["trainable_fraction"], ", ".join(self.preset.frozen))
+            counts = self.counts
+            log.info("%s: trainable %s / %s parameters (%.1f%%); frozen: %s", stage,
+                     f"{counts['trainable_params']:,}", f"{counts['total_params']:,}",
+                     100 * counts["trainable_fraction"], ", ".join(self.preset.frozen))
         self.model = model.to(d.device)
         self.ddp_model = self.model
         if d.enabled:
@@ -160,80 +94,36 @@ class _Trainer:
                                  find_unused_parameters=False)
         self.data = TrainData(self.src, sp, self.cfg.max_text_len, self.cfg.max_frames, d.rank, d.world)
         self.val = self.data.val_batches(sp.batch_size)
-        lr = sp.lr * sp.lr_scale
         self.adversary = SpeakerAdversary.from_params(sp, model, d, grl=self.preset.grl)
-        cls_scale = self.adversary.classifier_lr_scale if self.adversary else 1.0
-        groups = []
-        for is_cls in (False, True):
-            ps = [p for n, p in model.named_parameters()
-                  if p.requires_grad and n.startswith("speaker_classifier.") == is_cls]
-            for decay in (True, False):
-                sel = [p for p in ps if (p.dim() >= 2) == decay]
-                if sel:
-                    groups.append(dict(params=sel, weight_decay=sp.weight_decay if decay else 0.0,
-                                       lr=lr * (cls_scale if is_cls else 1.0)))
-        self.opt = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98), eps=1e-8)
-        self.sched = torch.optim.lr_scheduler.LambdaLR(
-            self.opt, lambda s: lr_factor(s, sp.warmup_steps, sp.steps, sp.min_lr_ratio))
+        self.opt, self.sched = build_optimizer(
+            model, sp, self.adversary.classifier_lr_scale if self.adversary else 1.0)
         self.peft = params.caption_vectors.peft
         self.out = Path(sp.out_dir)
         self.ckroot = self.out / "checkpoints"
-        self.fingerprint = self._fingerprint()
-        self.step = 0
-        self.history: list[dict] = []
-        self.window: collections.deque = collections.deque(maxlen=sp.window)
-        self.best = dict(step=-1, val_mel_loss=float("inf"))
-        self.initial: dict[str, float] = {}
-        self.band_log: list[dict] = []
-        self.resumed_from = None
-        self.samples_seen = 0
-        self.train_time = 0.0
-        self.last_good: Path | None = None
+        self.fingerprint = run_fingerprint(stage, sp, self.cfg, init_sha, self.peft, d.world,
+                                           data_fingerprint(self.src, self.data.examples))
+        self.state = TrainState(window_size=sp.window)
 
-    # ---------------------------------------------------------------------------------
-    def _fingerprint(self) -> str:
-        sec = {k: v for k, v in self.sp.model_dump(mode="json").items() if k not in COSMETIC}
-        blob = json.dumps(dict(stage=self.stage, params=sec, cfg=self.cfg.to_dict(), init=self.init_sha,
-                               peft=self.peft.model_dump(mode="json"), world=self.d.world,
-                               data=self._data_fingerprint()), sort_keys=True, default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-    def _data_fingerprint(self) -> str:
-        """Changes when the upstream data does (so a persisted checkpoint isn't resumed on new data)."""
-        h = hashlib.sha256()
-        idx = self.src.store.index
-        h.update(json.dumps(self.src.store.meta, sort_keys=True, default=str).encode())
-        h.update("|".join(f"{i}:{n}" for i, n in zip(idx["id"].astype(str), idx["n_frames"])).encode())
-        h.update(json.dumps(self.src.mapping, sort_keys=True).encode())
-        h.update("|".join(f"{e.id}:{e.speaker}:{len(e.text)}:{len(e.caption)}" for e in self.data.examples).encode())
-        return h.hexdigest()[:16]
-
+    # --- checkpoints and resume ---------------------------------------------------------
     def trainer_state(self) -> dict:
-        return _plain(dict(step=self.step, fingerprint=self.fingerprint, optimizer=self.opt.state_dict(),
-                    scheduler=self.sched.state_dict(), sampler=self.data.sampler.state_dict(), rng=ck.rng_state(),
-                    adversary=self.adversary.state_dict() if self.adversary else {}, history=list(self.history),
-                    window=list(self.window), best=dict(self.best), initial=dict(self.initial),
-                    band_log=list(self.band_log), samples_seen=self.samples_seen, train_time=self.train_time))
+        return plain(dict(**self.state.to_dict(), fingerprint=self.fingerprint, optimizer=self.opt.state_dict(),
+                          scheduler=self.sched.state_dict(), sampler=self.data.sampler.state_dict(),
+                          rng=ck.rng_state(), adversary=self.adversary.state_dict() if self.adversary else {}))
 
-    def load_trainer_state(self, st: dict) -> None:
-        self.step = int(st["step"])
-        self.opt.load_state_dict(st["optimizer"])
-        self.sched.load_state_dict(st["scheduler"])
-        self.data.sampler.load_state_dict(st["sampler"])
+    def load_trainer_state(self, saved: dict) -> None:
+        self.state.load(saved)
+        self.opt.load_state_dict(saved["optimizer"])
+        self.sched.load_state_dict(saved["scheduler"])
+        self.data.sampler.load_state_dict(saved["sampler"])
         if self.adversary:
-            self.adversary.load_state_dict(st["adversary"])
-        self.history = list(st["history"])
-        self.window.extend(st["window"])
-        self.best, self.initial = dict(st["best"]), dict(st["initial"])
-        self.band_log = list(st["band_log"])
-        self.samples_seen, self.train_time = int(st["samples_seen"]), float(st["train_time"])
-        ck.set_rng_state(st["rng"])
+            self.adversary.load_state_dict(saved["adversary"])
+        ck.set_rng_state(saved["rng"])
 
     def maybe_resume(self) -> None:
         folder, notes = ck.find_resumable(self.ckroot, self.fingerprint)
         if self.d.is_main:
-            for n in notes:
-                log.warning("%s: %s", self.stage, n)
+            for note in notes:
+                log.warning("%s: %s", self.stage, note)
         if folder is None:
             if ck.list_checkpoints(self.ckroot):
                 if self.d.is_main:
@@ -242,17 +132,32 @@ class _Trainer:
                     ck.clear(self.ckroot)
             ddp.barrier(self.d)
             return
-        model_state, st = ck.load_checkpoint(folder)
+        model_state, saved = ck.load_checkpoint(folder)
+        if self.adversary and "adversary" not in saved:  # written before the GRL had one owner
+            if self.d.is_main:
+                log.info("%s: %s was written by an older trainer; starting fresh", self.stage,
+                         rel(folder, self.base))
+                ck.clear(self.ckroot)
+            ddp.barrier(self.d)
+            return
         self.model.load_state_dict(model_state, strict=False)
-        self.load_trainer_state(st)
-        self.resumed_from = self.step
-        self.last_good = folder
+        self.load_trainer_state(saved)
+        self.state.resumed_from = self.state.step
+        self.state.last_good = folder
         if self.d.is_main:
-            log.info("%s: resuming from %s (step %d of %d)", self.stage, _rel(folder, self.base), self.step,
+            log.info("%s: resuming from %s (step %d of %d)", self.stage, rel(folder, self.base), self.state.step,
                      self.sp.steps)
         ddp.barrier(self.d)
 
-    # ---------------------------------------------------------------------------------
+    def save_checkpoint(self) -> None:
+        if self.d.is_main:
+            folder = ck.save_checkpoint(self.ckroot, self.state.step, self.model.state_dict(), self.trainer_state(),
+                                        self.fingerprint)
+            ck.prune(self.ckroot, self.sp.keep_last, {self.state.best["step"]})
+            self.state.last_good = folder
+        ddp.barrier(self.d)
+
+    # --- one step -----------------------------------------------------------------------
     def autocast(self):
         if self.d.device.startswith("cuda") and self.sp.amp:
             return torch.autocast("cuda", dtype=torch.bfloat16)
@@ -266,10 +171,10 @@ class _Trainer:
 
     def train_step(self) -> dict[str, float]:
         sp, adv = self.sp, self.adversary
-        forward_args = adv.forward_args(self.step) if adv else {}
+        forward_args = adv.forward_args(self.state.step) if adv else {}
         set_train_mode(self.model, self.preset)
         t0 = time.perf_counter()
-        sums = np.zeros(8)  # mel_loss, mel_correct, mel_count, spk_loss, spk_correct, spk_count, nonfinite, n
+        sums = StepSums()
         for micro in range(sp.grad_accum):
             batch = to_device(self.data.next_batch(), self.d.device)
             sync = self.d.enabled and micro < sp.grad_accum - 1
@@ -281,15 +186,11 @@ class _Trainer:
                 (loss / sp.grad_accum).backward()
             if adv:
                 adv.remember(out, batch)
-            sums += [out["mel_loss"].item(), out["mel_correct"].item(), out["mel_count"].item(),
-                     out["speaker_loss"].item() if adv else 0.0,
-                     out["speaker_correct"].item() if adv else 0.0,
-                     out["speaker_count"].item() if adv else 0.0, 0.0 if finite else 1.0,
-                     batch["codes"].shape[0]]
-        sums = np.array(ddp.all_reduce_sum(sums.tolist(), self.d))
-        if sums[6] > 0:
+            sums.add(out, batch["codes"].shape[0], finite, speaker=adv is not None)
+        sums = sums.all_reduce(self.d)
+        if sums.nonfinite > 0:
             self.opt.zero_grad(set_to_none=True)
-            raise NonFiniteLoss(self._nonfinite_msg(sums[0]))
+            raise NonFiniteLoss(self._nonfinite_msg(sums.mel_loss))
         gnorm = torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], sp.grad_clip)
         if not torch.isfinite(gnorm):
             self.opt.zero_grad(set_to_none=True)
@@ -299,186 +200,104 @@ class _Trainer:
         self.opt.zero_grad(set_to_none=True)
         if adv:
             adv.classifier_updates()
-        self.step += 1
-        dt = time.perf_counter() - t0
-        self.train_time += dt
-        self.samples_seen += int(sums[7])
+        self.state.step += 1
+        elapsed = time.perf_counter() - t0
+        self.state.train_time += elapsed
+        self.state.samples_seen += int(sums.samples)
         n_micro = sp.grad_accum * self.d.world
-        rec = dict(mel_loss=sums[0] / n_micro, mel_top1=sums[1] / max(sums[2], 1), samples_per_s=sums[7] / dt,
-                   lr=self.sched.get_last_lr()[0])
+        rec = dict(mel_loss=sums.mel_loss / n_micro, mel_top1=sums.mel_correct / max(sums.mel_count, 1),
+                   samples_per_s=sums.samples / elapsed, lr=self.sched.get_last_lr()[0])
         if adv:
-            rec.update(speaker_loss=sums[3] / n_micro, speaker_acc=sums[4] / max(sums[5], 1), **adv.last_used)
+            rec.update(speaker_loss=sums.speaker_loss / n_micro,
+                       speaker_acc=sums.speaker_correct / max(sums.speaker_count, 1), **adv.last_used)
         return rec
 
     def _nonfinite_msg(self, value: float, what: str = "loss") -> str:
-        keep = (f"the last good checkpoint is kept: {_rel(self.last_good, self.base)}" if self.last_good
+        last_good = self.state.last_good
+        keep = (f"the last good checkpoint is kept: {rel(last_good, self.base)}" if last_good
                 else "no checkpoint was written yet")
-        return (f"{self.stage}: non-finite {what} ({value}) at step {self.step + 1}; stopped, {keep}. Lower "
+        return (f"{self.stage}: non-finite {what} ({value}) at step {self.state.step + 1}; stopped, {keep}. Lower "
                 f"{self.stage}.lr or raise {self.stage}.warmup_steps (a changed config starts fresh)")
 
+    # --- evaluation and logging -----------------------------------------------------------
     def evaluate(self) -> dict[str, float]:
-        return validate(self.model, self.val, self.d.device, speaker=self.adversary is not None, autocast=self.autocast)
-
-    def window_mean(self, key: str) -> float | None:
-        vals = [r[key] for r in self.window if key in r]
-        return float(np.mean(vals)) if vals else None
+        return validate(self.model, self.val, self.d.device, speaker=self.adversary is not None,
+                        autocast=self.autocast)
 
     def log_row(self, row: dict) -> None:
-        self.history.append(row)
+        self.state.history.append(row)
         if self.d.is_main and self.tracker is not None:
             self.tracker.log_metrics({k: v for k, v in row.items() if k != "step" and isinstance(v, (int, float))},
                                      step=row["step"])
 
     def on_eval(self, ev: dict) -> dict:
-        row = dict(ev)
+        row, state = dict(ev), self.state
         if self.adversary:
-            acc = ev.get("val_speaker_acc", self.window_mean("speaker_acc"))
+            acc = ev.get("val_speaker_acc", state.window_mean("speaker_acc"))
             if acc is not None:
-                dec = self.adversary.check_band(self.step, acc, last=self.step == self.sp.steps)
+                dec = self.adversary.check_band(state.step, acc, last=state.step == self.sp.steps)
                 row["band_status"] = dec.status
                 if dec.warning and self.d.is_main:
-                    log.warning("%s step %d: %s", self.stage, self.step, dec.warning)
+                    log.warning("%s step %d: %s", self.stage, state.step, dec.warning)
                 if dec.warning:
-                    self.band_log.append(dict(step=self.step, status=dec.status, message=dec.warning,
-                                              changes={k: list(v) for k, v in dec.changes.items()}))
-        if "val_mel_loss" in ev and ev["val_mel_loss"] < self.best["val_mel_loss"]:
-            self.best = dict(step=self.step, val_mel_loss=float(ev["val_mel_loss"]))
+                    state.band_log.append(dict(step=state.step, status=dec.status, message=dec.warning,
+                                               changes={k: list(v) for k, v in dec.changes.items()}))
+        if "val_mel_loss" in ev and ev["val_mel_loss"] < state.best["val_mel_loss"]:
+            state.best = dict(step=state.step, val_mel_loss=float(ev["val_mel_loss"]))
         return row
 
-    def save_checkpoint(self) -> None:
-        if self.d.is_main:
-            folder = ck.save_checkpoint(self.ckroot, self.step, self.model.state_dict(), self.trainer_state(),
-                                        self.fingerprint)
-            ck.prune(self.ckroot, self.sp.keep_last, {self.best["step"]})
-            self.last_good = folder
-        ddp.barrier(self.d)
+    def step_row(self, rec: dict) -> dict | None:
+        """The row to log after this step (train window means, evaluation), or None."""
+        sp, step = self.sp, self.state.step
+        last = step == sp.steps
+        row = None
+        if step % sp.log_every == 0 or last:
+            row = dict(step=step, **{k: self.state.window_mean(k) for k in rec})
+            row.update(lr=rec["lr"], **({"grl_lambda": rec["grl_lambda"]} if "grl_lambda" in rec else {}))
+        if step % sp.eval_every == 0 or last:
+            row = dict(row or dict(step=step), **self.on_eval(self.evaluate()))
+        return row
 
-    # ---------------------------------------------------------------------------------
+    # --- the loop -------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         from tqdm import tqdm
 
-        sp = self.sp
+        sp, state = self.sp, self.state
         self.maybe_resume()
-        if self.step == 0 and not self.initial:
+        if self.adversary and self.d.is_main:
+            self.adversary.describe_start(self.stage)
+        if state.step == 0 and not state.initial:
             ev = self.evaluate()
-            self.initial = dict(initial_mel_loss=ev.get("val_mel_loss", float("nan")))
+            state.initial = dict(initial_mel_loss=ev.get("val_mel_loss", float("nan")))
             self.log_row(dict(step=0, **ev))
-        bar = tqdm(total=sp.steps, initial=self.step, desc=self.stage, file=sys.stderr, mininterval=2.0,
+        bar = tqdm(total=sp.steps, initial=state.step, desc=self.stage, file=sys.stderr, mininterval=2.0,
                    disable=not self.d.is_main or os.environ.get("TRISTAGE_NO_PROGRESS") == "1")
-        while self.step < sp.steps:
+        while state.step < sp.steps:
             rec = self.train_step()
-            self.window.append(rec)
-            if "initial_train_mel_loss" not in self.initial:
-                self.initial["initial_train_mel_loss"] = rec["mel_loss"]
+            state.window.append(rec)
+            state.initial.setdefault("initial_train_mel_loss", rec["mel_loss"])
             bar.update(1)
-            last = self.step == sp.steps
-            row = None
-            if self.step % sp.log_every == 0 or last:
-                row = dict(step=self.step, **{k: self.window_mean(k) for k in rec})
-                row.update(lr=rec["lr"], **({"grl_lambda": rec["grl_lambda"]} if "grl_lambda" in rec else {}))
-                bar.set_postfix(mel_loss=f"{row['mel_loss']:.3f}", top1=f"{row['mel_top1']:.3f}")
-            if self.step % sp.eval_every == 0 or last:
-                row = dict(row or dict(step=self.step), **self.on_eval(self.evaluate()))
+            row = self.step_row(rec)
             if row is not None:
+                if "mel_loss" in row:
+                    bar.set_postfix(mel_loss=f"{row['mel_loss']:.3f}", top1=f"{row['mel_top1']:.3f}")
                 self.log_row(row)
-            if self.step % sp.checkpoint_every == 0 or last:
+            if state.step % sp.checkpoint_every == 0 or state.step == sp.steps:
                 self.save_checkpoint()
         bar.close()
-        metrics = self.final_metrics()
+        metrics = final_metrics(state, self.counts, self.d.world, self.cfg, self.adversary,
+                                tuple(sp.speaker_acc_band) if self.adversary else None)
         if self.d.is_main:
             self.write_outputs(metrics)
         ddp.barrier(self.d)
         return metrics
 
-    def final_metrics(self) -> dict[str, Any]:
-        last_eval = next((r for r in reversed(self.history) if "val_mel_loss" in r), {})
-        m: dict[str, Any] = dict(mel_loss=self.window_mean("mel_loss"), mel_top1=self.window_mean("mel_top1"),
-                                 **self.counts)
-        m.update(val_mel_loss=last_eval.get("val_mel_loss"), val_mel_top1=last_eval.get("val_mel_top1"),
-                 initial_mel_loss=self.initial.get("initial_mel_loss"),
-                 initial_train_mel_loss=self.initial.get("initial_train_mel_loss"),
-                 steps=self.step, samples_per_s=self.samples_seen / max(self.train_time, 1e-9),
-                 best_step=self.best["step"], best_val_mel_loss=self.best["val_mel_loss"],
-                 world_size=self.d.world, codec=self.cfg.codec, caption_encoder=self.cfg.caption_encoder,
-                 resumed_from_step=self.resumed_from)
-        if self.adversary:
-            lo, hi = self.sp.speaker_acc_band
-            acc = self.window_mean("speaker_acc")
-            val_acc = last_eval.get("val_speaker_acc")
-            m.update(speaker_loss=self.window_mean("speaker_loss"), speaker_acc=acc,
-                     val_speaker_acc=val_acc,
-                     speaker_acc_band=band_status(val_acc if val_acc is not None else acc, lo, hi),
-                     band_warnings=len(self.band_log), **self.adversary.metrics())
-        m = {k: float(v) if isinstance(v, (float, np.floating)) else v for k, v in m.items()}
-        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in m.items()}
-
     def write_outputs(self, metrics: dict) -> None:
-        sp = self.sp
-        self.out.mkdir(parents=True, exist_ok=True)
-        with atomic_path(self.out / "model.safetensors") as tmp:
-            from safetensors.torch import save_file
-
-            save_file({k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}, str(tmp),
-                      metadata={"stage": self.stage, "fingerprint": self.fingerprint})
-        write_text(self.out / "config.json", self.cfg.to_json() + "\n")
-        with atomic_path(self.out / "trainer_state.pt") as tmp:
-            torch.save(self.trainer_state(), tmp)
+        best = self.state.best["step"]
         info = dict(stage=self.stage, fingerprint=self.fingerprint, frozen=list(self.preset.frozen),
-                    grl=self.preset.grl, best_checkpoint=f"checkpoints/step-{self.best['step']:06d}"
-                    if self.best["step"] > 0 else None, band_log=self.band_log,
-                    grl_log=self.adversary.changes if self.adversary else [],
-                    note=_provenance(self.cfg))
-        write_json(self.out / "training.json", info)
-        write_json(sp.metrics, metrics)
-        plots = Path(sp.plots_dir)
-        write_tsv(self.history, plots / "train.tsv")
-        title = f"{self.stage} ({_provenance(self.cfg)})"
-        plot_losses(self.history, plots / "losses.png", title)
-        if self.adversary:
-            plot_speaker_acc(self.history, tuple(sp.speaker_acc_band), plots / "speaker_acc.png", title)
-        if self.tracker is not None:
-            self.tracker.set_tags({"codec": self.cfg.codec, "caption_encoder": self.cfg.caption_encoder})
-            for p in sorted(plots.glob("*")):
-                self.tracker.log_artifact(p, artifact_path="plots")
-        log.info("%s: mel_loss %.4f (initial %.4f), val_mel_loss %s; %s", self.stage, metrics["mel_loss"],
-                 metrics["initial_train_mel_loss"] or float("nan"), metrics["val_mel_loss"], _provenance(self.cfg))
-
-
-@torch.no_grad()
-def validate(model, batches: list[dict], device: str, speaker: bool, autocast=nullcontext) -> dict[str, float]:
-    """Token-weighted val_mel_loss / val_mel_top1 over fixed batches; with `speaker`, also the speaker
-    classifier's accuracy and loss on the emotion vector (GRL at lambda 0: a plain forward)."""
-    if not batches:
-        return {}
-    model.eval()
-    tot = np.zeros(6)  # mel_loss*count, mel_correct, mel_count, spk_correct, spk_count, spk_loss*count
-    for batch in batches:
-        batch = to_device(batch, device)
-        with autocast():
-            out = model(batch, speaker_head=speaker)
-        n = float(out["mel_count"])
-        tot += [out["mel_loss"].item() * n, out["mel_correct"].item(), n,
-                out["speaker_correct"].item() if speaker else 0.0,
-                out["speaker_count"].item() if speaker else 0.0,
-                out["speaker_loss"].item() * float(out["speaker_count"]) if speaker else 0.0]
-    res = dict(val_mel_loss=tot[0] / max(tot[2], 1), val_mel_top1=tot[1] / max(tot[2], 1))
-    if speaker and tot[4] > 0:
-        res.update(val_speaker_acc=tot[3] / tot[4], val_speaker_loss=tot[5] / tot[4])
-    return res
-
-
-def _plain(x):
-    """numpy scalars -> Python numbers, recursively (torch.load(weights_only=True) rejects numpy)."""
-    if isinstance(x, dict):
-        return {k: _plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return type(x)(_plain(v) for v in x)
-    if isinstance(x, np.floating):
-        return float(x)
-    if isinstance(x, np.integer):
-        return int(x)
-    return x
-
-
-def _provenance(cfg: TTSConfig) -> str:
-    return f"codec: {cfg.codec}; caption encoder: {cfg.caption_encoder}"
+                    grl=self.preset.grl, best_checkpoint=f"checkpoints/step-{best:06d}" if best > 0 else None,
+                    band_log=self.state.band_log, grl_log=self.adversary.changes if self.adversary else [],
+                    note=provenance(self.cfg))
+        write_model(self.out, self.model, self.cfg, self.trainer_state(), self.stage, self.fingerprint, info)
+        write_reports(self.stage, self.sp, self.state.history, metrics, self.cfg, self.adversary is not None,
+                      self.tracker)
