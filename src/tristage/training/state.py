@@ -62,6 +62,8 @@ class StepSums:
     speaker_count: float = 0.0
     nonfinite: float = 0.0  # micro-batches with a non-finite loss
     samples: float = 0.0
+    kl: float = 0.0  # sum of the micro-batch PEFT KL terms (unweighted)
+    ortho: float = 0.0  # sum of the micro-batch PEFT orthogonality terms (unweighted)
 
     def add(self, out: dict, n_samples: int, finite: bool, speaker: bool) -> None:
         self.mel_loss += out["mel_loss"].item()
@@ -72,6 +74,8 @@ class StepSums:
         self.speaker_count += out["speaker_count"].item() if speaker else 0.0
         self.nonfinite += 0.0 if finite else 1.0
         self.samples += n_samples
+        self.kl += float(out["kl"].item())
+        self.ortho += float(out["ortho"].item())
 
     def all_reduce(self, dist: ddp.Dist) -> "StepSums":
         return StepSums(*ddp.all_reduce_sum(dataclasses.astuple(self), dist))

@@ -33,7 +33,7 @@ from tristage.training import ddp
 from tristage.training.adversary import SpeakerAdversary
 from tristage.training.build import check_init, load_init_weights, rel, resolve_config
 from tristage.training.data import Sources, TrainData, load_sources, to_device
-from tristage.training.fingerprint import data_fingerprint, run_fingerprint
+from tristage.training.fingerprint import combine, data_fingerprint, run_fingerprint_parts, why_not_resumable
 from tristage.training.optim import build_optimizer
 from tristage.training.outputs import final_metrics, provenance, write_model, write_reports
 from tristage.training.presets import PRESETS, apply_preset, set_train_mode
@@ -100,8 +100,9 @@ class _Trainer:
         self.peft = params.caption_vectors.peft
         self.out = Path(sp.out_dir)
         self.ckroot = self.out / "checkpoints"
-        self.fingerprint = run_fingerprint(stage, sp, self.cfg, init_sha, self.peft, d.world,
-                                           data_fingerprint(self.src, self.data.examples))
+        self.fingerprint_parts, self.code_files = run_fingerprint_parts(
+            stage, sp, self.cfg, init_sha, self.peft, d.world, data_fingerprint(self.src, self.data.examples))
+        self.fingerprint = combine(self.fingerprint_parts)
         self.state = TrainState(window_size=sp.window)
 
     # --- checkpoints and resume ---------------------------------------------------------
@@ -120,15 +121,26 @@ class _Trainer:
         ck.set_rng_state(saved["rng"])
 
     def maybe_resume(self) -> None:
-        folder, notes = ck.find_resumable(self.ckroot, self.fingerprint)
+        """Resume the newest valid checkpoint of this very run (same code, params, data, world size);
+        else start from step 0 and say why in one line."""
+        stale: list[str] = []  # why the newest checkpoint of another run is not resumed
+
+        def why(manifest: dict) -> str:
+            reason = why_not_resumable(manifest, self.fingerprint_parts, self.code_files)
+            stale.append(reason)
+            return reason
+
+        folder, notes = ck.find_resumable(self.ckroot, self.fingerprint, why=why)
         if self.d.is_main:
             for note in notes:
-                log.warning("%s: %s", self.stage, note)
+                if "is unusable" in note:
+                    log.warning("%s: %s", self.stage, note)
         if folder is None:
-            if ck.list_checkpoints(self.ckroot):
+            newest = ck.list_checkpoints(self.ckroot)
+            if newest:
                 if self.d.is_main:
-                    log.info("%s: no checkpoint matches this config (fingerprint %s); starting fresh",
-                             self.stage, self.fingerprint)
+                    log.info("%s: starting fresh, not resuming %s: %s", self.stage, newest[0][1].name,
+                             stale[0] if stale else "no checkpoint verifies")
                     ck.clear(self.ckroot)
             ddp.barrier(self.d)
             return
@@ -140,7 +152,11 @@ class _Trainer:
                 ck.clear(self.ckroot)
             ddp.barrier(self.d)
             return
-        self.model.load_state_dict(model_state, strict=False)
+        try:
+            self.model.load_state_dict(model_state, strict=True)
+        except RuntimeError as exc:
+            raise UserError(f"{rel(folder, self.base)}: weights don't fit the model ({str(exc).splitlines()[0]}); "
+                            f"delete {rel(self.ckroot, self.base)} to start fresh") from None
         self.load_trainer_state(saved)
         self.state.resumed_from = self.state.step
         self.state.last_good = folder
@@ -152,7 +168,8 @@ class _Trainer:
     def save_checkpoint(self) -> None:
         if self.d.is_main:
             folder = ck.save_checkpoint(self.ckroot, self.state.step, self.model.state_dict(), self.trainer_state(),
-                                        self.fingerprint)
+                                        self.fingerprint, extra=dict(fingerprint_parts=self.fingerprint_parts,
+                                                                     code_files=self.code_files))
             ck.prune(self.ckroot, self.sp.keep_last, {self.state.best["step"]})
             self.state.last_good = folder
         ddp.barrier(self.d)
@@ -206,6 +223,7 @@ class _Trainer:
         self.state.samples_seen += int(sums.samples)
         n_micro = sp.grad_accum * self.d.world
         rec = dict(mel_loss=sums.mel_loss / n_micro, mel_top1=sums.mel_correct / max(sums.mel_count, 1),
+                   kl=sums.kl / n_micro, ortho=sums.ortho / n_micro,  # the PEFT losses, unweighted
                    samples_per_s=sums.samples / elapsed, lr=self.sched.get_last_lr()[0])
         if adv:
             rec.update(speaker_loss=sums.speaker_loss / n_micro,
@@ -287,6 +305,9 @@ class _Trainer:
         bar.close()
         metrics = final_metrics(state, self.counts, self.d.world, self.cfg, self.adversary,
                                 tuple(sp.speaker_acc_band) if self.adversary else None)
+        # the PEFT losses (unweighted, moving window) and the utterances skipped for exceeding max_frames
+        metrics.update(kl=state.window_mean("kl"), ortho=state.window_mean("ortho"),
+                       n_skipped_too_long=self.data.n_skipped_too_long)
         if self.d.is_main:
             self.write_outputs(metrics)
         ddp.barrier(self.d)
