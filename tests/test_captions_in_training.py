@@ -1,12 +1,12 @@
 """Training reads the captions the caption vectors were built from (rebuilt from attribute columns
 where a row has none); evaluate measures each stage's own caption module; targets longer than
 max_frames are skipped and counted, never cut."""
+
 from __future__ import annotations
 
 import logging
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
@@ -31,13 +31,23 @@ def attribute_only(tmp_path_factory):
     man["gender"] = [GENDERS[i % 2] for i in range(len(man))]
     man["pitch"] = [PITCHES[i % 3] for i in range(len(man))]
     man.to_parquet(folder / "manifest.parquet")
-    params = load_params(write_tiny_params(folder, steps=2), [
-        "caption_vectors.manifest=manifest.parquet", "caption_vectors.out_dir=cv",
-        "caption_vectors.metrics=cv.json", "caption_vectors.plots_dir=cvplots", "caption_vectors.heldout_fraction=0.3"])
+    params = load_params(
+        write_tiny_params(folder, steps=2),
+        [
+            "caption_vectors.manifest=manifest.parquet",
+            "caption_vectors.out_dir=cv",
+            "caption_vectors.metrics=cv.json",
+            "caption_vectors.plots_dir=cvplots",
+            "caption_vectors.heldout_fraction=0.3",
+        ],
+    )
     run_caption_vectors(params.caption_vectors, progress=False)
     table = CaptionVectorTable.load(folder / "cv")
     src.manifest, src.table = man, table
-    src.caption_module, src.caption_table = "tristage.captions.peft:CaptionPEFT", "tristage.captions.vectors:CaptionVectorTable"
+    src.caption_module, src.caption_table = (
+        "tristage.captions.peft:CaptionPEFT",
+        "tristage.captions.vectors:CaptionVectorTable",
+    )
     src.caption_vectors, src.peft = str(folder / "cv"), params.caption_vectors.peft.model_dump()
     return folder, params, src
 
@@ -86,7 +96,9 @@ def test_evaluate_caption_cosine_is_the_models_own(attribute_only):
     assert held is not None and len(held.captions) >= 1
     peft = CaptionPEFT(src.table, params.caption_vectors.peft)
     at_init = caption_cosine(peft, src.table, held)
-    assert at_init == pytest.approx(json.loads((folder / "cv.json").read_text())["caption_cosine_mean"], abs=2e-5)
+    assert at_init == pytest.approx(
+        json.loads((folder / "cv.json").read_text())["caption_cosine_mean"], abs=2e-5
+    )
     with torch.no_grad():
         torch.manual_seed(0)
         peft.vae_dec_w.normal_(0, 0.5)

@@ -1,6 +1,7 @@
 """Code-aware resume in-process (the real file edit under `dvc repro` is tests/test_freshness.py):
 checkpoints carry the fingerprint's parts and the code files' hashes; a checkpoint of other code,
 params or data is not resumed and the one log line says why; kl / ortho are logged per step."""
+
 from __future__ import annotations
 
 import logging
@@ -22,9 +23,20 @@ def test_checkpoint_of_other_code_is_not_resumed_and_the_line_names_the_file(tmp
     train_stage("stage1", params, None, sources=src)
     manifest = ck.read_json(tmp_path / "models/stage1/checkpoints/step-000004/manifest.json")
     parts, files = manifest["fingerprint_parts"], manifest["code_files"]
-    assert set(parts) == {"stage", "params", "model_config", "init_weights", "peft", "world_size", "data", "code"}
+    assert set(parts) == {
+        "stage",
+        "params",
+        "model_config",
+        "init_weights",
+        "peft",
+        "world_size",
+        "data",
+        "code",
+    }
     # the trainer's closure, the model, and the configured caption module (the fakes' in this test)
-    assert {"tristage/training/trainer.py", "tristage/model/decoder.py", "tristage/training/fakes.py"} <= set(files)
+    assert {"tristage/training/trainer.py", "tristage/model/decoder.py", "tristage/training/fakes.py"} <= set(
+        files
+    )
     assert manifest["fingerprint"] == fingerprint.combine(parts)
 
     with caplog.at_level(logging.INFO, logger="tristage.training"):  # unchanged: resumes (0 steps to do)
@@ -49,14 +61,27 @@ def test_checkpoint_of_other_code_is_not_resumed_and_the_line_names_the_file(tmp
 
 
 def test_reason_names_each_part_that_differs():
-    parts = dict(stage="stage1", params="p", model_config="m", init_weights="", peft="x", world_size=1, data="d",
-                 code="c")
-    manifest = dict(fingerprint_parts=dict(parts, params="p0", world_size=2, data="d0", code="c0"),
-                    code_files={"tristage/a.py": "1", "tristage/b.py": "2", "tristage/gone.py": "3"})
-    reason = fingerprint.why_not_resumable(manifest, parts, {"tristage/a.py": "1", "tristage/b.py": "9",
-                                                            "tristage/new.py": "4"})
-    assert reason == ("other params; world size 2 (now 1); other data (features, manifest, speakers or caption "
-                      "vectors); made by other code (tristage/b.py, tristage/gone.py, tristage/new.py)")
+    parts = dict(
+        stage="stage1",
+        params="p",
+        model_config="m",
+        init_weights="",
+        peft="x",
+        world_size=1,
+        data="d",
+        code="c",
+    )
+    manifest = dict(
+        fingerprint_parts=dict(parts, params="p0", world_size=2, data="d0", code="c0"),
+        code_files={"tristage/a.py": "1", "tristage/b.py": "2", "tristage/gone.py": "3"},
+    )
+    reason = fingerprint.why_not_resumable(
+        manifest, parts, {"tristage/a.py": "1", "tristage/b.py": "9", "tristage/new.py": "4"}
+    )
+    assert reason == (
+        "other params; world size 2 (now 1); other data (features, manifest, speakers or caption "
+        "vectors); made by other code (tristage/b.py, tristage/gone.py, tristage/new.py)"
+    )
     assert "older trainer" in fingerprint.why_not_resumable({}, parts, {})
 
 

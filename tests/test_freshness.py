@@ -1,6 +1,7 @@
 """`dvc repro` reruns exactly what changed: an edit in the model code or the caption PEFT code
 retrains stage1 from step 0 (its persisted checkpoints were made by other code), and reruns
 nothing upstream. Runs in a copy of the repo whose own src/ is imported (PYTHONPATH)."""
+
 from __future__ import annotations
 
 import json
@@ -40,7 +41,10 @@ def test_code_edit_retrains_stage1_from_step_0(tmp_path):
 
     assert "stage1" not in _ran(_dvc(repo, "repro", "stage1"))  # nothing changed: nothing runs
 
-    for rel, why in (("src/tristage/model/decoder.py", "model"), ("src/tristage/captions/peft.py", "caption PEFT")):
+    for rel, why in (
+        ("src/tristage/model/decoder.py", "model"),
+        ("src/tristage/captions/peft.py", "caption PEFT"),
+    ):
         _edit(repo / rel, f"_FRESHNESS_PROBE = {why!r}  # an edit of the {why} code")
         out = _dvc(repo, "repro", "stage1")
         assert _ran(out) == ["stage1"], out[-3000:]  # upstream data stays; stage1 reruns

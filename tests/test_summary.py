@@ -1,4 +1,5 @@
 """`tristage summary`: one readable table, a row per stage, from the metrics files named in params."""
+
 from __future__ import annotations
 
 import json
@@ -20,11 +21,24 @@ def test_summary_table_rows_and_paths(tmp_path):
     params = load_params(tmp_path / "params.yaml")
     _write(tmp_path / "metrics/stage1.json", dict(steps=900, trainable_fraction=0.993, val_mel_loss=9.0))
     _write(tmp_path / "metrics/stage2.json", dict(steps=300, trainable_fraction=0.896))
-    stage = dict(mel_loss=2.2257, mel_top1=0.5329, speaker_acc=None, speaker_acc_band=None,
-                 speaker_probe_acc=0.7778, emotion_probe_acc=0.7163, caption_cosine_mean=0.9612)
-    _write(tmp_path / "metrics/evaluate.json", dict(
-        stage1=stage, stage2=dict(stage, speaker_acc=0.4123, speaker_acc_band="in", caption_cosine_mean=0.9544),
-        speaker_acc_band_range=[0.3, 0.6], note="codec: random-init dac"))
+    stage = dict(
+        mel_loss=2.2257,
+        mel_top1=0.5329,
+        speaker_acc=None,
+        speaker_acc_band=None,
+        speaker_probe_acc=0.7778,
+        emotion_probe_acc=0.7163,
+        caption_cosine_mean=0.9612,
+    )
+    _write(
+        tmp_path / "metrics/evaluate.json",
+        dict(
+            stage1=stage,
+            stage2=dict(stage, speaker_acc=0.4123, speaker_acc_band="in", caption_cosine_mean=0.9544),
+            speaker_acc_band_range=[0.3, 0.6],
+            note="codec: random-init dac",
+        ),
+    )
     text = summary(params)
     lines = text.splitlines()
     assert max(map(len, lines)) <= 110
@@ -40,7 +54,13 @@ def test_summary_table_rows_and_paths(tmp_path):
 
 def test_summary_cli_before_any_run(tmp_path):
     (tmp_path / "params.yaml").write_text("stage1: {}\n")
-    r = subprocess.run([sys.executable, "-m", "tristage.cli", "summary", "--params", str(tmp_path / "params.yaml")],
-                       cwd=REPO, env=project_env(), capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "tristage.cli", "summary", "--params", str(tmp_path / "params.yaml")],
+        cwd=REPO,
+        env=project_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0, r.stderr
     assert "run `dvc repro` first" in r.stdout

@@ -6,14 +6,15 @@
 Found from the source alone (`ast`), never by importing: every `import` / `from ... import` anywhere
 in a file (module level or inside a function: the stages import their heavy parts lazily). A module
 named only by a string (the model config's `caption_module`) is not followed: code that loads one by
-name must also import the default statically (model/tts.py does). Only files under `src/tristage/` are followed; third-party
-packages are versioned by the environment, not by this. Package `__init__.py` files on the way
+name must also import the default statically (model/tts.py does). Only files under `src/tristage/` are
+followed; third-party packages are versioned by the environment, not by this. Package `__init__.py` files on the way
 count (importing `a.b.c` runs `a/__init__.py` and `a/b/__init__.py`).
 
 Used twice, so the two can't disagree: a test checks that each DVC stage's `deps` in dvc.yaml
 cover the closure of `steps/<stage>.py`, and the trainer hashes the closure of its own module
 into the checkpoint fingerprint (a checkpoint made by other code is not resumed).
 """
+
 from __future__ import annotations
 
 import ast
@@ -117,17 +118,22 @@ def covering_deps(files: Iterable[Path], repo: Path) -> list[str]:
     out: set[str] = set()
     for f in files:
         folder = f.parent
-        whole = not any(p.is_dir() and p.name != "__pycache__" for p in folder.iterdir()) and \
-            all(p in files for p in folder.glob("*.py"))
+        whole = not any(p.is_dir() and p.name != "__pycache__" for p in folder.iterdir()) and all(
+            p in files for p in folder.glob("*.py")
+        )
         out.add((folder if whole and folder.name != PACKAGE else f).relative_to(repo.resolve()).as_posix())
     return sorted(out)
 
 
 def uncovered(files: Iterable[Path], deps: Iterable[str], repo: Path) -> list[str]:
-    """The `files` (as paths relative to `repo`) that no dep covers (a dep covers itself and what is under it)."""
+    """The `files` (as paths relative to `repo`) that no dep covers (a dep covers itself and what is
+    under it)."""
     dep_paths = [(repo / d).resolve() for d in deps]
-    return sorted(Path(f).resolve().relative_to(repo.resolve()).as_posix() for f in files
-                  if not any(Path(f).resolve() == d or Path(f).resolve().is_relative_to(d) for d in dep_paths))
+    return sorted(
+        Path(f).resolve().relative_to(repo.resolve()).as_posix()
+        for f in files
+        if not any(Path(f).resolve() == d or Path(f).resolve().is_relative_to(d) for d in dep_paths)
+    )
 
 
 def check_dvc_deps(repo: Path) -> dict[str, list[str]]:
@@ -167,9 +173,12 @@ def rewrite_dvc_deps(repo: Path) -> list[str]:
             out.append(line)
             i += 1
             old, indent = [], " " * (len(line) - len(line.lstrip()) + 2)
-            while i < len(lines) and lines[i].lstrip().startswith("- ") and \
-                    len(lines[i]) - len(lines[i].lstrip()) >= len(line) - len(line.lstrip()):
-                indent = lines[i][:len(lines[i]) - len(lines[i].lstrip())]
+            while (
+                i < len(lines)
+                and lines[i].lstrip().startswith("- ")
+                and len(lines[i]) - len(lines[i].lstrip()) >= len(line) - len(line.lstrip())
+            ):
+                indent = lines[i][: len(lines[i]) - len(lines[i].lstrip())]
                 old.append(lines[i].lstrip()[2:])
                 i += 1
             step = f"steps/{stage}.py"

@@ -11,6 +11,7 @@ once (eval mode: VAE mean path, no sampling); the rows standing for a caption's 
 over their token positions and mean-pooled, as the caption_vectors stage scores the raw table. With
 adapters at their zero init, the figure equals the table's `caption_cosine_mean`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -52,15 +53,18 @@ def heldout_states(params, table, batch_size: int = 64) -> HeldOut | None:
     cp = params.caption_vectors
     enc_dir = _encoder_dir(cp, table)
     if not hasattr(table, "lookup") or enc_dir is None or not (enc_dir / "config.json").is_file():
-        log.warning("caption_cosine_mean: no caption encoder found beside the table (%s); reported as None",
-                    enc_dir)
+        log.warning(
+            "caption_cosine_mean: no caption encoder found beside the table (%s); reported as None", enc_dir
+        )
         return None
     if not Path(cp.manifest).is_file():
         log.warning("caption_cosine_mean: %s not found; reported as None", cp.manifest)
         return None
     _, held = split_captions(manifest_captions(read_prepared(cp.manifest)), cp.heldout_fraction, cp.seed)
     if not held:
-        log.warning("caption_cosine_mean: no held-out captions (caption_vectors.heldout_fraction); reported as None")
+        log.warning(
+            "caption_cosine_mean: no held-out captions (caption_vectors.heldout_fraction); reported as None"
+        )
         return None
     model, _, info = load_encoder(enc_dir)
     states: list[np.ndarray] = [np.zeros(0)] * len(held)
@@ -79,13 +83,16 @@ def enhanced_table(caption_module, n_rows: int, chunk: int = 4096) -> np.ndarray
     out = []
     for s in range(0, n_rows, chunk):
         ids = torch.arange(s, min(n_rows, s + chunk), device=dev)[None]  # (1, n)
-        out.append(caption_module(ids, torch.ones_like(ids, dtype=torch.bool)).states[0].float().cpu().numpy())
+        out.append(
+            caption_module(ids, torch.ones_like(ids, dtype=torch.bool)).states[0].float().cpu().numpy()
+        )
     caption_module.train(was_training)
     return np.concatenate(out)
 
 
 def caption_cosine(caption_module, table, held: HeldOut | None) -> float | None:
-    """Mean caption-level cosine of the model's enhanced caption states vs the encoder's (None without `held`)."""
+    """Mean caption-level cosine of the model's enhanced caption states vs the encoder's
+    (None without `held`)."""
     if held is None:
         return None
     from tristage.captions.build import Fidelity

@@ -67,7 +67,8 @@ def save_checkpoint(root: Path, step: int, model_state: dict, trainer_state: dic
     with atomic_dir(dest) as tmp:
         write_model_files(tmp, model_state, trainer_state, {"step": str(step), "fingerprint": fingerprint})
         files = {name: dict(size=(tmp / name).stat().st_size, sha256=sha256(tmp / name)) for name in FILES}
-        write_json(tmp / "manifest.json", dict(step=step, fingerprint=fingerprint, files=files, **(extra or {})))
+        manifest = dict(step=step, fingerprint=fingerprint, files=files, **(extra or {}))
+        write_json(tmp / "manifest.json", manifest)
     return dest
 
 

@@ -34,7 +34,7 @@ from tristage.model.tts import encode_text
 
 log = logging.getLogger(__name__)
 CACHE_UTTERANCES = 8192  # decoded utterances kept in memory (about 40 KB each at the demo's sizes)
-_WARNED: set[tuple[str, int, int]] = set()  # (features, max_frames, count) already warned about in this process
+_WARNED: set[tuple[str, int, int]] = set()  # (features, max_frames, count) warned about in this process
 
 
 @dataclasses.dataclass
@@ -198,12 +198,13 @@ class TrainData:
             key = (str(sp.features), max_frames, len(too_long))
             if key not in _WARNED:
                 _WARNED.add(key)
+                longest = max(n_frames[i] for i in too_long)
                 log.warning("%d of %d utterances have targets longer than max_frames=%d codec frames (longest "
                             "%d); skipped, not truncated. Raise stage1.model.max_frames to keep them",
-                            len(too_long), len(too_long) + len(ids), max_frames, max(n_frames[i] for i in too_long))
+                            len(too_long), len(too_long) + len(ids), max_frames, longest)
         if len(ids) < 2:
-            raise UserError(f"{sp.features}: only {len(ids)} utterance(s) with features, a manifest row and at most "
-                            f"max_frames={max_frames} codec frames; need at least 2 (rerun `features` on the "
+            raise UserError(f"{sp.features}: only {len(ids)} utterance(s) with features, a manifest row and "
+                            f"at most max_frames={max_frames} codec frames; need at least 2 (rerun `features` on the "
                             "prepared manifest, or raise stage1.model.max_frames)")
         ids.sort()
         self.examples: list[Example] = []

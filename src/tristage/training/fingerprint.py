@@ -2,7 +2,7 @@
 
     parts, code_files = run_fingerprint_parts(stage, sp, cfg, init_sha, peft, world, data_fp)
     fp = combine(parts)                                 # in every checkpoint's manifest.json, with the parts
-    reason = why_not_resumable(manifest, parts, code_files)   # "made by other code (tristage/model/decoder.py)"
+    reason = why_not_resumable(manifest, parts, code_files)  # "made by other code (tristage/model/tts.py)"
 
 `models/<stage>/` is a persisted DVC output, so a rerun finds the checkpoints of the last run.
 A checkpoint is resumed only when every part is equal: the CODE (sha256 of every file in the
@@ -29,7 +29,8 @@ COSMETIC = {"out_dir", "metrics", "plots_dir", "log_every", "keep_last", "checkp
 
 TRAINER_MODULE = "tristage.training.trainer"
 LABELS = {"stage": "another stage", "params": "other params", "model_config": "another model config",
-          "init_weights": "other init weights (the previous stage changed)", "peft": "other caption_vectors.peft",
+          "init_weights": "other init weights (the previous stage changed)",
+          "peft": "other caption_vectors.peft",
           "data": "other data (features, manifest, speakers or caption vectors)"}
 
 
@@ -92,7 +93,8 @@ def data_fingerprint(src, examples) -> str:
     h.update(json.dumps(src.store.meta, sort_keys=True, default=str).encode())
     h.update("|".join(f"{i}:{n}" for i, n in zip(index["id"].astype(str), index["n_frames"])).encode())
     h.update(json.dumps(src.mapping, sort_keys=True).encode())
-    h.update("|".join(f"{e.id}:{e.speaker}:{e.label}:{e.n_frames}:{e.text}:{e.caption}" for e in examples).encode())
+    rows = (f"{e.id}:{e.speaker}:{e.label}:{e.n_frames}:{e.text}:{e.caption}" for e in examples)
+    h.update("|".join(rows).encode())
     vectors = getattr(src.table, "vectors", None)  # the caption vector table the adapters refine
     if vectors is not None:
         arr = np.ascontiguousarray(vectors.numpy() if hasattr(vectors, "numpy") else np.asarray(vectors))
