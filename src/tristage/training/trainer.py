@@ -230,7 +230,9 @@ class _Trainer:
             self.tracker.log_metrics({k: v for k, v in row.items() if k != "step" and isinstance(v, (int, float))},
                                      step=row["step"])
 
-    def on_eval(self, ev: dict) -> dict:
+    def on_eval(self, ev: dict, band_only: bool = False) -> dict:
+        """Band check and best-so-far of one validation pass (`band_only`: a band check between evaluations,
+        which doesn't pick the best checkpoint)."""
         row, state = dict(ev), self.state
         if self.adversary:
             acc = ev.get("val_speaker_acc", state.window_mean("speaker_acc"))
@@ -242,7 +244,7 @@ class _Trainer:
                 if dec.warning:
                     state.band_log.append(dict(step=state.step, status=dec.status, message=dec.warning,
                                                changes={k: list(v) for k, v in dec.changes.items()}))
-        if "val_mel_loss" in ev and ev["val_mel_loss"] < state.best["val_mel_loss"]:
+        if not band_only and "val_mel_loss" in ev and ev["val_mel_loss"] < state.best["val_mel_loss"]:
             state.best = dict(step=state.step, val_mel_loss=float(ev["val_mel_loss"]))
         return row
 
@@ -253,9 +255,11 @@ class _Trainer:
         row = None
         if step % sp.log_every == 0 or last:
             row = dict(step=step, **{k: self.state.window_mean(k) for k in rec})
-            row.update(lr=rec["lr"], **({"grl_lambda": rec["grl_lambda"]} if "grl_lambda" in rec else {}))
-        if step % sp.eval_every == 0 or last:
-            row = dict(row or dict(step=step), **self.on_eval(self.evaluate()))
+            # the values in effect now, not window means: the last row agrees with metrics/<stage>.json
+            row.update({k: rec[k] for k in ("lr", "grl_lambda", "speaker_loss_weight") if k in rec})
+        evaluation = step % sp.eval_every == 0 or last
+        if evaluation or (self.adversary and self.adversary.band_due(step)):
+            row = dict(row or dict(step=step), **self.on_eval(self.evaluate(), band_only=not evaluation))
         return row
 
     # --- the loop -------------------------------------------------------------------------
