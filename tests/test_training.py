@@ -13,7 +13,7 @@ from tristage.training import checkpoint as ck
 from tristage.training.adversary import SpeakerAdversary
 from tristage.training.band import SpeakerAccBand, band_status, dann_lambda
 from tristage.training.data import BucketSampler, TrainData
-from tristage.training.fakes import default_fake_sources, fake_sources, write_tiny_params
+from tristage.testing.fakes import default_fake_sources, fake_sources, write_tiny_params
 from tristage.training.optim import lr_factor
 from tristage.training.trainer import _Trainer, train_stage
 
