@@ -18,7 +18,7 @@ Out of band for `patience` checks in a row:
   vector (the README's measured finding: the fresh speaker probe falls), not that the
   classifier isn't learning. The GRL pushes the emotion encoder with speaker_loss_weight x
   grl_lambda, while Adam normalises the weight away on the classifier's side; so the seed's
-  remedy (raise speaker_loss_weight) pushes further below. Auto lowers grl_lambda instead
+  remedy (raise speaker_loss_weight) is no remedy in principle. Auto lowers grl_lambda instead
   (/ factor, at least grl_lambda_min).
 The counter restarts after each warning / adjustment.
 """
@@ -83,7 +83,7 @@ class SpeakerAccBand:
                    f"speaker_probe_acc in metrics/evaluate.json), not a classifier that isn't learning (unless "
                    f"stage2.classifier_steps is 0). To move back into the band lower stage2.grl_lambda (now "
                    f"{grl_lambda:g}); a larger stage2.speaker_loss_weight (now {speaker_loss_weight:g}, the seed's "
-                   f"remedy) pushes the emotion encoder harder (weight x lambda) and further below")
+                   f"remedy) also scales the reversed gradient on the emotion encoder (weight x lambda)")
             new, limit = max(grl_lambda / self.factor, self.grl_lambda_min), f"grl_lambda_min={self.grl_lambda_min:g}"
         changes: dict[str, tuple[float, float]] = {}
         if self.control == "auto":
