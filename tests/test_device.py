@@ -18,5 +18,6 @@ def test_cpu_and_auto_without_a_gpu(monkeypatch):
 def test_cuda_with_a_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert resolve_device("auto") == "cuda" and resolve_device("cuda:1") == "cuda:1"
-    assert resolve_device("cuda", local_rank=2) == "cuda:2" and resolve_device("auto", local_rank=0) == "cuda:0"
+    assert resolve_device("cuda", local_rank=2) == "cuda:2"
+    assert resolve_device("auto", local_rank=0) == "cuda:0"
     assert resolve_device("cpu", local_rank=3) == "cpu"

@@ -33,9 +33,10 @@ log = logging.getLogger("tristage.training")
 
 
 class SpeakerAdversary:
-    def __init__(self, classifier: torch.nn.Module, dist: ddp.Dist, *, grl_lambda: float, speaker_loss_weight: float,
-                 warmup: bool, total_steps: int, band: SpeakerAccBand, band_check_every: int, classifier_steps: int,
-                 classifier_lr_scale: float, lr: float, weight_decay: float):
+    def __init__(self, classifier: torch.nn.Module, dist: ddp.Dist, *, grl_lambda: float,
+                 speaker_loss_weight: float, warmup: bool, total_steps: int, band: SpeakerAccBand,
+                 band_check_every: int, classifier_steps: int, classifier_lr_scale: float, lr: float,
+                 weight_decay: float):
         self.classifier, self.dist = classifier, dist
         self.configured = dict(grl_lambda=float(grl_lambda), speaker_loss_weight=float(speaker_loss_weight))
         self.grl_lambda = float(grl_lambda)  # base lambda in effect now (before warm-up)
@@ -90,12 +91,13 @@ class SpeakerAdversary:
         ramp = (f"; grl_warmup: the effective lambda ramps 0 -> {self.grl_lambda:g} (DANN schedule over "
                 f"{self.total_steps} steps)" if self.warmup else "")
         log.info("%s: GRL lambda %g, speaker_loss_weight %g (band_control=%s, a band check every %d steps)%s",
-                 stage, self.grl_lambda, self.speaker_loss_weight, self.band.control, self.band_check_every, ramp)
+                 stage, self.grl_lambda, self.speaker_loss_weight, self.band.control, self.band_check_every,
+                 ramp)
         first = self.band_check_every * self.band.patience
         if self.band.control == "auto" and first >= self.total_steps:
-            log.warning("%s: band_control=auto can act first at step %d, but the stage ends at step %d (changes are "
-                        "never made at the last step): lower %s.band_check_every or %s.band_patience", stage, first,
-                        self.total_steps, stage, stage)
+            log.warning("%s: band_control=auto can act first at step %d, but the stage ends at step %d "
+                        "(changes are never made at the last step): lower %s.band_check_every or "
+                        "%s.band_patience", stage, first, self.total_steps, stage, stage)
 
     # --- the classifier's own updates -------------------------------------------------
     def remember(self, out: dict, batch: dict) -> None:
@@ -113,8 +115,8 @@ class SpeakerAdversary:
         params = [p for p in clf.parameters() if p.requires_grad]
         for _ in range(self.classifier_steps):  # every rank runs every update (DDP: same collectives)
             self.optimizer.zero_grad(set_to_none=True)
-            loss = sum(F.cross_entropy(logits, y, ignore_index=-100, reduction="sum") / (y != -100).sum().clamp(min=1)
-                       for logits, y in ((clf(e), y) for e, y in pending))
+            loss = sum(F.cross_entropy(clf(emo), labels, ignore_index=-100, reduction="sum")
+                       / (labels != -100).sum().clamp(min=1) for emo, labels in pending)
             (loss / len(pending)).backward()
             ddp.average_gradients(params, self.dist)
             self.optimizer.step()
@@ -159,12 +161,14 @@ class SpeakerAdversary:
 
     def state_dict(self) -> dict:
         return dict(grl_lambda=self.grl_lambda, speaker_loss_weight=self.speaker_loss_weight,
-                    n_changes=self.n_changes, changes=[dict(c) for c in self.changes], band=self.band.state_dict(),
+                    n_changes=self.n_changes, changes=[dict(c) for c in self.changes],
+                    band=self.band.state_dict(),
                     last_used=dict(self.last_used),
                     optimizer=self.optimizer.state_dict() if self.optimizer is not None else {})
 
     def load_state_dict(self, state: dict) -> None:
-        self.grl_lambda, self.speaker_loss_weight = float(state["grl_lambda"]), float(state["speaker_loss_weight"])
+        self.grl_lambda = float(state["grl_lambda"])
+        self.speaker_loss_weight = float(state["speaker_loss_weight"])
         self.n_changes, self.changes = int(state["n_changes"]), [dict(c) for c in state["changes"]]
         self.last_used = dict(state["last_used"])
         self.band.load_state_dict(state["band"])

@@ -76,15 +76,18 @@ class SpeakerAccBand:
             msg = (f"speaker_acc {acc:.3f} above the band {band} for {self.patience} checks: the emotion "
                    f"vector still carries speaker identity (the GRL has too little effect); raise "
                    f"stage2.grl_lambda (now {grl_lambda:g}; the seed suggests 2.0-3.0)")
-            new, limit = min(grl_lambda * self.factor, self.grl_lambda_max), f"grl_lambda_max={self.grl_lambda_max:g}"
+            new = min(grl_lambda * self.factor, self.grl_lambda_max)
+            limit = f"grl_lambda_max={self.grl_lambda_max:g}"
         else:
-            msg = (f"speaker_acc {acc:.3f} below the band {band} for {self.patience} checks: the classifier can't "
-                   f"find the speaker in the emotion vector, i.e. the speaker has left it (the GRL's aim; check "
-                   f"speaker_probe_acc in metrics/evaluate.json), not a classifier that isn't learning (unless "
-                   f"stage2.classifier_steps is 0). To move back into the band lower stage2.grl_lambda (now "
-                   f"{grl_lambda:g}); a larger stage2.speaker_loss_weight (now {speaker_loss_weight:g}, the seed's "
-                   f"remedy) also scales the reversed gradient on the emotion encoder (weight x lambda)")
-            new, limit = max(grl_lambda / self.factor, self.grl_lambda_min), f"grl_lambda_min={self.grl_lambda_min:g}"
+            msg = (f"speaker_acc {acc:.3f} below the band {band} for {self.patience} checks: the "
+                   f"classifier can't find the speaker in the emotion vector, i.e. the speaker has left it "
+                   f"(the GRL's aim; check speaker_probe_acc in metrics/evaluate.json), not a classifier "
+                   f"that isn't learning (unless stage2.classifier_steps is 0). To move back into the band "
+                   f"lower stage2.grl_lambda (now {grl_lambda:g}); a larger stage2.speaker_loss_weight (now "
+                   f"{speaker_loss_weight:g}, the seed's remedy) also scales the reversed gradient on the "
+                   f"emotion encoder (weight x lambda)")
+            new = max(grl_lambda / self.factor, self.grl_lambda_min)
+            limit = f"grl_lambda_min={self.grl_lambda_min:g}"
         changes: dict[str, tuple[float, float]] = {}
         if self.control == "auto":
             if (new > grl_lambda) if status == "above" else (new < grl_lambda):
