@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from tristage.training.fakes import fake_sources, write_tiny_params
+from tristage.testing.fakes import fake_sources, write_tiny_params
 
 GENDERS = ("female", "male")
 PITCHES = ("high", "low", "moderate")

@@ -9,7 +9,7 @@ import logging
 from tristage.config import load_params
 from tristage.training import checkpoint as ck
 from tristage.training import fingerprint
-from tristage.training.fakes import default_fake_sources, write_tiny_params
+from tristage.testing.fakes import default_fake_sources, write_tiny_params
 from tristage.training.trainer import train_stage
 
 
@@ -34,7 +34,7 @@ def test_checkpoint_of_other_code_is_not_resumed_and_the_line_names_the_file(tmp
         "code",
     }
     # the trainer's closure, the model, and the configured caption module (the fakes' in this test)
-    assert {"tristage/training/trainer.py", "tristage/model/decoder.py", "tristage/training/fakes.py"} <= set(
+    assert {"tristage/training/trainer.py", "tristage/model/decoder.py", "tristage/testing/fakes.py"} <= set(
         files
     )
     assert manifest["fingerprint"] == fingerprint.combine(parts)

@@ -8,9 +8,9 @@ from tristage.model.config import PRESETS, ModelParams, TTSConfig
 from tristage.model.decoder import delay_codes, undelay_codes
 from tristage.model.grl import grad_reverse
 from tristage.model.tts import MODULE_NAMES, TTS, encode_text
-from tristage.training.fakes import TINY_MODEL, FakeCaptionPEFT, fake_sources
+from tristage.testing.fakes import TINY_MODEL, FakeCaptionPEFT, fake_sources
 from tristage.training.data import TrainData
-from tristage.training.fakes import write_tiny_params
+from tristage.testing.fakes import write_tiny_params
 
 
 @pytest.fixture(scope="module")

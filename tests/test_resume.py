@@ -13,13 +13,13 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import project_env
-from tristage.training.fakes import write_tiny_params
+from tristage.testing.fakes import write_tiny_params
 
 pytestmark = pytest.mark.slow
 
 
 def _cmd(params, stage="stage1"):
-    return [sys.executable, "-m", "tristage.training.fakes", stage, "--params", str(params)]
+    return [sys.executable, "-m", "tristage.testing.fakes", stage, "--params", str(params)]
 
 
 PREVIOUS = {"stage1": [], "stage2": ["stage1"], "stage3": ["stage1", "stage2"]}

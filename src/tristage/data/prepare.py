@@ -377,33 +377,33 @@ class _Tally:
         }
 
 
-def run_prepare(p: PrepareParams, tracker=None) -> dict:
-    """Check `p.manifest`, write the prepared manifest + rejects into `p.out_dir`, metrics into `p.metrics`."""
+def run_prepare(prep: PrepareParams, tracker=None) -> dict:
+    """Check `prep.manifest`; write the prepared manifest + rejects into `prep.out_dir`, metrics to `prep.metrics`."""
     import pyarrow as pa
     import pyarrow.parquet as pq
     from tqdm import tqdm
 
     from tristage.fsio import atomic_dir, write_json
 
-    _check_params(p)
-    manifest = p.manifest.resolve()
+    _check_params(prep)
+    manifest = prep.manifest.resolve()
     manifest_dir = str(manifest.parent)
-    out_dir = p.out_dir.resolve()
+    out_dir = prep.out_dir.resolve()
     fmt = manifest_format(manifest)
-    batches = iter_jsonl(manifest, p.batch_rows) if fmt == "jsonl" else iter_parquet(manifest, p.batch_rows)
+    batches = iter_jsonl(manifest, prep.batch_rows) if fmt == "jsonl" else iter_parquet(manifest, prep.batch_rows)
     total = parquet_rows(manifest) if fmt == "parquet" else None
     schema = prepared_schema()
     tally = _Tally()
 
-    with atomic_dir(out_dir) as tmp, ThreadPoolExecutor(max_workers=p.workers) as pool, \
+    with atomic_dir(out_dir) as tmp, ThreadPoolExecutor(max_workers=prep.workers) as pool, \
             open(tmp / "rejects.jsonl", "w", encoding="utf-8") as rejects, \
             pq.ParquetWriter(tmp / "manifest.parquet", schema) as writer, \
             tqdm(total=total, desc="prepare", unit="row", mininterval=1.0) as bar:
         for batch in batches:
             tally.rows_in += len(batch)
-            check = lambda it: _check_item(it, p, manifest_dir)  # noqa: E731
+            check = lambda it: _check_item(it, prep, manifest_dir)  # noqa: E731
             # file checks in threads (soundfile releases the GIL); field checks alone are cheaper inline
-            checked = pool.map(check, batch) if p.check_audio else map(check, batch)
+            checked = pool.map(check, batch) if prep.check_audio else map(check, batch)
             kept = tally.keep_or_reject(checked, out_dir, rejects)
             if kept:
                 writer.write_table(pa.Table.from_pylist(kept, schema=schema))
@@ -412,11 +412,11 @@ def run_prepare(p: PrepareParams, tracker=None) -> dict:
             bar.set_postfix(kept=tally.rows_kept, rejected=tally.rows_in - tally.rows_kept, refresh=False)
         if tally.rows_kept == 0:
             top = ", ".join(f"{k} x{v}" for k, v in tally.reasons.most_common(3)) or "the manifest has no rows"
-            raise UserError(f"{p.manifest}: no usable rows out of {tally.rows_in}; reasons: {top}"
+            raise UserError(f"{prep.manifest}: no usable rows out of {tally.rows_in}; reasons: {top}"
                             + (f"; first: {tally.examples[0]}" if tally.examples else ""))
 
     metrics = tally.metrics()
-    write_json(p.metrics, metrics)
+    write_json(prep.metrics, metrics)
     log.info("prepare: kept %d of %d rows (%d rejected: %s) -> %s", tally.rows_kept, tally.rows_in,
              tally.rows_in - tally.rows_kept, dict(tally.reasons.most_common()), out_dir / "manifest.parquet")
     for ex in tally.examples:

@@ -28,6 +28,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from tristage.device import resolve_device
 from tristage.errors import UserError
 from tristage.evaluation.captions import caption_cosine, heldout_states
 from tristage.evaluation.metrics import evaluate_document, stage_metrics
@@ -49,14 +50,6 @@ def classifier_trained(stage: str) -> bool:
             return True
         stage = PRESETS[stage].previous
     return False
-
-
-def resolve_device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("evaluate.device: cuda requested but no CUDA device is visible")
-    return name
 
 
 def _center_crop(mel: torch.Tensor, n: int) -> torch.Tensor:
@@ -151,7 +144,7 @@ def run_evaluate(params, tracker=None, sources=None, vocoder: tuple[Vocoder, dic
 
     ep = params.evaluate
     band = tuple(params.stage2.speaker_acc_band)
-    device = resolve_device(ep.device)
+    device = resolve_device(ep.device, "evaluate.device")
     for stage in ep.stages:
         if not (Path(ep.models_dir) / stage / "model.safetensors").is_file():
             raise UserError(f"{Path(ep.models_dir) / stage}/model.safetensors not found: run {stage} first "

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tristage.device import resolve_device
 from tristage.errors import UserError
 from tristage.features import store as st
 from tristage.features.config import FeaturesParams
@@ -75,16 +76,6 @@ class AudioItems:
 
 def _identity(x):
     return x
-
-
-def resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"features.device: {device} requested but CUDA is not available (use auto or cpu)")
-    return device
 
 
 def batches(lengths: list[int], max_samples: int) -> list[list[int]]:
@@ -162,7 +153,7 @@ def run_features(fp: FeaturesParams, tracker=None) -> dict:
     if not rows:
         raise UserError(f"{fp.manifest}: no rows")
     out = Path(fp.out_dir)
-    device = resolve_device(fp.device)
+    device = resolve_device(fp.device, "features.device")
     model, info = prepare_codec(fp.codec, out)
     model = model.to(device).eval()
     config = dict(format=st.FORMAT, mel=fp.mel.model_dump(mode="json"), codec={k: info[k] for k in ("sha256", "kwargs")},

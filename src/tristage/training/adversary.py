@@ -12,9 +12,9 @@ changes the lambda and the speaker loss weight, and every change is logged with 
     decision = adversary.check_band(step, acc, last=step == steps)   # band_control: warn | auto
 
 What it owns:
-- `grl_lambda`: the base lambda (configured, then raised by `band_control: auto`); the effective
+- `grl_lambda`: the base lambda (configured, then raised / lowered by `band_control: auto`); the effective
   lambda of a step is the base, or with `grl_warmup` the DANN ramp of it (`lambda_at(step)`);
-- `speaker_loss_weight` (configured, then raised by auto control);
+- `speaker_loss_weight` (configured; the band advises on it but auto control leaves it: see band.py);
 - the band monitor (`band.py`) that advises those changes;
 - the speaker classifier's own optimizer and its extra updates on the detached emotion vectors;
 - its state (values, band streak, classifier optimizer, change log) for an exact resume.
@@ -33,15 +33,16 @@ log = logging.getLogger("tristage.training")
 
 
 class SpeakerAdversary:
-    def __init__(self, classifier: torch.nn.Module, dist: ddp.Dist, *, grl_lambda: float, speaker_loss_weight: float,
-                 warmup: bool, total_steps: int, band: SpeakerAccBand, classifier_steps: int,
-                 classifier_lr_scale: float, lr: float, weight_decay: float):
+    def __init__(self, classifier: torch.nn.Module, dist: ddp.Dist, *, grl_lambda: float,
+                 speaker_loss_weight: float, warmup: bool, total_steps: int, band: SpeakerAccBand,
+                 band_check_every: int, classifier_steps: int, classifier_lr_scale: float, lr: float,
+                 weight_decay: float):
         self.classifier, self.dist = classifier, dist
         self.configured = dict(grl_lambda=float(grl_lambda), speaker_loss_weight=float(speaker_loss_weight))
         self.grl_lambda = float(grl_lambda)  # base lambda in effect now (before warm-up)
         self.speaker_loss_weight = float(speaker_loss_weight)
         self.warmup, self.total_steps = warmup, total_steps
-        self.band = band
+        self.band, self.band_check_every = band, band_check_every
         self.classifier_steps = classifier_steps
         self.classifier_lr_scale = classifier_lr_scale
         self.n_changes = 0
@@ -62,10 +63,11 @@ class SpeakerAdversary:
         sp = stage_params
         low, high = sp.speaker_acc_band
         band = SpeakerAccBand(low, high, sp.band_patience, sp.band_control, sp.band_factor, sp.grl_lambda_max,
-                              sp.speaker_loss_weight_max)
+                              sp.grl_lambda_min)
         return cls(model.speaker_classifier, dist, grl_lambda=sp.grl_lambda,
                    speaker_loss_weight=sp.speaker_loss_weight, warmup=sp.grl_warmup, total_steps=sp.steps,
-                   band=band, classifier_steps=sp.classifier_steps, classifier_lr_scale=sp.classifier_lr_scale,
+                   band=band, band_check_every=sp.band_check_every or sp.eval_every,
+                   classifier_steps=sp.classifier_steps, classifier_lr_scale=sp.classifier_lr_scale,
                    lr=sp.lr * sp.lr_scale, weight_decay=sp.weight_decay)
 
     # --- the values in effect ---------------------------------------------------------
@@ -88,8 +90,14 @@ class SpeakerAdversary:
         """Log where the values come from, once at the start (or after a resume)."""
         ramp = (f"; grl_warmup: the effective lambda ramps 0 -> {self.grl_lambda:g} (DANN schedule over "
                 f"{self.total_steps} steps)" if self.warmup else "")
-        log.info("%s: GRL lambda %g, speaker_loss_weight %g (band_control=%s)%s", stage, self.grl_lambda,
-                 self.speaker_loss_weight, self.band.control, ramp)
+        log.info("%s: GRL lambda %g, speaker_loss_weight %g (band_control=%s, a band check every %d steps)%s",
+                 stage, self.grl_lambda, self.speaker_loss_weight, self.band.control, self.band_check_every,
+                 ramp)
+        first = self.band_check_every * self.band.patience
+        if self.band.control == "auto" and first >= self.total_steps:
+            log.warning("%s: band_control=auto can act first at step %d, but the stage ends at step %d "
+                        "(changes are never made at the last step): lower %s.band_check_every or "
+                        "%s.band_patience", stage, first, self.total_steps, stage, stage)
 
     # --- the classifier's own updates -------------------------------------------------
     def remember(self, out: dict, batch: dict) -> None:
@@ -107,14 +115,17 @@ class SpeakerAdversary:
         params = [p for p in clf.parameters() if p.requires_grad]
         for _ in range(self.classifier_steps):  # every rank runs every update (DDP: same collectives)
             self.optimizer.zero_grad(set_to_none=True)
-            loss = sum(F.cross_entropy(logits, y, ignore_index=-100, reduction="sum") / (y != -100).sum().clamp(min=1)
-                       for logits, y in ((clf(e), y) for e, y in pending))
+            loss = sum(F.cross_entropy(clf(emo), labels, ignore_index=-100, reduction="sum")
+                       / (labels != -100).sum().clamp(min=1) for emo, labels in pending)
             (loss / len(pending)).backward()
             ddp.average_gradients(params, self.dist)
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
     # --- the band ---------------------------------------------------------------------
+    def band_due(self, step: int) -> bool:
+        """A band check (validation pass) after training step `step`, besides the evaluations."""
+        return step % self.band_check_every == 0
     def check_band(self, step: int, acc: float, last: bool = False) -> BandDecision:
         """Ask the band monitor; apply its proposed changes (auto control), except at the `last` step,
         where a change could not be used any more."""
@@ -150,12 +161,14 @@ class SpeakerAdversary:
 
     def state_dict(self) -> dict:
         return dict(grl_lambda=self.grl_lambda, speaker_loss_weight=self.speaker_loss_weight,
-                    n_changes=self.n_changes, changes=[dict(c) for c in self.changes], band=self.band.state_dict(),
+                    n_changes=self.n_changes, changes=[dict(c) for c in self.changes],
+                    band=self.band.state_dict(),
                     last_used=dict(self.last_used),
                     optimizer=self.optimizer.state_dict() if self.optimizer is not None else {})
 
     def load_state_dict(self, state: dict) -> None:
-        self.grl_lambda, self.speaker_loss_weight = float(state["grl_lambda"]), float(state["speaker_loss_weight"])
+        self.grl_lambda = float(state["grl_lambda"])
+        self.speaker_loss_weight = float(state["speaker_loss_weight"])
         self.n_changes, self.changes = int(state["n_changes"]), [dict(c) for c in state["changes"]]
         self.last_used = dict(state["last_used"])
         self.band.load_state_dict(state["band"])

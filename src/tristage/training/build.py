@@ -34,7 +34,8 @@ def check_init(stage: str, stage_params, base: Path | None) -> None:
     for name in ("model.safetensors", "config.json"):
         path = Path(stage_params.init_from) / name
         if not path.is_file():
-            raise UserError(f"{rel(path, base)} not found: run {preset.previous} first (dvc repro {preset.previous})")
+            raise UserError(f"{rel(path, base)} not found: run {preset.previous} first "
+                            f"(dvc repro {preset.previous})")
 
 
 def resolve_config(stage: str, params, stage_params, src: Sources) -> tuple[TTSConfig, Path | None]:
@@ -52,11 +53,13 @@ def resolve_config(stage: str, params, stage_params, src: Sources) -> tuple[TTSC
         for key, value in (("n_codebooks", src.n_codebooks), ("codebook_size", src.codebook_size),
                            ("n_mels", src.n_mels), ("caption_dim", int(src.table.dim))):
             if getattr(cfg, key) != value:
-                raise UserError(f"{init / 'config.json'}: {key}={getattr(cfg, key)} but the data has {value}; "
-                                f"rerun {preset.previous} on the current features (dvc repro {preset.previous})")
+                raise UserError(f"{init / 'config.json'}: {key}={getattr(cfg, key)} but the data has "
+                                f"{value}; rerun {preset.previous} on the current features "
+                                f"(dvc repro {preset.previous})")
         if len(src.mapping) > cfg.n_speakers:
-            raise UserError(f"{stage_params.speaker_mapping}: {len(src.mapping)} speakers but the {preset.previous} "
-                            f"model has a {cfg.n_speakers}-way speaker classifier; rerun {preset.previous}")
+            raise UserError(f"{stage_params.speaker_mapping}: {len(src.mapping)} speakers but the "
+                            f"{preset.previous} model has a {cfg.n_speakers}-way speaker classifier; "
+                            f"rerun {preset.previous}")
     cfg.caption_module, cfg.caption_table = src.caption_module, src.caption_table
     cfg.caption_vectors, cfg.peft = src.caption_vectors, dict(src.peft)
     cfg.codec, cfg.caption_encoder = src.codec, src.caption_encoder
@@ -64,7 +67,7 @@ def resolve_config(stage: str, params, stage_params, src: Sources) -> tuple[TTSC
 
 
 def load_init_weights(model, init: Path | None, previous: str | None) -> str:
-    """Load the previous stage's weights into `model`; -> their sha256 ("" when the stage starts from scratch)."""
+    """Load the previous stage's weights into `model`; -> their sha256 ("" for a stage from scratch)."""
     if init is None:
         return ""
     from safetensors.torch import load_file

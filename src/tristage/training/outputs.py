@@ -45,7 +45,7 @@ def final_metrics(state: TrainState, counts: dict, world: int, cfg: TTSConfig, a
         acc = mean("speaker_acc")
         val_acc = last_eval.get("val_speaker_acc")
         metrics.update(speaker_loss=mean("speaker_loss"), speaker_acc=acc, val_speaker_acc=val_acc,
-                       speaker_acc_band=band_status(val_acc if val_acc is not None else acc, *band),
+                       speaker_acc_band=band_status(val_acc if val_acc is not None else acc, band),
                        band_warnings=len(state.band_log), **adversary.metrics())
     metrics = {k: float(v) if isinstance(v, (float, np.floating)) else v for k, v in metrics.items()}
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}

@@ -38,9 +38,9 @@ class TrainState:
         return float(np.mean(vals)) if vals else None
 
     def to_dict(self) -> dict:
-        return plain(dict(step=self.step, history=list(self.history), window=list(self.window), best=dict(self.best),
-                          initial=dict(self.initial), band_log=list(self.band_log), samples_seen=self.samples_seen,
-                          train_time=self.train_time))
+        return plain(dict(step=self.step, history=list(self.history), window=list(self.window),
+                          best=dict(self.best), initial=dict(self.initial), band_log=list(self.band_log),
+                          samples_seen=self.samples_seen, train_time=self.train_time))
 
     def load(self, saved: dict) -> None:
         self.step = int(saved["step"])

@@ -56,7 +56,7 @@ def _seed_all(seed: int) -> None:
 def train_stage(stage: str, params, tracker=None, sources: Sources | None = None) -> dict[str, Any]:
     stage_params = params.stage(stage)
     check_init(stage, stage_params, params.base_dir)
-    dist = ddp.init(stage_params.device)
+    dist = ddp.init(stage_params.device, f"{stage}.device")
     try:
         return _Trainer(stage, params, stage_params, dist, tracker, sources).run()
     finally:
@@ -64,11 +64,11 @@ def train_stage(stage: str, params, tracker=None, sources: Sources | None = None
 
 
 class _Trainer:
-    def __init__(self, stage, params, sp, d: ddp.Dist, tracker, sources):
-        self.stage, self.params, self.sp, self.d, self.tracker = stage, params, sp, d, tracker
+    def __init__(self, stage, params, sp, dist: ddp.Dist, tracker, sources):
+        self.stage, self.params, self.sp, self.dist, self.tracker = stage, params, sp, dist, tracker
         self.preset = PRESETS[stage]
         self.base = params.base_dir
-        if d.is_main:
+        if dist.is_main:
             log.info("%s: preset frozen=%s grl=%s lr=%g x %g", stage, list(self.preset.frozen), self.preset.grl,
                      sp.lr, sp.lr_scale)
         self.src = sources if sources is not None else load_sources(sp, params.caption_vectors.peft.model_dump())
@@ -80,28 +80,28 @@ class _Trainer:
         model = build_model(self.cfg, self.src.table)
         init_sha = load_init_weights(model, init, self.preset.previous)
         self.counts = apply_preset(model, self.preset)
-        if d.is_main:
+        if dist.is_main:
             counts = self.counts
             log.info("%s: trainable %s / %s parameters (%.1f%%); frozen: %s", stage,
                      f"{counts['trainable_params']:,}", f"{counts['total_params']:,}",
                      100 * counts["trainable_fraction"], ", ".join(self.preset.frozen))
-        self.model = model.to(d.device)
+        self.model = model.to(dist.device)
         self.ddp_model = self.model
-        if d.enabled:
+        if dist.enabled:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
-            self.ddp_model = DDP(self.model, device_ids=[d.local_rank] if d.device.startswith("cuda") else None,
+            self.ddp_model = DDP(self.model, device_ids=[dist.local_rank] if dist.device.startswith("cuda") else None,
                                  find_unused_parameters=False)
-        self.data = TrainData(self.src, sp, self.cfg.max_text_len, self.cfg.max_frames, d.rank, d.world)
+        self.data = TrainData(self.src, sp, self.cfg.max_text_len, self.cfg.max_frames, dist.rank, dist.world)
         self.val = self.data.val_batches(sp.batch_size)
-        self.adversary = SpeakerAdversary.from_params(sp, model, d, grl=self.preset.grl)
+        self.adversary = SpeakerAdversary.from_params(sp, model, dist, grl=self.preset.grl)
         self.opt, self.sched = build_optimizer(
             model, sp, self.adversary.classifier_lr_scale if self.adversary else 1.0)
         self.peft = params.caption_vectors.peft
         self.out = Path(sp.out_dir)
         self.ckroot = self.out / "checkpoints"
         self.fingerprint_parts, self.code_files = run_fingerprint_parts(
-            stage, sp, self.cfg, init_sha, self.peft, d.world, data_fingerprint(self.src, self.data.examples))
+            stage, sp, self.cfg, init_sha, self.peft, dist.world, data_fingerprint(self.src, self.data.examples))
         self.fingerprint = combine(self.fingerprint_parts)
         self.state = TrainState(window_size=sp.window)
 
@@ -131,26 +131,26 @@ class _Trainer:
             return reason
 
         folder, notes = ck.find_resumable(self.ckroot, self.fingerprint, why=why)
-        if self.d.is_main:
+        if self.dist.is_main:
             for note in notes:
                 if "is unusable" in note:
                     log.warning("%s: %s", self.stage, note)
         if folder is None:
             newest = ck.list_checkpoints(self.ckroot)
             if newest:
-                if self.d.is_main:
+                if self.dist.is_main:
                     log.info("%s: starting fresh, not resuming %s: %s", self.stage, newest[0][1].name,
                              stale[0] if stale else "no checkpoint verifies")
                     ck.clear(self.ckroot)
-            ddp.barrier(self.d)
+            ddp.barrier(self.dist)
             return
         model_state, saved = ck.load_checkpoint(folder)
         if self.adversary and "adversary" not in saved:  # written before the GRL had one owner
-            if self.d.is_main:
+            if self.dist.is_main:
                 log.info("%s: %s was written by an older trainer; starting fresh", self.stage,
                          rel(folder, self.base))
                 ck.clear(self.ckroot)
-            ddp.barrier(self.d)
+            ddp.barrier(self.dist)
             return
         try:
             self.model.load_state_dict(model_state, strict=True)
@@ -160,23 +160,23 @@ class _Trainer:
         self.load_trainer_state(saved)
         self.state.resumed_from = self.state.step
         self.state.last_good = folder
-        if self.d.is_main:
+        if self.dist.is_main:
             log.info("%s: resuming from %s (step %d of %d)", self.stage, rel(folder, self.base), self.state.step,
                      self.sp.steps)
-        ddp.barrier(self.d)
+        ddp.barrier(self.dist)
 
     def save_checkpoint(self) -> None:
-        if self.d.is_main:
+        if self.dist.is_main:
             folder = ck.save_checkpoint(self.ckroot, self.state.step, self.model.state_dict(), self.trainer_state(),
                                         self.fingerprint, extra=dict(fingerprint_parts=self.fingerprint_parts,
                                                                      code_files=self.code_files))
             ck.prune(self.ckroot, self.sp.keep_last, {self.state.best["step"]})
             self.state.last_good = folder
-        ddp.barrier(self.d)
+        ddp.barrier(self.dist)
 
     # --- one step -----------------------------------------------------------------------
     def autocast(self):
-        if self.d.device.startswith("cuda") and self.sp.amp:
+        if self.dist.device.startswith("cuda") and self.sp.amp:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return nullcontext()
 
@@ -193,8 +193,8 @@ class _Trainer:
         t0 = time.perf_counter()
         sums = StepSums()
         for micro in range(sp.grad_accum):
-            batch = to_device(self.data.next_batch(), self.d.device)
-            sync = self.d.enabled and micro < sp.grad_accum - 1
+            batch = to_device(self.data.next_batch(), self.dist.device)
+            sync = self.dist.enabled and micro < sp.grad_accum - 1
             with (self.ddp_model.no_sync() if sync else nullcontext()), self.autocast():
                 out = self.ddp_model(batch, **forward_args)
                 loss = self.loss_of(out)
@@ -204,7 +204,7 @@ class _Trainer:
             if adv:
                 adv.remember(out, batch)
             sums.add(out, batch["codes"].shape[0], finite, speaker=adv is not None)
-        sums = sums.all_reduce(self.d)
+        sums = sums.all_reduce(self.dist)
         if sums.nonfinite > 0:
             self.opt.zero_grad(set_to_none=True)
             raise NonFiniteLoss(self._nonfinite_msg(sums.mel_loss))
@@ -221,7 +221,7 @@ class _Trainer:
         elapsed = time.perf_counter() - t0
         self.state.train_time += elapsed
         self.state.samples_seen += int(sums.samples)
-        n_micro = sp.grad_accum * self.d.world
+        n_micro = sp.grad_accum * self.dist.world
         rec = dict(mel_loss=sums.mel_loss / n_micro, mel_top1=sums.mel_correct / max(sums.mel_count, 1),
                    kl=sums.kl / n_micro, ortho=sums.ortho / n_micro,  # the PEFT losses, unweighted
                    samples_per_s=sums.samples / elapsed, lr=self.sched.get_last_lr()[0])
@@ -239,28 +239,30 @@ class _Trainer:
 
     # --- evaluation and logging -----------------------------------------------------------
     def evaluate(self) -> dict[str, float]:
-        return validate(self.model, self.val, self.d.device, speaker=self.adversary is not None,
+        return validate(self.model, self.val, self.dist.device, speaker=self.adversary is not None,
                         autocast=self.autocast)
 
     def log_row(self, row: dict) -> None:
         self.state.history.append(row)
-        if self.d.is_main and self.tracker is not None:
+        if self.dist.is_main and self.tracker is not None:
             self.tracker.log_metrics({k: v for k, v in row.items() if k != "step" and isinstance(v, (int, float))},
                                      step=row["step"])
 
-    def on_eval(self, ev: dict) -> dict:
+    def on_eval(self, ev: dict, band_only: bool = False) -> dict:
+        """Band check and best-so-far of one validation pass (`band_only`: a band check between evaluations,
+        which doesn't pick the best checkpoint)."""
         row, state = dict(ev), self.state
         if self.adversary:
             acc = ev.get("val_speaker_acc", state.window_mean("speaker_acc"))
             if acc is not None:
                 dec = self.adversary.check_band(state.step, acc, last=state.step == self.sp.steps)
                 row["band_status"] = dec.status
-                if dec.warning and self.d.is_main:
+                if dec.warning and self.dist.is_main:
                     log.warning("%s step %d: %s", self.stage, state.step, dec.warning)
                 if dec.warning:
                     state.band_log.append(dict(step=state.step, status=dec.status, message=dec.warning,
                                                changes={k: list(v) for k, v in dec.changes.items()}))
-        if "val_mel_loss" in ev and ev["val_mel_loss"] < state.best["val_mel_loss"]:
+        if not band_only and "val_mel_loss" in ev and ev["val_mel_loss"] < state.best["val_mel_loss"]:
             state.best = dict(step=state.step, val_mel_loss=float(ev["val_mel_loss"]))
         return row
 
@@ -271,9 +273,11 @@ class _Trainer:
         row = None
         if step % sp.log_every == 0 or last:
             row = dict(step=step, **{k: self.state.window_mean(k) for k in rec})
-            row.update(lr=rec["lr"], **({"grl_lambda": rec["grl_lambda"]} if "grl_lambda" in rec else {}))
-        if step % sp.eval_every == 0 or last:
-            row = dict(row or dict(step=step), **self.on_eval(self.evaluate()))
+            # the values in effect now, not window means: the last row agrees with metrics/<stage>.json
+            row.update({k: rec[k] for k in ("lr", "grl_lambda", "speaker_loss_weight") if k in rec})
+        evaluation = step % sp.eval_every == 0 or last
+        if evaluation or (self.adversary and self.adversary.band_due(step)):
+            row = dict(row or dict(step=step), **self.on_eval(self.evaluate(), band_only=not evaluation))
         return row
 
     # --- the loop -------------------------------------------------------------------------
@@ -282,14 +286,14 @@ class _Trainer:
 
         sp, state = self.sp, self.state
         self.maybe_resume()
-        if self.adversary and self.d.is_main:
+        if self.adversary and self.dist.is_main:
             self.adversary.describe_start(self.stage)
         if state.step == 0 and not state.initial:
             ev = self.evaluate()
             state.initial = dict(initial_mel_loss=ev.get("val_mel_loss", float("nan")))
             self.log_row(dict(step=0, **ev))
         bar = tqdm(total=sp.steps, initial=state.step, desc=self.stage, file=sys.stderr, mininterval=2.0,
-                   disable=not self.d.is_main or os.environ.get("TRISTAGE_NO_PROGRESS") == "1")
+                   disable=not self.dist.is_main or os.environ.get("TRISTAGE_NO_PROGRESS") == "1")
         while state.step < sp.steps:
             rec = self.train_step()
             state.window.append(rec)
@@ -303,14 +307,14 @@ class _Trainer:
             if state.step % sp.checkpoint_every == 0 or state.step == sp.steps:
                 self.save_checkpoint()
         bar.close()
-        metrics = final_metrics(state, self.counts, self.d.world, self.cfg, self.adversary,
+        metrics = final_metrics(state, self.counts, self.dist.world, self.cfg, self.adversary,
                                 tuple(sp.speaker_acc_band) if self.adversary else None)
         # the PEFT losses (unweighted, moving window) and the utterances skipped for exceeding max_frames
         metrics.update(kl=state.window_mean("kl"), ortho=state.window_mean("ortho"),
                        n_skipped_too_long=self.data.n_skipped_too_long)
-        if self.d.is_main:
+        if self.dist.is_main:
             self.write_outputs(metrics)
-        ddp.barrier(self.d)
+        ddp.barrier(self.dist)
         return metrics
 
     def write_outputs(self, metrics: dict) -> None:

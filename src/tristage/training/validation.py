@@ -25,7 +25,8 @@ class ValTotals:
 
 
 @torch.no_grad()
-def validate(model, batches: list[dict], device: str, speaker: bool, autocast=nullcontext) -> dict[str, float]:
+def validate(model, batches: list[dict], device: str, speaker: bool,
+             autocast=nullcontext) -> dict[str, float]:
     """Token-weighted val_mel_loss / val_mel_top1 over fixed batches; with `speaker`, also the speaker
     classifier's accuracy and loss on the emotion vector (speaker head on, GRL at lambda 0)."""
     if not batches:
@@ -44,7 +45,8 @@ def validate(model, batches: list[dict], device: str, speaker: bool, autocast=nu
             tot.speaker_correct += out["speaker_correct"].item()
             tot.speaker_count += out["speaker_count"].item()
             tot.speaker_loss += out["speaker_loss"].item() * float(out["speaker_count"])
-    res = dict(val_mel_loss=tot.mel_loss / max(tot.mel_count, 1), val_mel_top1=tot.mel_correct / max(tot.mel_count, 1))
+    n_tokens = max(tot.mel_count, 1)
+    res = dict(val_mel_loss=tot.mel_loss / n_tokens, val_mel_top1=tot.mel_correct / n_tokens)
     if speaker and tot.speaker_count > 0:
         res.update(val_speaker_acc=tot.speaker_correct / tot.speaker_count,
                    val_speaker_loss=tot.speaker_loss / tot.speaker_count)
