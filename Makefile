@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # stage, the flows and the tests apply them; DVC's own analytics are off in .dvc/config.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install demo test test-fast bench serve dag clean-outputs
+.PHONY: install demo summary test test-fast bench serve dag clean-outputs
 
 install: $(STAMP)
 
@@ -23,7 +23,10 @@ $(STAMP): pyproject.toml
 
 demo: install
 	$(VENV)/bin/dvc repro
-	$(VENV)/bin/dvc metrics show
+	$(PY) -m tristage.cli summary  # one table; every metric: dvc metrics show --md
+
+summary: install
+	$(PY) -m tristage.cli summary
 
 test: install
 	$(PY) -m pytest -q

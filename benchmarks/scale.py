@@ -95,7 +95,7 @@ def part_loader(tmp: Path, n: int) -> list[str]:
     from tristage.config import load_params
     from tristage.testing import write_feature_store
     from tristage.training.data import CACHE_UTTERANCES, Sources, TrainData
-    from tristage.training.fakes import FakeCaptionTable
+    from tristage.testing.fakes import FakeCaptionTable
 
     folder = tmp / "features"
     t0 = time.perf_counter()
@@ -144,13 +144,13 @@ def part_loader(tmp: Path, n: int) -> list[str]:
 
 
 def part_ddp(tmp: Path) -> list[str]:
-    from tristage.training.fakes import write_tiny_params
+    from tristage.testing.fakes import write_tiny_params
 
     one, two = tmp / "one", tmp / "two"
     one.mkdir(), two.mkdir()
     kw = dict(steps=20, log_every=1, window=1, eval_every=100, checkpoint_every=100)
     p1, p2 = write_tiny_params(one, batch_size=4, **kw), write_tiny_params(two, batch_size=2, **kw)
-    fakes = ["-m", "tristage.training.fakes", "stage1", "--params"]
+    fakes = ["-m", "tristage.testing.fakes", "stage1", "--params"]
     t1, _ = run_measured([sys.executable, *fakes, str(p1)], env=_env())
     t2, _ = run_measured([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                           *fakes, str(p2)], env=_env())

@@ -28,7 +28,7 @@ def _loop(model, opt, get_batch, steps: int) -> float:
     t0 = time.perf_counter()
     for i in range(steps):
         batch = get_batch(i)
-        out = model(batch, grl_lambda=1.0)
+        out = model(batch, speaker_head=True, grl_lambda=1.0)
         (out["mel_loss"] + 0.1 * out["speaker_loss"]).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -43,7 +43,7 @@ def loader_overhead(steps: int, batch_size: int) -> tuple[float, float, float, f
     from tristage.model.config import PRESETS, TTSConfig
     from tristage.model.tts import TTS
     from tristage.training.data import TrainData
-    from tristage.training.fakes import FakeCaptionPEFT, fake_sources
+    from tristage.testing.fakes import FakeCaptionPEFT, fake_sources
 
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     src = fake_sources(n_speakers=12, utts_per_speaker=20, n_codebooks=4, codebook_size=256, n_mels=80,
@@ -79,7 +79,7 @@ def cuda_stages(steps: int) -> list[str]:
     import torch
 
     from tristage.config import load_params
-    from tristage.training.fakes import fake_sources, write_tiny_params
+    from tristage.testing.fakes import fake_sources, write_tiny_params
     from tristage.training.trainer import train_stage
 
     lines = []

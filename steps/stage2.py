@@ -7,5 +7,12 @@ What trains is data: tristage/training/presets.py. Writes models/stage2/, metric
 """
 from tristage.stage import main_training
 
+
+def run(params, tracker):
+    from tristage.training.trainer import train_stage
+
+    return train_stage("stage2", params, tracker=tracker)
+
+
 if __name__ == "__main__":
-    main_training("stage2", description=__doc__)
+    main_training("stage2", run, description=__doc__)

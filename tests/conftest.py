@@ -21,8 +21,7 @@ _TRAIN = {"steps": 4, "batch_size": 4, "log_every": 1, "eval_every": 2, "checkpo
 TINY = {
     "corpus": {"n_speakers": 4, "utts_per_speaker": 10},
     "speaker_mapping": {"min_samples": 5},
-    "stage1": {**_TRAIN, "model": {"d_model": 32, "n_layer": 1, "n_head": 2, "cond_dim": 16, "cond_heads": 2,
-                                   "speaker_latents": 2, "emo_dim": 8, "classifier_hidden": 16}},
+    "stage1": {**_TRAIN, "model": {"preset": "toy", "max_text_len": 128, "max_frames": 256}},
     "stage2": _TRAIN,
     "stage3": _TRAIN,
     "evaluate": {"n_samples": 1, "max_sample_frames": 8, "n_audio_samples": 1},

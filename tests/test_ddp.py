@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import project_env
-from tristage.training.fakes import write_tiny_params
+from tristage.testing.fakes import write_tiny_params
 
 pytestmark = pytest.mark.slow
 
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 def test_two_gloo_processes(tmp_path):
     params = write_tiny_params(tmp_path, steps=6, batch_size=2, checkpoint_every=3)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "tristage.training.fakes", "stage1", "--params", str(params)]
+           "-m", "tristage.testing.fakes", "stage1", "--params", str(params)]
     r = subprocess.run(cmd, env=project_env(TRISTAGE_NO_PROGRESS="1"), capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stderr[-3000:]
     m = json.loads((tmp_path / "metrics/stage1.json").read_text())
@@ -47,7 +47,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     p1 = write_tiny_params(one, batch_size=4, **kw)
     p2 = write_tiny_params(two, batch_size=2, **kw)
     env = project_env(TRISTAGE_NO_PROGRESS="1")
-    fakes = ["-m", "tristage.training.fakes", "stage1", "--params"]
+    fakes = ["-m", "tristage.testing.fakes", "stage1", "--params"]
     r1 = subprocess.run([sys.executable, *fakes, str(p1)], env=env, capture_output=True, text=True, timeout=240)
     r2 = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                          *fakes, str(p2)], env=env, capture_output=True, text=True, timeout=240)
@@ -63,7 +63,7 @@ def test_stage2_with_extra_classifier_updates_under_two_processes(tmp_path):
     """stage2's classifier-only updates all-reduce their gradients: 2 gloo processes finish (no hang)."""
     params = write_tiny_params(tmp_path, steps=4, batch_size=2, checkpoint_every=2)
     env = project_env(TRISTAGE_NO_PROGRESS="1")
-    fakes = ["-m", "tristage.training.fakes"]
+    fakes = ["-m", "tristage.testing.fakes"]
     subprocess.run([sys.executable, *fakes, "stage1", "--params", str(params)], env=env, check=True,
                    capture_output=True, timeout=240)
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
@@ -73,4 +73,4 @@ def test_stage2_with_extra_classifier_updates_under_two_processes(tmp_path):
     m = json.loads((tmp_path / "metrics/stage2.json").read_text())
     assert m["world_size"] == 2 and m["steps"] == 4 and m["speaker_acc"] is not None
     st = torch.load(tmp_path / "models/stage2/trainer_state.pt", weights_only=True)
-    assert st["cls_optimizer"]["state"]  # the classifier's own optimizer ran and is saved for resume
+    assert st["adversary"]["optimizer"]["state"]  # the classifier's own optimizer ran and is saved for resume

@@ -12,7 +12,7 @@ from tristage.config import load_params
 from tristage.errors import UserError
 from tristage.evaluation.metrics import CONTRACT_KEYS
 from tristage.evaluation.run import classifier_trained, run_evaluate
-from tristage.training.fakes import default_fake_sources, write_tiny_params
+from tristage.testing.fakes import default_fake_sources, write_tiny_params
 from tristage.training.trainer import train_stage
 
 pytestmark = pytest.mark.slow

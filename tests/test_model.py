@@ -7,10 +7,10 @@ import torch
 from tristage.model.config import PRESETS, ModelParams, TTSConfig
 from tristage.model.decoder import delay_codes, undelay_codes
 from tristage.model.grl import grad_reverse
-from tristage.model.tts import MODULE_NAMES, TTS
-from tristage.training.fakes import TINY_MODEL, FakeCaptionPEFT, fake_sources
+from tristage.model.tts import MODULE_NAMES, TTS, encode_text
+from tristage.testing.fakes import TINY_MODEL, FakeCaptionPEFT, fake_sources
 from tristage.training.data import TrainData
-from tristage.training.fakes import write_tiny_params
+from tristage.testing.fakes import write_tiny_params
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,7 @@ def test_forward_shapes_and_losses(tiny):
     import numpy as np
 
     batch = data.collate(data.train_idx[:3], [0])
-    out = model(batch, grl_lambda=1.0)
+    out = model(batch, speaker_head=True, grl_lambda=1.0)
     assert out["emo_vec"].shape == (3, cfg.d_model)
     assert out["mel_loss"].ndim == 0 and torch.isfinite(out["mel_loss"])
     # untrained: cross-entropy near log(V)
@@ -98,7 +98,7 @@ def test_grl_gradient_at_emotion_perceiver_is_reversed(tiny):
         h1 = model.speaker_classifier.register_forward_pre_hook(on_cls_input)
         h2 = model.emo_layer.register_forward_hook(on_emo_vec)
         try:
-            out = model(batch, grl_lambda=lam)
+            out = model(batch, speaker_head=True, grl_lambda=lam)
             out["speaker_loss"].backward()
         finally:
             h1.remove(), h2.remove()
@@ -118,7 +118,25 @@ def test_generate_returns_codes(tiny):
     mel, _ = data.features(0)
     codes = model.generate("hello", [1, 2, 3], mel.float(), n_frames=5, greedy=True)
     assert codes.shape == (cfg.n_codebooks, 5)
-    assert ((codes >= 0) & (codes < cfg.codebook_size)).all()
+    # greedy decoding under the delay pattern = the argmax of the teacher-forced forward pass at every
+    # target position: scoring the generated codes as targets gives top-1 accuracy exactly 1
+    model.eval()
+
+    def top1(target: torch.Tensor) -> tuple[int, int]:
+        ones = lambda n: torch.ones(1, n, dtype=torch.bool)  # noqa: E731
+        text = torch.tensor([encode_text("hello", cfg.max_text_len)])
+        with torch.no_grad():
+            out = model(dict(text=text, text_mask=ones(text.shape[1]), codes=target[None],
+                             code_lengths=torch.tensor([target.shape[1]]), caption_ids=torch.tensor([[1, 2, 3]]),
+                             caption_mask=ones(3), spk_mel=mel.float()[None], spk_mask=ones(mel.shape[0]),
+                             emo_mel=mel.float()[None], emo_mask=ones(mel.shape[0])))
+        return int(out["mel_correct"]), int(out["mel_count"])
+
+    assert top1(codes) == (5 * cfg.n_codebooks, 5 * cfg.n_codebooks)
+    flipped = codes.clone()
+    flipped[0, 2] = (flipped[0, 2] + 1) % cfg.codebook_size  # a code that is not the argmax
+    correct, count = top1(flipped)
+    assert count == 5 * cfg.n_codebooks and correct < count
     g = torch.Generator().manual_seed(0)
     sampled = model.generate("hello", [1, 2, 3], mel.float(), n_frames=4, temperature=1.0, top_k=5, generator=g)
     assert sampled.shape == (cfg.n_codebooks, 4)

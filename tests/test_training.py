@@ -10,46 +10,100 @@ import torch
 from tristage.config import load_params
 from tristage.errors import UserError
 from tristage.training import checkpoint as ck
+from tristage.training.adversary import SpeakerAdversary
 from tristage.training.band import SpeakerAccBand, band_status, dann_lambda
 from tristage.training.data import BucketSampler, TrainData
-from tristage.training.fakes import default_fake_sources, fake_sources, write_tiny_params
-from tristage.training.trainer import _Trainer, lr_factor, train_stage
+from tristage.testing.fakes import default_fake_sources, fake_sources, write_tiny_params
+from tristage.training.optim import lr_factor
+from tristage.training.trainer import _Trainer, train_stage
 
 
 def _band(control="warn", patience=2):
-    return SpeakerAccBand(0.3, 0.6, patience, control, grl_lambda=1.0, speaker_loss_weight=0.1,
-                          grl_lambda_max=3.0, speaker_loss_weight_max=0.2)
+    return SpeakerAccBand(0.3, 0.6, patience, control, grl_lambda_max=3.0, grl_lambda_min=0.25)
+
+
+def _adversary(control="warn", patience=2, **kw):
+    """A stage2 adversary on a stand-in classifier (its band and values only)."""
+    from types import SimpleNamespace
+
+    from tristage.training import ddp
+
+    sp = load_params(None).stage2.model_copy(update=dict(band_control=control, band_patience=patience,
+                                                         grl_lambda_min=0.25, **kw))
+    return SpeakerAdversary.from_params(sp, SimpleNamespace(speaker_classifier=torch.nn.Linear(2, 2)), ddp.Dist())
 
 
 @pytest.mark.parametrize("acc,status", [(0.1, "below"), (0.3, "in"), (0.45, "in"), (0.6, "in"), (0.9, "above")])
 def test_band_status(acc, status):
-    assert band_status(acc, 0.3, 0.6) == status
+    assert band_status(acc, (0.3, 0.6)) == status
 
 
 def test_band_warns_after_patience_without_changing_in_warn_mode():
-    b = _band("warn", patience=2)
-    assert b.update(0.9).warning is None
-    d = b.update(0.95)
+    adv = _adversary("warn", patience=2)
+    assert adv.check_band(1, 0.9).warning is None
+    d = adv.check_band(2, 0.95)
     assert d.status == "above" and "raise stage2.grl_lambda" in d.warning and not d.changes
-    assert b.grl_lambda == 1.0
-    assert b.update(0.5).status == "in"
-    assert b.update(0.1).warning is None  # streak restarted
-    d = b.update(0.1)
-    assert "raise stage2.speaker_loss_weight" in d.warning and b.speaker_loss_weight == 0.1
+    assert adv.grl_lambda == 1.0 and not adv.changes
+    assert adv.check_band(3, 0.5).status == "in"
+    assert adv.check_band(4, 0.1).warning is None  # streak restarted
+    d = adv.check_band(5, 0.1)
+    assert "lower stage2.grl_lambda" in d.warning and adv.grl_lambda == 1.0 and adv.speaker_loss_weight == 0.1
 
 
-def test_band_auto_adjusts_within_limits():
+def test_band_monitor_proposes_but_holds_no_values():
     b = _band("auto", patience=1)
-    assert b.update(0.95).changes == {"grl_lambda": (1.0, 2.0)}
-    assert b.update(0.95).changes == {"grl_lambda": (2.0, 3.0)}
-    d = b.update(0.95)
-    assert not d.changes and "at its limit" in d.warning and b.grl_lambda == 3.0
-    assert b.update(0.05).changes == {"speaker_loss_weight": (0.1, 0.2)}
-    assert not b.update(0.05).changes and b.speaker_loss_weight == 0.2
-    s = b.state_dict()
-    b2 = _band("auto", patience=1)
-    b2.load_state_dict(s)
-    assert b2.state_dict() == s
+    assert b.update(0.95, grl_lambda=1.0, speaker_loss_weight=0.1).changes == {"grl_lambda": (1.0, 2.0)}
+    assert b.update(0.05, grl_lambda=1.0, speaker_loss_weight=0.1).changes == {"grl_lambda": (1.0, 0.5)}
+    assert b.update(0.95, grl_lambda=1.0, speaker_loss_weight=0.1).changes == {"grl_lambda": (1.0, 2.0)}
+    assert not hasattr(b, "grl_lambda") and not hasattr(b, "speaker_loss_weight")
+
+
+def test_adversary_auto_adjusts_within_limits_logs_each_change_and_resumes():
+    adv = _adversary("auto", patience=1)
+    assert adv.check_band(1, 0.95).changes == {"grl_lambda": (1.0, 2.0)}
+    assert adv.check_band(2, 0.95).changes == {"grl_lambda": (2.0, 3.0)}
+    d = adv.check_band(3, 0.95)
+    assert not d.changes and "at its limit" in d.warning and adv.grl_lambda == 3.0
+    # below the band: lambda comes down (the speaker has left the vector), to grl_lambda_min at least
+    assert adv.check_band(4, 0.05).changes == {"grl_lambda": (3.0, 1.5)}
+    assert adv.check_band(5, 0.05).changes == {"grl_lambda": (1.5, 0.75)}
+    assert adv.speaker_loss_weight == 0.1  # the weight is advised on, never changed
+    assert [(c["step"], c["name"], c["old"], c["new"]) for c in adv.changes] == [
+        (1, "grl_lambda", 1.0, 2.0), (2, "grl_lambda", 2.0, 3.0), (4, "grl_lambda", 3.0, 1.5),
+        (5, "grl_lambda", 1.5, 0.75)]
+    assert all("band_control=auto" in c["reason"] for c in adv.changes)
+    assert adv.forward_args(7) == dict(speaker_head=True, grl_lambda=0.75)
+    m = adv.metrics()
+    assert (m["grl_lambda_configured"], m["grl_lambda_final"], m["grl_lambda"]) == (1.0, 0.75, 0.75)
+    assert (m["speaker_loss_weight_configured"], m["speaker_loss_weight_final"]) == (0.1, 0.1)
+    s = adv.state_dict()
+    again = _adversary("auto", patience=1)
+    again.load_state_dict(s)
+    assert again.state_dict() == s and again.lambda_at(7) == 0.75
+    for step in (8, 9):
+        adv.check_band(step, 0.05)
+    d = adv.check_band(10, 0.05)
+    assert adv.grl_lambda == 0.25 and not d.changes and "at its limit grl_lambda_min" in d.warning
+
+
+def test_below_band_advice_matches_the_measured_finding():
+    d = _band("warn", patience=1).update(0.1, grl_lambda=1.0, speaker_loss_weight=0.1)
+    assert "speaker has left" in d.warning and "lower stage2.grl_lambda" in d.warning
+    assert "not learning;" not in d.warning and not d.changes
+
+
+def test_adversary_never_changes_a_value_at_the_last_step():
+    adv = _adversary("auto", patience=1)
+    d = adv.check_band(10, 0.95, last=True)
+    assert not d.changes and "not applied" in d.warning and adv.grl_lambda == 1.0 and not adv.changes
+
+
+def test_adversary_warmup_is_the_dann_ramp_of_the_base_lambda():
+    adv = _adversary("warn", grl_warmup=True, steps=100, grl_lambda=2.0)
+    assert adv.lambda_at(0) == 0.0 and adv.lambda_at(50) == pytest.approx(dann_lambda(2.0, 0.5))
+    adv.forward_args(99)
+    assert adv.metrics()["grl_lambda"] == pytest.approx(dann_lambda(2.0, 0.99))
+    assert adv.metrics()["grl_lambda_configured"] == 2.0
 
 
 def test_band_in_stage2_adjusts_when_forced_out_of_band(tmp_path, monkeypatch):
@@ -64,8 +118,37 @@ def test_band_in_stage2_adjusts_when_forced_out_of_band(tmp_path, monkeypatch):
     m = train_stage("stage2", params, None, sources=default_fake_sources(tmp_path))
     assert m["speaker_acc_band"] == "above"
     assert m["grl_lambda"] == 3.0 and m["band_changes"] == 2  # 1 -> 2 -> 3 (grl_lambda_max)
+    assert m["grl_lambda_configured"] == 1.0 and m["grl_lambda_final"] == 3.0
     info = __import__("json").loads((tmp_path / "models/stage2/training.json").read_text())
     assert [c["changes"] for c in info["band_log"][:2]] == [{"grl_lambda": [1.0, 2.0]}, {"grl_lambda": [2.0, 3.0]}]
+    assert [(c["step"], c["new"]) for c in info["grl_log"]] == [(1, 2.0), (2, 3.0)]
+
+
+def test_auto_band_checks_between_evaluations_never_at_the_last_step_and_reports_one_value(tmp_path, monkeypatch):
+    """band_check_every acts inside the stage even when evaluations are rare; nothing changes at the last
+    step; train.tsv says per check whether speaker_acc was in the band; the last row's lambda / weight are
+    the ones metrics/stage2.json reports (the values actually used)."""
+    import dataclasses
+    import json
+
+    from tristage.training import presets
+
+    monkeypatch.setitem(presets.PRESETS, "stage2", dataclasses.replace(presets.PRESETS["stage2"], needs_init=False))
+    params = load_params(write_tiny_params(tmp_path, steps=8, eval_every=100, log_every=1),
+                         ["stage2.band_control=auto", "stage2.band_patience=1", "stage2.band_check_every=2",
+                          "stage2.init_from=null", "stage2.grl_lambda_max=100"])
+    monkeypatch.setattr(_Trainer, "evaluate", lambda self: dict(val_mel_loss=1.0, val_mel_top1=0.5, val_speaker_acc=0.99))
+    m = train_stage("stage2", params, None, sources=default_fake_sources(tmp_path))
+    info = json.loads((tmp_path / "models/stage2/training.json").read_text())
+    assert [(c["step"], c["old"], c["new"]) for c in info["grl_log"]] == [(2, 1.0, 2.0), (4, 2.0, 4.0), (6, 4.0, 8.0)]
+    assert "not applied" in info["band_log"][-1]["message"] and info["band_log"][-1]["step"] == 8
+    assert (m["grl_lambda"], m["grl_lambda_final"], m["grl_lambda_configured"], m["band_changes"]) == (8.0, 8.0, 1.0, 3)
+    assert m["best_step"] == 8  # band checks between evaluations don't pick the best checkpoint
+    rows = [line.split("\t") for line in (tmp_path / "plots/stage2/train.tsv").read_text().splitlines()]
+    table = [dict(zip(rows[0], r)) for r in rows[1:]]
+    assert [(r["step"], r["band_status"]) for r in table if r["band_status"]] == [(s, "above") for s in ("2", "4", "6", "8")]
+    assert float(table[-1]["grl_lambda"]) == m["grl_lambda"]
+    assert float(table[-1]["speaker_loss_weight"]) == m["speaker_loss_weight"]
 
 
 def test_dann_warmup_and_lr_schedule():
@@ -114,9 +197,9 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypa
     params = load_params(write_tiny_params(tmp_path, steps=8, checkpoint_every=2))
     real = _Trainer.loss_of
 
-    def poisoned(self, out, lam):
-        loss = real(self, out, lam)
-        return loss * float("nan") if self.step >= 5 else loss
+    def poisoned(self, out):
+        loss = real(self, out)
+        return loss * float("nan") if self.state.step >= 5 else loss
 
     monkeypatch.setattr(_Trainer, "loss_of", poisoned)
     with pytest.raises(UserError) as e:
@@ -193,9 +276,10 @@ def test_classifier_updates_move_only_the_classifier(tmp_path, monkeypatch):
     with torch.no_grad():
         emo = t.model.emotion_vector(batch["emo_mel"], batch["emo_mask"])
     before = {k: v.clone() for k, v in t.model.state_dict().items()}
-    t.classifier_updates([(emo, batch["speaker"])])
+    t.adversary.remember(dict(emo_vec=emo), batch)
+    t.adversary.classifier_updates()
     after = t.model.state_dict()
     changed = {k.split(".")[0] for k in before if not torch.equal(before[k], after[k])}
     assert changed == {"speaker_classifier"}
     params0 = load_params(write_tiny_params(tmp_path, steps=2), ["stage2.init_from=null", "stage2.classifier_steps=0"])
-    assert _Trainer("stage2", params0, params0.stage2, ddp.init("cpu"), None, default_fake_sources(tmp_path)).cls_opt is None
+    assert _Trainer("stage2", params0, params0.stage2, ddp.init("cpu"), None, default_fake_sources(tmp_path)).adversary.optimizer is None

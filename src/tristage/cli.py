@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,7 +29,20 @@ def main(argv: list[str] | None = None) -> int:
     i.add_argument("--text", choices=("normalized", "original"), default="normalized",
                    help="ljspeech/libritts: which transcript to use")
     i.add_argument("--language", default=None, help="language code for every row, e.g. en")
+    s = sub.add_parser("summary", help="the demo's figures: one table, a row per stage, and where to look further")
+    s.add_argument("--params", type=Path, default=None, help="params file (default: ./params.yaml, else the repo's)")
     args = p.parse_args(argv)
+    if args.cmd == "summary":
+        from tristage.config import load_params
+        from tristage.errors import UserError
+        from tristage.stage import default_params_path
+        from tristage.summary import summary
+        try:
+            print(summary(load_params(args.params or default_params_path())))
+        except UserError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        return 0
     if args.cmd == "import":
         import json
 

@@ -79,14 +79,10 @@ def main(stage: str, fn: StageFn, description: str | None = None) -> None:
     sys.exit(run_stage(stage, fn, description=description))
 
 
-def main_training(stage: str, description: str | None = None) -> None:
-    """`python -m steps.<stage>` for a training stage, also under `torchrun` (only rank 0 logs to MLflow)."""
+def main_training(stage: str, fn: StageFn, description: str | None = None) -> None:
+    """`python -m steps.<stage>` for a training stage, also under `torchrun` (only rank 0 logs to MLflow).
+    `fn` imports the trainer itself (in steps/<stage>.py), so this module's import closure, which
+    every stage's DVC deps include, stays free of the training code."""
     if os.environ.get("RANK", "0") != "0":
         os.environ["TRISTAGE_TRACKING"] = "0"
-
-    def run(params, tracker):
-        from tristage.training.trainer import train_stage
-
-        return train_stage(stage, params, tracker=tracker)
-
-    main(stage, run, description=description)
+    main(stage, fn, description=description)

@@ -5,7 +5,7 @@ import copy
 
 from pydantic import model_validator
 
-from tristage.audio.measures import DEFAULT_LEVELS, DEFAULT_QUALITY, FITTED
+from tristage.audio.levels import DEFAULT_LEVELS, DEFAULT_QUALITY, FITTED
 from tristage.schema import Field, NonNegFloat, NonNegInt, Path, PosInt, Section
 
 

@@ -46,6 +46,8 @@ from typing import Any
 
 import numpy as np
 
+from tristage.audio.levels import DEFAULT_LEVELS, DEFAULT_QUALITY, FITTED, QUALITY_LEVELS  # noqa: F401 (re-exported)
+
 SR = 16000
 FRAME = 1024            # 64 ms F0 analysis window (at 16 kHz; YIN runs at YIN_SR)
 HOP = 160               # 10 ms
@@ -56,18 +58,6 @@ SILENCE_DB = -45.0        # frames quieter than the loudest frame by more than t
 FLOOR_DBFS = -70.0        # nor frames below this absolute level (digital silence)
 SNR_RANGE = (-5.0, 60.0)
 WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)*")
-
-# the order is low -> high; these are the lexicon's own values (params `caption_vectors.lexicon`)
-DEFAULT_LEVELS: dict[str, list[str]] = {
-    "pitch": ["very low", "low", "slightly low", "moderate", "slightly high", "high", "very high"],
-    "speed": ["slow", "slightly slow", "moderate", "slightly fast", "fast"],
-    "modulation": ["monotone", "moderate", "expressive"],
-}
-# attribute -> (feature column, transform before binning, group column or None)
-FITTED = {"pitch": ("f0_hz", "log", "gender"), "speed": ("speaking_rate", "linear", None),
-          "modulation": ("pitch_std_st", "linear", None)}
-QUALITY_LEVELS = ["very noisy", "noisy", "slightly noisy", "clean"]
-DEFAULT_QUALITY = {"rt60_s": 0.2, "snr_db": [10.0, 18.0, 25.0]}  # see AttributeBins.assign
 
 
 @dataclass(frozen=True)

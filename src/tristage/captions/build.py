@@ -23,28 +23,18 @@ from pathlib import Path
 
 import numpy as np
 
-from tristage.captions.tokenize import CaptionParser, Unit, clean_caption
+from tristage.captions.tokenize import CAPTION_ATTRIBUTES, CaptionParser, Unit, clean_caption, row_captions
 from tristage.captions.vectors import ATTRIBUTE_KINDS, CACHE, UNK, VOCAB, CaptionVectorTable, context_keys
 from tristage.errors import UserError
 
 log = logging.getLogger(__name__)
 
-ATTRS = ("gender", "pitch", "speed", "accent", "modulation", "quality", "emotion")
+ATTRS = CAPTION_ATTRIBUTES
 
 
 def manifest_captions(df) -> list[str]:
     """Unique captions in first-seen order; rows without a caption are rebuilt from attribute columns."""
-    cols = [c for c in ATTRS if c in df.columns]
-    caps = df["caption"].tolist() if "caption" in df.columns else [None] * len(df)
-    out, seen = [], set()
-    for i, c in enumerate(caps):
-        c = clean_caption(c)
-        if not c and cols:
-            c = clean_caption(" ".join(clean_caption(df[k].iloc[i]) for k in cols))
-        if c and c not in seen:
-            seen.add(c)
-            out.append(c)
-    return out
+    return [c for c in dict.fromkeys(row_captions(df)) if c]
 
 
 def attribute_agreement(df, lexicon: dict) -> tuple[float | None, int]:

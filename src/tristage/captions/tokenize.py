@@ -35,6 +35,25 @@ def clean_caption(caption) -> str:
     return " ".join(str(caption).split())
 
 
+# attribute columns a missing caption is rebuilt from, in this order ("female low-pitch quickly ...")
+CAPTION_ATTRIBUTES = ("gender", "pitch", "speed", "accent", "modulation", "quality", "emotion")
+
+
+def row_captions(df) -> list[str]:
+    """The caption of each manifest row: its own, or where it has none, one rebuilt from its attribute
+    columns. The caption_vectors table is built from these very texts, and training reads them."""
+    cols = [c for c in CAPTION_ATTRIBUTES if c in df.columns]
+    caps = df["caption"].tolist() if "caption" in df.columns else [None] * len(df)
+    attrs = [df[k].tolist() for k in cols]
+    out = []
+    for i, c in enumerate(caps):
+        c = clean_caption(c)
+        if not c and cols:
+            c = clean_caption(" ".join(clean_caption(a[i]) for a in attrs))
+        out.append(c)
+    return out
+
+
 class CaptionParser:
     def __init__(self, tokenizer, lexicon: dict, max_length: int = 128):
         self.tok = tokenizer

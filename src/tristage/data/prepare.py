@@ -25,6 +25,7 @@ Outputs (replaced atomically as one folder): `<out_dir>/manifest.parquet` (schem
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -36,7 +37,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePath
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from tristage.data.config import PrepareParams
 from tristage.data.manifest import (ATTRIBUTE_COLUMNS, OPTIONAL_COLUMNS, REQUIRED_COLUMNS, prepared_schema,
@@ -328,82 +329,97 @@ def _id_key(rid: str) -> bytes:
     return hashlib.blake2b(rid.encode("utf-8", "surrogatepass"), digest_size=8).digest()
 
 
-def run_prepare(p: PrepareParams, tracker=None) -> dict:
-    """Check `p.manifest`, write the prepared manifest + rejects into `p.out_dir`, metrics into `p.metrics`."""
+@dataclass
+class _Tally:
+    """What `run_prepare` counts while it streams the manifest."""
+    reasons: Counter = dataclasses.field(default_factory=Counter)  # reject reason -> rows
+    examples: list[str] = dataclasses.field(default_factory=list)  # the first 3 rejects, for the log
+    seen: set[bytes] = dataclasses.field(default_factory=set)  # ids kept so far
+    speakers: set[str] = dataclasses.field(default_factory=set)
+    rows_in: int = 0
+    rows_kept: int = 0
+    total_duration: float = 0.0
+
+    def keep_or_reject(self, checked: Iterable[Item], out_dir: Path, rejects) -> list[dict]:
+        """The usable records of one checked batch, in manifest order (the first usable row of an id wins);
+        the others go to `rejects` with their line and reason."""
+        kept: list[dict] = []
+        for item in checked:
+            if item.reject is None:
+                key = _id_key(item.record["id"])
+                if key in self.seen:
+                    item.reject = Reject("duplicate_id", f"id: {item.record['id']!r} already appeared earlier")
+                else:
+                    self.seen.add(key)
+            if item.reject is not None:
+                rej = item.reject
+                self.reasons[rej.reason] += 1
+                if len(self.examples) < 3:
+                    self.examples.append(f"line {item.line} {rej.reason}: {rej.detail}")
+                rejects.write(json.dumps({"line": item.line, "reason": rej.reason, "detail": rej.detail,
+                                          "row": item.raw}, ensure_ascii=False, default=str) + "\n")
+                continue
+            rec = item.record
+            rec["audio"] = relative_audio(out_dir, item.audio_path)
+            kept.append(rec)
+            self.speakers.add(rec["speaker"])
+            self.total_duration += rec["duration"]
+        return kept
+
+    def metrics(self) -> dict:
+        return {
+            "rows_in": self.rows_in,
+            "rows_kept": self.rows_kept,
+            "rows_rejected": self.rows_in - self.rows_kept,
+            "rejects_by_reason": {k: self.reasons.get(k, 0) for k in REASONS},
+            "total_duration_s": round(self.total_duration, 3),
+            "speakers": len(self.speakers),
+        }
+
+
+def run_prepare(prep: PrepareParams, tracker=None) -> dict:
+    """Check `prep.manifest`; write the prepared manifest + rejects into `prep.out_dir`, metrics to `prep.metrics`."""
     import pyarrow as pa
     import pyarrow.parquet as pq
     from tqdm import tqdm
 
     from tristage.fsio import atomic_dir, write_json
 
-    _check_params(p)
-    manifest = p.manifest.resolve()
+    _check_params(prep)
+    manifest = prep.manifest.resolve()
     manifest_dir = str(manifest.parent)
-    out_dir = p.out_dir.resolve()
+    out_dir = prep.out_dir.resolve()
     fmt = manifest_format(manifest)
-    batches = iter_jsonl(manifest, p.batch_rows) if fmt == "jsonl" else iter_parquet(manifest, p.batch_rows)
+    batches = iter_jsonl(manifest, prep.batch_rows) if fmt == "jsonl" else iter_parquet(manifest, prep.batch_rows)
     total = parquet_rows(manifest) if fmt == "parquet" else None
-
     schema = prepared_schema()
-    reasons: Counter[str] = Counter()
-    examples: list[str] = []
-    seen: set[bytes] = set()
-    speakers: set[str] = set()
-    rows_in = rows_kept = 0
-    total_duration = 0.0
+    tally = _Tally()
 
-    with atomic_dir(out_dir) as tmp, ThreadPoolExecutor(max_workers=p.workers) as pool, \
+    with atomic_dir(out_dir) as tmp, ThreadPoolExecutor(max_workers=prep.workers) as pool, \
             open(tmp / "rejects.jsonl", "w", encoding="utf-8") as rejects, \
             pq.ParquetWriter(tmp / "manifest.parquet", schema) as writer, \
             tqdm(total=total, desc="prepare", unit="row", mininterval=1.0) as bar:
         for batch in batches:
-            rows_in += len(batch)
-            check = lambda it: _check_item(it, p, manifest_dir)  # noqa: E731
+            tally.rows_in += len(batch)
+            check = lambda it: _check_item(it, prep, manifest_dir)  # noqa: E731
             # file checks in threads (soundfile releases the GIL); field checks alone are cheaper inline
-            checked = pool.map(check, batch) if p.check_audio else map(check, batch)
-            kept: list[dict] = []
-            for item in checked:  # in manifest order: the first usable row of an id wins
-                if item.reject is None:
-                    key = _id_key(item.record["id"])
-                    if key in seen:
-                        item.reject = Reject("duplicate_id", f"id: {item.record['id']!r} already appeared earlier")
-                    else:
-                        seen.add(key)
-                if item.reject is not None:
-                    r = item.reject
-                    reasons[r.reason] += 1
-                    if len(examples) < 3:
-                        examples.append(f"line {item.line} {r.reason}: {r.detail}")
-                    rejects.write(json.dumps({"line": item.line, "reason": r.reason, "detail": r.detail,
-                                              "row": item.raw}, ensure_ascii=False, default=str) + "\n")
-                    continue
-                rec = item.record
-                rec["audio"] = relative_audio(out_dir, item.audio_path)
-                kept.append(rec)
-                speakers.add(rec["speaker"])
-                total_duration += rec["duration"]
+            checked = pool.map(check, batch) if prep.check_audio else map(check, batch)
+            kept = tally.keep_or_reject(checked, out_dir, rejects)
             if kept:
                 writer.write_table(pa.Table.from_pylist(kept, schema=schema))
-                rows_kept += len(kept)
+                tally.rows_kept += len(kept)
             bar.update(len(batch))
-            bar.set_postfix(kept=rows_kept, rejected=rows_in - rows_kept, refresh=False)
-        if rows_kept == 0:
-            top = ", ".join(f"{k} x{v}" for k, v in reasons.most_common(3)) or "the manifest has no rows"
-            raise UserError(f"{p.manifest}: no usable rows out of {rows_in}; reasons: {top}"
-                            + (f"; first: {examples[0]}" if examples else ""))
+            bar.set_postfix(kept=tally.rows_kept, rejected=tally.rows_in - tally.rows_kept, refresh=False)
+        if tally.rows_kept == 0:
+            top = ", ".join(f"{k} x{v}" for k, v in tally.reasons.most_common(3)) or "the manifest has no rows"
+            raise UserError(f"{prep.manifest}: no usable rows out of {tally.rows_in}; reasons: {top}"
+                            + (f"; first: {tally.examples[0]}" if tally.examples else ""))
 
-    metrics = {
-        "rows_in": rows_in,
-        "rows_kept": rows_kept,
-        "rows_rejected": rows_in - rows_kept,
-        "rejects_by_reason": {k: reasons.get(k, 0) for k in REASONS},
-        "total_duration_s": round(total_duration, 3),
-        "speakers": len(speakers),
-    }
-    write_json(p.metrics, metrics)
-    log.info("prepare: kept %d of %d rows (%d rejected: %s) -> %s", rows_kept, rows_in, rows_in - rows_kept,
-             dict(reasons.most_common()), out_dir / "manifest.parquet")
-    for ex in examples:
+    metrics = tally.metrics()
+    write_json(prep.metrics, metrics)
+    log.info("prepare: kept %d of %d rows (%d rejected: %s) -> %s", tally.rows_kept, tally.rows_in,
+             tally.rows_in - tally.rows_kept, dict(tally.reasons.most_common()), out_dir / "manifest.parquet")
+    for ex in tally.examples:
         log.info("prepare: reject %s", ex)
     if tracker is not None:
         tracker.log_artifact(out_dir / "rejects.jsonl")

@@ -1,20 +1,13 @@
 """The layout of `metrics/evaluate.json` (contract keys per stage, the final stage's at the top)."""
 from __future__ import annotations
 
-import math
 from typing import Any, Mapping, Sequence
+
+from tristage.training.band import band_status  # the one definition (re-exported for compare)
 
 # Every evaluated stage carries these keys (None where it cannot be measured, e.g. no GRL in stage 1).
 CONTRACT_KEYS = ("mel_loss", "mel_top1", "speaker_acc", "speaker_acc_band", "caption_cosine_mean",
                  "emotion_probe_acc", "speaker_probe_acc")
-
-
-def band_status(acc: float | None, band: Sequence[float]) -> str | None:
-    """"below" / "in" / "above" the band [lo, hi] (inclusive); None when there is no accuracy."""
-    if acc is None or (isinstance(acc, float) and math.isnan(acc)):
-        return None
-    lo, hi = band
-    return "below" if acc < lo else "above" if acc > hi else "in"
 
 
 def stage_metrics(values: Mapping[str, Any], band: Sequence[float], caption_cosine_mean: float | None) -> dict:

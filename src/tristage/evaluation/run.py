@@ -11,6 +11,9 @@ Per stage (`evaluate.stages`, each read from `models/<stage>/`):
 - speaker_probe_acc / emotion_probe_acc: fresh logistic-regression probes fitted on the frozen
   emotion vectors (fixed split by seed). The speaker probe should fall from stage1 to stage2:
   that, not the GRL classifier, is the proof that the emotion vector lost the speaker;
+- caption_cosine_mean: the stage's own caption module (its trained adapters, eval mode) vs the
+  caption encoder on the caption_vectors stage's held-out captions (evaluation/captions.py);
+  `table_caption_cosine_mean` (top level) is the raw table's figure from caption_vectors;
 - audio: the fixed sample plan (matched and cross speaker/emotion pairs) generated with the
   delay pattern and decoded by the features stage's codec. With a random-init codec the audio
   is not speech, and `samples.json` and the metrics say so.
@@ -25,7 +28,9 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from tristage.device import resolve_device
 from tristage.errors import UserError
+from tristage.evaluation.captions import caption_cosine, heldout_states
 from tristage.evaluation.metrics import evaluate_document, stage_metrics
 from tristage.evaluation.probes import probe_accuracy
 from tristage.evaluation.samples import write_samples
@@ -47,14 +52,6 @@ def classifier_trained(stage: str) -> bool:
     return False
 
 
-def resolve_device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("evaluate.device: cuda requested but no CUDA device is visible")
-    return name
-
-
 def _center_crop(mel: torch.Tensor, n: int) -> torch.Tensor:
     s = max(0, (mel.shape[0] - n) // 2)
     return mel[s:s + n]
@@ -63,13 +60,13 @@ def _center_crop(mel: torch.Tensor, n: int) -> torch.Tensor:
 @torch.no_grad()
 def emotion_vectors(model, data, indices: list[int], max_frames: int, device: str, batch: int = 32) -> np.ndarray:
     """The emotion vector of each utterance from its own mel (center crop) -> (N, d_model)."""
-    from tristage.training.data import _pad_mels
+    from tristage.training.data import pad_mels
 
     model.eval()
     out = []
     for i in range(0, len(indices), batch):
         mels = [_center_crop(data.features(j)[0], max_frames) for j in indices[i:i + batch]]
-        mel, mask = _pad_mels(mels)
+        mel, mask = pad_mels(mels)
         out.append(model.emotion_vector(mel.to(device), mask.to(device)).float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, model.cfg.d_model), np.float32)
 
@@ -141,19 +138,20 @@ def run_evaluate(params, tracker=None, sources=None, vocoder: tuple[Vocoder, dic
     from tristage.fsio import write_json
     from tristage.model.tts import load_model
     from tristage.training.data import TrainData, load_sources
-    from tristage.training.trainer import validate
+    from tristage.training.validation import validate
 
     from tristage.evaluation.plots import write_plots
 
     ep = params.evaluate
     band = tuple(params.stage2.speaker_acc_band)
-    device = resolve_device(ep.device)
+    device = resolve_device(ep.device, "evaluate.device")
     for stage in ep.stages:
         if not (Path(ep.models_dir) / stage / "model.safetensors").is_file():
             raise UserError(f"{Path(ep.models_dir) / stage}/model.safetensors not found: run {stage} first "
                             f"(dvc repro {stage}), or drop it from evaluate.stages")
     src = sources if sources is not None else load_sources(ep, params.caption_vectors.peft.model_dump())
-    caption_cos = _caption_cosine(ep.caption_metrics)
+    table_cos = _caption_cosine(ep.caption_metrics)
+    held = heldout_states(params, src.table)
     voc, codec_info = vocoder if vocoder is not None else default_vocoder(ep.features, device)
     pretrained_codec = bool(codec_info.get("pretrained", False))
     per_stage: dict[str, dict] = {}
@@ -173,7 +171,8 @@ def run_evaluate(params, tracker=None, sources=None, vocoder: tuple[Vocoder, dic
                                       speaker_acc=val.get("val_speaker_acc") if trained else None,
                                       speaker_loss=val.get("val_speaker_loss") if trained else None)
         values.update(run_probes(model, data, src.manifest, ep, sp.max_ref_frames, device))
-        values.update(n_val_utterances=len(data.val_idx), speaker_classifier_trained=trained)
+        values.update(n_val_utterances=len(data.val_idx), speaker_classifier_trained=trained,
+                      n_skipped_too_long=data.n_skipped_too_long)
         if plan is None:
             plan = judges.plan(data)  # sample_plan of the validation rows + unseen speakers' requests
         codes = synthesize(model, data, src.table, plan, ep, sp.max_ref_frames, device)
@@ -186,7 +185,7 @@ def run_evaluate(params, tracker=None, sources=None, vocoder: tuple[Vocoder, dic
         # LENGTH HOOK: "reference" = the fixed-length path above; "model" once the stop head (h-synth) sets it
         judges.add_stage(stage, model, data, plan, wavs, sr, sp.max_ref_frames, device,
                          length_source="reference")
-        per_stage[stage] = stage_metrics(values, band, caption_cos)
+        per_stage[stage] = stage_metrics(values, band, caption_cosine(model.caption_peft, src.table, held))
         log.info("%s: mel_loss %.4f top1 %.3f speaker_acc %s speaker_probe %s emotion_probe %s", stage,
                  values["mel_loss"] or math.nan, values["mel_top1"] or math.nan, _fmt(values["speaker_acc"]),
                  _fmt(values["speaker_probe_acc"]), _fmt(values["emotion_probe_acc"]))
@@ -199,7 +198,8 @@ def run_evaluate(params, tracker=None, sources=None, vocoder: tuple[Vocoder, dic
     write_json(Path(ep.samples_dir) / "samples.json", dict(note=note, samples=entries))
     doc = evaluate_document(per_stage, ep.stages[-1], band, extra=dict(
         codec=src.codec, caption_encoder=src.caption_encoder, audio_is_speech=pretrained_codec, note=note,
-        n_samples=len(entries), audio_judges=judges.info(),
+        n_samples=len(entries), audio_judges=judges.info(), table_caption_cosine_mean=table_cos,
+        n_heldout_captions=len(held.captions) if held else 0,
         **{row: audio_rows[row] for row in ("ground_truth", "resynthesis") if row in audio_rows}))
     write_json(ep.metrics, doc)
     plots = write_plots(Path(ep.plots_dir), per_stage, band)
@@ -224,7 +224,7 @@ def _val_rows(manifest, data) -> list[dict]:
     for i in data.val_idx:
         ex = data.examples[i]
         r = by_id.loc[ex.id]
-        rows.append(dict(id=ex.id, speaker=ex.speaker, text=get(r, "text") or "", caption=get(r, "caption") or "",
+        rows.append(dict(id=ex.id, speaker=ex.speaker, text=get(r, "text") or "", caption=ex.caption_text,
                          emotion=get(r, "emotion")))
     return rows
 

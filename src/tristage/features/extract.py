@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tristage.device import resolve_device
 from tristage.errors import UserError
 from tristage.features import store as st
 from tristage.features.config import FeaturesParams
@@ -75,16 +76,6 @@ class AudioItems:
 
 def _identity(x):
     return x
-
-
-def resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"features.device: {device} requested but CUDA is not available (use auto or cpu)")
-    return device
 
 
 def batches(lengths: list[int], max_samples: int) -> list[list[int]]:
@@ -152,10 +143,9 @@ def load_rows(fp: FeaturesParams) -> list[dict]:
 
 def run_features(fp: FeaturesParams, tracker=None) -> dict:
     import torch
-    from tqdm import tqdm
 
     from tristage.features.codec import prepare_codec
-    from tristage.fsio import write_bytes, write_json
+    from tristage.fsio import write_json
 
     if fp.threads:
         torch.set_num_threads(fp.threads)
@@ -163,84 +153,22 @@ def run_features(fp: FeaturesParams, tracker=None) -> dict:
     if not rows:
         raise UserError(f"{fp.manifest}: no rows")
     out = Path(fp.out_dir)
-    (out / st.SHARDS).mkdir(parents=True, exist_ok=True)
-    for tmp in (out / st.SHARDS).glob(".*.tmp"):  # leftovers of a killed run
-        tmp.unlink(missing_ok=True)
-    device = resolve_device(fp.device)
+    device = resolve_device(fp.device, "features.device")
     model, info = prepare_codec(fp.codec, out)
     model = model.to(device).eval()
     config = dict(format=st.FORMAT, mel=fp.mel.model_dump(mode="json"), codec={k: info[k] for k in ("sha256", "kwargs")},
                   batch_seconds=fp.batch_seconds, device_type=device.split(":")[0])
-
-    S = fp.shard_size
-    n_shards = -(-len(rows) // S)
-    shard_rows = [rows[i * S:(i + 1) * S] for i in range(n_shards)]
-    fps = [fingerprint(config, r) for r in shard_rows]
-    todo = []
-    for i in range(n_shards):
-        p = st.shard_path(out, i)
-        md = st.shard_metadata(p) if p.is_file() else None
-        if md is None or md.get("fingerprint") != fps[i]:
-            todo.append(i)
-    for p in (out / st.SHARDS).glob("shard-*.safetensors"):  # shards of a longer, older manifest
-        if int(p.stem.split("-")[1]) >= n_shards:
-            p.unlink()
+    plan = st.plan_shards(out, rows, fp.shard_size, lambda shard_rows: fingerprint(config, shard_rows))
     log.info("features: %d utterances, %d shards (%d to do), codec %s, device %s",
-             len(rows), n_shards, len(todo), info["name"], device)
-
-    pending = [dict(r, shard=i) for i in todo for r in shard_rows[i]]
-    loader = torch.utils.data.DataLoader(AudioItems(pending, fp.mel.sample_rate, info["sample_rate"]),
-                                         batch_size=None, shuffle=False, num_workers=fp.num_workers,
-                                         collate_fn=_identity, prefetch_factor=8 if fp.num_workers else None)
-    t0, audio_s, done = time.perf_counter(), 0.0, 0
-    bar = tqdm(total=len(pending), unit="utt", desc="features", dynamic_ncols=True, mininterval=1.0)
-    buf: list[dict] = []
-    for item in loader:
-        buf.append(item)
-        if len(buf) < len(shard_rows[item["shard"]]):
-            continue
-        ok = [it for it in buf if it["error"] is None]
-        failed = [[it["id"], it["audio"], it["error"]] for it in buf if it["error"] is not None]
-        mels, codes = encode_shard(ok, model, fp, device) if ok else ([], [])
-        st.write_shard(st.shard_path(out, item["shard"]), mels, codes, [it["id"] for it in ok],
-                       [round(it["duration"], 6) for it in ok], failed, fps[item["shard"]],
-                       fp.mel.n_mels, info["n_codebooks"])
-        audio_s += sum(it["duration"] for it in ok)
-        done += len(buf)
-        bar.update(len(buf))
-        el = time.perf_counter() - t0
-        bar.set_postfix_str(f"{done / el:.1f} utt/s, {audio_s / el:.1f}x real time")
-        buf = []
-    bar.close()
-    elapsed = time.perf_counter() - t0
-
-    # index, failures and meta from every shard (skipped ones included)
-    import pandas as pd
-
-    recs, failed_all = [], []
-    for i in range(n_shards):
-        md = st.shard_metadata(st.shard_path(out, i))
-        if md is None:
-            raise RuntimeError(f"shard {i} missing after extraction")
-        for r, (uid, d) in enumerate(zip(md["ids"], md["durations"])):
-            recs.append(dict(id=uid, shard=i, row=r, n_frames=md["code_offsets"][r + 1] - md["code_offsets"][r],
-                             n_mel_frames=md["mel_offsets"][r + 1] - md["mel_offsets"][r], duration=d))
-        failed_all += md["failed"]
-    index = pd.DataFrame(recs, columns=["id", "shard", "row", "n_frames", "n_mel_frames", "duration"])
-    index = index.astype({"shard": "int32", "row": "int32", "n_frames": "int32", "n_mel_frames": "int32",
-                          "duration": "float64"})
-    from tristage.fsio import atomic_path
-
-    with atomic_path(out / st.INDEX, suffix=".parquet") as tmp:
-        index.to_parquet(tmp, index=False)
-    write_bytes(out / st.FAILED, "".join(json.dumps(dict(id=u, audio=a, reason=r)) + "\n"
-                                         for u, a, r in failed_all).encode())
+             len(rows), plan.n_shards, len(plan.todo), info["name"], device)
+    audio_s, elapsed = _encode_shards(plan, model, info, fp, device, out)
+    index, failed_all = st.write_index(out, plan.n_shards)
     frames_per_second = info["sample_rate"] / info["hop_length"]
     meta = dict(format=st.FORMAT, n_mels=fp.mel.n_mels, n_codebooks=info["n_codebooks"],
                 codebook_size=info["codebook_size"], frames_per_second=frames_per_second,
                 mel_frames_per_second=fp.mel.sample_rate / fp.mel.hop_length, sample_rate=info["sample_rate"],
                 hop_length=info["hop_length"], codec=info, mel=fp.mel.model_dump(mode="json"),
-                shard_size=S, n_shards=n_shards, n_utterances=len(index), n_failed=len(failed_all))
+                shard_size=fp.shard_size, n_shards=plan.n_shards, n_utterances=len(index), n_failed=len(failed_all))
     write_json(out / st.META, meta)
 
     total_audio = float(index["duration"].sum())
@@ -251,9 +179,42 @@ def run_features(fp: FeaturesParams, tracker=None) -> dict:
                    real_time_factor=round(elapsed / audio_s, 5) if audio_s else None,
                    x_real_time=round(audio_s / elapsed, 2) if audio_s else None,
                    codec=info["path"] or info["name"], codec_pretrained=info["pretrained"], device=device,
-                   n_shards=n_shards, shards_written=len(todo), shards_skipped=n_shards - len(todo),
+                   n_shards=plan.n_shards, shards_written=len(plan.todo), shards_skipped=plan.n_shards - len(plan.todo),
                    audio_s_this_run=round(audio_s, 3), elapsed_s=round(elapsed, 2))
     write_json(fp.metrics, metrics)
     if failed_all:
         log.warning("features: %d utterance(s) failed, see %s", len(failed_all), out / st.FAILED)
     return metrics
+
+
+def _encode_shards(plan: st.ShardPlan, model, info: dict, fp: FeaturesParams, device: str,
+                   out: Path) -> tuple[float, float]:
+    """Read, encode and write the shards to do; -> (seconds of audio encoded, seconds taken)."""
+    import torch
+    from tqdm import tqdm
+
+    pending = [dict(r, shard=i) for i in plan.todo for r in plan.rows[i]]
+    loader = torch.utils.data.DataLoader(AudioItems(pending, fp.mel.sample_rate, info["sample_rate"]),
+                                         batch_size=None, shuffle=False, num_workers=fp.num_workers,
+                                         collate_fn=_identity, prefetch_factor=8 if fp.num_workers else None)
+    t0, audio_s, done = time.perf_counter(), 0.0, 0
+    bar = tqdm(total=len(pending), unit="utt", desc="features", dynamic_ncols=True, mininterval=1.0)
+    buf: list[dict] = []
+    for item in loader:
+        buf.append(item)
+        if len(buf) < len(plan.rows[item["shard"]]):
+            continue
+        ok = [it for it in buf if it["error"] is None]
+        failed = [[it["id"], it["audio"], it["error"]] for it in buf if it["error"] is not None]
+        mels, codes = encode_shard(ok, model, fp, device) if ok else ([], [])
+        st.write_shard(st.shard_path(out, item["shard"]), mels, codes, [it["id"] for it in ok],
+                       [round(it["duration"], 6) for it in ok], failed, plan.fingerprints[item["shard"]],
+                       fp.mel.n_mels, info["n_codebooks"])
+        audio_s += sum(it["duration"] for it in ok)
+        done += len(buf)
+        bar.update(len(buf))
+        elapsed = time.perf_counter() - t0
+        bar.set_postfix_str(f"{done / elapsed:.1f} utt/s, {audio_s / elapsed:.1f}x real time")
+        buf = []
+    bar.close()
+    return audio_s, time.perf_counter() - t0

@@ -17,9 +17,11 @@ so the assignment is the same on every run. Every file is written to a temp name
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import os
 from pathlib import Path
+from typing import Callable
 
 SHARDS = "shards"
 INDEX = "index.parquet"
@@ -64,6 +66,67 @@ def shard_metadata(path: Path) -> dict | None:
             return md
     except Exception:  # noqa: BLE001 - a partial/foreign file is simply not a finished shard
         return None
+
+
+@dataclasses.dataclass
+class ShardPlan:
+    rows: list[list[dict]]  # the manifest rows of each shard
+    fingerprints: list[str]  # per shard: config + its rows
+    todo: list[int]  # shards to (re)write: missing, unreadable or with another fingerprint
+
+    @property
+    def n_shards(self) -> int:
+        return len(self.rows)
+
+
+def plan_shards(out_dir: str | os.PathLike, rows: list[dict], shard_size: int,
+                fingerprint_of: Callable[[list[dict]], str]) -> ShardPlan:
+    """Split the sorted manifest rows into shards and find those to write. Also removes the leftovers of a
+    killed run (temp files) and the shards of a longer, older manifest."""
+    shards = Path(out_dir) / SHARDS
+    shards.mkdir(parents=True, exist_ok=True)
+    for tmp in shards.glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+    n_shards = -(-len(rows) // shard_size)
+    shard_rows = [rows[i * shard_size:(i + 1) * shard_size] for i in range(n_shards)]
+    fingerprints = [fingerprint_of(r) for r in shard_rows]
+    todo = []
+    for i in range(n_shards):
+        path = shard_path(out_dir, i)
+        md = shard_metadata(path) if path.is_file() else None
+        if md is None or md.get("fingerprint") != fingerprints[i]:
+            todo.append(i)
+    for path in shards.glob("shard-*.safetensors"):
+        if int(path.stem.split("-")[1]) >= n_shards:
+            path.unlink()
+    return ShardPlan(shard_rows, fingerprints, todo)
+
+
+def write_index(out_dir: str | os.PathLike, n_shards: int):
+    """index.parquet and failed.jsonl from every shard's metadata (skipped shards included);
+    -> (index DataFrame, failed [(id, audio, reason)])."""
+    import pandas as pd
+
+    from tristage.fsio import atomic_path, write_bytes
+
+    out = Path(out_dir)
+    recs, failed = [], []
+    for i in range(n_shards):
+        md = shard_metadata(shard_path(out, i))
+        if md is None:
+            raise RuntimeError(f"shard {i} missing after extraction")
+        mel_off, code_off = md["mel_offsets"], md["code_offsets"]
+        for r, (uid, duration) in enumerate(zip(md["ids"], md["durations"])):
+            recs.append(dict(id=uid, shard=i, row=r, n_frames=code_off[r + 1] - code_off[r],
+                             n_mel_frames=mel_off[r + 1] - mel_off[r], duration=duration))
+        failed += md["failed"]
+    index = pd.DataFrame(recs, columns=["id", "shard", "row", "n_frames", "n_mel_frames", "duration"])
+    index = index.astype({"shard": "int32", "row": "int32", "n_frames": "int32", "n_mel_frames": "int32",
+                          "duration": "float64"})
+    with atomic_path(out / INDEX, suffix=".parquet") as tmp:
+        index.to_parquet(tmp, index=False)
+    write_bytes(out / FAILED, "".join(json.dumps(dict(id=u, audio=a, reason=r)) + "\n" for u, a, r in failed).encode())
+    return index, failed
 
 
 class FeatureStore:

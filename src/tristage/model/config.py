@@ -3,7 +3,7 @@
 Pure pydantic / dataclasses (no torch import), so `tristage.config` can validate params.yaml
 without loading torch.
 
-- `ModelParams` is what params.yaml holds: a `preset` (`tiny` | `seed`) plus optional
+- `ModelParams` is what params.yaml holds: a `preset` (`tiny` | `seed` | `toy`, the tests') plus optional
   per-field overrides (null = take the preset's value).
 - `TTSConfig` is the whole architecture, resolved: the preset's sizes plus what the data
   fixes (codebooks, codebook size, mel bins, caption dim, number of speakers). It is saved
@@ -35,13 +35,17 @@ PRESETS: dict[str, dict[str, Any]] = {
     "seed": dict(d_model=1024, n_layer=16, n_head=16, cond_dim=512, cond_layers=6, cond_heads=8,
                  perceiver_layers=2, speaker_latents=32, emo_dim=1024, classifier_hidden=512,
                  dropout=0.1, max_text_len=402, max_frames=1024),
+    # toy: the tests' model (seconds on a CPU; the one place its sizes are written)
+    "toy": dict(d_model=32, n_layer=1, n_head=2, cond_dim=16, cond_layers=1, cond_heads=2,
+                perceiver_layers=1, speaker_latents=2, emo_dim=8, classifier_hidden=16,
+                dropout=0.0, max_text_len=32, max_frames=64),
 }
 
 
 class ModelParams(Section):
     """Architecture of the stage1 model (stage2/3 reuse stage1's saved config)."""
 
-    preset: Literal["tiny", "seed"] = "tiny"
+    preset: Literal["tiny", "seed", "toy"] = "tiny"
     d_model: PosInt | None = None  # decoder width
     n_layer: PosInt | None = None  # decoder blocks
     n_head: PosInt | None = None

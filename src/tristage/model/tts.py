@@ -19,6 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from tristage.captions.peft import CaptionPEFT
+from tristage.captions.vectors import CaptionVectorTable
 from tristage.errors import UserError
 from tristage.model.classifier import SpeakerClassifier
 from tristage.model.config import TTSConfig
@@ -26,6 +28,9 @@ from tristage.model.decoder import Decoder, DecoderConfig, code_loss, delay_code
 from tristage.model.grl import GradientReversal
 from tristage.model.perceiver import ConditioningEncoder, EncoderConfig, PerceiverConfig, PerceiverResampler
 
+# the config's default caption module / table (TTSConfig.caption_module / caption_table), imported statically
+DEFAULT_CLASSES = {"tristage.captions.peft:CaptionPEFT": CaptionPEFT,
+                   "tristage.captions.vectors:CaptionVectorTable": CaptionVectorTable}
 MODULE_NAMES = ("decoder", "caption_peft", "speaker_encoder", "speaker_perceiver", "emotion_encoder",
                 "emotion_perceiver", "emovec_layer", "emo_layer", "speaker_classifier")
 
@@ -76,9 +81,11 @@ class TTS(nn.Module):
         return self.emo_layer(self.emovec_layer(raw))  # (B, d_model)
 
     # training ------------------------------------------------------------------------
-    def forward(self, batch: dict[str, torch.Tensor], grl_lambda: float | None = None) -> dict[str, torch.Tensor]:
-        """Losses of one batch. With `grl_lambda` set, the speaker classifier reads the
-        emotion vector through the gradient reversal layer."""
+    def forward(self, batch: dict[str, torch.Tensor], speaker_head: bool = False,
+                grl_lambda: float = 0.0) -> dict[str, torch.Tensor]:
+        """Losses of one batch. With `speaker_head`, the speaker classifier reads the emotion vector
+        through the gradient reversal layer, whose strength is `grl_lambda` (0: a plain forward,
+        no gradient reaches the emotion vector from the classifier)."""
         spk = self.speaker_prefix(batch["spk_mel"], batch["spk_mask"])  # (B, Ns, C)
         emo = self.emotion_vector(batch["emo_mel"], batch["emo_mask"])  # (B, C)
         prefix = torch.cat([spk, emo[:, None]], dim=1)  # (B, Ns + 1, C)
@@ -94,7 +101,7 @@ class TTS(nn.Module):
         mel_loss, correct, count = code_loss(logits, target, self.cfg.pad_id)
         out = dict(mel_loss=mel_loss, mel_correct=correct, mel_count=count,
                    kl=_scalar(cap.kl, mel_loss), ortho=_scalar(cap.ortho, mel_loss), emo_vec=emo)
-        if grl_lambda is not None:
+        if speaker_head:
             logits_s = self.speaker_classifier(self.grl(emo, grl_lambda))  # (B, n_speakers)
             labels = batch["speaker"]
             known = labels != -100
@@ -155,6 +162,8 @@ def _scalar(x: Any, like: torch.Tensor) -> torch.Tensor:
 
 
 def _import(path: str):
+    if path in DEFAULT_CLASSES:  # imported statically: part of the import closure (tristage/closure.py)
+        return DEFAULT_CLASSES[path]
     mod, _, name = path.partition(":")
     return getattr(importlib.import_module(mod), name)
 

@@ -1,23 +1,32 @@
-"""The speaker_acc band of stage2 (seed: keep speaker_acc at 30-60%), as a small pure class.
+"""The speaker_acc band of stage2 (seed: keep speaker_acc at 30-60%), as a small pure monitor.
 
-    band = SpeakerAccBand(low=0.3, high=0.6, patience=3, control="warn", grl_lambda=1.0,
-                          speaker_loss_weight=0.1, grl_lambda_max=3.0, speaker_loss_weight_max=0.4)
-    d = band.update(acc)   # once per evaluation
+It holds no lambda and no weight: `training/adversary.py` (the GRL's one owner) asks it what
+to do and applies the answer.
+
+    band = SpeakerAccBand(low=0.3, high=0.6, patience=3, control="warn", factor=2.0,
+                          grl_lambda_max=3.0, grl_lambda_min=0.1)
+    d = band.update(acc, grl_lambda=1.0, speaker_loss_weight=0.1)   # once per band check
     d.status               # "below" | "in" | "above"
-    d.warning              # the seed's advice after `patience` evaluations out of band, else None
-    d.changes              # {"grl_lambda": (old, new)} etc. when control == "auto"
+    d.warning              # the advice after `patience` checks out of band, else None
+    d.changes              # {"grl_lambda": (old, new)} proposed when control == "auto"
 
-Out of band for `patience` evaluations in a row:
+Out of band for `patience` checks in a row:
 - above: the emotion vector still tells the speakers apart (the GRL has too little effect):
   raise grl_lambda (auto: x factor, at most grl_lambda_max);
-- below: the classifier isn't learning: raise speaker_loss_weight (auto: x factor, at most
-  speaker_loss_weight_max).
+- below: the classifier can't find the speaker in the emotion vector. With the classifier's
+  own updates (stage2.classifier_steps) it keeps up, so this means the speaker has left the
+  vector (the README's measured finding: the fresh speaker probe falls), not that the
+  classifier isn't learning. The GRL pushes the emotion encoder with speaker_loss_weight x
+  grl_lambda, while Adam normalises the weight away on the classifier's side; so the seed's
+  remedy (raise speaker_loss_weight) is no remedy in principle. Auto lowers grl_lambda instead
+  (/ factor, at least grl_lambda_min).
 The counter restarts after each warning / adjustment.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Sequence
 
 
 @dataclasses.dataclass
@@ -27,7 +36,11 @@ class BandDecision:
     changes: dict[str, tuple[float, float]] = dataclasses.field(default_factory=dict)
 
 
-def band_status(acc: float, low: float, high: float) -> str:
+def band_status(acc: float | None, band: Sequence[float]) -> str | None:
+    """"below" / "in" / "above" the band [low, high] (inclusive); None when there is no accuracy."""
+    if acc is None or (isinstance(acc, float) and math.isnan(acc)):
+        return None
+    low, high = band
     return "below" if acc < low else "above" if acc > high else "in"
 
 
@@ -38,19 +51,18 @@ def dann_lambda(base: float, progress: float) -> float:
 
 
 class SpeakerAccBand:
-    def __init__(self, low: float, high: float, patience: int, control: str, grl_lambda: float,
-                 speaker_loss_weight: float, grl_lambda_max: float, speaker_loss_weight_max: float,
-                 factor: float = 2.0):
+    def __init__(self, low: float, high: float, patience: int, control: str, factor: float = 2.0,
+                 grl_lambda_max: float = 3.0, grl_lambda_min: float = 0.1):
         assert control in ("warn", "auto"), control
         self.low, self.high, self.patience, self.control, self.factor = low, high, patience, control, factor
-        self.grl_lambda, self.speaker_loss_weight = float(grl_lambda), float(speaker_loss_weight)
-        self.grl_lambda_max, self.speaker_loss_weight_max = float(grl_lambda_max), float(speaker_loss_weight_max)
-        self.streak = 0  # evaluations in a row outside the band on the same side
+        self.grl_lambda_max, self.grl_lambda_min = float(grl_lambda_max), float(grl_lambda_min)
+        self.streak = 0  # checks in a row outside the band on the same side
         self.side = "in"
-        self.n_changes = 0
 
-    def update(self, acc: float) -> BandDecision:
-        status = band_status(acc, self.low, self.high)
+    def update(self, acc: float, grl_lambda: float, speaker_loss_weight: float) -> BandDecision:
+        """Status of `acc`; after `patience` checks out of band the advice and (auto) the proposed change
+        of the values in effect now (`grl_lambda`: the base lambda, before any warm-up)."""
+        status = band_status(acc, (self.low, self.high))
         if status == "in":
             self.streak, self.side = 0, "in"
             return BandDecision(status)
@@ -60,39 +72,33 @@ class SpeakerAccBand:
             return BandDecision(status)
         self.streak = 0
         band = f"[{self.low:.2f}, {self.high:.2f}]"
-        changes: dict[str, tuple[float, float]] = {}
         if status == "above":
-            msg = (f"speaker_acc {acc:.3f} above the band {band} for {self.patience} evaluations: the emotion "
+            msg = (f"speaker_acc {acc:.3f} above the band {band} for {self.patience} checks: the emotion "
                    f"vector still carries speaker identity (the GRL has too little effect); raise "
-                   f"stage2.grl_lambda (now {self.grl_lambda:g}; the seed suggests 2.0-3.0)")
-            if self.control == "auto":
-                new = min(self.grl_lambda * self.factor, self.grl_lambda_max)
-                if new > self.grl_lambda:
-                    changes["grl_lambda"] = (self.grl_lambda, new)
-                    self.grl_lambda = new
-                else:
-                    msg += f"; grl_lambda is at its limit grl_lambda_max={self.grl_lambda_max:g}"
+                   f"stage2.grl_lambda (now {grl_lambda:g}; the seed suggests 2.0-3.0)")
+            new = min(grl_lambda * self.factor, self.grl_lambda_max)
+            limit = f"grl_lambda_max={self.grl_lambda_max:g}"
         else:
-            msg = (f"speaker_acc {acc:.3f} below the band {band} for {self.patience} evaluations: the speaker "
-                   f"classifier is not learning; raise stage2.speaker_loss_weight (now "
-                   f"{self.speaker_loss_weight:g}; the seed suggests 0.2), or check that the speaker mapping "
-                   f"has enough utterances per speaker (speaker_mapping.min_samples)")
-            if self.control == "auto":
-                new = min(self.speaker_loss_weight * self.factor, self.speaker_loss_weight_max)
-                if new > self.speaker_loss_weight:
-                    changes["speaker_loss_weight"] = (self.speaker_loss_weight, new)
-                    self.speaker_loss_weight = new
-                else:
-                    msg += f"; speaker_loss_weight is at its limit {self.speaker_loss_weight_max:g}"
-        if changes:
-            self.n_changes += 1
-            msg += "; band_control=auto: " + ", ".join(f"{k} {a:g} -> {b:g}" for k, (a, b) in changes.items())
+            msg = (f"speaker_acc {acc:.3f} below the band {band} for {self.patience} checks: the "
+                   f"classifier can't find the speaker in the emotion vector, i.e. the speaker has left it "
+                   f"(the GRL's aim; check speaker_probe_acc in metrics/evaluate.json), not a classifier "
+                   f"that isn't learning (unless stage2.classifier_steps is 0). To move back into the band "
+                   f"lower stage2.grl_lambda (now {grl_lambda:g}); a larger stage2.speaker_loss_weight (now "
+                   f"{speaker_loss_weight:g}, the seed's remedy) also scales the reversed gradient on the "
+                   f"emotion encoder (weight x lambda)")
+            new = max(grl_lambda / self.factor, self.grl_lambda_min)
+            limit = f"grl_lambda_min={self.grl_lambda_min:g}"
+        changes: dict[str, tuple[float, float]] = {}
+        if self.control == "auto":
+            if (new > grl_lambda) if status == "above" else (new < grl_lambda):
+                changes["grl_lambda"] = (grl_lambda, new)
+                msg += f"; band_control=auto: grl_lambda {grl_lambda:g} -> {new:g}"
+            else:
+                msg += f"; grl_lambda is at its limit {limit}"
         return BandDecision(status, msg, changes)
 
     def state_dict(self) -> dict:
-        return dict(grl_lambda=self.grl_lambda, speaker_loss_weight=self.speaker_loss_weight, streak=self.streak,
-                    side=self.side, n_changes=self.n_changes)
+        return dict(streak=self.streak, side=self.side)
 
-    def load_state_dict(self, s: dict) -> None:
-        self.grl_lambda, self.speaker_loss_weight = float(s["grl_lambda"]), float(s["speaker_loss_weight"])
-        self.streak, self.side, self.n_changes = int(s["streak"]), str(s["side"]), int(s["n_changes"])
+    def load_state_dict(self, state: dict) -> None:
+        self.streak, self.side = int(state["streak"]), str(state["side"])

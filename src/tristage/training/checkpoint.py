@@ -60,12 +60,15 @@ def write_model_files(folder: Path, model_state: dict, trainer_state: dict | Non
         torch.save(trainer_state, folder / "trainer_state.pt")
 
 
-def save_checkpoint(root: Path, step: int, model_state: dict, trainer_state: dict, fingerprint: str) -> Path:
+def save_checkpoint(root: Path, step: int, model_state: dict, trainer_state: dict, fingerprint: str,
+                    extra: dict | None = None) -> Path:
+    """`extra`: more manifest fields (the fingerprint's parts and code files, so a skip can say why)."""
     dest = step_dir(root, step)
     with atomic_dir(dest) as tmp:
         write_model_files(tmp, model_state, trainer_state, {"step": str(step), "fingerprint": fingerprint})
         files = {name: dict(size=(tmp / name).stat().st_size, sha256=sha256(tmp / name)) for name in FILES}
-        write_json(tmp / "manifest.json", dict(step=step, fingerprint=fingerprint, files=files))
+        manifest = dict(step=step, fingerprint=fingerprint, files=files, **(extra or {}))
+        write_json(tmp / "manifest.json", manifest)
     return dest
 
 
@@ -91,8 +94,9 @@ def verify(folder: Path) -> dict:
     return manifest
 
 
-def find_resumable(root: Path, fingerprint: str) -> tuple[Path | None, list[str]]:
-    """Newest checkpoint that verifies and has this fingerprint; plus messages about the ones skipped."""
+def find_resumable(root: Path, fingerprint: str, why=None) -> tuple[Path | None, list[str]]:
+    """Newest checkpoint that verifies and has this fingerprint; plus messages about the ones skipped.
+    `why(manifest) -> str`: what differs, for the message about a checkpoint of another fingerprint."""
     notes = []
     for _, folder in list_checkpoints(root):
         try:
@@ -101,7 +105,8 @@ def find_resumable(root: Path, fingerprint: str) -> tuple[Path | None, list[str]
             notes.append(f"checkpoint {folder.name} is unusable ({exc}); falling back to the previous one")
             continue
         if manifest.get("fingerprint") != fingerprint:
-            notes.append(f"checkpoint {folder.name} is from another config (fingerprint differs); not resuming from it")
+            reason = why(manifest) if why else "fingerprint differs"
+            notes.append(f"checkpoint {folder.name} is from another run ({reason}); not resuming from it")
             continue
         return folder, notes
     return None, notes

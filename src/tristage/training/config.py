@@ -64,11 +64,12 @@ class Stage2Params(StageParams):
     grl_lambda: NonNegFloat = 1.0
     speaker_loss_weight: NonNegFloat = 0.1
     speaker_acc_band: tuple[float, float] = (0.3, 0.6)
-    band_patience: PosInt = 3  # evaluations outside the band before warning / adjusting
+    band_patience: PosInt = 3  # band checks outside the band before warning / adjusting
+    band_check_every: PosInt | None = 25  # steps between band checks (a validation pass each); null = eval_every
     band_control: Literal["warn", "auto"] = "warn"
-    band_factor: float = Field(2.0, gt=1)  # auto: multiply lambda or weight by this
+    band_factor: float = Field(2.0, gt=1)  # auto: multiply (above the band) or divide (below) lambda by this
     grl_lambda_max: NonNegFloat = 3.0
-    speaker_loss_weight_max: NonNegFloat = 0.4
+    grl_lambda_min: NonNegFloat = 0.1  # auto below the band lowers lambda, to this at least
     grl_warmup: bool = False  # DANN schedule: lambda * (2 / (1 + exp(-10 p)) - 1)
     classifier_lr_scale: PosFloat = 5.0  # the speaker classifier's lr = lr * lr_scale * this
     # extra classifier-only updates per step on the step's (detached) emotion vectors; 0 = the seed's

@@ -6,6 +6,11 @@
   emotion reference = the target utterance (`emotion_ref: same`); both randomly cropped to
   `max_ref_frames` mel frames;
 - speaker label = id from the speaker mapping, -100 (ignored by the loss) outside it;
+- caption = the row's caption, or where it has none, the one rebuilt from its attribute columns
+  (`row_captions`: the same text the caption_vectors table was built from);
+- an utterance whose target is longer than `max_frames` codec frames is SKIPPED, never cut (a cut
+  target would keep its whole transcript): counted in `n_skipped_too_long` (stage metrics) and
+  warned once with the count and the param to raise (`stage1.model.max_frames`);
 - `BucketSampler`: length-bucketed global batches, an epoch order fixed by (seed, epoch), each
   DDP rank taking its slice; its position is part of the trainer state (exact resume). Every
   random choice for an example (crops, references) comes from a generator seeded by (seed,
@@ -23,11 +28,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from tristage.captions.tokenize import row_captions
 from tristage.errors import UserError
 from tristage.model.tts import encode_text
 
 log = logging.getLogger(__name__)
 CACHE_UTTERANCES = 8192  # decoded utterances kept in memory (about 40 KB each at the demo's sizes)
+_WARNED: set[tuple[str, int, int]] = set()  # (features, max_frames, count) warned about in this process
 
 
 @dataclasses.dataclass
@@ -114,6 +121,7 @@ class Example:
     label: int
     caption: list[int]
     n_frames: int
+    caption_text: str = ""  # the caption (rebuilt from attribute columns where the row has none)
 
 
 class BucketSampler:
@@ -175,26 +183,38 @@ class TrainData:
         man = src.manifest
         if "id" not in man.columns:
             raise UserError(f"{sp.prepared}: prepared manifest has no `id` column; rerun `prepare`")
-        man = man.drop_duplicates("id").set_index("id")
+        man = man.drop_duplicates("id").reset_index(drop=True)
+        man["caption"] = row_captions(man)
+        man = man.set_index("id")
         n_frames = dict(zip(index["id"].astype(str), index["n_frames"].astype(int)))
         ids = [i for i in map(str, src.store.ids) if i in man.index]
         dropped = len(src.store.ids) - len(ids)
         if dropped:
             log.warning("%d feature ids are not in the prepared manifest %s; skipped", dropped, sp.prepared)
+        too_long = [i for i in ids if n_frames[i] > max_frames]
+        self.n_skipped_too_long = len(too_long)
+        if too_long:
+            ids = [i for i in ids if n_frames[i] <= max_frames]
+            key = (str(sp.features), max_frames, len(too_long))
+            if key not in _WARNED:
+                _WARNED.add(key)
+                longest = max(n_frames[i] for i in too_long)
+                log.warning("%d of %d utterances have targets longer than max_frames=%d codec frames (longest "
+                            "%d); skipped, not truncated. Raise stage1.model.max_frames to keep them",
+                            len(too_long), len(too_long) + len(ids), max_frames, longest)
         if len(ids) < 2:
-            raise UserError(f"{sp.features}: only {len(ids)} utterance(s) with features and a manifest row; "
-                            "need at least 2 (rerun `features` on the prepared manifest)")
+            raise UserError(f"{sp.features}: only {len(ids)} utterance(s) with features, a manifest row and "
+                            f"at most max_frames={max_frames} codec frames; need at least 2 (rerun `features` on the "
+                            "prepared manifest, or raise stage1.model.max_frames)")
         ids.sort()
         self.examples: list[Example] = []
         for uid in ids:
             row = man.loc[uid]
             spk = str(row["speaker"])
-            cap = row.get("caption") if hasattr(row, "get") else None
-            cap = "" if cap is None or (isinstance(cap, float) and np.isnan(cap)) else str(cap)
             self.examples.append(Example(
                 id=uid, text=encode_text(str(row["text"]), max_text_len), speaker=spk,
-                label=int(src.mapping.get(spk, -100)), caption=list(src.table.encode(cap)) or [0],
-                n_frames=min(n_frames[uid], max_frames)))
+                label=int(src.mapping.get(spk, -100)), caption=list(src.table.encode(row["caption"])) or [0],
+                n_frames=n_frames[uid], caption_text=row["caption"]))
         rng = np.random.default_rng(sp.seed)
         perm = rng.permutation(len(self.examples))
         n_val = int(round(sp.val_fraction * len(perm)))
@@ -263,8 +283,8 @@ class TrainData:
             codes[b, :, :e.n_frames] = c[:, :e.n_frames].long()
             spk.append(self._crop(self.features(self._ref(i, self.sp.speaker_ref, val, rng))[0], rng))
             emo.append(self._crop(self.features(self._ref(i, self.sp.emotion_ref, val, rng))[0], rng))
-        spk_mel, spk_mask = _pad_mels(spk)
-        emo_mel, emo_mask = _pad_mels(emo)
+        spk_mel, spk_mask = pad_mels(spk)
+        emo_mel, emo_mask = pad_mels(emo)
         return dict(text=text, text_mask=text != 256, codes=codes,
                     code_lengths=torch.tensor([e.n_frames for e in exs]), caption_ids=caption,
                     caption_mask=caption_mask, spk_mel=spk_mel, spk_mask=spk_mask, emo_mel=emo_mel,
@@ -290,7 +310,8 @@ def heldout_speakers(speakers: list[str], n: int, seed: int) -> set[str]:
     return set(np.random.default_rng([seed, 7919]).choice(names, n, replace=False).tolist())
 
 
-def _pad_mels(mels: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_mels(mels: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mels of different lengths [(T_i, n_mels)] -> zero-padded (B, T, n_mels) float32 and mask (B, T)."""
     T = max(m.shape[0] for m in mels)
     out = torch.zeros((len(mels), T, mels[0].shape[1]), dtype=torch.float32)
     mask = torch.zeros((len(mels), T), dtype=torch.bool)

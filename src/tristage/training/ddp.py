@@ -7,6 +7,8 @@ from __future__ import annotations
 import dataclasses
 import os
 
+from tristage.device import resolve_device
+
 
 @dataclasses.dataclass
 class Dist:
@@ -24,26 +26,14 @@ class Dist:
         return self.rank == 0
 
 
-def pick_device(pref: str, local_rank: int = 0) -> str:
-    import torch
-
-    if pref == "cpu" or (pref == "auto" and not torch.cuda.is_available()):
-        return "cpu"
-    if not torch.cuda.is_available():
-        from tristage.errors import UserError
-
-        raise UserError("device: cuda requested but no CUDA device is available; set device: auto or cpu")
-    return f"cuda:{local_rank}"
-
-
-def init(pref: str = "auto") -> Dist:
+def init(pref: str = "auto", key: str = "device") -> Dist:
     import torch
     import torch.distributed as dist
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = pick_device(pref, local_rank)
+    device = resolve_device(pref, key, local_rank)
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if device.startswith("cuda") else "gloo"
         if device.startswith("cuda"):
@@ -81,16 +71,6 @@ def barrier(d: Dist) -> None:
         import torch.distributed as dist
 
         dist.barrier()
-
-
-def broadcast_object(obj, d: Dist):
-    if not d.enabled:
-        return obj
-    import torch.distributed as dist
-
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
 
 
 def shutdown(d: Dist) -> None:

@@ -6,7 +6,7 @@
   forward pass (never cached) and feeds the speaker classifier through the GRL
   (`grl_lambda`, `speaker_loss_weight`); the classifier trains.
 - stage3: speaker and emotion conditioners frozen (and the classifier); GRL off; lr x0.5
-  (`stage3.lr_scale`, default 0.5).
+  (the params value `stage3.lr_scale`, default 0.5: the one place it is set).
 Frozen modules run in eval mode, so their outputs do not drift (no dropout noise either).
 """
 from __future__ import annotations
@@ -23,15 +23,14 @@ class StagePreset:
     grl: bool  # speaker classifier on the emotion vector behind the GRL
     needs_init: bool  # starts from the previous stage's model.safetensors
     previous: str | None  # the stage to run first
-    lr_scale: float  # documented default of <stage>.lr_scale
 
 
 PRESETS: dict[str, StagePreset] = {
-    "stage1": StagePreset(frozen=("speaker_classifier",), grl=False, needs_init=False, previous=None, lr_scale=1.0),
+    "stage1": StagePreset(frozen=("speaker_classifier",), grl=False, needs_init=False, previous=None),
     "stage2": StagePreset(frozen=("speaker_encoder", "speaker_perceiver"), grl=True, needs_init=True,
-                          previous="stage1", lr_scale=1.0),
+                          previous="stage1"),
     "stage3": StagePreset(frozen=CONDITIONERS + ("speaker_classifier",), grl=False, needs_init=True,
-                          previous="stage2", lr_scale=0.5),
+                          previous="stage2"),
 }
 
 

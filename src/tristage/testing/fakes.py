@@ -16,9 +16,9 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
+from tristage.model.config import PRESETS
+from tristage.testing.corpus import EMOTIONS
 from tristage.training.data import Sources
-
-EMOTIONS = ("neutral", "happy", "sad", "angry")
 
 
 class FakeStore:
@@ -114,14 +114,13 @@ def fake_sources(n_speakers: int = 4, utts_per_speaker: int = 8, n_codebooks: in
                 codec=dict(name="fake", pretrained=False))
     return Sources(store=FakeStore(items, meta), manifest=pd.DataFrame(rows), table=table, mapping=mapping,
                    n_codebooks=n_codebooks, codebook_size=codebook_size, n_mels=n_mels,
-                   caption_module="tristage.training.fakes:FakeCaptionPEFT",
-                   caption_table="tristage.training.fakes:FakeCaptionTable",
+                   caption_module="tristage.testing.fakes:FakeCaptionPEFT",
+                   caption_table="tristage.testing.fakes:FakeCaptionTable",
                    caption_vectors=str(table_dir) if table_dir else None,
                    peft=dict(lora_rank=4), codec="random-init fake codec", caption_encoder="random-init fake encoder")
 
 
-TINY_MODEL = dict(d_model=32, n_layer=1, n_head=2, cond_dim=16, cond_layers=1, cond_heads=2, perceiver_layers=1,
-                  speaker_latents=2, emo_dim=8, classifier_hidden=16, max_frames=64, max_text_len=32)
+TINY_MODEL = dict(PRESETS["toy"])  # the `toy` model preset: the sizes every trainer test uses
 
 
 def write_tiny_params(folder: str | Path, steps: int = 8, dropout: float = 0.0, **stage_overrides) -> Path:
@@ -134,7 +133,7 @@ def write_tiny_params(folder: str | Path, steps: int = 8, dropout: float = 0.0, 
                   warmup_steps=2, lr=2e-3, max_ref_frames=16, window=4, device="cpu")
     common.update(stage_overrides)
     data = {s: dict(common) for s in ("stage1", "stage2", "stage3")}
-    data["stage1"]["model"] = dict(TINY_MODEL, dropout=dropout)
+    data["stage1"]["model"] = dict(preset="toy", dropout=dropout)
     (folder / "params.yaml").write_text(yaml.safe_dump(data))
     return folder / "params.yaml"
 
@@ -145,7 +144,7 @@ def default_fake_sources(folder: str | Path) -> Sources:
 
 
 def main(argv=None) -> int:
-    """`python -m tristage.training.fakes STAGE --params P [--set k=v]`: run a stage on the fake corpus
+    """`python -m tristage.testing.fakes STAGE --params P [--set k=v]`: run a stage on the fake corpus
     (the subprocess side of the resume and DDP tests)."""
     import argparse
     import logging

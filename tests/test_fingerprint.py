@@ -1,0 +1,120 @@
+"""Code-aware resume in-process (the real file edit under `dvc repro` is tests/test_freshness.py):
+checkpoints carry the fingerprint's parts and the code files' hashes; a checkpoint of other code,
+params or data is not resumed and the one log line says why; kl / ortho are logged per step."""
+
+from __future__ import annotations
+
+import logging
+
+from tristage.config import load_params
+from tristage.training import checkpoint as ck
+from tristage.training import fingerprint
+from tristage.testing.fakes import default_fake_sources, write_tiny_params
+from tristage.training.trainer import train_stage
+
+
+def _fresh_lines(text: str) -> list[str]:
+    return [ln for ln in text.splitlines() if "starting fresh" in ln]
+
+
+def test_checkpoint_of_other_code_is_not_resumed_and_the_line_names_the_file(tmp_path, caplog, monkeypatch):
+    params = load_params(write_tiny_params(tmp_path, steps=4, checkpoint_every=2))
+    src = default_fake_sources(tmp_path)
+    train_stage("stage1", params, None, sources=src)
+    manifest = ck.read_json(tmp_path / "models/stage1/checkpoints/step-000004/manifest.json")
+    parts, files = manifest["fingerprint_parts"], manifest["code_files"]
+    assert set(parts) == {
+        "stage",
+        "params",
+        "model_config",
+        "init_weights",
+        "peft",
+        "world_size",
+        "data",
+        "code",
+    }
+    # the trainer's closure, the model, and the configured caption module (the fakes' in this test)
+    assert {"tristage/training/trainer.py", "tristage/model/decoder.py", "tristage/testing/fakes.py"} <= set(
+        files
+    )
+    assert manifest["fingerprint"] == fingerprint.combine(parts)
+
+    with caplog.at_level(logging.INFO, logger="tristage.training"):  # unchanged: resumes (0 steps to do)
+        assert train_stage("stage1", params, None, sources=src)["resumed_from_step"] == 4
+    assert not _fresh_lines(caplog.text)
+
+    real = fingerprint.code_part
+
+    def edited(caption_module=None):  # as if src/tristage/model/decoder.py had been edited
+        digest, per_file = real(caption_module)
+        return "0" * 16, dict(per_file, **{"tristage/model/decoder.py": "f" * 64})
+
+    monkeypatch.setattr(fingerprint, "code_part", edited)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="tristage.training"):
+        m = train_stage("stage1", params, None, sources=src)
+    assert m["resumed_from_step"] is None and m["steps"] == 4
+    lines = _fresh_lines(caplog.text)
+    assert len(lines) == 1, caplog.text
+    assert "step-000004" in lines[0] and "made by other code (tristage/model/decoder.py)" in lines[0]
+    assert "other params" not in lines[0] and "other data" not in lines[0]
+
+
+def test_reason_names_each_part_that_differs():
+    parts = dict(
+        stage="stage1",
+        params="p",
+        model_config="m",
+        init_weights="",
+        peft="x",
+        world_size=1,
+        data="d",
+        code="c",
+    )
+    manifest = dict(
+        fingerprint_parts=dict(parts, params="p0", world_size=2, data="d0", code="c0"),
+        code_files={"tristage/a.py": "1", "tristage/b.py": "2", "tristage/gone.py": "3"},
+    )
+    reason = fingerprint.why_not_resumable(
+        manifest, parts, {"tristage/a.py": "1", "tristage/b.py": "9", "tristage/new.py": "4"}
+    )
+    assert reason == (
+        "other params; world size 2 (now 1); other data (features, manifest, speakers or caption "
+        "vectors); made by other code (tristage/b.py, tristage/gone.py, tristage/new.py)"
+    )
+    assert "older trainer" in fingerprint.why_not_resumable({}, parts, {})
+
+
+def test_changed_data_starts_fresh_saying_so(tmp_path, caplog):
+    params = load_params(write_tiny_params(tmp_path, steps=2))
+    src = default_fake_sources(tmp_path)
+    train_stage("stage1", params, None, sources=src)
+    src.table.vectors[0] += 1.0  # the caption vector table changed (caption_vectors reran)
+    with caplog.at_level(logging.INFO, logger="tristage.training"):
+        m = train_stage("stage1", params, None, sources=src)
+    assert m["resumed_from_step"] is None
+    lines = _fresh_lines(caplog.text)
+    assert len(lines) == 1 and "other data" in lines[0] and "code" not in lines[0]
+
+
+def test_kl_and_ortho_are_logged_every_step(tmp_path):
+    params = load_params(write_tiny_params(tmp_path, steps=4, log_every=1))
+    logged: list[tuple[int, dict]] = []
+
+    class Tracker:
+        def log_metrics(self, metrics, step=None):
+            logged.append((step, dict(metrics)))
+
+        def __getattr__(self, name):
+            return lambda *a, **k: None
+
+    m = train_stage("stage1", params, Tracker(), sources=default_fake_sources(tmp_path))
+    rows = (tmp_path / "plots/stage1/train.tsv").read_text().splitlines()
+    header = rows[0].split("\t")
+    assert {"kl", "ortho"} <= set(header)
+    for line in rows[2:]:  # row 1 is step 0 (the evaluation before training)
+        cells = dict(zip(header, line.split("\t")))
+        assert float(cells["kl"]) >= 0 and float(cells["ortho"]) > 0  # the fake PEFT's ortho is never 0
+    steps = [s for s, d in logged if "kl" in d and "ortho" in d]
+    assert steps == [1, 2, 3, 4]
+    assert m["kl"] is not None and m["ortho"] > 0 and m["n_skipped_too_long"] == 0

@@ -1,0 +1,66 @@
+"""`tristage summary`: one readable table, a row per stage, from the metrics files named in params."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from conftest import REPO, project_env
+from tristage.config import load_params
+from tristage.summary import summary
+
+
+def _write(path, doc):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc))
+
+
+def test_summary_table_rows_and_paths(tmp_path):
+    (tmp_path / "params.yaml").write_text("stage1: {}\n")
+    params = load_params(tmp_path / "params.yaml")
+    _write(tmp_path / "metrics/stage1.json", dict(steps=900, trainable_fraction=0.993, val_mel_loss=9.0))
+    _write(tmp_path / "metrics/stage2.json", dict(steps=300, trainable_fraction=0.896))
+    stage = dict(
+        mel_loss=2.2257,
+        mel_top1=0.5329,
+        speaker_acc=None,
+        speaker_acc_band=None,
+        speaker_probe_acc=0.7778,
+        emotion_probe_acc=0.7163,
+        caption_cosine_mean=0.9612,
+    )
+    _write(
+        tmp_path / "metrics/evaluate.json",
+        dict(
+            stage1=stage,
+            stage2=dict(stage, speaker_acc=0.4123, speaker_acc_band="in", caption_cosine_mean=0.9544),
+            speaker_acc_band_range=[0.3, 0.6],
+            note="codec: random-init dac",
+        ),
+    )
+    text = summary(params)
+    lines = text.splitlines()
+    assert max(map(len, lines)) <= 110
+    assert lines[0].split()[:3] == ["stage", "steps", "trainable"]
+    row1 = next(ln for ln in lines if ln.startswith("stage1")).split()
+    assert row1 == ["stage1", "900", "99.3%", "2.2257", "0.533", "-", "0.778", "0.716", "0.961"]
+    row2 = next(ln for ln in lines if ln.startswith("stage2")).split()
+    assert row2[5:7] == ["0.412", "(in)"] and row2[-1] == "0.954"
+    assert not any(ln.startswith("stage3") for ln in lines)  # not run: no row
+    assert "random-init" in text and "plots/stage2/" in text and "data/samples/" in text
+    assert "dvc metrics show --md" in text and "mlflow ui" in text
+
+
+def test_summary_cli_before_any_run(tmp_path):
+    (tmp_path / "params.yaml").write_text("stage1: {}\n")
+    r = subprocess.run(
+        [sys.executable, "-m", "tristage.cli", "summary", "--params", str(tmp_path / "params.yaml")],
+        cwd=REPO,
+        env=project_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "run `dvc repro` first" in r.stdout
