@@ -58,7 +58,7 @@ def test_check_fails_naming_stage_and_path_when_a_dep_is_removed(tmp_path):
     doc = yaml.safe_load((tmp_path / "dvc.yaml").read_text())
     for stage, dep in (
         ("stage1", "src/tristage/model"),
-        ("evaluate", "src/tristage/evaluation"),
+        ("evaluate", "src/tristage/evaluation/run.py"),
         ("stage2", "src/tristage/captions/peft.py"),
     ):
         doc["stages"][stage]["deps"].remove(dep)
