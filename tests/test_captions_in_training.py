@@ -92,7 +92,7 @@ def test_evaluate_caption_cosine_is_the_models_own(attribute_only):
     from tristage.evaluation.captions import caption_cosine, heldout_states
 
     folder, params, src = attribute_only
-    held = heldout_states(params, src.table)
+    held = heldout_states(src.table)
     assert held is not None and len(held.captions) >= 1
     peft = CaptionPEFT(src.table, params.caption_vectors.peft)
     at_init = caption_cosine(peft, src.table, held)

@@ -1,12 +1,11 @@
 """Caption fidelity of a trained model: its caption module (the trained LoRA / VAE adapters, eval
 mode) against the real caption encoder, on the held-out captions of the caption_vectors stage.
 
-    held = heldout_states(params, table)            # once: the encoder's states of the held-out captions
+    held = heldout_states(table)                    # once: the held-out captions + the encoder's states
     cos = caption_cosine(model.caption_peft, table, held)   # per stage: mean caption-level cosine
 
-The held-out captions are recomputed exactly as the caption_vectors stage split them (its manifest,
-`heldout_fraction`, `seed`), and the encoder is the one the table was built from (its `encoder` param,
-or the tiny encoder saved in the table folder). Each table row goes through the model's adapters
+The held-out captions and the encoder's states for them are the ones the caption_vectors stage saved
+beside the table (`captions.build.load_heldout`), so evaluate never runs the encoder. Each table row goes through the model's adapters
 once (eval mode: VAE mean path, no sampling); the rows standing for a caption's tokens are spread
 over their token positions and mean-pooled, as the caption_vectors stage scores the raw table. With
 adapters at their zero init, the figure equals the table's `caption_cosine_mean`.
@@ -31,47 +30,25 @@ class HeldOut:
     encoder: str
 
 
-def _encoder_dir(cp, table) -> Path | None:
-    if cp.encoder is not None:
-        return Path(cp.encoder)
-    enc = table.meta.get("encoder") if isinstance(getattr(table, "meta", None), dict) else None
-    rel = enc.get("path") if isinstance(enc, dict) else None
+def heldout_states(table) -> HeldOut | None:
+    """The encoder's states of the caption_vectors stage's held-out captions, as that stage saved them
+    beside the table (`heldout.json` + `heldout.safetensors`; no encoder run here). None, with a
+    warning, when the table has none (a test double, an empty held-out split)."""
+    from tristage.captions.build import load_heldout
+
     folder = getattr(table, "folder", None)
-    if rel is None or folder is None:
+    if not hasattr(table, "lookup") or folder is None or not (Path(folder) / "heldout.json").is_file():
+        log.warning("caption_cosine_mean: no held-out captions saved beside the caption table (%s); "
+                    "reported as None (dvc repro caption_vectors)", folder)
         return None
-    p = Path(rel)
-    return p if p.is_absolute() else Path(folder) / p
-
-
-def heldout_states(params, table, batch_size: int = 64) -> HeldOut | None:
-    """The encoder's states of the caption_vectors stage's held-out captions (None, with a warning,
-    when the table can't be scored this way: no encoder, no held-out captions, a test double)."""
-    from tristage.captions.build import manifest_captions, split_captions
-    from tristage.captions.encoder import encode_batches, load_encoder
-    from tristage.data.manifest import read_prepared
-
-    cp = params.caption_vectors
-    enc_dir = _encoder_dir(cp, table)
-    if not hasattr(table, "lookup") or enc_dir is None or not (enc_dir / "config.json").is_file():
-        log.warning(
-            "caption_cosine_mean: no caption encoder found beside the table (%s); reported as None", enc_dir
-        )
+    captions, states = load_heldout(folder)
+    if not captions:
+        log.warning("caption_cosine_mean: no held-out captions (caption_vectors.heldout_fraction); "
+                    "reported as None")
         return None
-    if not Path(cp.manifest).is_file():
-        log.warning("caption_cosine_mean: %s not found; reported as None", cp.manifest)
-        return None
-    _, held = split_captions(manifest_captions(read_prepared(cp.manifest)), cp.heldout_fraction, cp.seed)
-    if not held:
-        log.warning(
-            "caption_cosine_mean: no held-out captions (caption_vectors.heldout_fraction); reported as None"
-        )
-        return None
-    model, _, info = load_encoder(enc_dir)
-    states: list[np.ndarray] = [np.zeros(0)] * len(held)
-    for idx, st in encode_batches(model, table.parser, held, batch_size, progress=False):
-        for i, s in zip(idx, st):
-            states[i] = s
-    return HeldOut(held, states, str(info.get("name")))
+    enc = table.meta.get("encoder") if isinstance(getattr(table, "meta", None), dict) else None
+    name = enc.get("name") if isinstance(enc, dict) else enc
+    return HeldOut(captions, states, str(name))
 
 
 @torch.no_grad()

@@ -151,7 +151,7 @@ def run_evaluate(params, tracker=None, sources=None, vocoder: tuple[Vocoder, dic
                             f"(dvc repro {stage}), or drop it from evaluate.stages")
     src = sources if sources is not None else load_sources(ep, params.caption_vectors.peft.model_dump())
     table_cos = _caption_cosine(ep.caption_metrics)
-    held = heldout_states(params, src.table)
+    held = heldout_states(src.table)
     voc, codec_info = vocoder if vocoder is not None else default_vocoder(ep.features, device)
     pretrained_codec = bool(codec_info.get("pretrained", False))
     per_stage: dict[str, dict] = {}
