@@ -278,6 +278,7 @@ class _Trainer:
 
     def loss_of(self, out: dict, lam: float | None) -> torch.Tensor:
         loss = out["mel_loss"] + self.peft.kl_weight * out["kl"] + self.peft.orthogonality_weight * out["ortho"]
+        loss = loss + out["stop_loss"]  # end-of-speech head (model/decoder.py stop_loss)
         if lam is not None:
             loss = loss + self.band.speaker_loss_weight * out["speaker_loss"]
         return loss
