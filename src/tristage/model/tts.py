@@ -257,8 +257,15 @@ def load_model(stage_dir: str | Path, device: str | torch.device = "cpu", table:
             raise UserError(f"{p} not found: run the stage that writes {stage_dir} first "
                             f"(dvc repro {stage_dir.name})")
     cfg = TTSConfig.from_dict(json.loads(cfg_path.read_text()))
+    if table is None and caption_vectors is None and (stage_dir / "synthesis.json").is_file():
+        from tristage.synthesis.folder import load_folder  # a self-contained folder: its baked caption table
+
+        return load_folder(stage_dir, device)[:2]
     if table is None:
-        table = load_caption_table(cfg, caption_vectors)
+        folder = caption_vectors or cfg.caption_vectors
+        if folder is not None and not Path(folder).is_absolute():
+            folder = stage_dir / folder if (stage_dir / folder).exists() else folder
+        table = load_caption_table(cfg, folder)
     model = build_model(cfg, table)
     missing, unexpected = model.load_state_dict(load_file(str(weights)), strict=False)
     if missing or unexpected:

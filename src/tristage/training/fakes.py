@@ -54,11 +54,15 @@ class FakeCaptionTable:
         Path(folder).mkdir(parents=True, exist_ok=True)
         (Path(folder) / "fake_table.json").write_text(json.dumps(dict(vocab=list(self.vocab), dim=self.dim,
                                                                       seed=self.seed)))
+        np.save(Path(folder) / "fake_vectors.npy", np.asarray(self.vectors, dtype=np.float32))
 
     @classmethod
     def load(cls, folder: str | Path) -> "FakeCaptionTable":
         d = json.loads((Path(folder) / "fake_table.json").read_text())
-        return cls(d["vocab"], d["dim"], d["seed"])
+        table = cls(d["vocab"], d["dim"], d["seed"])
+        if (Path(folder) / "fake_vectors.npy").is_file():  # saved vectors win (e.g. adapter-baked ones)
+            table.vectors = torch.from_numpy(np.load(Path(folder) / "fake_vectors.npy"))
+        return table
 
 
 class FakeCaptionPEFT(nn.Module):

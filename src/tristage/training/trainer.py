@@ -26,9 +26,10 @@ import numpy as np
 import torch
 
 from tristage.errors import UserError
-from tristage.fsio import atomic_path, write_json, write_text
+from tristage.fsio import atomic_path, write_json
 from tristage.model.config import TTSConfig
 from tristage.model.tts import build_model
+from tristage.synthesis.folder import export_model_folder
 from tristage.training import checkpoint as ck
 from tristage.training import ddp
 from tristage.training.band import SpeakerAccBand, band_status, dann_lambda
@@ -459,7 +460,8 @@ class _Trainer:
 
             save_file({k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}, str(tmp),
                       metadata={"stage": self.stage, "fingerprint": self.fingerprint})
-        write_text(self.out / "config.json", self.cfg.to_json() + "\n")
+        # config.json (no absolute paths) + what synthesis needs: baked caption table, codec, speakers, references
+        export_model_folder(self.out, self.stage, self.model, self.cfg, self.src, self.data, sp.max_ref_frames)
         with atomic_path(self.out / "trainer_state.pt") as tmp:
             torch.save(self.trainer_state(), tmp)
         info = dict(stage=self.stage, fingerprint=self.fingerprint, frozen=list(self.preset.frozen),
