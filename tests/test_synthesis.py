@@ -211,3 +211,31 @@ def test_cli_single_and_requests_with_bad_rows(trained, tmp_path, capsys):
         assert sf.info(tmp_path / "out" / r["wav"]).duration == pytest.approx(r["duration"], abs=1e-3)
         assert r["rtf"] > 0 and r["seconds_taken"] > 0 and r["n_frames"] >= 1
     assert f"{req}:2:" in err
+
+
+@pytest.mark.slow
+def test_mlflow_pyfunc_model_predicts_audio(trained, tmp_path):
+    import io
+
+    import mlflow
+    import pandas as pd
+
+    from tristage.synthesis.folder import load_references, read_info
+    from tristage.synthesis.pyfunc import log_synthesis_model
+
+    _, stage3 = trained
+    ref = sorted(load_references(stage3, read_info(stage3)))[0]
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = mlflow.create_experiment("synth", artifact_location=str(tmp_path / "artifacts"))
+    with mlflow.start_run(experiment_id=exp) as run:
+        log_synthesis_model(stage3)
+    model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
+    sig = model.metadata.signature
+    assert [c.name for c in sig.inputs.inputs][:4] == ["text", "caption", "speaker_ref", "emotion_ref"]
+    assert model.metadata.saved_input_example_info is not None
+    out = model.predict(pd.DataFrame([dict(text="hello there", caption="a happy voice", speaker_ref=ref,
+                                           max_seconds=0.3),
+                                      dict(text="second one", caption="", speaker_ref=ref)]))
+    assert list(out["sample_rate"]) == [16000, 16000]
+    wav, sr = sf.read(io.BytesIO(out["wav"][0]))
+    assert sr == 16000 and len(wav) / sr == pytest.approx(out["duration"][0]) and out["duration"][0] <= 0.33

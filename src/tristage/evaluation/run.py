@@ -212,7 +212,22 @@ def run_evaluate(params, tracker=None, sources=None, vocoder: tuple[Vocoder, dic
         for p in plots:
             tracker.log_artifact(p, artifact_path="plots")
         tracker.log_artifact(ep.samples_dir, artifact_path="samples")
+        log_model(tracker, Path(ep.models_dir) / ep.stages[-1], ep.register_model)
     return doc
+
+
+def log_model(tracker, folder: Path, register_as: str | None) -> None:
+    """The final stage's model folder as an MLflow pyfunc model of this run (never fails the stage)."""
+    if not getattr(tracker, "active", False) or not (folder / "synthesis.json").is_file():
+        return
+    try:
+        from tristage.synthesis.pyfunc import log_synthesis_model
+
+        info = log_synthesis_model(folder, "model", register_as)
+        log.info("logged %s as the MLflow model %s%s", folder, info.model_uri,
+                 f", registered as {register_as}" if register_as else "")
+    except Exception as exc:  # noqa: BLE001 - tracking must never stop the stage
+        log.warning("could not log %s as an MLflow model: %s", folder, str(exc).splitlines()[0] if str(exc) else exc)
 
 
 def _val_rows(manifest, data) -> list[dict]:
