@@ -12,7 +12,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED = false
 export TOKENIZERS_PARALLELISM = false
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install demo test test-fast bench serve dag clean-outputs
+.PHONY: install demo test test-fast bench serve dag clean-outputs app
 
 install: $(STAMP)
 
@@ -40,6 +40,11 @@ bench: install
 
 serve: install
 	$(PY) -m flows.serve
+
+# The local web demo on http://127.0.0.1:7860 (MODEL=models/stage2 for another folder).
+MODEL ?= models/stage3
+app: install
+	$(PY) -m tristage.synthesis.app --model $(MODEL)
 
 dag: install
 	$(VENV)/bin/dvc dag

@@ -239,3 +239,72 @@ def test_mlflow_pyfunc_model_predicts_audio(trained, tmp_path):
     assert list(out["sample_rate"]) == [16000, 16000]
     wav, sr = sf.read(io.BytesIO(out["wav"][0]))
     assert sr == 16000 and len(wav) / sr == pytest.approx(out["duration"][0]) and out["duration"][0] <= 0.33
+
+
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return "/usr/bin/chromium" if Path("/usr/bin/chromium").is_file() else None
+
+
+@pytest.mark.slow
+def test_web_demo_in_a_real_browser(trained, tmp_path):
+    """`make app`'s page, driven by Playwright on Debian's chromium: type, generate, get a playable wav."""
+    import io
+    import os
+    import re
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    browser_path = _chromium()
+    if browser_path is None:
+        pytest.skip("no chromium binary (apt-get install chromium; .ci/run installs it)")
+    playwright = pytest.importorskip("playwright.sync_api")
+    pytest.importorskip("gradio")
+    _, stage3 = trained
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1")
+    log = open(tmp_path / "app.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "tristage.synthesis.app", "--model", str(stage3), "--port",
+                             str(port)], stdout=log, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        for _ in range(240):
+            try:
+                urllib.request.urlopen(url, timeout=2)
+                break
+            except OSError:
+                assert proc.poll() is None, (tmp_path / "app.log").read_text()
+                time.sleep(0.5)
+        with playwright.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=browser_path, args=["--no-sandbox"])
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(url)
+            page.wait_for_selector("#generate", timeout=60_000)
+            assert "NOT speech" in page.locator("#codec-note").inner_text()  # the random-init note is visible
+            page.locator("#text textarea").fill("Hello from a real browser.")
+            page.click("#generate")
+            page.wait_for_function("() => (document.querySelector('#details textarea') || {}).value?.startsWith("
+                                   "'duration')", timeout=180_000)
+            details = page.locator("#details textarea").input_value()
+            shown = float(re.match(r"duration ([\d.]+) s", details).group(1))
+            src = re.findall(r'(?:src|href)="([^"]+\.wav)"', page.locator("#output").inner_html())[0]
+            played = page.evaluate("""async (src) => { const a = new Audio(src);
+                await new Promise((ok, bad) => { a.onloadedmetadata = ok; a.onerror = bad; });
+                return a.duration; }""", src)
+            body = page.request.get(src).body()
+            browser.close()
+        wav, sr = sf.read(io.BytesIO(body))
+        assert sr == 16000 and len(wav) / sr == pytest.approx(shown, abs=1e-3)
+        assert played == pytest.approx(shown, abs=0.01) and 0 < shown <= 6.0  # the page's max-seconds cap
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
