@@ -15,6 +15,14 @@ Delay pattern, K = 3, T = 4 codes a..d (P = pad):
     k=0:  a0 b0 c0 d0 P  P
     k=1:  P  a1 b1 c1 d1 P
     k=2:  P  P  a2 b2 c2 d2        -> S = T + K - 1 frames; input = [BOS, frames[:-1]]
+
+End of speech: `stop_head` reads the same hidden state as the code heads and predicts, at input
+position s, whether codebook 0's frame s is past the end (s >= T). `stop_loss` trains it; in
+generation the first s with p > 0.5 fixes T = s and the K - 1 delayed codebooks are completed.
+
+KV cache: `prefill` runs [prefix | text | BOS] once and keeps each block's keys/values; `step`
+feeds one frame against them (cross-attention keys/values of the caption are computed once).
+`forward` (training, and generation without the cache) recomputes the whole sequence.
 """
 from __future__ import annotations
 
