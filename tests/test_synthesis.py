@@ -308,3 +308,31 @@ def test_web_demo_in_a_real_browser(trained, tmp_path):
         proc.terminate()
         proc.wait(timeout=30)
         log.close()
+
+
+def test_baked_real_caption_table_round_trip(tmp_path):
+    """The real CaptionVectorTable + CaptionPEFT: baked, saved, loaded -> the same states as the adapters."""
+    from tristage.captions.config import PeftParams
+    from tristage.captions.peft import CaptionPEFT
+    from tristage.captions.vectors import CaptionVectorTable
+    from tristage.synthesis.folder import BakedCaptions, _save_caption, baked_caption_vectors
+
+    tokens = ["<unk>", "a", "b", "</s>", "<gender:female>", "<pitch:high>", "a\tb\t</s>"]
+    kinds = ["unk", "token", "token", "token", "attribute", "attribute", "context"]
+    bases = ["<unk>", "a", "b", "</s>", "<gender:female>", "<pitch:high>", "b"]
+    vectors = np.random.default_rng(0).standard_normal((len(tokens), 8)).astype(np.float32)
+    table = CaptionVectorTable(tokens, kinds, bases, vectors, {"name": "toy", "pretrained": False})
+    peft = CaptionPEFT(table, PeftParams(lora_rank=4, lora_alpha=8.0, vae_latent_dim=6))
+    with torch.no_grad():
+        for p in peft.parameters():
+            p.add_(0.1 * torch.randn_like(p))  # "trained" adapters: no longer the identity
+    _save_caption(tmp_path / "caption", table, baked_caption_vectors(peft, len(tokens)))
+    loaded = CaptionVectorTable.load(tmp_path / "caption")
+    assert loaded.meta["baked"] and loaded.tokens == tokens
+    ids = torch.tensor([[1, 4, 2, 5, 3], [6, 5, 0, 0, 0]])
+    mask = ids != 0
+    peft.eval()
+    with torch.no_grad():
+        want = peft(ids, mask).states
+    got = BakedCaptions(loaded.vectors)(ids, mask).states
+    assert torch.allclose(got, want, atol=1e-5) and not torch.allclose(got, torch.as_tensor(vectors)[ids] * mask[..., None])
