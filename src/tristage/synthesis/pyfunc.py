@@ -85,7 +85,7 @@ def input_example(folder: str | Path):
     refs = sorted(load_references(folder, read_info(folder)))
     return pd.DataFrame([dict(text="The quick brown fox jumps over the lazy dog.",
                               caption="A female speaker with a high-pitched voice speaks quickly in a clean recording.",
-                              speaker_ref=refs[0] if refs else "")])
+                              speaker_ref=refs[0] if refs else "", max_seconds=2.0)])
 
 
 def log_synthesis_model(folder: str | Path, artifact_path: str = "model", register_as: str | None = None):
