@@ -13,6 +13,7 @@ every run makes exactly the asked number of frames.
 - RTF: seconds of compute (generation with the cache + decoding with the small random-init DAC)
   per second of audio, for a batch of 1 and a batch of 8 (per request).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,8 +28,15 @@ def _model(preset: str, max_frames: int, device: str):
     from tristage.synthesis.folder import BakedCaptions
 
     sizes = dict(PRESETS[preset], max_frames=max(max_frames, PRESETS[preset]["max_frames"]))
-    cfg = TTSConfig(n_codebooks=4, codebook_size=256 if preset == "tiny" else 1024, n_mels=80, caption_dim=64,
-                    n_speakers=12, preset=preset, **sizes)
+    cfg = TTSConfig(
+        n_codebooks=4,
+        codebook_size=256 if preset == "tiny" else 1024,
+        n_mels=80,
+        caption_dim=64,
+        n_speakers=12,
+        preset=preset,
+        **sizes,
+    )
     torch.manual_seed(0)
     return TTS(cfg, BakedCaptions(torch.randn(100, 64))).to(device).eval()
 
@@ -53,16 +61,25 @@ def cache_ratio(frames: int, device: str) -> str:
 
     m = _model("tiny", frames, device)
     mel = torch.randn(160, 80)
-    gen = lambda cache: m.generate(TEXT, list(range(1, 20)), mel, n_frames=frames, greedy=True,  # noqa: E731
-                                   use_cache=cache, stop=False)
+    gen = lambda cache: m.generate(
+        TEXT,
+        list(range(1, 20)),
+        mel,
+        n_frames=frames,
+        greedy=True,  # noqa: E731
+        use_cache=cache,
+        stop=False,
+    )
     gen(True)  # warm-up
     t_cached, a = _time(lambda: gen(True), device)
     t_full, b = _time(lambda: gen(False), device)
     same = bool(torch.equal(a, b))
     ratio = t_full / t_cached
     goal = "ok" if ratio >= 5 or device != "cpu" else "MISSED"
-    return (f"| KV cache, tiny preset, {frames} frames, {device} | uncached {t_full:.2f} s | cached {t_cached:.2f} s "
-            f"| {ratio:.1f}x | >= 5x ({goal}); identical codes: {same} |")
+    return (
+        f"| KV cache, tiny preset, {frames} frames, {device} | uncached {t_full:.2f} s | cached {t_cached:.2f} s "
+        f"| {ratio:.1f}x | >= 5x ({goal}); identical codes: {same} |"
+    )
 
 
 def rtf(preset: str, frames: int, device: str, batch: int) -> str:
@@ -78,15 +95,18 @@ def rtf(preset: str, frames: int, device: str, batch: int) -> str:
     mels = [torch.randn(160, 80) for _ in range(batch)]
 
     def run():
-        codes = m.generate_batch([TEXT] * batch, [list(range(1, 20))] * batch, mels, max_frames=frames,
-                                 greedy=True, stop=False)
+        codes = m.generate_batch(
+            [TEXT] * batch, [list(range(1, 20))] * batch, mels, max_frames=frames, greedy=True, stop=False
+        )
         return [decode_codes(codec, c)[0] for c in codes]
 
     run()  # warm-up
     took, wavs = _time(run, device)
     audio = sum(len(w) for w in wavs) / cp.sample_rate
-    return (f"| RTF, {preset} preset, batch {batch}, {device} | {audio / batch:.1f} s of audio per request "
-            f"({frames} frames at {fps:.2f}/s) | {took:.2f} s | RTF {took / audio:.3f} | < 1 = faster than real time |")
+    return (
+        f"| RTF, {preset} preset, batch {batch}, {device} | {audio / batch:.1f} s of audio per request "
+        f"({frames} frames at {fps:.2f}/s) | {took:.2f} s | RTF {took / audio:.3f} | < 1 = faster than real time |"
+    )
 
 
 def main(argv=None) -> int:
@@ -97,8 +117,10 @@ def main(argv=None) -> int:
     ap.add_argument("--cuda", action="store_true")
     a = ap.parse_args(argv)
     frames = 200 if a.quick else 500
-    print(f"synthesis benchmark (torch threads {torch.get_num_threads()}, "
-          f"{'GPU ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'}; random-init weights)\n")
+    print(
+        f"synthesis benchmark (torch threads {torch.get_num_threads()}, "
+        f"{'GPU ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'}; random-init weights)\n"
+    )
     print("| what | baseline | ours | ratio | goal |\n|---|---|---|---|---|")
     print(cache_ratio(frames, "cpu"))
     print(rtf("tiny", 250, "cpu", 1))
@@ -107,7 +129,9 @@ def main(argv=None) -> int:
         print(cache_ratio(frames, "cuda"))
         print(rtf("seed", 250, "cuda", 1))
         print(rtf("seed", 250, "cuda", 8))
-    print(f"\ncommand: python -m benchmarks.synthesis{' --quick' if a.quick else ''}{' --cuda' if a.cuda else ''}")
+    print(
+        f"\ncommand: python -m benchmarks.synthesis{' --quick' if a.quick else ''}{' --cuda' if a.cuda else ''}"
+    )
     return 0
 
 

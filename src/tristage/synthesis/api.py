@@ -17,6 +17,7 @@
 - The length is the model's: its end-of-speech head stops generation; `max_seconds` caps it.
 - With a random-init codec (`tts.is_speech` False) the audio is not speech: `tts.note` says so.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -34,8 +35,10 @@ from tristage.errors import UserError
 from tristage.synthesis.folder import load_codec_from_folder, load_folder, load_references
 
 MIN_REF_SECONDS = 0.1
-RANDOM_CODEC_NOTE = ("the codec is random-init: the audio is NOT speech, only proof that the synthesis path runs "
-                     "(train with official DAC weights, features.codec.weights, for speech)")
+RANDOM_CODEC_NOTE = (
+    "the codec is random-init: the audio is NOT speech, only proof that the synthesis path runs "
+    "(train with official DAC weights, features.codec.weights, for speech)"
+)
 
 Reference = str | os.PathLike | tuple[np.ndarray, int] | None
 
@@ -78,7 +81,9 @@ class Result:
         return self.seconds_taken / max(self.duration, 1e-9)
 
 
-def edit_caption(caption: str, attributes: dict[str, str] | None, lexicon: dict[str, dict[str, list[str]]]) -> str:
+def edit_caption(
+    caption: str, attributes: dict[str, str] | None, lexicon: dict[str, dict[str, list[str]]]
+) -> str:
     """Replace (or add) attribute values in a caption with the lexicon's phrases."""
     from tristage.captions.lexicon import Matcher
 
@@ -127,8 +132,9 @@ class TTS:
         self.max_ref_frames = int(info["max_ref_frames"])
 
     @classmethod
-    def from_pretrained(cls, folder: str | os.PathLike, device: str = "cpu",
-                        codec_weights: str | None = None) -> "TTS":
+    def from_pretrained(
+        cls, folder: str | os.PathLike, device: str = "cpu", codec_weights: str | None = None
+    ) -> "TTS":
         """Load `models/<stage>/` (or a copy of it anywhere); `codec_weights` overrides the path of
         official codec weights when the folder moved away from them."""
         folder = Path(folder)
@@ -179,13 +185,17 @@ class TTS:
             if isinstance(ref, (str, os.PathLike)):
                 if not Path(ref).is_file():
                     valid = ", ".join(self.speakers) or "none stored"
-                    raise UserError(f"{what}: {ref} is neither an audio file nor a stored reference ({valid})")
+                    raise UserError(
+                        f"{what}: {ref} is neither an audio file nor a stored reference ({valid})"
+                    )
                 wav, sr = load_audio(ref)
             else:
                 wav, sr = np.asarray(ref[0], dtype=np.float32), int(ref[1])
                 wav = wav.mean(axis=1) if wav.ndim == 2 else wav.reshape(-1)
             if len(wav) < MIN_REF_SECONDS * sr:
-                raise UserError(f"{what}: {len(wav) / max(sr, 1):.3f} s of audio; at least {MIN_REF_SECONDS} s needed")
+                raise UserError(
+                    f"{what}: {len(wav) / max(sr, 1):.3f} s of audio; at least {MIN_REF_SECONDS} s needed"
+                )
             target = self.mel_params.sample_rate
             if sr != target:
                 import librosa
@@ -194,7 +204,7 @@ class TTS:
             mel = log_mel(torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32)), self.mel_params)[0]
         n = self.max_ref_frames
         s = max(0, (mel.shape[0] - n) // 2)
-        return mel[s:s + n].float()
+        return mel[s : s + n].float()
 
     def request(self, text: str, **kw: Any) -> Request:
         return Request(text=text, **kw)
@@ -214,13 +224,36 @@ class TTS:
         return edit_caption(req.caption, req.attributes, self.lexicon)
 
     # synthesis ----------------------------------------------------------------------------
-    def synthesize(self, text: str, caption: str = "", speaker_ref: Reference = None, emotion_ref: Reference = None,
-                   attributes: dict[str, str] | None = None, seed: int = 0, temperature: float = 0.8,
-                   top_k: int | None = 50, top_p: float | None = None,
-                   max_seconds: float = 10.0) -> tuple[np.ndarray, int]:
+    def synthesize(
+        self,
+        text: str,
+        caption: str = "",
+        speaker_ref: Reference = None,
+        emotion_ref: Reference = None,
+        attributes: dict[str, str] | None = None,
+        seed: int = 0,
+        temperature: float = 0.8,
+        top_k: int | None = 50,
+        top_p: float | None = None,
+        max_seconds: float = 10.0,
+    ) -> tuple[np.ndarray, int]:
         """One request -> (wav float32 (N,), sample rate)."""
-        res = self.synthesize_batch([Request(text, caption, speaker_ref, emotion_ref, dict(attributes or {}), seed,
-                                             temperature, top_k, top_p, max_seconds)])[0]
+        res = self.synthesize_batch(
+            [
+                Request(
+                    text,
+                    caption,
+                    speaker_ref,
+                    emotion_ref,
+                    dict(attributes or {}),
+                    seed,
+                    temperature,
+                    top_k,
+                    top_p,
+                    max_seconds,
+                )
+            ]
+        )[0]
         return res.wav, res.sample_rate
 
     def synthesize_batch(self, requests: Sequence[Request], batch_size: int = 8) -> list[Result]:
@@ -242,20 +275,32 @@ class TTS:
             groups.setdefault(req.sampling_key(), []).append(i)
         for (seed, temperature, top_k, top_p), idx in groups.items():
             for start in range(0, len(idx), batch_size):
-                chunk = idx[start:start + batch_size]
+                chunk = idx[start : start + batch_size]
                 t0 = time.perf_counter()
                 gen = torch.Generator(device=self.device).manual_seed(int(seed))
                 codes = self.model.generate_batch(
-                    [prepared[i][0].text for i in chunk], [self.table.encode(prepared[i][1]) for i in chunk],
-                    [prepared[i][2] for i in chunk], [prepared[i][3] for i in chunk],
-                    max_frames=[prepared[i][4] for i in chunk], temperature=temperature, top_k=top_k, top_p=top_p,
-                    greedy=temperature == 0, generator=gen)
+                    [prepared[i][0].text for i in chunk],
+                    [self.table.encode(prepared[i][1]) for i in chunk],
+                    [prepared[i][2] for i in chunk],
+                    [prepared[i][3] for i in chunk],
+                    max_frames=[prepared[i][4] for i in chunk],
+                    temperature=temperature,
+                    top_k=top_k,
+                    top_p=top_p,
+                    greedy=temperature == 0,
+                    generator=gen,
+                )
                 wavs = [self.decode(c) for c in codes]
                 share = (time.perf_counter() - t0) / len(chunk)
                 for i, c, (wav, sr) in zip(chunk, codes, wavs):
-                    results[i] = Result(wav=wav, sample_rate=sr, n_frames=int(c.shape[1]),
-                                        stopped=int(c.shape[1]) < prepared[i][4], caption=prepared[i][1],
-                                        seconds_taken=share)
+                    results[i] = Result(
+                        wav=wav,
+                        sample_rate=sr,
+                        n_frames=int(c.shape[1]),
+                        stopped=int(c.shape[1]) < prepared[i][4],
+                        caption=prepared[i][1],
+                        seconds_taken=share,
+                    )
         return results  # type: ignore[return-value]
 
     def decode(self, codes: torch.Tensor) -> tuple[np.ndarray, int]:

@@ -7,6 +7,7 @@ line number). Writes `<out-dir>/<name>.wav` per good row and `<out-dir>/results.
 per row, either `wav`, `duration`, `seconds_taken`, `rtf`, `n_frames`, `stopped`, `caption`, or
 `error` with the line and the reason. Bad rows never stop the good ones.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -45,7 +46,7 @@ def parse_requests(path: Path, defaults: dict[str, Any]) -> tuple[list[tuple[int
             if not re.fullmatch(r"[\w.-]{1,100}", name) or name in names:
                 raise UserError(f"name {name!r}: must be unique and made of letters, digits, '.', '_' or '-'")
             if row.get("attributes") is not None and not isinstance(row["attributes"], dict):
-                raise UserError("`attributes` must be an object, e.g. {\"pitch\": \"high\"}")
+                raise UserError('`attributes` must be an object, e.g. {"pitch": "high"}')
             for key in ("speaker_ref", "emotion_ref"):
                 ref = row.get(key)
                 if isinstance(ref, str) and not os.path.isabs(ref) and (path.parent / ref).is_file():
@@ -62,7 +63,9 @@ def parse_requests(path: Path, defaults: dict[str, Any]) -> tuple[list[tuple[int
     return good, bad
 
 
-def run_requests(tts: TTS, path: Path, out_dir: Path, defaults: dict[str, Any], batch_size: int = 8) -> list[dict]:
+def run_requests(
+    tts: TTS, path: Path, out_dir: Path, defaults: dict[str, Any], batch_size: int = 8
+) -> list[dict]:
     """Synthesise every good row; return the results.jsonl records (also written)."""
     from tristage.fsio import write_text
 
@@ -83,9 +86,18 @@ def run_requests(tts: TTS, path: Path, out_dir: Path, defaults: dict[str, Any], 
     results = tts.synthesize_batch([r for _, _, r in checked], batch_size=batch_size) if checked else []
     for (no, name, _), res in zip(checked, results):
         wav = write_wav(out_dir / f"{name}.wav", res.wav, res.sample_rate)
-        records[no] = dict(line=no, name=name, wav=wav.name, duration=round(res.duration, 4),
-                           seconds_taken=round(res.seconds_taken, 4), rtf=round(res.rtf, 4), n_frames=res.n_frames,
-                           stopped=res.stopped, caption=res.caption, sample_rate=res.sample_rate)
+        records[no] = dict(
+            line=no,
+            name=name,
+            wav=wav.name,
+            duration=round(res.duration, 4),
+            seconds_taken=round(res.seconds_taken, 4),
+            rtf=round(res.rtf, 4),
+            n_frames=res.n_frames,
+            stopped=res.stopped,
+            caption=res.caption,
+            sample_rate=res.sample_rate,
+        )
     ordered = [records[k] for k in sorted(records)]
     out_dir.mkdir(parents=True, exist_ok=True)
     write_text(out_dir / "results.jsonl", "".join(json.dumps(r) + "\n" for r in ordered))

@@ -17,6 +17,7 @@ Layout (every JSON path is relative to the folder; copy the folder anywhere and 
     codec/                   the random-init codec's weights + config, or codec.json naming the
                              official weights (path relative to the folder, and their sha256)
 """
+
 from __future__ import annotations
 
 import copy
@@ -68,10 +69,15 @@ def _save_caption(folder: Path, table: Any, baked: torch.Tensor) -> None:
 def _codec_entry(out: Path, meta: dict) -> dict:
     """Copy (random-init) or reference (official) the codec that made the training codes."""
     info = dict(meta.get("codec") or {})
-    entry = dict(name=info.get("name", "unknown"), pretrained=bool(info.get("pretrained", False)),
-                 sample_rate=info.get("sample_rate", meta.get("sample_rate")),
-                 hop_length=info.get("hop_length", meta.get("hop_length")), dir=None, weights=None,
-                 sha256=info.get("sha256"))
+    entry = dict(
+        name=info.get("name", "unknown"),
+        pretrained=bool(info.get("pretrained", False)),
+        sample_rate=info.get("sample_rate", meta.get("sample_rate")),
+        hop_length=info.get("hop_length", meta.get("hop_length")),
+        dir=None,
+        weights=None,
+        sha256=info.get("sha256"),
+    )
     if info.get("path"):  # official weights: referenced, not copied (hundreds of MB)
         entry["weights"] = os.path.relpath(info["path"], out.resolve())
         entry["weights_name"] = Path(info["path"]).name
@@ -101,21 +107,37 @@ def export_model_folder(out: Path, stage: str, model, cfg: TTSConfig, src, data,
         if ex.speaker not in refs and len(refs) < MAX_REFERENCES:
             mel = data.features(i)[0]
             s = max(0, (mel.shape[0] - max_ref_frames) // 2)
-            refs[ex.speaker] = mel[s:s + max_ref_frames].float().contiguous()
+            refs[ex.speaker] = mel[s : s + max_ref_frames].float().contiguous()
     with atomic_path(out / REFERENCES, suffix=".safetensors") as tmp:
         save_file(refs, str(tmp), metadata={"ids": json.dumps({s: "" for s in refs})})
     meta = dict(src.store.meta)
     codec = _codec_entry(out, meta)
     mel = dict(meta.get("mel") or {})
     mel.setdefault("n_mels", cfg.n_mels)
-    fps = (codec["sample_rate"] / codec["hop_length"]) if codec["sample_rate"] and codec["hop_length"] else \
-        meta.get("frames_per_second")
+    fps = (
+        (codec["sample_rate"] / codec["hop_length"])
+        if codec["sample_rate"] and codec["hop_length"]
+        else meta.get("frames_per_second")
+    )
     lexicon = (getattr(table, "meta", {}) or {}).get("lexicon") or LEXICON
-    write_json(out / SYNTHESIS, dict(
-        format=FORMAT, stage=stage, caption=CAPTION, caption_baked=True, speakers=SPEAKERS, references=REFERENCES,
-        codec=codec, mel=mel, frames_per_second=fps, max_ref_frames=max_ref_frames, lexicon=lexicon,
-        caption_encoder=cfg.caption_encoder,
-        note=f"codec: {cfg.codec}; caption encoder: {cfg.caption_encoder}"))
+    write_json(
+        out / SYNTHESIS,
+        dict(
+            format=FORMAT,
+            stage=stage,
+            caption=CAPTION,
+            caption_baked=True,
+            speakers=SPEAKERS,
+            references=REFERENCES,
+            codec=codec,
+            mel=mel,
+            frames_per_second=fps,
+            max_ref_frames=max_ref_frames,
+            lexicon=lexicon,
+            caption_encoder=cfg.caption_encoder,
+            note=f"codec: {cfg.codec}; caption encoder: {cfg.caption_encoder}",
+        ),
+    )
 
 
 class BakedCaptions(torch.nn.Module):
@@ -138,10 +160,14 @@ def read_info(folder: str | os.PathLike) -> dict:
     p = folder / SYNTHESIS
     if not p.is_file():
         if (folder / "model.safetensors").is_file():
-            raise UserError(f"{p} not found: {folder} was written before model folders were self-contained; "
-                            f"rerun its stage (dvc repro {folder.name})")
-        raise UserError(f"{folder}: not a model folder (no model.safetensors / {SYNTHESIS}); "
-                        "pass a trained stage's folder, e.g. models/stage3")
+            raise UserError(
+                f"{p} not found: {folder} was written before model folders were self-contained; "
+                f"rerun its stage (dvc repro {folder.name})"
+            )
+        raise UserError(
+            f"{folder}: not a model folder (no model.safetensors / {SYNTHESIS}); "
+            "pass a trained stage's folder, e.g. models/stage3"
+        )
     return read_json(p)
 
 
@@ -163,7 +189,9 @@ def load_folder(folder: str | os.PathLike, device: str | torch.device = "cpu"):
     state = {k: v for k, v in load_file(str(weights)).items() if not k.startswith("caption_peft.")}
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise UserError(f"{weights}: does not match {cfg_path} (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise UserError(
+            f"{weights}: does not match {cfg_path} (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
     return model.to(device).eval(), cfg, info, table
 
 
@@ -174,7 +202,9 @@ def load_references(folder: str | os.PathLike, info: dict) -> dict[str, torch.Te
     return dict(load_file(str(p))) if p.is_file() else {}
 
 
-def load_codec_from_folder(folder: str | os.PathLike, info: dict, device: str = "cpu", weights: str | None = None):
+def load_codec_from_folder(
+    folder: str | os.PathLike, info: dict, device: str = "cpu", weights: str | None = None
+):
     """The codec that decodes this model's codes (None when the folder has none, e.g. a fake corpus)."""
     from tristage.features.codec import load_official, load_saved, sha256
 
@@ -186,10 +216,14 @@ def load_codec_from_folder(folder: str | os.PathLike, info: dict, device: str = 
     if c.get("weights") or weights:
         path = Path(weights) if weights else (folder / c["weights"])
         if not path.is_file():
-            raise UserError(f"codec weights {c.get('weights_name')} not found at {path}; pass the file "
-                            f"(codec_weights= / --codec-weights), sha256 {c.get('sha256')}")
+            raise UserError(
+                f"codec weights {c.get('weights_name')} not found at {path}; pass the file "
+                f"(codec_weights= / --codec-weights), sha256 {c.get('sha256')}"
+            )
         if c.get("sha256") and sha256(path) != c["sha256"]:
-            raise UserError(f"{path}: sha256 differs from the codec the model was trained with ({c['sha256']})")
+            raise UserError(
+                f"{path}: sha256 differs from the codec the model was trained with ({c['sha256']})"
+            )
         model, _ = load_official(path)
         return model.to(device).eval()
     return None

@@ -11,6 +11,7 @@ the serving machine, or a reference name stored in the model folder, see `TTS.sp
 `seed`, `temperature`, `max_seconds`. The whole model folder is the model's artifact, so the
 MLflow model needs nothing from the training workspace.
 """
+
 from __future__ import annotations
 
 import io
@@ -48,19 +49,34 @@ class TTSPyfunc(_Base):  # type: ignore[misc,valid-type]
         rows = model_input.to_dict("records") if hasattr(model_input, "to_dict") else list(model_input)
         reqs = []
         for r in rows:
+
             def get(key, default=None, _r=r):
                 v = _r.get(key, default)
                 return default if v is None or (isinstance(v, float) and v != v) or v == "" else v
 
             kw = {k: t(get(k)) for k, t in OPTIONAL.items() if get(k) is not None}
-            reqs.append(Request(text=str(get("text", "")), caption=str(get("caption", "")),
-                                speaker_ref=get("speaker_ref"), emotion_ref=get("emotion_ref"), **kw))
+            reqs.append(
+                Request(
+                    text=str(get("text", "")),
+                    caption=str(get("caption", "")),
+                    speaker_ref=get("speaker_ref"),
+                    emotion_ref=get("emotion_ref"),
+                    **kw,
+                )
+            )
         out = []
         for res in self.tts.synthesize_batch(reqs):
             buf = io.BytesIO()
             sf.write(buf, res.wav, res.sample_rate, format="WAV", subtype="PCM_16")
-            out.append(dict(wav=buf.getvalue(), sample_rate=res.sample_rate, duration=res.duration,
-                            n_frames=res.n_frames, caption=res.caption))
+            out.append(
+                dict(
+                    wav=buf.getvalue(),
+                    sample_rate=res.sample_rate,
+                    duration=res.duration,
+                    n_frames=res.n_frames,
+                    caption=res.caption,
+                )
+            )
         return pd.DataFrame(out, columns=["wav", "sample_rate", "duration", "n_frames", "caption"])
 
 
@@ -68,12 +84,26 @@ def signature():
     from mlflow.models.signature import ModelSignature
     from mlflow.types.schema import ColSpec, Schema
 
-    inputs = Schema([ColSpec("string", "text"), ColSpec("string", "caption", required=False),
-                     ColSpec("string", "speaker_ref", required=False), ColSpec("string", "emotion_ref", required=False),
-                     ColSpec("long", "seed", required=False), ColSpec("double", "temperature", required=False),
-                     ColSpec("double", "max_seconds", required=False)])
-    outputs = Schema([ColSpec("binary", "wav"), ColSpec("long", "sample_rate"), ColSpec("double", "duration"),
-                      ColSpec("long", "n_frames"), ColSpec("string", "caption")])
+    inputs = Schema(
+        [
+            ColSpec("string", "text"),
+            ColSpec("string", "caption", required=False),
+            ColSpec("string", "speaker_ref", required=False),
+            ColSpec("string", "emotion_ref", required=False),
+            ColSpec("long", "seed", required=False),
+            ColSpec("double", "temperature", required=False),
+            ColSpec("double", "max_seconds", required=False),
+        ]
+    )
+    outputs = Schema(
+        [
+            ColSpec("binary", "wav"),
+            ColSpec("long", "sample_rate"),
+            ColSpec("double", "duration"),
+            ColSpec("long", "n_frames"),
+            ColSpec("string", "caption"),
+        ]
+    )
     return ModelSignature(inputs=inputs, outputs=outputs)
 
 
@@ -83,9 +113,16 @@ def input_example(folder: str | Path):
     from tristage.synthesis.folder import load_references, read_info
 
     refs = sorted(load_references(folder, read_info(folder)))
-    return pd.DataFrame([dict(text="The quick brown fox jumps over the lazy dog.",
-                              caption="A female speaker with a high-pitched voice speaks quickly in a clean recording.",
-                              speaker_ref=refs[0] if refs else "", max_seconds=2.0)])
+    return pd.DataFrame(
+        [
+            dict(
+                text="The quick brown fox jumps over the lazy dog.",
+                caption="A female speaker with a high-pitched voice speaks quickly in a clean recording.",
+                speaker_ref=refs[0] if refs else "",
+                max_seconds=2.0,
+            )
+        ]
+    )
 
 
 def log_synthesis_model(folder: str | Path, artifact_path: str = "model", register_as: str | None = None):
@@ -101,6 +138,11 @@ def log_synthesis_model(folder: str | Path, artifact_path: str = "model", regist
         clean = Path(tmp) / folder.name
         shutil.copytree(folder, clean, ignore=lambda d, names: [n for n in names if n in skip])
         return mlflow.pyfunc.log_model(
-            name=artifact_path, python_model=TTSPyfunc(), artifacts={"model": str(clean)},
-            signature=signature(), input_example=input_example(clean), registered_model_name=register_as,
-            pip_requirements=PIP_REQUIREMENTS)
+            name=artifact_path,
+            python_model=TTSPyfunc(),
+            artifacts={"model": str(clean)},
+            signature=signature(),
+            input_example=input_example(clean),
+            registered_model_name=register_as,
+            pip_requirements=PIP_REQUIREMENTS,
+        )
