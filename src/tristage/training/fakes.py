@@ -54,14 +54,20 @@ class FakeCaptionTable:
         Path(folder).mkdir(parents=True, exist_ok=True)
         (Path(folder) / "fake_table.json").write_text(json.dumps(dict(vocab=list(self.vocab), dim=self.dim,
                                                                       seed=self.seed)))
-        np.save(Path(folder) / "fake_vectors.npy", np.asarray(self.vectors, dtype=np.float32))
+        from safetensors.numpy import save_file
+
+        save_file({"vectors": np.ascontiguousarray(np.asarray(self.vectors, dtype=np.float32))},
+                  str(Path(folder) / "fake_vectors.safetensors"))
 
     @classmethod
     def load(cls, folder: str | Path) -> "FakeCaptionTable":
         d = json.loads((Path(folder) / "fake_table.json").read_text())
         table = cls(d["vocab"], d["dim"], d["seed"])
-        if (Path(folder) / "fake_vectors.npy").is_file():  # saved vectors win (e.g. adapter-baked ones)
-            table.vectors = torch.from_numpy(np.load(Path(folder) / "fake_vectors.npy"))
+        saved = Path(folder) / "fake_vectors.safetensors"
+        if saved.is_file():  # saved vectors win (e.g. adapter-baked ones)
+            from safetensors.numpy import load_file
+
+            table.vectors = torch.from_numpy(load_file(str(saved))["vectors"])
         return table
 
 
