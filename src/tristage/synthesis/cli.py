@@ -30,6 +30,8 @@ def _run(args) -> int:
     from tristage.synthesis.batch import run_requests
 
     device = args.device
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     t0 = time.perf_counter()
