@@ -76,6 +76,7 @@ class DecodeState:
     ctx: torch.Tensor  # (B, Lc, C) projected caption
     ctx_mask: torch.Tensor  # (B, 1, 1, Lc)
     pos: int  # audio position of the next input frame
+    all_valid: bool | None = None  # every key valid (then steps attend without masks)
 
 
 class Decoder(nn.Module):
@@ -154,10 +155,13 @@ class Decoder(nn.Module):
     def step(self, frame: torch.Tensor, state: DecodeState) -> tuple[torch.Tensor, torch.Tensor]:
         """One new audio frame (B, K, 1) against the cache -> logits (B, K, V), stop logits (B,)."""
         state.valid = torch.cat([state.valid, state.valid.new_ones(state.valid.shape[0], 1)], dim=1)
-        mask = state.valid[:, None, None, :]  # (B, 1, 1, L): the new frame sees every valid key
+        if state.all_valid is None:  # no padded key anywhere (e.g. one request): attend without masks
+            state.all_valid = bool(state.valid.all()) and bool(state.ctx_mask.all())
+        mask = None if state.all_valid else state.valid[:, None, None, :]  # (B, 1, 1, L)
+        ctx_mask = None if state.all_valid else state.ctx_mask
         x = self._audio(frame, state.pos)  # (B, 1, C)
         for block, cache in zip(self.blocks, state.caches):
-            x = block(x, mask=mask, ctx=state.ctx, ctx_mask=state.ctx_mask, cache=cache)
+            x = block(x, mask=mask, ctx=state.ctx, ctx_mask=ctx_mask, cache=cache)
         state.pos += 1
         logits, stop = self._out(x)
         return logits[:, :, 0], stop[:, 0]
