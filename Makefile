@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # stage, the flows and the tests apply them; DVC's own analytics are off in .dvc/config.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install demo summary test test-fast bench serve dag clean-outputs
+.PHONY: install demo summary test test-fast bench serve dag clean-outputs app
 
 install: $(STAMP)
 
@@ -39,6 +39,11 @@ bench: install
 
 serve: install
 	$(PY) -m flows.serve
+
+# The local web demo on http://127.0.0.1:7860 (MODEL=models/stage2 for another folder).
+MODEL ?= models/stage3
+app: install
+	$(PY) -m tristage.synthesis.app --model $(MODEL)
 
 dag: install
 	$(VENV)/bin/dvc dag

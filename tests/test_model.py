@@ -56,10 +56,10 @@ def test_forward_shapes_and_losses(tiny):
     n_targets = int(batch["code_lengths"].sum()) * cfg.n_codebooks
     assert out["mel_count"].item() == n_targets  # pads (delay gaps and padding) are ignored
     assert out["speaker_count"].item() == 3
-    logits = model.decoder(torch.zeros(2, 3, cfg.d_model), batch["text"][:2], batch["text_mask"][:2],
+    logits, stop = model.decoder(torch.zeros(2, 3, cfg.d_model), batch["text"][:2], batch["text_mask"][:2],
                            torch.zeros(2, cfg.n_codebooks, 7, dtype=torch.long), torch.ones(2, 7, dtype=torch.bool),
                            torch.zeros(2, 4, cfg.caption_dim), torch.ones(2, 4, dtype=torch.bool))
-    assert logits.shape == (2, cfg.n_codebooks, 7, cfg.codebook_size)
+    assert logits.shape == (2, cfg.n_codebooks, 7, cfg.codebook_size) and stop.shape == (2, 7)
 
 
 def test_top_level_module_names(tiny):

@@ -1,4 +1,7 @@
-"""The `tristage` console script."""
+"""The `tristage` console script: one small function per subcommand, heavy imports inside them.
+
+    tristage params | summary | compare [--sweep NAME] | import FORMAT SRC --out DIR | synthesize ...
+"""
 from __future__ import annotations
 
 import argparse
@@ -6,84 +9,131 @@ import sys
 from pathlib import Path
 
 
-def main(argv: list[str] | None = None) -> int:
+def _params(args) -> int:
+    import yaml
+
+    from tristage.config import load_params
+    from tristage.stage import default_params_path
+
+    params = load_params(default_params_path())
+    print(yaml.safe_dump(params.model_dump(mode="json", exclude={"base_dir", "source"}), sort_keys=False))
+    return 0
+
+
+def _summary(args) -> int:
+    from tristage.config import load_params
+    from tristage.stage import default_params_path
+    from tristage.summary import summary
+
+    print(summary(load_params(args.params or default_params_path())))
+    return 0
+
+
+def _compare(args) -> int:
+    if args.sweep:
+        from tristage.stage import default_params_path
+        from tristage.sweep import print_sweep
+
+        print_sweep(default_params_path().parent, args.sweep, args.format)
+        return 0
+    from tristage.compare import compare
+
+    compare(args.uri, args.limit, args.format)
+    return 0
+
+
+def _import(args) -> int:
+    import json
+
+    from tristage.importers.formats import import_corpus
+
+    summary = import_corpus(args.format, args.src, args.out, columns=args.columns, speaker=args.speaker,
+                            text=args.text, language=args.language)
+    print(json.dumps(summary))
+    print(f"import {args.format}: {summary['rows']} rows -> {summary['manifest']}; {summary['rejected']} "
+          f"rejected -> {summary['rejects']}. Next: set prepare.manifest to it, then dvc repro", file=sys.stderr)
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tristage", description="tristage: three-stage controllable TTS pipeline")
     sub = p.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("params", help="print the validated params (defaults + params.yaml)")
+    sub.add_parser("params", help="print the validated params (defaults + params.yaml)").set_defaults(run=_params)
+
+    s = sub.add_parser("summary", help="the demo's figures: one table, a row per stage, and where to look further")
+    s.add_argument("--params", type=Path, default=None, help="params file (default: ./params.yaml, else the repo's)")
+    s.set_defaults(run=_summary)
+
     c = sub.add_parser("compare", help="recent pipeline runs side by side (MLflow): GRL settings, mel_loss, "
                                        "speaker_acc band, probes")
     c.add_argument("--limit", type=int, default=20, help="number of pipeline runs (newest first)")
     c.add_argument("--format", choices=("table", "csv", "json"), default="table")
     c.add_argument("--uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else mlflow.db)")
-    c.add_argument("--sweep", default=None, metavar="NAME", help="the table of sweep NAME (sweeps/NAME/) and the "
-                                                                 "recommended point")
+    c.add_argument("--sweep", default=None, metavar="NAME",
+                   help="the table of sweep NAME (sweeps/NAME/) and the recommended point")
+    c.set_defaults(run=_compare)
+
     i = sub.add_parser("import", help="convert a corpus (ljspeech, libritts, hf-parquet, lhotse) into a manifest "
                                       "that `prepare` reads; bad entries go to DIR/rejects.jsonl")
     i.add_argument("format", choices=("ljspeech", "libritts", "hf-parquet", "lhotse"))
     i.add_argument("src", help="the corpus folder (or file: metadata.csv, a .parquet shard, a lhotse .jsonl[.gz])")
-    i.add_argument("--out", required=True, help="output folder: manifest.jsonl, rejects.jsonl, wavs/ when audio "
-                                                "must be written")
+    i.add_argument("--out", required=True,
+                   help="output folder: manifest.jsonl, rejects.jsonl, wavs/ when audio must be written")
     i.add_argument("--columns", action="append", default=[], metavar="SOURCE=CONTRACT",
                    help="hf-parquet: map a column, e.g. --columns sentence=text --columns client_id=speaker")
     i.add_argument("--speaker", default=None, help="speaker for rows without one (ljspeech default: LJ)")
     i.add_argument("--text", choices=("normalized", "original"), default="normalized",
                    help="ljspeech/libritts: which transcript to use")
     i.add_argument("--language", default=None, help="language code for every row, e.g. en")
-    s = sub.add_parser("summary", help="the demo's figures: one table, a row per stage, and where to look further")
-    s.add_argument("--params", type=Path, default=None, help="params file (default: ./params.yaml, else the repo's)")
-    args = p.parse_args(argv)
-    if args.cmd == "summary":
-        from tristage.config import load_params
-        from tristage.errors import UserError
-        from tristage.stage import default_params_path
-        from tristage.summary import summary
-        try:
-            print(summary(load_params(args.params or default_params_path())))
-        except UserError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        return 0
-    if args.cmd == "import":
-        import json
+    i.set_defaults(run=_import)
 
-        from tristage.errors import UserError
-        from tristage.importers.formats import import_corpus
-        try:
-            summary = import_corpus(args.format, args.src, args.out, columns=args.columns, speaker=args.speaker,
-                                    text=args.text, language=args.language)
-        except UserError as exc:
-            print(f"import: error: {exc}", file=sys.stderr)
-            return 2
-        print(json.dumps(summary))
-        print(f"import {args.format}: {summary['rows']} rows -> {summary['manifest']}; {summary['rejected']} "
-              f"rejected -> {summary['rejects']}. Next: set prepare.manifest to it, then dvc repro", file=sys.stderr)
-        return 0
-    if args.cmd == "compare" and args.sweep:
-        from tristage.errors import UserError
-        from tristage.stage import default_params_path
-        from tristage.sweep import print_sweep
-        try:
-            print_sweep(default_params_path().parent, args.sweep, args.format)
-        except UserError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        return 0
-    if args.cmd == "compare":
-        from tristage.compare import compare
-        compare(args.uri, args.limit, args.format)
-        return 0
-    if args.cmd == "params":
-        import yaml
-        from tristage.config import load_params
-        from tristage.errors import UserError
-        from tristage.stage import default_params_path
-        try:
-            params = load_params(default_params_path())
-        except UserError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        print(yaml.safe_dump(params.model_dump(mode="json", exclude={"base_dir", "source"}), sort_keys=False))
-    return 0
+    _synthesize_parser(sub, p)
+    return p
+
+
+def _synthesize_parser(sub, parent: argparse.ArgumentParser) -> None:
+    s = sub.add_parser("synthesize", help="speak with a trained model folder (one request, or --requests FILE.jsonl)",
+                       description="Synthesise speech with a trained model folder (models/<stage>/ or a copy).")
+    s.add_argument("--model", required=True, help="model folder, e.g. models/stage3")
+    s.add_argument("--text", help="the words to speak")
+    s.add_argument("--caption", default="", help="style description, e.g. 'A woman speaks quickly.'")
+    s.add_argument("--speaker-ref", help="reference audio of the voice (any rate, mono/stereo), or a stored "
+                                         "reference name (see --list-speakers)")
+    s.add_argument("--emotion-ref", help="reference audio of the emotion (default: the speaker reference)")
+    s.add_argument("--set", dest="attributes", action="append", default=[], metavar="ATTRIBUTE=VALUE",
+                   help="edit the caption with a lexicon value, e.g. --set pitch=high (repeatable)")
+    s.add_argument("--out", help="output wav (single request)")
+    s.add_argument("--requests", help="JSONL file of requests (one object per line; see tristage.synthesis.batch)")
+    s.add_argument("--out-dir", help="folder for the wavs and results.jsonl of --requests")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    s.add_argument("--top-k", type=int, default=50)
+    s.add_argument("--top-p", type=float, default=None)
+    s.add_argument("--max-seconds", type=float, default=10.0, help="cap on the length (the model decides below it)")
+    s.add_argument("--batch-size", type=int, default=8, help="requests per batch on the device (--requests)")
+    s.add_argument("--device", default="cpu", help="cpu | cuda | auto")
+    s.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: fastest for the tiny "
+                   "preset, and far faster on a loaded machine; 0 = torch's default)")
+    s.add_argument("--codec-weights", default=None, help="official codec weights, if the folder moved away from them")
+    s.add_argument("--list-speakers", action="store_true", help="print the stored reference names and exit")
+
+    def run(args) -> int:
+        from tristage.synthesis.cli import synthesize_command
+
+        return synthesize_command(args, parent)
+
+    s.set_defaults(run=run)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from tristage.errors import UserError
+
+    args = _parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except UserError as exc:
+        print(f"{args.cmd}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

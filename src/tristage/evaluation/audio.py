@@ -10,8 +10,8 @@ Rows (the same judged requests in each):
   no recording). The anchor that says what the judges give real speech of this corpus.
 - `resynthesis`: the same utterances' codec codes decoded by the features stage's codec: the
   ceiling any stage can reach through this codec.
-- `<stage>`: the generated audio (matched and cross requests). Its length: the reference path
-  (`length_source` in the table); a decoder with a stop token chooses it itself once merged.
+- `<stage>`: the generated audio (matched and cross requests). Its length is chosen by the model's
+  stop head (`length_source: model` in the table), capped by `evaluate.max_sample_frames`.
 
 Per clip: ASR transcript, `wer` / `cer` (normalised text, jiwer), `speaker_sim` (cosine of
 speaker embeddings to ANOTHER utterance of the target speaker, the same reference for every row)

@@ -30,6 +30,9 @@ class EvaluateParams(Section):
     temperature: float = Field(0.8, ge=0)  # 0 = greedy
     top_k: PosInt = 50
     seed: int = 1234
+    # the final stage's folder is logged as an MLflow pyfunc model ("model" in the evaluate run);
+    # a name here also registers it in the model registry under that name
+    register_model: str | None = None
 
     # audio judges (issue 16): ground truth, codec resynthesis and each stage, seen and unseen speakers
     n_audio_samples: NonNegInt = 2  # matched requests judged per speaker group (+ their cross); 0 = off

@@ -15,7 +15,9 @@ Per stage (`evaluate.stages`, each read from `models/<stage>/`):
   caption encoder on the caption_vectors stage's held-out captions (evaluation/captions.py);
   `table_caption_cosine_mean` (top level) is the raw table's figure from caption_vectors;
 - audio: the fixed sample plan (matched and cross speaker/emotion pairs) generated with the
-  delay pattern and decoded by the features stage's codec. With a random-init codec the audio
+  delay pattern and decoded by the features stage's codec. The model's stop head decides each
+  sample's length (`max_sample_frames` caps it); `duration_ratio` is the median of predicted /
+  true length, the true one being the utterance whose text is spoken. With a random-init codec the audio
   is not speech, and `samples.json` and the metrics say so.
 """
 from __future__ import annotations
@@ -98,20 +100,32 @@ def run_probes(model, data, manifest, ep, max_frames: int, device: str) -> dict[
 
 
 def synthesize(model, data, table, plan: list[dict], ep, max_ref: int, device: str) -> list[torch.Tensor]:
-    """Codes (K, T) for each request of the plan; sampling seeded per request."""
+    """Codes (K, T) for each request of the plan; the model's stop head decides T (capped at
+    `max_sample_frames`); sampling seeded per request."""
     pos = {ex.id: i for i, ex in enumerate(data.examples)}
     out = []
     for r, req in enumerate(plan):
         spk_i, emo_i = pos[req["speaker_ref"]["id"]], pos[req["emotion_ref"]["id"]]
-        n_frames = min(data.examples[spk_i].n_frames, ep.max_sample_frames)
         gen = torch.Generator(device=device).manual_seed(ep.seed + r)
         codes = model.generate(req["text"], table.encode(req["caption"]),
                                _center_crop(data.features(spk_i)[0], max_ref),
-                               _center_crop(data.features(emo_i)[0], max_ref), n_frames=n_frames,
+                               _center_crop(data.features(emo_i)[0], max_ref), n_frames=ep.max_sample_frames,
                                temperature=ep.temperature, top_k=ep.top_k, greedy=ep.temperature == 0,
                                generator=gen)
         out.append(codes.cpu())
     return out
+
+
+def true_frames(data, plan: list[dict]) -> list[int]:
+    """Frames of the utterance whose text each request speaks (its speaker reference, in the plan)."""
+    pos = {ex.id: i for i, ex in enumerate(data.examples)}
+    return [data.examples[pos[req["speaker_ref"]["id"]]].n_frames for req in plan]
+
+
+def duration_ratio(predicted: list[int], true: list[int]) -> float | None:
+    """Median of predicted / true length over the requests (1.0 = the model ends where the speaker did)."""
+    ratios = [p / t for p, t in zip(predicted, true) if t > 0]
+    return float(np.median(ratios)) if ratios else None
 
 
 def default_vocoder(features_dir: Path, device: str) -> tuple[Vocoder, dict]:
@@ -180,11 +194,11 @@ def run_evaluate(params, tracker=None, sources=None, vocoder: tuple[Vocoder, dic
         for c in codes:
             wav, sr = voc(c)
             wavs.append(wav)
+        truth = true_frames(data, plan)
+        values["duration_ratio"] = duration_ratio([int(c.shape[1]) for c in codes], truth)
         entries += write_samples(Path(ep.samples_dir), stage, plan, wavs, sr, codec_info,
-                                 extra=[dict(n_frames=int(c.shape[1])) for c in codes])
-        # LENGTH HOOK: "reference" = the fixed-length path above; "model" once the stop head (h-synth) sets it
-        judges.add_stage(stage, model, data, plan, wavs, sr, sp.max_ref_frames, device,
-                         length_source="reference")
+                                 extra=[dict(n_frames=int(c.shape[1]), true_frames=t) for c, t in zip(codes, truth)])
+        judges.add_stage(stage, model, data, plan, wavs, sr, sp.max_ref_frames, device, length_source="model")
         per_stage[stage] = stage_metrics(values, band, caption_cosine(model.caption_peft, src.table, held))
         log.info("%s: mel_loss %.4f top1 %.3f speaker_acc %s speaker_probe %s emotion_probe %s", stage,
                  values["mel_loss"] or math.nan, values["mel_top1"] or math.nan, _fmt(values["speaker_acc"]),
@@ -208,7 +222,22 @@ def run_evaluate(params, tracker=None, sources=None, vocoder: tuple[Vocoder, dic
         for p in plots:
             tracker.log_artifact(p, artifact_path="plots")
         tracker.log_artifact(ep.samples_dir, artifact_path="samples")
+        log_model(tracker, Path(ep.models_dir) / ep.stages[-1], ep.register_model)
     return doc
+
+
+def log_model(tracker, folder: Path, register_as: str | None) -> None:
+    """The final stage's model folder as an MLflow pyfunc model of this run (never fails the stage)."""
+    if not getattr(tracker, "active", False) or not (folder / "synthesis.json").is_file():
+        return
+    try:
+        from tristage.synthesis.pyfunc import log_synthesis_model
+
+        info = log_synthesis_model(folder, "model", register_as)
+        log.info("logged %s as the MLflow model %s%s", folder, info.model_uri,
+                 f", registered as {register_as}" if register_as else "")
+    except Exception as exc:  # noqa: BLE001 - tracking must never stop the stage
+        log.warning("could not log %s as an MLflow model: %s", folder, str(exc).splitlines()[0] if str(exc) else exc)
 
 
 def _val_rows(manifest, data) -> list[dict]:

@@ -28,6 +28,9 @@ from typing import Any, Literal
 
 from tristage.schema import Field, NonNegFloat, PosInt, Section
 
+TEXT_PAD_ID = 256  # the decoder's text tokens are UTF-8 bytes 0..255, then pad
+TEXT_VOCAB = TEXT_PAD_ID + 1
+
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(d_model=128, n_layer=4, n_head=4, cond_dim=96, cond_layers=1, cond_heads=4,
                  perceiver_layers=1, speaker_latents=8, emo_dim=64, classifier_hidden=128,
@@ -114,11 +117,11 @@ class TTSConfig:
 
     @property
     def text_vocab(self) -> int:
-        return 257  # bytes + pad
+        return TEXT_VOCAB  # bytes + pad
 
     @property
     def text_pad_id(self) -> int:
-        return 256
+        return TEXT_PAD_ID
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

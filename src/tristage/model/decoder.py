@@ -15,6 +15,14 @@ Delay pattern, K = 3, T = 4 codes a..d (P = pad):
     k=0:  a0 b0 c0 d0 P  P
     k=1:  P  a1 b1 c1 d1 P
     k=2:  P  P  a2 b2 c2 d2        -> S = T + K - 1 frames; input = [BOS, frames[:-1]]
+
+End of speech: `stop_head` reads the same hidden state as the code heads and predicts, at input
+position s, whether codebook 0's frame s is past the end (s >= T). `stop_loss` trains it; in
+generation the first s with p > 0.5 fixes T = s and the K - 1 delayed codebooks are completed.
+
+KV cache: `prefill` runs [prefix | text | BOS] once and keeps each block's keys/values; `step`
+feeds one frame against them (cross-attention keys/values of the caption are computed once).
+`forward` (training, and generation without the cache) recomputes the whole sequence.
 """
 from __future__ import annotations
 
@@ -56,6 +64,19 @@ class DecoderConfig:
     max_text_len: int = 128
     max_frames: int = 256
     dropout: float = 0.0
+    text_vocab: int = 257  # UTF-8 bytes + pad (TTSConfig.text_vocab)
+
+
+@dataclasses.dataclass
+class DecodeState:
+    """What incremental decoding carries between steps (one entry per block in `caches`)."""
+
+    caches: list[dict]  # per block {"self": {"k", "v"}, "cross": {"k", "v"}}, (B, h, L, C/h) each
+    valid: torch.Tensor  # (B, L) bool: which cached keys may be attended (padding of text is not)
+    ctx: torch.Tensor  # (B, Lc, C) projected caption
+    ctx_mask: torch.Tensor  # (B, 1, 1, Lc)
+    pos: int  # audio position of the next input frame
+    all_valid: bool | None = None  # every key valid (then steps attend without masks)
 
 
 class Decoder(nn.Module):
@@ -64,7 +85,7 @@ class Decoder(nn.Module):
         self.cfg = cfg
         K, V, C = cfg.n_codebooks, cfg.codebook_size, cfg.d_model
         self.pad_id, self.bos_id = V, V + 1
-        self.text_emb = nn.Embedding(257, C)  # bytes + pad (256)
+        self.text_emb = nn.Embedding(cfg.text_vocab, C)
         self.text_pos = nn.Embedding(cfg.max_text_len, C)
         self.code_emb = nn.ModuleList([nn.Embedding(V + 2, C) for _ in range(K)])  # + pad, bos
         self.audio_pos = nn.Embedding(cfg.max_frames + K, C)
@@ -74,19 +95,32 @@ class Decoder(nn.Module):
                                      for _ in range(cfg.n_layer)])
         self.ln_f = nn.LayerNorm(C)
         self.heads = nn.ModuleList([nn.Linear(C, V, bias=False) for _ in range(K)])
+        self.stop_head = nn.Linear(C, 1)  # end of speech: "codebook 0's frame at this position is past the end"
         self.apply(_init_weights)
+        nn.init.constant_(self.stop_head.bias, -3.0)  # prior: a frame rarely ends the speech
+
+    def _audio(self, audio_in: torch.Tensor, start: int) -> torch.Tensor:
+        # audio_in (B, K, S) long -> (B, S, C), positions start..start+S-1
+        S = audio_in.shape[2]
+        a = sum(emb(audio_in[:, k]) for k, emb in enumerate(self.code_emb))  # (B, S, C)
+        return a + self.audio_pos(torch.arange(start, start + S, device=audio_in.device))
+
+    def _out(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # h (B, S, C) -> logits (B, K, S, V), stop logits (B, S)
+        h = self.ln_f(h)
+        return torch.stack([head(h) for head in self.heads], dim=1), self.stop_head(h).squeeze(-1)
 
     def forward(self, prefix: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor,
                 audio_in: torch.Tensor, audio_mask: torch.Tensor,
-                caption: torch.Tensor, caption_mask: torch.Tensor) -> torch.Tensor:
+                caption: torch.Tensor, caption_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # prefix (B, P, C); text (B, Lt) long; text_mask (B, Lt) bool; audio_in (B, K, S) long;
-        # audio_mask (B, S) bool; caption (B, Lc, Dc); caption_mask (B, Lc) bool -> logits (B, K, S, V)
+        # audio_mask (B, S) bool; caption (B, Lc, Dc); caption_mask (B, Lc) bool
+        # -> logits (B, K, S, V), stop logits (B, S)
         B, P, _ = prefix.shape
-        Lt, S = text.shape[1], audio_in.shape[2]
+        Lt = text.shape[1]
         dev = text.device
         t = self.text_emb(text) + self.text_pos(torch.arange(Lt, device=dev))  # (B, Lt, C)
-        a = sum(emb(audio_in[:, k]) for k, emb in enumerate(self.code_emb))  # (B, S, C)
-        a = a + self.audio_pos(torch.arange(S, device=dev))
+        a = self._audio(audio_in, 0)  # (B, S, C)
         x = self.drop(torch.cat([prefix.to(t.dtype), t, a], dim=1))  # (B, L, C), L = P + Lt + S
         L = x.shape[1]
         valid = torch.cat([text_mask.new_ones(B, P), text_mask, audio_mask], dim=1)  # (B, L)
@@ -96,8 +130,41 @@ class Decoder(nn.Module):
         ctx_mask = key_mask(caption_mask)  # (B, 1, 1, Lc)
         for block in self.blocks:
             x = block(x, mask=mask, ctx=ctx, ctx_mask=ctx_mask)
-        h = self.ln_f(x[:, P + Lt:])  # (B, S, C)
-        return torch.stack([head(h) for head in self.heads], dim=1)  # (B, K, S, V)
+        return self._out(x[:, P + Lt:])
+
+    # incremental decoding (KV cache) ------------------------------------------------------
+    def prefill(self, prefix: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor, first: torch.Tensor,
+                caption: torch.Tensor, caption_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, DecodeState]:
+        """Run [prefix | text | first audio frame] once, keeping every block's keys/values.
+        first (B, K, 1) (the BOS frame) -> logits (B, K, V), stop logits (B,), state."""
+        B, P, _ = prefix.shape
+        Lt = text.shape[1]
+        dev = text.device
+        t = self.text_emb(text) + self.text_pos(torch.arange(Lt, device=dev))
+        x = torch.cat([prefix.to(t.dtype), t, self._audio(first, 0)], dim=1)  # (B, P + Lt + 1, C)
+        L = x.shape[1]
+        valid = torch.cat([text_mask.new_ones(B, P), text_mask, text_mask.new_ones(B, 1)], dim=1)  # (B, L)
+        mask = torch.ones(L, L, dtype=torch.bool, device=dev).tril()[None, None] & valid[:, None, None, :]
+        ctx, ctx_mask = self.caption_proj(caption), key_mask(caption_mask)
+        caches: list[dict] = [{} for _ in self.blocks]
+        for block, cache in zip(self.blocks, caches):
+            x = block(x, mask=mask, ctx=ctx, ctx_mask=ctx_mask, cache=cache)
+        logits, stop = self._out(x[:, -1:])
+        return logits[:, :, 0], stop[:, 0], DecodeState(caches, valid, ctx, ctx_mask, pos=1)
+
+    def step(self, frame: torch.Tensor, state: DecodeState) -> tuple[torch.Tensor, torch.Tensor]:
+        """One new audio frame (B, K, 1) against the cache -> logits (B, K, V), stop logits (B,)."""
+        state.valid = torch.cat([state.valid, state.valid.new_ones(state.valid.shape[0], 1)], dim=1)
+        if state.all_valid is None:  # no padded key anywhere (e.g. one request): attend without masks
+            state.all_valid = bool(state.valid.all()) and bool(state.ctx_mask.all())
+        mask = None if state.all_valid else state.valid[:, None, None, :]  # (B, 1, 1, L)
+        ctx_mask = None if state.all_valid else state.ctx_mask
+        x = self._audio(frame, state.pos)  # (B, 1, C)
+        for block, cache in zip(self.blocks, state.caches):
+            x = block(x, mask=mask, ctx=state.ctx, ctx_mask=ctx_mask, cache=cache)
+        state.pos += 1
+        logits, stop = self._out(x)
+        return logits[:, :, 0], stop[:, 0]
 
 
 def _init_weights(m: nn.Module) -> None:
@@ -116,3 +183,16 @@ def code_loss(logits: torch.Tensor, target: torch.Tensor, pad_id: int) -> tuple[
     keep = tgt != -100
     correct = ((logits.argmax(-1) == tgt) & keep).sum()
     return loss, correct, keep.sum()
+
+
+def stop_loss(stop_logits: torch.Tensor, lengths: torch.Tensor, audio_mask: torch.Tensor) -> torch.Tensor:
+    """End-of-speech loss. stop_logits (B, S) at input positions s; target 1 where codebook 0's frame s
+    is past the end (s >= length), over the valid positions (audio_mask (B, S)). The positives (K - 1 per
+    row) and negatives (length per row) are averaged separately and the two means averaged, so the
+    rare positive class is not drowned out."""
+    S = stop_logits.shape[1]
+    target = (torch.arange(S, device=stop_logits.device)[None] >= lengths[:, None]).float()  # (B, S)
+    per = F.binary_cross_entropy_with_logits(stop_logits.float(), target, reduction="none")
+    pos, neg = audio_mask & (target > 0), audio_mask & (target == 0)
+    parts = [per[m].mean() for m in (pos, neg) if m.any()]
+    return sum(parts) / len(parts) if parts else stop_logits.sum() * 0.0

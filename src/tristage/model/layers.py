@@ -23,16 +23,25 @@ class Attention(nn.Module):
         self.dropout = dropout
 
     def forward(self, x: torch.Tensor, ctx: torch.Tensor | None = None,
-                mask: torch.Tensor | None = None) -> torch.Tensor:
-        # x (B, L, C), ctx (B, S, Cctx) or None, mask (B, 1, L, S) | (B, 1, 1, S) bool
+                mask: torch.Tensor | None = None, cache: dict | None = None) -> torch.Tensor:
+        # x (B, L, C), ctx (B, S, Cctx) or None, mask (B, 1, L, S) | (B, 1, 1, S) bool.
+        # cache (generation): a dict this layer fills. Self-attention appends this call's keys/values
+        # to the cached ones (S = cached + L); cross-attention computes the context's once and reuses them.
         B, L, C = x.shape
-        ctx = x if ctx is None else ctx
-        S = ctx.shape[1]
         h = self.n_head
         q = self.q(x).view(B, L, h, C // h).transpose(1, 2)  # (B, h, L, C/h)
-        k, v = self.kv(ctx).split(C, dim=2)
-        k = k.view(B, S, h, C // h).transpose(1, 2)  # (B, h, S, C/h)
-        v = v.view(B, S, h, C // h).transpose(1, 2)
+        if ctx is not None and cache is not None and "k" in cache:
+            k, v = cache["k"], cache["v"]  # the context's keys/values, computed on the first call
+        else:
+            src = x if ctx is None else ctx
+            S = src.shape[1]
+            k, v = self.kv(src).split(C, dim=2)
+            k = k.view(B, S, h, C // h).transpose(1, 2)  # (B, h, S, C/h)
+            v = v.view(B, S, h, C // h).transpose(1, 2)
+            if cache is not None:
+                if ctx is None and "k" in cache:
+                    k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)
+                cache["k"], cache["v"] = k, v
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
                                            dropout_p=self.dropout if self.training else 0.0)
         y = y.transpose(1, 2).reshape(B, L, C)  # (B, L, C)
@@ -66,11 +75,13 @@ class Block(nn.Module):
         self.mlp = MLP(d_model, dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, ctx: torch.Tensor | None = None,
-                ctx_mask: torch.Tensor | None = None) -> torch.Tensor:
-        # x (B, L, C); mask (B, 1, L, L); ctx (B, S, Cctx); ctx_mask (B, 1, 1, S)
-        x = x + self.attn(self.ln1(x), mask=mask)
+                ctx_mask: torch.Tensor | None = None, cache: dict | None = None) -> torch.Tensor:
+        # x (B, L, C); mask (B, 1, L, L) (with a cache: (B, 1, L, cached + L)); ctx (B, S, Cctx);
+        # ctx_mask (B, 1, 1, S); cache: {"self": {...}, "cross": {...}} filled by the attention layers
+        x = x + self.attn(self.ln1(x), mask=mask, cache=None if cache is None else cache.setdefault("self", {}))
         if self.cross:
-            x = x + self.xattn(self.ln_x(x), ctx=ctx, mask=ctx_mask)
+            x = x + self.xattn(self.ln_x(x), ctx=ctx, mask=ctx_mask,
+                               cache=None if cache is None else cache.setdefault("cross", {}))
         return x + self.mlp(self.ln2(x))
 
 

@@ -5,7 +5,8 @@ stage froze): `decoder`, `caption_peft`, `speaker_encoder`, `speaker_perceiver`,
 `emotion_encoder`, `emotion_perceiver`, `emovec_layer`, `emo_layer`, `speaker_classifier`.
 
     model, cfg = load_model("models/stage3")
-    codes = model.generate("Hello there.", caption_ids, spk_mel, emo_mel, n_frames=200)  # (K, 200)
+    codes = model.generate("Hello there.", caption_ids, spk_mel, emo_mel, n_frames=200)  # (K, T <= 200)
+    batch = model.generate_batch(texts, caption_ids, spk_mels, emo_mels, max_frames=[200, 120])  # [(K, T_i)]
     emo = model.emotion_vector(mel, mask)  # (B, d_model), for probes
 """
 from __future__ import annotations
@@ -24,7 +25,7 @@ from tristage.captions.vectors import CaptionVectorTable
 from tristage.errors import UserError
 from tristage.model.classifier import SpeakerClassifier
 from tristage.model.config import TTSConfig
-from tristage.model.decoder import Decoder, DecoderConfig, code_loss, delay_codes, undelay_codes
+from tristage.model.decoder import Decoder, DecoderConfig, code_loss, delay_codes, stop_loss, undelay_codes
 from tristage.model.grl import GradientReversal
 from tristage.model.perceiver import ConditioningEncoder, EncoderConfig, PerceiverConfig, PerceiverResampler
 
@@ -48,7 +49,7 @@ class TTS(nn.Module):
         self.decoder = Decoder(DecoderConfig(
             n_codebooks=cfg.n_codebooks, codebook_size=cfg.codebook_size, d_model=C, n_layer=cfg.n_layer,
             n_head=cfg.n_head, caption_dim=cfg.caption_dim, max_text_len=cfg.max_text_len,
-            max_frames=cfg.max_frames, dropout=cfg.dropout))
+            max_frames=cfg.max_frames, dropout=cfg.dropout, text_vocab=cfg.text_vocab))
         self.caption_peft = caption_peft
         enc = EncoderConfig(n_mels=cfg.n_mels, d_model=D, n_layer=cfg.cond_layers, n_head=cfg.cond_heads,
                             dropout=cfg.dropout)
@@ -96,10 +97,11 @@ class TTS(nn.Module):
         bos = target.new_full((B, K, 1), self.cfg.bos_id)
         audio_in = torch.cat([bos, target[:, :, :-1]], dim=2)  # (B, K, S)
         audio_mask = torch.arange(S, device=codes.device)[None] < (lengths + K - 1)[:, None]  # (B, S)
-        logits = self.decoder(prefix, batch["text"], batch["text_mask"], audio_in, audio_mask,
-                              cap.states, cap.mask)  # (B, K, S, V)
+        logits, stop = self.decoder(prefix, batch["text"], batch["text_mask"], audio_in, audio_mask,
+                                    cap.states, cap.mask)  # (B, K, S, V), (B, S)
         mel_loss, correct, count = code_loss(logits, target, self.cfg.pad_id)
         out = dict(mel_loss=mel_loss, mel_correct=correct, mel_count=count,
+                   stop_loss=stop_loss(stop, lengths, audio_mask),
                    kl=_scalar(cap.kl, mel_loss), ortho=_scalar(cap.ortho, mel_loss), emo_vec=emo)
         if speaker_head:
             logits_s = self.speaker_classifier(self.grl(emo, grl_lambda))  # (B, n_speakers)
@@ -115,44 +117,109 @@ class TTS(nn.Module):
     @torch.no_grad()
     def generate(self, text: str, caption_ids, spk_mel: torch.Tensor, emo_mel: torch.Tensor | None = None,
                  n_frames: int = 100, temperature: float = 1.0, top_k: int | None = None, greedy: bool = False,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
-        """Autoregressive codes with the delay pattern (no KV cache). spk_mel/emo_mel (T, n_mels);
-        caption_ids a list or (Lc,) tensor of caption token ids -> codes (K, n_frames) long."""
+                 generator: torch.Generator | None = None, top_p: float | None = None, use_cache: bool = True,
+                 stop: bool = True) -> torch.Tensor:
+        """Codes (K, T) for one request; T <= n_frames (the stop head ends it, `n_frames` caps it).
+        spk_mel/emo_mel (T, n_mels); caption_ids a list or (Lc,) tensor of caption token ids."""
+        return self.generate_batch([text], [caption_ids], [spk_mel], [emo_mel], n_frames, temperature, top_k,
+                                   greedy, generator, top_p, use_cache, stop)[0]
+
+    @torch.no_grad()
+    def generate_batch(self, texts: list[str], caption_ids: list, spk_mels: list[torch.Tensor],
+                       emo_mels: list[torch.Tensor | None] | None = None, max_frames: int | list[int] = 100,
+                       temperature: float = 1.0, top_k: int | None = None, greedy: bool = False,
+                       generator: torch.Generator | None = None, top_p: float | None = None,
+                       use_cache: bool = True, stop: bool = True) -> list[torch.Tensor]:
+        """Autoregressive codes with the delay pattern for B requests at once -> [(K, T_i)].
+
+        Row b ends when the stop head says codebook 0's next frame is past the end (probability > 0.5,
+        after at least one frame), or at max_frames[b]; the K - 1 delayed codebooks are then completed.
+        With `use_cache` each step feeds one frame against the cached keys/values of every block
+        (self- and cross-attention); without, the whole prefix is recomputed each step (the reference
+        the cache is tested against). `stop=False`: always max_frames."""
         self.eval()
         cfg, dev = self.cfg, next(self.parameters()).device
-        K = cfg.n_codebooks
-        n_frames = min(int(n_frames), cfg.max_frames)
-        emo_mel = spk_mel if emo_mel is None else emo_mel
-        text_ids = torch.tensor([encode_text(text, cfg.max_text_len)], device=dev)  # (1, Lt)
-        cap_ids = torch.as_tensor(caption_ids, device=dev).long().reshape(1, -1)
-        if cap_ids.numel() == 0:
-            cap_ids = torch.zeros(1, 1, dtype=torch.long, device=dev)
-        cap = self.caption_peft(cap_ids, torch.ones_like(cap_ids, dtype=torch.bool))
-        spk_mel = spk_mel.to(dev).float()[None]
-        emo_mel = emo_mel.to(dev).float()[None]
-        spk = self.speaker_prefix(spk_mel, torch.ones(spk_mel.shape[:2], dtype=torch.bool, device=dev))
-        emo = self.emotion_vector(emo_mel)
-        prefix = torch.cat([spk, emo[:, None]], dim=1)
-        S = n_frames + K - 1
-        seq = torch.full((1, K, 1), cfg.bos_id, dtype=torch.long, device=dev)  # (1, K, s+1)
-        for s in range(S):
-            logits = self.decoder(prefix, text_ids, torch.ones_like(text_ids, dtype=torch.bool), seq,
-                                  torch.ones(1, seq.shape[2], dtype=torch.bool, device=dev),
-                                  cap.states, cap.mask)[:, :, -1]  # (1, K, V)
-            if greedy or temperature <= 0:
-                nxt = logits.argmax(-1)  # (1, K)
+        K, B = cfg.n_codebooks, len(texts)
+        caps = [max_frames] * B if isinstance(max_frames, int) else list(max_frames)
+        caps = torch.tensor([max(1, min(int(c), cfg.max_frames)) for c in caps], device=dev)  # (B,)
+        emo_mels = [None] * B if emo_mels is None else emo_mels
+        prefix, text, text_mask, cap_states, cap_mask = self._condition(texts, caption_ids, spk_mels, emo_mels, dev)
+        n = caps.clone()  # frames of codebook 0 per row; final once `ended`
+        ended = torch.zeros(B, dtype=torch.bool, device=dev)
+        k_idx = torch.arange(K, device=dev)
+        bos = torch.full((B, K, 1), cfg.bos_id, dtype=torch.long, device=dev)
+        seq = bos
+        state = None
+        for s in range(int(caps.max()) + K - 1):
+            if not use_cache:
+                logits, stop_logits = self.decoder(prefix, text, text_mask, seq, torch.ones(B, seq.shape[2],
+                                                   dtype=torch.bool, device=dev), cap_states, cap_mask)
+                logits, stop_logits = logits[:, :, -1], stop_logits[:, -1]  # (B, K, V), (B,)
+            elif state is None:
+                logits, stop_logits, state = self.decoder.prefill(prefix, text, text_mask, bos, cap_states, cap_mask)
             else:
-                logits = logits / temperature
-                if top_k:
-                    v, _ = torch.topk(logits, min(top_k, logits.shape[-1]))
-                    logits = logits.masked_fill(logits < v[..., -1:], float("-inf"))
-                probs = F.softmax(logits.float(), dim=-1)[0]  # (K, V)
-                nxt = torch.multinomial(probs, 1, generator=generator).T  # (1, K)
-            k = torch.arange(K, device=dev)
-            in_range = (s - k >= 0) & (s - k < n_frames)
-            nxt = torch.where(in_range[None], nxt, torch.full_like(nxt, cfg.pad_id))
+                logits, stop_logits = self.decoder.step(seq[:, :, -1:], state)
+            if stop and s >= 1:  # codebook 0's frame s is past the end: the row has s frames
+                now = ~ended & (torch.sigmoid(stop_logits.float()) > 0.5) & (s < caps)
+                n = torch.where(now, torch.full_like(n, s), n)
+            ended |= s >= n
+            nxt = _sample(logits, temperature, top_k, top_p, greedy, generator)  # (B, K)
+            frame = s - k_idx[None]  # (1, K) frame index each codebook emits at this step
+            valid = (frame >= 0) & (frame < n[:, None])  # (B, K)
+            nxt = torch.where(valid, nxt, torch.full_like(nxt, cfg.pad_id))
             seq = torch.cat([seq, nxt[:, :, None]], dim=2)
-        return undelay_codes(seq[:, :, 1:])[0]  # (K, n_frames)
+            if bool((s >= n + K - 2).all()):
+                break
+        delayed = seq[:, :, 1:]  # (B, K, S)
+        if delayed.shape[2] < int(n.max()) + K - 1:
+            delayed = F.pad(delayed, (0, int(n.max()) + K - 1 - delayed.shape[2]), value=cfg.pad_id)
+        codes = undelay_codes(delayed)  # (B, K, T)
+        return [codes[b, :, :int(n[b])] for b in range(B)]
+
+    def _condition(self, texts, caption_ids, spk_mels, emo_mels, dev):
+        """Pad and encode a batch of requests -> prefix (B, P, C), text (B, Lt), text_mask, caption states
+        (B, Lc, D), caption mask (B, Lc)."""
+        from tristage.training.data import _pad_mels
+
+        cfg, B = self.cfg, len(texts)
+        ids = [encode_text(t, cfg.max_text_len) for t in texts]
+        text = torch.full((B, max(map(len, ids))), cfg.text_pad_id, dtype=torch.long)
+        for b, row in enumerate(ids):
+            text[b, :len(row)] = torch.tensor(row)
+        caps = [torch.as_tensor(c).long().reshape(-1) for c in caption_ids]
+        caps = [c if c.numel() else torch.zeros(1, dtype=torch.long) for c in caps]
+        cap_ids = torch.zeros(B, max(len(c) for c in caps), dtype=torch.long)
+        cap_valid = torch.zeros_like(cap_ids, dtype=torch.bool)
+        for b, c in enumerate(caps):
+            cap_ids[b, :len(c)], cap_valid[b, :len(c)] = c, True
+        cap = self.caption_peft(cap_ids.to(dev), cap_valid.to(dev))
+        spk_mel, spk_mask = _pad_mels([torch.as_tensor(m).float() for m in spk_mels])
+        emo_mel, emo_mask = _pad_mels([torch.as_tensor(e if e is not None else m).float()
+                                       for m, e in zip(spk_mels, emo_mels)])
+        spk = self.speaker_prefix(spk_mel.to(dev), spk_mask.to(dev))  # (B, Ns, C)
+        emo = self.emotion_vector(emo_mel.to(dev), emo_mask.to(dev))  # (B, C)
+        prefix = torch.cat([spk, emo[:, None]], dim=1)
+        text = text.to(dev)
+        return prefix, text, text != cfg.text_pad_id, cap.states, cap.mask
+
+
+def _sample(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None, greedy: bool,
+            generator: torch.Generator | None) -> torch.Tensor:
+    """logits (B, K, V) -> token ids (B, K): argmax, or sampling with temperature, top-k and top-p."""
+    if greedy or temperature <= 0:
+        return logits.argmax(-1)
+    logits = logits.float() / temperature
+    if top_k:
+        v, _ = torch.topk(logits, min(top_k, logits.shape[-1]))
+        logits = logits.masked_fill(logits < v[..., -1:], float("-inf"))
+    if top_p is not None and 0 < top_p < 1:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        cum = F.softmax(sorted_logits, dim=-1).cumsum(-1)
+        drop = cum - F.softmax(sorted_logits, dim=-1) > top_p  # keep the smallest set reaching top_p
+        logits = logits.masked_fill(torch.zeros_like(drop).scatter(-1, order, drop), float("-inf"))
+    B, K, V = logits.shape
+    probs = F.softmax(logits, dim=-1).reshape(B * K, V)
+    return torch.multinomial(probs, 1, generator=generator).reshape(B, K)
 
 
 def _scalar(x: Any, like: torch.Tensor) -> torch.Tensor:
@@ -199,8 +266,15 @@ def load_model(stage_dir: str | Path, device: str | torch.device = "cpu", table:
             raise UserError(f"{p} not found: run the stage that writes {stage_dir} first "
                             f"(dvc repro {stage_dir.name})")
     cfg = TTSConfig.from_dict(json.loads(cfg_path.read_text()))
+    if table is None and caption_vectors is None and (stage_dir / "synthesis.json").is_file():
+        from tristage.synthesis.folder import load_folder  # a self-contained folder: its baked caption table
+
+        return load_folder(stage_dir, device)[:2]
     if table is None:
-        table = load_caption_table(cfg, caption_vectors)
+        folder = caption_vectors or cfg.caption_vectors
+        if folder is not None and not Path(folder).is_absolute():
+            folder = stage_dir / folder if (stage_dir / folder).exists() else folder
+        table = load_caption_table(cfg, folder)
     model = build_model(cfg, table)
     missing, unexpected = model.load_state_dict(load_file(str(weights)), strict=False)
     if missing or unexpected:

@@ -54,11 +54,21 @@ class FakeCaptionTable:
         Path(folder).mkdir(parents=True, exist_ok=True)
         (Path(folder) / "fake_table.json").write_text(json.dumps(dict(vocab=list(self.vocab), dim=self.dim,
                                                                       seed=self.seed)))
+        from safetensors.numpy import save_file
+
+        save_file({"vectors": np.ascontiguousarray(np.asarray(self.vectors, dtype=np.float32))},
+                  str(Path(folder) / "fake_vectors.safetensors"))
 
     @classmethod
     def load(cls, folder: str | Path) -> "FakeCaptionTable":
         d = json.loads((Path(folder) / "fake_table.json").read_text())
-        return cls(d["vocab"], d["dim"], d["seed"])
+        table = cls(d["vocab"], d["dim"], d["seed"])
+        saved = Path(folder) / "fake_vectors.safetensors"
+        if saved.is_file():  # saved vectors win (e.g. adapter-baked ones)
+            from safetensors.numpy import load_file
+
+            table.vectors = torch.from_numpy(load_file(str(saved))["vectors"])
+        return table
 
 
 class FakeCaptionPEFT(nn.Module):
@@ -165,3 +175,32 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def fake_sources_with_codec(folder: str | Path) -> Sources:
+    """`default_fake_sources` plus a real (tiny, random-init) DAC codec matching the fake codes (2 x 16)
+    saved under folder/features, so model folders trained on it can be decoded to audio."""
+    from tristage.features.codec import prepare_codec
+    from tristage.features.config import CodecParams, MelParams
+
+    src = default_fake_sources(folder)
+    codec_dir = Path(folder) / "features"
+    codec_dir.mkdir(parents=True, exist_ok=True)
+    _, info = prepare_codec(CodecParams(n_codebooks=src.n_codebooks, codebook_size=src.codebook_size), codec_dir)
+    src.store.meta.update(dir=str(codec_dir), codec=info,
+                          mel=MelParams(n_mels=src.n_mels).model_dump(mode="json"))
+    return src
+
+
+def train_fake_model(folder: str | Path, steps: int = 4, stages=("stage1", "stage2", "stage3")) -> Path:
+    """Train the stages for a few steps on the fake corpus (with a real tiny codec); return
+    folder/models/<last stage>, a self-contained model folder (for synthesis tests and the demo)."""
+    from tristage.config import load_params
+    from tristage.training.trainer import train_stage
+
+    folder = Path(folder)
+    params = load_params(write_tiny_params(folder, steps=steps, eval_every=steps, checkpoint_every=steps))
+    src = fake_sources_with_codec(folder)
+    for stage in stages:
+        train_stage(stage, params, None, sources=src)
+    return folder / "models" / stages[-1]

@@ -30,6 +30,7 @@ import torch
 
 from tristage.captions.tokenize import row_captions
 from tristage.errors import UserError
+from tristage.model.config import TEXT_PAD_ID
 from tristage.model.tts import encode_text
 
 log = logging.getLogger(__name__)
@@ -269,7 +270,7 @@ class TrainData:
         Lt = max(len(e.text) for e in exs)
         T = max(e.n_frames for e in exs)
         Lc = max(len(e.caption) for e in exs)
-        text = torch.full((B, Lt), 256, dtype=torch.long)
+        text = torch.full((B, Lt), TEXT_PAD_ID, dtype=torch.long)
         codes = torch.zeros((B, K, T), dtype=torch.long)
         caption = torch.zeros((B, Lc), dtype=torch.long)
         caption_mask = torch.zeros((B, Lc), dtype=torch.bool)
@@ -285,7 +286,7 @@ class TrainData:
             emo.append(self._crop(self.features(self._ref(i, self.sp.emotion_ref, val, rng))[0], rng))
         spk_mel, spk_mask = pad_mels(spk)
         emo_mel, emo_mask = pad_mels(emo)
-        return dict(text=text, text_mask=text != 256, codes=codes,
+        return dict(text=text, text_mask=text != TEXT_PAD_ID, codes=codes,
                     code_lengths=torch.tensor([e.n_frames for e in exs]), caption_ids=caption,
                     caption_mask=caption_mask, spk_mel=spk_mel, spk_mask=spk_mask, emo_mel=emo_mel,
                     emo_mask=emo_mask, speaker=torch.tensor([e.label for e in exs]))

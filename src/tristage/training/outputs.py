@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from tristage.fsio import atomic_path, write_json, write_text
+from tristage.fsio import atomic_path, write_json
 from tristage.model.config import TTSConfig
 from tristage.training.band import band_status
 from tristage.training.plots import plot_losses, plot_speaker_acc, write_tsv
@@ -51,16 +51,15 @@ def final_metrics(state: TrainState, counts: dict, world: int, cfg: TTSConfig, a
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
 
 
-def write_model(out: Path, model, cfg: TTSConfig, trainer_state: dict, stage: str, fingerprint: str,
-                info: dict) -> None:
-    """models/<stage>/: weights (safetensors), config.json, trainer_state.pt, training.json; each atomic."""
+def write_model(out: Path, model, trainer_state: dict, stage: str, fingerprint: str, info: dict) -> None:
+    """models/<stage>/: weights (safetensors), trainer_state.pt, training.json; each atomic. The config and
+    what synthesis needs come from `synthesis.folder.export_model_folder`."""
     from safetensors.torch import save_file
 
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "model.safetensors") as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp),
                   metadata={"stage": stage, "fingerprint": fingerprint})
-    write_text(out / "config.json", cfg.to_json() + "\n")
     with atomic_path(out / "trainer_state.pt") as tmp:
         torch.save(trainer_state, tmp)
     write_json(out / "training.json", info)

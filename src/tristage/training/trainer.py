@@ -28,6 +28,7 @@ import torch
 
 from tristage.errors import UserError
 from tristage.model.tts import build_model
+from tristage.synthesis.folder import export_model_folder
 from tristage.training import checkpoint as ck
 from tristage.training import ddp
 from tristage.training.adversary import SpeakerAdversary
@@ -182,6 +183,7 @@ class _Trainer:
 
     def loss_of(self, out: dict) -> torch.Tensor:
         loss = out["mel_loss"] + self.peft.kl_weight * out["kl"] + self.peft.orthogonality_weight * out["ortho"]
+        loss = loss + out["stop_loss"]  # end-of-speech head (model/decoder.py stop_loss)
         if self.adversary:
             loss = loss + self.adversary.speaker_term(out)
         return loss
@@ -323,6 +325,8 @@ class _Trainer:
                     grl=self.preset.grl, best_checkpoint=f"checkpoints/step-{best:06d}" if best > 0 else None,
                     band_log=self.state.band_log, grl_log=self.adversary.changes if self.adversary else [],
                     note=provenance(self.cfg))
-        write_model(self.out, self.model, self.cfg, self.trainer_state(), self.stage, self.fingerprint, info)
+        write_model(self.out, self.model, self.trainer_state(), self.stage, self.fingerprint, info)
+        # config.json (no absolute paths) + what synthesis needs: baked caption table, codec, speakers, references
+        export_model_folder(self.out, self.stage, self.model, self.cfg, self.src, self.data, self.sp.max_ref_frames)
         write_reports(self.stage, self.sp, self.state.history, metrics, self.cfg, self.adversary is not None,
                       self.tracker)

@@ -1,0 +1,170 @@
+"""The local web demo (`make app`): a Gradio page on 127.0.0.1 that speaks with a model folder.
+
+    python -m tristage.synthesis.app --model models/stage3 [--port 7860]
+
+Text, caption, one dropdown per lexicon attribute (edits the caption), the voice as an upload or
+a pick from the validation speakers stored in the model folder, an optional emotion reference,
+sampling settings, then an audio player with a download button. The provenance note (random-init
+codec: not speech) is shown at the top of the page.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+KEEP = "(as in the caption)"
+
+
+def build_app(tts):
+    import gradio as gr
+
+    from tristage.errors import UserError
+    from tristage.synthesis.api import Request, write_wav
+
+    out_dir = Path(tempfile.mkdtemp(prefix="tristage-app-"))
+    speakers = tts.speakers
+    default_caption = "A female speaker with a high-pitched voice speaks quickly in a clean recording."
+
+    def generate(
+        text, caption, upload, picked, emotion, temperature, top_k, top_p, max_seconds, seed, *attrs
+    ):
+        attributes = {a: v for a, v in zip(tts.lexicon, attrs) if v and v != KEEP}
+        speaker = upload or picked or None
+        try:
+            res = tts.synthesize_batch(
+                [
+                    Request(
+                        text=text or "",
+                        caption=caption or "",
+                        speaker_ref=speaker,
+                        emotion_ref=emotion or None,
+                        attributes=attributes,
+                        seed=int(seed),
+                        temperature=float(temperature),
+                        top_k=int(top_k) or None,
+                        top_p=float(top_p) if top_p < 1 else None,
+                        max_seconds=float(max_seconds),
+                    )
+                ]
+            )[0]
+        except UserError as exc:
+            raise gr.Error(str(exc)) from None
+        path = write_wav(
+            out_dir / f"tristage-{abs(hash((text, caption, str(attributes), seed))) % 10**8}.wav",
+            res.wav,
+            res.sample_rate,
+        )
+        how = "the model's end-of-speech" if res.stopped else "the max-seconds cap"
+        info = (
+            f"duration {res.duration:.3f} s ({res.n_frames} frames, length set by {how}); "
+            f"took {res.seconds_taken:.2f} s, RTF {res.rtf:.2f}; caption used: {res.caption}"
+        )
+        return str(path), info
+
+    with gr.Blocks(title="tristage: speak with a trained model") as app:
+        gr.Markdown(f"## tristage: speak with `{tts.folder.name}`\n\nModel folder: `{tts.folder}`")
+        note_md = f"**Note: {tts.note}**" if not tts.is_speech else f"Note: {tts.note}"
+        gr.Markdown(note_md, elem_id="codec-note")
+        with gr.Row():
+            with gr.Column():
+                text = gr.Textbox(
+                    label="Text",
+                    value="The quick brown fox jumps over the lazy dog.",
+                    lines=2,
+                    elem_id="text",
+                )
+                caption = gr.Textbox(
+                    label="Caption (style description)", value=default_caption, lines=2, elem_id="caption"
+                )
+                with gr.Accordion("Attributes (replace or add a value in the caption)", open=True):
+                    dropdowns = [
+                        gr.Dropdown([KEEP, *values], value=KEEP, label=attr, elem_id=f"attr-{attr}")
+                        for attr, values in tts.lexicon.items()
+                    ]
+                with gr.Row():
+                    picked = gr.Dropdown(
+                        speakers,
+                        value=speakers[0] if speakers else None,
+                        label="Voice: a validation speaker",
+                        elem_id="speaker-pick",
+                    )
+                    upload = gr.Audio(
+                        type="filepath",
+                        label="...or upload a voice reference (any rate, mono/stereo)",
+                        sources=["upload"],
+                        elem_id="speaker-upload",
+                    )
+                emotion = gr.Audio(
+                    type="filepath",
+                    label="Emotion reference (optional; default: the voice)",
+                    sources=["upload"],
+                    elem_id="emotion-upload",
+                )
+                with gr.Accordion("Sampling", open=False):
+                    temperature = gr.Slider(0.0, 1.5, value=0.8, step=0.05, label="temperature (0 = greedy)")
+                    top_k = gr.Slider(0, 256, value=50, step=1, label="top_k (0 = off)")
+                    top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="top_p (1 = off)")
+                    max_seconds = gr.Slider(
+                        0.2,
+                        round(tts.max_seconds, 1),
+                        value=min(6.0, round(tts.max_seconds, 1)),
+                        step=0.1,
+                        label="max seconds (the model stops earlier by itself)",
+                        elem_id="max-seconds",
+                    )
+                    seed = gr.Number(value=0, precision=0, label="seed")
+                button = gr.Button("Generate", variant="primary", elem_id="generate")
+            with gr.Column():
+                audio = gr.Audio(type="filepath", label="Result", interactive=False, elem_id="output")
+                info = gr.Textbox(label="Details", interactive=False, elem_id="details")
+        button.click(
+            generate,
+            [
+                text,
+                caption,
+                upload,
+                picked,
+                emotion,
+                temperature,
+                top_k,
+                top_p,
+                max_seconds,
+                seed,
+                *dropdowns,
+            ],
+            [audio, info],
+        )
+    return app
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m tristage.synthesis.app", description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="models/stage3", help="model folder (default models/stage3)")
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=7860)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (0 = torch's default)")
+    a = ap.parse_args(argv)
+    if a.threads:
+        import torch
+
+        torch.set_num_threads(a.threads)
+    from tristage.errors import UserError
+    from tristage.synthesis.api import TTS
+
+    try:
+        tts = TTS.from_pretrained(a.model, device=a.device)
+    except UserError as exc:
+        print(f"app: error: {exc}", file=sys.stderr)
+        return 2
+    if not tts.is_speech:
+        print(f"note: {tts.note}", flush=True)
+    build_app(tts).launch(server_name=a.host, server_port=a.port, share=False, show_error=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,82 @@
+"""`tristage synthesize`: the command line of the synthesis API (argument parsing lives in tristage/cli.py)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from tristage.errors import UserError
+
+
+def synthesize_command(args, parser) -> int:
+    """Run one request (--text ... --out) or a requests file (--requests ... --out-dir); exit code."""
+    if args.requests is None and (args.text is None or args.out is None) and not args.list_speakers:
+        parser.error("synthesize: give --text and --out, or --requests and --out-dir")
+    if args.requests is not None and args.out_dir is None:
+        parser.error("synthesize: --requests needs --out-dir")
+    try:
+        return _run(args)
+    except UserError as exc:
+        print(f"synthesize: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args) -> int:
+    import torch
+
+    from tristage.synthesis.api import TTS, Request, parse_set, write_wav
+    from tristage.synthesis.batch import run_requests
+
+    device = args.device
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    t0 = time.perf_counter()
+    tts = TTS.from_pretrained(args.model, device=device, codec_weights=args.codec_weights)
+    if args.list_speakers:
+        print("\n".join(tts.speakers))
+        return 0
+    if not tts.is_speech:
+        print(f"note: {tts.note}")
+    defaults = dict(
+        seed=args.seed,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        max_seconds=args.max_seconds,
+    )
+    if args.requests is not None:
+        records = run_requests(tts, Path(args.requests), Path(args.out_dir), defaults, args.batch_size)
+        bad = [r for r in records if "error" in r]
+        for r in bad:
+            print(f"{args.requests}:{r['line']}: {r['error']}", file=sys.stderr)
+        print(
+            f"{len(records) - len(bad)} wav(s) in {args.out_dir}, {len(bad)} bad row(s); "
+            f"results: {Path(args.out_dir) / 'results.jsonl'}"
+        )
+        return 0 if not bad else 1
+    req = Request(
+        args.text, args.caption, args.speaker_ref, args.emotion_ref, parse_set(args.attributes), **defaults
+    )
+    res = tts.synthesize_batch([req])[0]
+    out = write_wav(args.out, res.wav, res.sample_rate)
+    how = "the model's end-of-speech" if res.stopped else f"the --max-seconds cap ({args.max_seconds} s)"
+    print(
+        json.dumps(
+            dict(
+                out=str(out),
+                duration=round(res.duration, 3),
+                n_frames=res.n_frames,
+                stopped=res.stopped,
+                seconds_taken=round(res.seconds_taken, 3),
+                rtf=round(res.rtf, 3),
+                caption=res.caption,
+                load_seconds=round(time.perf_counter() - t0 - res.seconds_taken, 3),
+            )
+        )
+    )
+    print(f"wrote {out}: {res.duration:.2f} s, length set by {how}")
+    return 0

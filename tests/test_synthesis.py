@@ -1,0 +1,338 @@
+"""Using a trained model: stop token, KV cache, self-contained model folders, the API and the CLI."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from tristage.errors import UserError
+from tristage.model.config import TTSConfig
+from tristage.model.decoder import stop_loss
+from tristage.model.tts import build_model, load_model
+from tristage.synthesis import TTS, edit_caption
+from tristage.training.fakes import TINY_MODEL, fake_sources, train_fake_model
+
+LEX = {"pitch": {"high": ["high-pitched", "high pitch"], "low": ["low-pitched", "deep"]},
+       "speed": {"fast": ["quickly", "fast"], "slow": ["slowly"]}}
+
+
+@pytest.fixture(scope="module")
+def random_model():
+    src = fake_sources()
+    cfg = TTSConfig(n_codebooks=2, codebook_size=16, n_mels=8, caption_dim=16, n_speakers=4,
+                    caption_module=src.caption_module, caption_table=src.caption_table, peft=dict(lora_rank=4),
+                    **{**TINY_MODEL, "n_layer": 2})
+    torch.manual_seed(0)
+    return build_model(cfg, src.table).eval()
+
+
+def test_kv_cache_greedy_identical_and_batch_equals_single(random_model):
+    m = random_model
+    mel_a, mel_b = torch.randn(30, 8), torch.randn(45, 8)
+    cached = m.generate("hello", [1, 2, 3], mel_a, n_frames=40, greedy=True, use_cache=True, stop=False)
+    full = m.generate("hello", [1, 2, 3], mel_a, n_frames=40, greedy=True, use_cache=False, stop=False)
+    assert cached.shape == (2, 40) and torch.equal(cached, full)
+    single = [m.generate(t, c, x, n_frames=20, greedy=True, stop=False)
+              for t, c, x in (("hi", [1], mel_a), ("a longer text here", [3, 4, 5, 6], mel_b))]
+    batch = m.generate_batch(["hi", "a longer text here"], [[1], [3, 4, 5, 6]], [mel_a, mel_b], max_frames=20,
+                             greedy=True, stop=False)
+    assert all(torch.equal(a, b) for a, b in zip(single, batch))
+
+
+def test_stop_head_ends_generation_and_max_frames_caps(random_model):
+    m = random_model
+    mel = torch.randn(30, 8)
+    head = m.decoder.stop_head
+    saved = head.weight.detach().clone(), head.bias.detach().clone()
+    try:
+        with torch.no_grad():
+            head.weight.zero_()
+            head.bias.fill_(10.0)  # "the speech has ended" everywhere: one frame (the minimum)
+        out = m.generate_batch(["a", "b"], [[1], [2]], [mel, mel], max_frames=[30, 5], greedy=True)
+        assert [o.shape[1] for o in out] == [1, 1]
+        with torch.no_grad():
+            head.bias.fill_(-10.0)  # never ends: each row runs to its own cap
+        out = m.generate_batch(["a", "b"], [[1], [2]], [mel, mel], max_frames=[30, 5], greedy=True)
+        assert [o.shape[1] for o in out] == [30, 5]
+        assert all(((o >= 0) & (o < 16)).all() for o in out)  # no pad / bos left in the codes
+    finally:
+        with torch.no_grad():
+            head.weight.copy_(saved[0])
+            head.bias.copy_(saved[1])
+
+
+def test_stop_loss_targets_positions_past_the_end():
+    lengths = torch.tensor([3, 5])
+    mask = torch.arange(7)[None] < (lengths + 2)[:, None]  # K = 3: S = T + K - 1 valid positions
+    target = (torch.arange(7)[None] >= lengths[:, None]).float()
+    right = (target * 2 - 1) * 20  # confident and right
+    assert stop_loss(right, lengths, mask) < 1e-6
+    assert stop_loss(-right, lengths, mask) > 10
+    wrong_outside = right.masked_fill(~mask, -50.0) * 1  # positions outside the mask don't count
+    assert stop_loss(wrong_outside, lengths, mask) < 1e-6
+
+
+def test_edit_caption_replaces_adds_and_lists_valid_values():
+    assert edit_caption("A woman with a high-pitched voice speaks quickly.", {"pitch": "low"}, LEX) == \
+        "A woman with a low-pitched voice speaks quickly."
+    assert edit_caption("A woman speaks.", {"speed": "slow"}, LEX) == "A woman speaks, slowly."
+    assert edit_caption("", {"speed": "Fast"}, LEX) == "Quickly."
+    with pytest.raises(UserError, match="valid: high, low"):
+        edit_caption("x", {"pitch": "loud"}, LEX)
+    with pytest.raises(UserError, match="unknown attribute 'accent'; valid: pitch, speed"):
+        edit_caption("x", {"accent": "Irish"}, LEX)
+
+
+# -- a trained model folder ------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("synth")
+    return folder, train_fake_model(folder, steps=4)
+
+
+def _strings(obj):
+    if isinstance(obj, dict):
+        for v in obj.values():
+            yield from _strings(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _strings(v)
+    elif isinstance(obj, str):
+        yield obj
+
+
+@pytest.mark.slow
+def test_copied_model_folder_synthesises_without_the_data(trained, tmp_path):
+    folder, stage3 = trained
+    for p in stage3.rglob("*.json"):
+        assert not [s for s in _strings(json.loads(p.read_text())) if s.startswith("/")], p
+    copy = tmp_path / "elsewhere" / "model"
+    shutil.copytree(stage3, copy, ignore=shutil.ignore_patterns("checkpoints", "trainer_state.pt"))
+    moved = [(folder / d, tmp_path / f"gone-{d}") for d in ("caption_vectors", "features")]
+    for a, b in moved:
+        a.rename(b)  # the training data is gone
+    try:
+        tts = TTS.from_pretrained(copy)
+        assert tts.speakers and not tts.is_speech and "NOT speech" in tts.note
+        wav, sr = tts.synthesize("utterance 1 of speaker 2", caption="a speaker2 sounding happy voice",
+                                 speaker_ref=tts.speakers[0], seed=0, max_seconds=0.5)
+        hop = tts.info["codec"]["hop_length"]
+        assert sr == 16000 and wav.dtype == np.float32 and 0 < len(wav) <= 16 * hop  # 0.5 s = 16 frames
+        assert len(wav) % hop == 0 and np.isfinite(wav).all()
+        again, _ = tts.synthesize("utterance 1 of speaker 2", caption="a speaker2 sounding happy voice",
+                                  speaker_ref=tts.speakers[0], seed=0, max_seconds=0.5)
+        assert np.array_equal(wav, again)  # seeded
+    finally:
+        for a, b in moved:
+            b.rename(a)
+
+
+@pytest.mark.slow
+def test_baked_caption_table_gives_the_training_model(trained):
+    folder, stage3 = trained
+    from tristage.training.fakes import default_fake_sources
+
+    src = default_fake_sources(folder / "again")
+    baked, _ = load_model(stage3)  # the folder's own (adapter-baked) table
+    raw, _ = load_model(stage3, table=src.table)  # the training table + the adapters in the weights
+    mel = torch.randn(20, 8)
+    ids = src.table.encode("a speaker1 sounding sad voice")
+    a = baked.generate("hi there", ids, mel, n_frames=12, greedy=True, stop=False)
+    b = raw.generate("hi there", ids, mel, n_frames=12, greedy=True, stop=False)
+    assert torch.equal(a, b)
+
+
+@pytest.mark.slow
+def test_reference_audio_any_rate_channels_and_length(trained, tmp_path):
+    _, stage3 = trained
+    tts = TTS.from_pretrained(stage3)
+    t = np.arange(44100 * 4) / 44100
+    stereo = np.stack([np.sin(2 * np.pi * 220 * t), np.sin(2 * np.pi * 330 * t)], axis=1).astype(np.float32) * 0.3
+    sf.write(tmp_path / "stereo44k.wav", stereo, 44100)
+    sf.write(tmp_path / "mono8k.flac", stereo[:8000 // 2, 0], 8000)
+    sf.write(tmp_path / "short.wav", stereo[:100, 0], 44100)
+    a = tts.reference_mel(tmp_path / "stereo44k.wav")
+    b = tts.reference_mel((stereo, 44100))
+    assert a.shape == (tts.max_ref_frames, 8) and torch.allclose(a, b, atol=1e-2)  # long: centre-cropped (file: 16-bit)
+    short = tts.reference_mel(tmp_path / "mono8k.flac")  # 0.5 s: used whole
+    assert short.shape[0] < tts.max_ref_frames or tts.max_ref_frames <= 1 + 8000 // 256
+    wav, sr = tts.synthesize("hello", speaker_ref=tmp_path / "stereo44k.wav", emotion_ref=tmp_path / "mono8k.flac",
+                             attributes={"pitch": "low"}, max_seconds=0.2, temperature=0)
+    assert sr == 16000 and len(wav) > 0
+    with pytest.raises(UserError, match="at least 0.1 s"):
+        tts.reference_mel(tmp_path / "short.wav")
+    with pytest.raises(UserError, match="neither an audio file nor a stored reference"):
+        tts.reference_mel("nobody.wav")
+    with pytest.raises(UserError, match="unknown value 'purple' for pitch; valid: very high"):
+        tts.synthesize("hello", attributes={"pitch": "purple"})
+
+
+@pytest.mark.slow
+def test_cli_single_and_requests_with_bad_rows(trained, tmp_path, capsys):
+    from tristage.cli import main
+
+    _, stage3 = trained
+    sf.write(tmp_path / "ref.wav", (0.3 * np.sin(np.arange(16000) / 10)).astype(np.float32), 16000)
+    out = tmp_path / "one.wav"
+    rc = main(["synthesize", "--model", str(stage3), "--text", "hello there", "--caption", "a happy voice",
+               "--speaker-ref", str(tmp_path / "ref.wav"), "--set", "speed=slow", "--out", str(out),
+               "--max-seconds", "0.3"])
+    printed = capsys.readouterr().out
+    assert rc == 0 and out.is_file() and "NOT speech" in printed
+    info = json.loads(printed.splitlines()[1])
+    assert sf.info(out).frames == round(info["duration"] * 16000) and info["caption"] == "a happy voice, slowly."
+    rows = [dict(text="first good", speaker_ref="ref.wav", name="a"),
+            "{not json",
+            dict(caption="no text"),
+            dict(text="bad value", attributes={"pitch": "purple"}),
+            dict(text="missing ref", speaker_ref="missing.wav"),
+            dict(text="second good", speaker_ref=None, temperature=0, max_seconds=0.2, name="b"),
+            dict(text="bad field", colour="red"),
+            dict(text="dup", name="a")]
+    req = tmp_path / "reqs.jsonl"
+    req.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows) + "\n")
+    rc = main(["synthesize", "--model", str(stage3), "--requests", str(req), "--out-dir", str(tmp_path / "out"),
+               "--max-seconds", "0.3"])
+    err = capsys.readouterr().err
+    assert rc == 1  # some rows were bad
+    results = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
+    assert [r["line"] for r in results] == list(range(1, 9))
+    by_line = {r["line"]: r for r in results}
+    assert {k for k, r in by_line.items() if "error" not in r} == {1, 6}
+    assert "invalid JSON" in by_line[2]["error"] and "text" in by_line[3]["error"]
+    assert "purple" in by_line[4]["error"] and "missing.wav" in by_line[5]["error"]
+    assert "colour" in by_line[7]["error"] and "unique" in by_line[8]["error"]
+    for r in (by_line[1], by_line[6]):
+        assert sf.info(tmp_path / "out" / r["wav"]).duration == pytest.approx(r["duration"], abs=1e-3)
+        assert r["rtf"] > 0 and r["seconds_taken"] > 0 and r["n_frames"] >= 1
+    assert f"{req}:2:" in err
+
+
+@pytest.mark.slow
+def test_mlflow_pyfunc_model_predicts_audio(trained, tmp_path):
+    import io
+
+    import mlflow
+    import pandas as pd
+
+    from tristage.synthesis.folder import load_references, read_info
+    from tristage.synthesis.pyfunc import log_synthesis_model
+
+    _, stage3 = trained
+    ref = sorted(load_references(stage3, read_info(stage3)))[0]
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = mlflow.create_experiment("synth", artifact_location=str(tmp_path / "artifacts"))
+    with mlflow.start_run(experiment_id=exp) as run:
+        log_synthesis_model(stage3)
+    model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
+    sig = model.metadata.signature
+    assert [c.name for c in sig.inputs.inputs][:4] == ["text", "caption", "speaker_ref", "emotion_ref"]
+    assert model.metadata.saved_input_example_info is not None
+    out = model.predict(pd.DataFrame([dict(text="hello there", caption="a happy voice", speaker_ref=ref,
+                                           max_seconds=0.3),
+                                      dict(text="second one", caption="", speaker_ref=ref)]))
+    assert list(out["sample_rate"]) == [16000, 16000]
+    wav, sr = sf.read(io.BytesIO(out["wav"][0]))
+    assert sr == 16000 and len(wav) / sr == pytest.approx(out["duration"][0]) and out["duration"][0] <= 0.33
+
+
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return "/usr/bin/chromium" if Path("/usr/bin/chromium").is_file() else None
+
+
+@pytest.mark.slow
+def test_web_demo_in_a_real_browser(trained, tmp_path):
+    """`make app`'s page, driven by Playwright on Debian's chromium: type, generate, get a playable wav."""
+    import io
+    import os
+    import re
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    browser_path = _chromium()
+    if browser_path is None:
+        pytest.skip("no chromium binary (apt-get install chromium; .ci/run installs it)")
+    playwright = pytest.importorskip("playwright.sync_api")
+    pytest.importorskip("gradio")
+    _, stage3 = trained
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1")
+    log = open(tmp_path / "app.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "tristage.synthesis.app", "--model", str(stage3), "--port",
+                             str(port)], stdout=log, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        for _ in range(240):
+            try:
+                urllib.request.urlopen(url, timeout=2)
+                break
+            except OSError:
+                assert proc.poll() is None, (tmp_path / "app.log").read_text()
+                time.sleep(0.5)
+        with playwright.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=browser_path, args=["--no-sandbox"])
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(url)
+            page.wait_for_selector("#generate", timeout=60_000)
+            assert "NOT speech" in page.locator("#codec-note").inner_text()  # the random-init note is visible
+            page.locator("#text textarea").fill("Hello from a real browser.")
+            page.click("#generate")
+            page.wait_for_function("() => (document.querySelector('#details textarea') || {}).value?.startsWith("
+                                   "'duration')", timeout=180_000)
+            details = page.locator("#details textarea").input_value()
+            shown = float(re.match(r"duration ([\d.]+) s", details).group(1))
+            src = re.findall(r'(?:src|href)="([^"]+\.wav)"', page.locator("#output").inner_html())[0]
+            played = page.evaluate("""async (src) => { const a = new Audio(src);
+                await new Promise((ok, bad) => { a.onloadedmetadata = ok; a.onerror = bad; });
+                return a.duration; }""", src)
+            body = page.request.get(src).body()
+            browser.close()
+        wav, sr = sf.read(io.BytesIO(body))
+        assert sr == 16000 and len(wav) / sr == pytest.approx(shown, abs=1e-3)
+        assert played == pytest.approx(shown, abs=0.01) and 0 < shown <= 6.0  # the page's max-seconds cap
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+
+
+def test_baked_real_caption_table_round_trip(tmp_path):
+    """The real CaptionVectorTable + CaptionPEFT: baked, saved, loaded -> the same states as the adapters."""
+    from tristage.captions.config import PeftParams
+    from tristage.captions.peft import CaptionPEFT
+    from tristage.captions.vectors import CaptionVectorTable
+    from tristage.synthesis.folder import BakedCaptions, _save_caption, baked_caption_vectors
+
+    tokens = ["<unk>", "a", "b", "</s>", "<gender:female>", "<pitch:high>", "a\tb\t</s>"]
+    kinds = ["unk", "token", "token", "token", "attribute", "attribute", "context"]
+    bases = ["<unk>", "a", "b", "</s>", "<gender:female>", "<pitch:high>", "b"]
+    vectors = np.random.default_rng(0).standard_normal((len(tokens), 8)).astype(np.float32)
+    table = CaptionVectorTable(tokens, kinds, bases, vectors, {"name": "toy", "pretrained": False})
+    peft = CaptionPEFT(table, PeftParams(lora_rank=4, lora_alpha=8.0, vae_latent_dim=6))
+    with torch.no_grad():
+        for p in peft.parameters():
+            p.add_(0.1 * torch.randn_like(p))  # "trained" adapters: no longer the identity
+    _save_caption(tmp_path / "caption", table, baked_caption_vectors(peft, len(tokens)))
+    loaded = CaptionVectorTable.load(tmp_path / "caption")
+    assert loaded.meta["baked"] and loaded.tokens == tokens
+    ids = torch.tensor([[1, 4, 2, 5, 3], [6, 5, 0, 0, 0]])
+    mask = ids != 0
+    peft.eval()
+    with torch.no_grad():
+        want = peft(ids, mask).states
+    got = BakedCaptions(loaded.vectors)(ids, mask).states
+    assert torch.allclose(got, want, atol=1e-5) and not torch.allclose(got, torch.as_tensor(vectors)[ids] * mask[..., None])
