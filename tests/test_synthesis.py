@@ -15,7 +15,7 @@ from tristage.model.config import TTSConfig
 from tristage.model.decoder import stop_loss
 from tristage.model.tts import build_model, load_model
 from tristage.synthesis import TTS, edit_caption
-from tristage.training.fakes import TINY_MODEL, fake_sources, train_fake_model
+from tristage.testing.fakes import TINY_MODEL, fake_sources, train_fake_model
 
 LEX = {"pitch": {"high": ["high-pitched", "high pitch"], "low": ["low-pitched", "deep"]},
        "speed": {"fast": ["quickly", "fast"], "slow": ["slowly"]}}
@@ -135,7 +135,7 @@ def test_copied_model_folder_synthesises_without_the_data(trained, tmp_path):
 @pytest.mark.slow
 def test_baked_caption_table_gives_the_training_model(trained):
     folder, stage3 = trained
-    from tristage.training.fakes import default_fake_sources
+    from tristage.testing.fakes import default_fake_sources
 
     src = default_fake_sources(folder / "again")
     baked, _ = load_model(stage3)  # the folder's own (adapter-baked) table

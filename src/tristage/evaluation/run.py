@@ -62,7 +62,7 @@ def _center_crop(mel: torch.Tensor, n: int) -> torch.Tensor:
 @torch.no_grad()
 def emotion_vectors(model, data, indices: list[int], max_frames: int, device: str, batch: int = 32) -> np.ndarray:
     """The emotion vector of each utterance from its own mel (center crop) -> (N, d_model)."""
-    from tristage.training.data import pad_mels
+    from tristage.features.mel import pad_mels
 
     model.eval()
     out = []

@@ -46,3 +46,14 @@ def log_mel(wav: torch.Tensor, mp: MelParams) -> torch.Tensor:
         mag = mag.pow_(mp.power / 2)
     mel = torch.matmul(fb, mag)  # (n_mels, F) @ (B, F, T) -> (B, n_mels, T)
     return torch.log(torch.clamp(mel, min=mp.log_floor)).transpose(1, 2)  # (B, T, n_mels)
+
+
+def pad_mels(mels: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mels of different lengths [(T_i, n_mels)] -> zero-padded (B, T, n_mels) float32 and mask (B, T)."""
+    T = max(m.shape[0] for m in mels)
+    out = torch.zeros((len(mels), T, mels[0].shape[1]), dtype=torch.float32)
+    mask = torch.zeros((len(mels), T), dtype=torch.bool)
+    for b, m in enumerate(mels):
+        out[b, :m.shape[0]] = m.float()
+        mask[b, :m.shape[0]] = True
+    return out, mask

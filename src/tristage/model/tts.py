@@ -179,7 +179,7 @@ class TTS(nn.Module):
     def _condition(self, texts, caption_ids, spk_mels, emo_mels, dev):
         """Pad and encode a batch of requests -> prefix (B, P, C), text (B, Lt), text_mask, caption states
         (B, Lc, D), caption mask (B, Lc)."""
-        from tristage.training.data import _pad_mels
+        from tristage.features.mel import pad_mels
 
         cfg, B = self.cfg, len(texts)
         ids = [encode_text(t, cfg.max_text_len) for t in texts]
@@ -193,8 +193,8 @@ class TTS(nn.Module):
         for b, c in enumerate(caps):
             cap_ids[b, :len(c)], cap_valid[b, :len(c)] = c, True
         cap = self.caption_peft(cap_ids.to(dev), cap_valid.to(dev))
-        spk_mel, spk_mask = _pad_mels([torch.as_tensor(m).float() for m in spk_mels])
-        emo_mel, emo_mask = _pad_mels([torch.as_tensor(e if e is not None else m).float()
+        spk_mel, spk_mask = pad_mels([torch.as_tensor(m).float() for m in spk_mels])
+        emo_mel, emo_mask = pad_mels([torch.as_tensor(e if e is not None else m).float()
                                        for m, e in zip(spk_mels, emo_mels)])
         spk = self.speaker_prefix(spk_mel.to(dev), spk_mask.to(dev))  # (B, Ns, C)
         emo = self.emotion_vector(emo_mel.to(dev), emo_mask.to(dev))  # (B, C)

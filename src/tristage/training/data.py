@@ -30,6 +30,7 @@ import torch
 
 from tristage.captions.tokenize import row_captions
 from tristage.errors import UserError
+from tristage.features.mel import pad_mels
 from tristage.model.config import TEXT_PAD_ID
 from tristage.model.tts import encode_text
 
@@ -309,17 +310,6 @@ def heldout_speakers(speakers: list[str], n: int, seed: int) -> set[str]:
     if n <= 0:
         return set()
     return set(np.random.default_rng([seed, 7919]).choice(names, n, replace=False).tolist())
-
-
-def pad_mels(mels: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mels of different lengths [(T_i, n_mels)] -> zero-padded (B, T, n_mels) float32 and mask (B, T)."""
-    T = max(m.shape[0] for m in mels)
-    out = torch.zeros((len(mels), T, mels[0].shape[1]), dtype=torch.float32)
-    mask = torch.zeros((len(mels), T), dtype=torch.bool)
-    for b, m in enumerate(mels):
-        out[b, :m.shape[0]] = m.float()
-        mask[b, :m.shape[0]] = True
-    return out, mask
 
 
 def to_device(batch: dict[str, torch.Tensor], device: str) -> dict[str, torch.Tensor]:
