@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # stage, the flows and the tests apply them; DVC's own analytics are off in .dvc/config.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install demo summary test test-fast bench serve dag clean-outputs app
+.PHONY: install demo summary test lint test-fast bench serve dag clean-outputs app
 
 install: $(STAMP)
 
@@ -30,6 +30,9 @@ summary: install
 
 test: install
 	$(PY) -m pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check src steps flows tests benchmarks
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"
