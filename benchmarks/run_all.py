@@ -71,7 +71,9 @@ def main(argv: list[str] | None = None) -> int:
         status = "ok" if r.returncode == 0 else f"FAILED (exit {r.returncode})"
         if r.returncode:
             failed.append(script.stem)
-        sections.append(f"## {script.stem}\n\nCommand: `{shown}` ({took:.0f} s, {status})\n\n```\n{out}\n```\n")
+        sections.append(
+            f"## {script.stem}\n\nCommand: `{shown}` ({took:.0f} s, {status})\n\n```\n{out}\n```\n"
+        )
     header = (f"# Benchmark results\n\nWritten by `make bench` (`python -m benchmarks.run_all`) on "
               f"{dt.datetime.now().strftime('%Y-%m-%d %H:%M')}.\n\nMachine: {machine()}.\n\n"
               "Every figure is a ratio against a baseline measured in the same run on the same machine; "

@@ -56,8 +56,10 @@ def part_manifest(tmp: Path, rows: int, speakers: int) -> list[str]:
     t0 = time.perf_counter()
     write_manifest(manifest, rows, speakers)
     size = manifest.stat().st_size / 2**20
-    print(f"generated {rows:,} rows / {speakers:,} speakers ({size:.0f} MiB) in {time.perf_counter() - t0:.0f} s",
-          file=sys.stderr)
+    print(
+        f"generated {rows:,} rows / {speakers:,} speakers ({size:.0f} MiB) in {time.perf_counter() - t0:.0f} s",
+        file=sys.stderr,
+    )
     params = tmp / "params.yaml"
     params.write_text(yaml.safe_dump({
         "prepare": {"manifest": "manifest.jsonl", "check_audio": False},
@@ -94,8 +96,8 @@ def part_loader(tmp: Path, n: int) -> list[str]:
 
     from tristage.config import load_params
     from tristage.testing import write_feature_store
-    from tristage.training.data import CACHE_UTTERANCES, Sources, TrainData
     from tristage.testing.fakes import FakeCaptionTable
+    from tristage.training.data import CACHE_UTTERANCES, Sources, TrainData
 
     folder = tmp / "features"
     t0 = time.perf_counter()
@@ -152,8 +154,19 @@ def part_ddp(tmp: Path) -> list[str]:
     p1, p2 = write_tiny_params(one, batch_size=4, **kw), write_tiny_params(two, batch_size=2, **kw)
     fakes = ["-m", "tristage.testing.fakes", "stage1", "--params"]
     t1, _ = run_measured([sys.executable, *fakes, str(p1)], env=_env())
-    t2, _ = run_measured([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          *fakes, str(p2)], env=_env())
+    t2, _ = run_measured(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            *fakes,
+            str(p2),
+        ],
+        env=_env(),
+    )
 
     def curve(folder: Path) -> list[float]:
         rows = (folder / "plots/stage1/train.tsv").read_text().splitlines()

@@ -115,9 +115,13 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--cuda", action="store_true")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch CPU threads (default 1: at these sizes a second thread mostly waits, and on a "
-                    "loaded 2-core machine 2 threads ran 20-30x slower; 0 = torch's default)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default 1: at these sizes a second thread mostly waits, and on a "
+        "loaded 2-core machine 2 threads ran 20-30x slower; 0 = torch's default)",
+    )
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)

@@ -18,6 +18,7 @@ class PeftParams(Section):
 
 class TinyEncoderParams(Section):
     """The seeded random-init T5 used when `caption_vectors.encoder` is null (tokenizer trained on the captions)."""
+
     d_model: PosInt = 64
     num_layers: PosInt = 2
     num_heads: PosInt = 4

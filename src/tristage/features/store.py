@@ -125,7 +125,9 @@ def write_index(out_dir: str | os.PathLike, n_shards: int):
                           "duration": "float64"})
     with atomic_path(out / INDEX, suffix=".parquet") as tmp:
         index.to_parquet(tmp, index=False)
-    write_bytes(out / FAILED, "".join(json.dumps(dict(id=u, audio=a, reason=r)) + "\n" for u, a, r in failed).encode())
+    write_bytes(
+        out / FAILED, "".join(json.dumps(dict(id=u, audio=a, reason=r)) + "\n" for u, a, r in failed).encode()
+    )
     return index, failed
 
 

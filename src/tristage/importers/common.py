@@ -48,7 +48,9 @@ def parse_columns(items: list[str] | None) -> dict[str, str]:
                 raise ValueError(f"--columns {part!r}: expected SOURCE=CONTRACT, e.g. sentence=text")
             src, dst = (s.strip() for s in part.split("=", 1))
             if dst not in CONTRACT:
-                raise ValueError(f"--columns {part!r}: {dst!r} is not a manifest column ({', '.join(CONTRACT)})")
+                raise ValueError(
+                    f"--columns {part!r}: {dst!r} is not a manifest column ({', '.join(CONTRACT)})"
+                )
             out[src] = dst
     return out
 
