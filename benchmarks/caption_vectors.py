@@ -183,7 +183,8 @@ def report(r: dict, threads: int) -> str:
         f"{ok(r['ratio_inference'], GOALS['inference'])}); training forward + backward "
         f"{spread(ms['training'])} = {spread(r['ratio_training'])}x (goal >= {GOALS['training']}x: "
         f"{ok(r['ratio_training'], GOALS['training'])}); in process CPU time (steadier under load) inference "
-        f"{spread(r['cpu_ratio_inference'])}x, training {spread(r['cpu_ratio_training'])}x; baking the adapters into the table after a weight "
+        f"{spread(r['cpu_ratio_inference'])}x, training {spread(r['cpu_ratio_training'])}x; "
+        "baking the adapters into the table after a weight "
         f"update {r['bake_ms']:.0f} ms; memory: encoder weights {r['encoder_mb']:.0f} MiB vs table "
         f"{r['table_mb']:.0f} MiB + adapters {r['adapters_mb']:.0f} MiB"
     )

@@ -1,11 +1,13 @@
 """features: batched torch log-mel vs librosa per file, and DAC encode speed (CPU, and GPU when present).
 
-    python -m benchmarks.features            # 64 clips of 1.5-4 s for mel; 8 s of audio for the small DAC, 4 s for the full one
+    python -m benchmarks.features            # 64 clips of 1.5-4 s for mel; 8 s of audio for the small DAC,
+                                             # 4 s for the full one
     python -m benchmarks.features --quick    # 16 clips, less audio
 
 In one run, on the same clips:
 - mel: `tristage.features.mel.log_mel` on zero-padded length buckets of 10 s (what the
-  stage does; padding and copies included) vs `librosa.feature.melspectrogram` + log, one call per file; goal >= 5x.
+  stage does; padding and copies included) vs `librosa.feature.melspectrogram` + log, one call per file;
+  goal >= 5x.
 - DAC encode real-time factor x (audio seconds / encode seconds, higher is faster) for the
   stage's default small random-init config and for the full 44.1 kHz `dac.DAC()` config
   (random init; the speed does not depend on the weights); with CUDA, the same on the GPU
@@ -57,7 +59,8 @@ def bench_mel(n_clips: int, repeat: int) -> list[dict]:
     audio_s = sum(map(len, clips)) / mp.sample_rate
     from tristage.features.extract import _pad, batches
 
-    # the stage's length buckets (features.batch_seconds of padded audio per batch), padding included in the time
+    # the stage's length buckets (features.batch_seconds of padded audio per batch),
+    # padding included in the time
     groups = [[clips[i] for i in b] for b in batches([len(c) for c in clips], int(10.0 * mp.sample_rate))]
 
     def ours(device: str):

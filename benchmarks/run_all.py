@@ -41,7 +41,10 @@ def machine() -> str:
     except (OSError, ValueError, IndexError):
         pass
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{cpu}, {os.cpu_count()} cores{mem}, {gpu}; Python {platform.python_version()}, torch {torch.__version__}"
+    return (
+        f"{cpu}, {os.cpu_count()} cores{mem}, {gpu}; "
+        f"Python {platform.python_version()}, torch {torch.__version__}"
+    )
 
 
 def scripts(only: list[str] | None) -> list[Path]:

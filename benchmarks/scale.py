@@ -57,7 +57,8 @@ def part_manifest(tmp: Path, rows: int, speakers: int) -> list[str]:
     write_manifest(manifest, rows, speakers)
     size = manifest.stat().st_size / 2**20
     print(
-        f"generated {rows:,} rows / {speakers:,} speakers ({size:.0f} MiB) in {time.perf_counter() - t0:.0f} s",
+        f"generated {rows:,} rows / {speakers:,} speakers ({size:.0f} MiB) "
+        f"in {time.perf_counter() - t0:.0f} s",
         file=sys.stderr,
     )
     params = tmp / "params.yaml"
@@ -135,9 +136,11 @@ def part_loader(tmp: Path, n: int) -> list[str]:
             rss[i] = _rss_mib()
     t_batches = time.perf_counter() - t0
     return [
-        f"loader at scale: features store of {n:,} utterances (written in {t_write:.0f} s). Open store + manifest "
+        f"loader at scale: features store of {n:,} utterances (written in {t_write:.0f} s). "
+        "Open store + manifest "
         f"and build TrainData: {t_start:.1f} s (goal under 10 s: {'ok' if t_start < 10 else 'NOT MET'}), "
-        f"RSS +{rss_start - base:.0f} MiB; 1,000 batches of 16 in {t_batches:.1f} s; RSS after 100 / 500 / 1,000 "
+        f"RSS +{rss_start - base:.0f} MiB; 1,000 batches of 16 in {t_batches:.1f} s; "
+        "RSS after 100 / 500 / 1,000 "
         f"batches {rss[100]:.0f} / {rss[500]:.0f} / {rss[1000]:.0f} MiB (500 -> 1,000: "
         f"{(rss[1000] - rss[500]) / rss[500] * 100:+.1f}%; goal flat: the decoded-utterance cache is bounded "
         f"at {CACHE_UTTERANCES:,})",
@@ -176,7 +179,8 @@ def part_ddp(tmp: Path) -> list[str]:
     a, b = curve(one), curve(two)
     worst = max(abs(x - y) / x for x, y in zip(a, b))
     return [
-        f"ddp parity: stage1 on the fake corpus, 20 steps; 1 process x batch 4 ({t1:.0f} s) vs 2 gloo processes "
+        f"ddp parity: stage1 on the fake corpus, 20 steps; 1 process x batch 4 ({t1:.0f} s) "
+        "vs 2 gloo processes "
         f"x batch 2 ({t2:.0f} s), the same global batches: mel_loss {a[0]:.4f} -> {a[-1]:.4f} vs "
         f"{b[0]:.4f} -> {b[-1]:.4f}; largest relative difference over the curve {worst * 100:.2f}% "
         f"(the ranks average per-rank means, one process averages over all tokens)",

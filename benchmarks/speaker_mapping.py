@@ -77,7 +77,8 @@ def write_manifest(path: Path, rows: int, speakers: int, seed: int = 0, block: i
             dur = rng.uniform(1.0, 12.0, len(spk))
             f.write(
                 "".join(
-                    f'{{"audio": "wavs/{s:06d}/{start + i:07d}.wav", "text": {pool[t]}, "speaker": "spk_{s:06d}", '
+                    f'{{"audio": "wavs/{s:06d}/{start + i:07d}.wav", "text": {pool[t]}, '
+                    f'"speaker": "spk_{s:06d}", '
                     f'"caption": {caps[c]}, "duration": {d:.1f}}}\n'
                     for i, (s, t, c, d) in enumerate(
                         zip(spk.tolist(), texts.tolist(), capi.tolist(), dur.tolist())
@@ -160,10 +161,12 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
         size = path.stat().st_size / 2**20
         print(
-            f"speaker_mapping: {a.rows:,} rows / {metrics['total_speakers']:,} speakers ({size:.0f} MiB JSONL, "
+            f"speaker_mapping: {a.rows:,} rows / {metrics['total_speakers']:,} speakers "
+            f"({size:.0f} MiB JSONL, "
             f"{os.cpu_count()} cores): json.loads+Counter {t_naive:.2f} s; stage on the JSONL (pyarrow.json, "
             f"one column) {t_fast:.2f} s = {t_naive / t_fast:.1f}x; stage on the same rows as Parquet "
-            f"{t_parquet:.2f} s = {t_naive / t_parquet:.0f}x; identical mappings ({metrics['selected_speakers']} "
+            f"{t_parquet:.2f} s = {t_naive / t_parquet:.0f}x; "
+            f"identical mappings ({metrics['selected_speakers']} "
             f"speakers, {metrics['selected_samples']:,} samples = {100 * metrics['selected_fraction']:.2f}%)"
         )
         print(f"command: python -m benchmarks.speaker_mapping --rows {a.rows} --speakers {a.speakers}")

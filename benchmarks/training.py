@@ -127,7 +127,8 @@ def main(argv=None) -> int:
     t_loader, t_mem, t_build, sps = loader_overhead(steps, a.batch_size)
     over = (t_loader - t_mem) / t_mem
     print(
-        f"training (tiny preset, batch {a.batch_size}, {steps} steps, {os.cpu_count()} cores): with the loader "
+        f"training (tiny preset, batch {a.batch_size}, {steps} steps, {os.cpu_count()} cores): "
+        "with the loader "
         f"{t_loader:.2f} s ({sps:.1f} samples/s); in-memory batches {t_mem:.2f} s; loader overhead "
         f"{100 * over:+.1f}% (noise included); building the batches alone {t_build:.3f} s = "
         f"{100 * t_build / t_mem:.1f}% of the in-memory time (goal <= 10%: "

@@ -1,7 +1,8 @@
 """`make serve`: the local Prefect server (127.0.0.1) + the pipeline served as a deployment.
 
-    python -m flows.serve                 # UI: http://127.0.0.1:4200 -> Deployments -> tristage-pipeline/tristage
-                                          #     -> Run -> Custom run: overrides {"stage2.grl_lambda": 2.0}, target
+    python -m flows.serve                 # UI: http://127.0.0.1:4200 -> Deployments
+                                          #     -> tristage-pipeline/tristage -> Run -> Custom run:
+                                          #     overrides {"stage2.grl_lambda": 2.0}, target
 
 Starts `prefect server start --host 127.0.0.1` in the background unless a server already
 answers at PREFECT_API_URL (default http://127.0.0.1:4200/api), waits until it is healthy,
@@ -124,7 +125,8 @@ def main(argv: list[str] | None = None) -> None:
             dep = pipeline.from_source(source=str(REPO), entrypoint="flows/pipeline.py:pipeline")
             dep_id = dep.deploy(name=a.name, work_pool_name=a.pool, description=DESCRIPTION)
             print(
-                f"deployment tristage-pipeline/{a.name} ({dep_id}) on work pool {a.pool}; start workers with: "
+                f"deployment tristage-pipeline/{a.name} ({dep_id}) on work pool {a.pool}; "
+                "start workers with: "
                 f"prefect worker start --pool {a.pool} --type process",
                 file=sys.stderr,
             )

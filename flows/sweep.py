@@ -216,7 +216,8 @@ def run_base(
     dvc.apply_overrides(ws / "params.yaml", overrides)
     git_rev = workspace._git(["rev-parse", "HEAD"], ws).strip()
     logger = get_run_logger()
-    try:  # outputs the checkout's dvc.lock records (e.g. a finished `make demo`) come from the cache, not a rerun
+    try:  # outputs the checkout's dvc.lock records (e.g. a finished `make demo`) come from the cache,
+        # not a rerun
         dvc.run(dvc.checkout_cmd(stages), ws, {"CUDA_VISIBLE_DEVICES": ""}, on_line=dvc.LogForwarder(logger))
     except dvc.CommandFailed as exc:
         logger.warning("dvc checkout in the base workspace failed; the shared stages recompute (%s)",

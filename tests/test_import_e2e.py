@@ -1,5 +1,6 @@
 """Bring your own corpus, end to end: `tristage import ljspeech` on a tiny LJSpeech-style folder made here
-with espeak-ng, then `dvc repro` (shrunk, in a fresh copy of the repo) annotates, captions and trains on it."""
+with espeak-ng, then `dvc repro` (shrunk, in a fresh copy of the repo) annotates, captions and trains
+on it."""
 
 from __future__ import annotations
 

@@ -123,7 +123,8 @@ def main(argv: list[str] | None = None) -> None:
         loss.backward()
         opt.step()
     print(
-        f"command: python -m benchmarks.experiments.caption_contextualiser --width {a.width} --layers {a.layers} "
+        "command: python -m benchmarks.experiments.caption_contextualiser "
+        f"--width {a.width} --layers {a.layers} "
         f"--steps {a.steps}"
     )
 

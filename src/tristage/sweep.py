@@ -185,7 +185,8 @@ def _short(key: str) -> str:
 
 
 def point_name(sweep: str, point: Mapping[str, Any]) -> str:
-    """A DVC experiment name from the values: `lam-grl_lambda0.3-speaker_loss_weight0.1`, or a hash when long."""
+    """A DVC experiment name from the values: `lam-grl_lambda0.3-speaker_loss_weight0.1`,
+    or a hash when long."""
     label = "-".join(f"{_short(k)}{json.dumps(v) if not isinstance(v, str) else v}" for k, v in point.items())
     label = re.sub(r"[^A-Za-z0-9_.-]+", "_", label).replace("..", "_").strip("._-")
     digest = hashlib.sha1(json.dumps(point, sort_keys=True).encode()).hexdigest()[:8]
@@ -424,7 +425,8 @@ def render_table(rows: Sequence[dict], rec: Mapping[str, Any] | None = None) -> 
             )
     if any(r.get("random_init") for r in rows):
         out.append(
-            "(figures from a random-init codec / caption encoder: the pipeline's behaviour, not speech quality)"
+            "(figures from a random-init codec / caption encoder: "
+            "the pipeline's behaviour, not speech quality)"
         )
     return "\n".join(out)
 

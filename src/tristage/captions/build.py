@@ -391,7 +391,8 @@ def caption_metrics(r: dict, table, info: dict, n: dict, extra: dict) -> dict:
         cosine_min=fid["cosine_min"],
         caption_cosine_mean=fid["caption_cosine_mean"],
         n_heldout_captions=n["held"],
-        encoder=f"{info['name']} ({'pretrained' if info['pretrained'] else 'random-init'}, {info['model_type']}, "
+        encoder=f"{info['name']} ({'pretrained' if info['pretrained'] else 'random-init'}, "
+        f"{info['model_type']}, "
         f"d={table.dim})",
         pretrained=bool(info["pretrained"]),
         paraphrase_cosine_mean=para["cosine_mean"],

@@ -236,7 +236,10 @@ PARAPHRASES = (
     "An Australian gentleman reads the text at a normal speed in a monotone, the audio is clean.",
     "Very low-pitched male voice, German accent, speaking hurriedly and angrily.",
     "A lady from Texas with a Southern American accent talks unhurriedly and warmly.",
-    "The female narrator has a Canadian accent and a medium pitch, speaking expressively in a reverberant church.",
+    (
+        "The female narrator has a Canadian accent and a medium pitch, speaking expressively "
+        "in a reverberant church."
+    ),
     "A bored teenager mumbles monotonously with a flat tone, the recording is echoey.",
     "An Indian man with a fairly low pitch speaks at a brisk pace, sounding delighted.",
     "Soft-spoken Japanese woman, slow and gentle, very clean recording with no background noise.",

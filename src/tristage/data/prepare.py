@@ -407,7 +407,8 @@ class _Tally:
 
 
 def run_prepare(prep: PrepareParams, tracker=None) -> dict:
-    """Check `prep.manifest`; write the prepared manifest + rejects into `prep.out_dir`, metrics to `prep.metrics`."""
+    """Check `prep.manifest`; write the prepared manifest + rejects into `prep.out_dir`, metrics to
+    `prep.metrics`."""
     import pyarrow as pa
     import pyarrow.parquet as pq
     from tqdm import tqdm

@@ -38,7 +38,8 @@ def safe_name(text: str) -> str:
 
 
 def parse_columns(items: list[str] | None) -> dict[str, str]:
-    """["sentence=text", "client_id=speaker"] -> {"sentence": "text", "client_id": "speaker"} (source=contract)."""
+    """["sentence=text", "client_id=speaker"] -> {"sentence": "text", "client_id": "speaker"}
+    (source=contract)."""
     out: dict[str, str] = {}
     for item in items or []:
         for part in item.split(","):

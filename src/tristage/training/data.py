@@ -247,7 +247,8 @@ class TrainData:
             rank,
             world,
         )
-        # the most recently used utterances (features + references), bounded: memory stays flat at any corpus size
+        # the most recently used utterances (features + references), bounded:
+        # memory stays flat at any corpus size
         self._cache: collections.OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = (
             collections.OrderedDict()
         )

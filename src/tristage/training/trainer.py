@@ -281,7 +281,8 @@ class _Trainer:
         keep = (f"the last good checkpoint is kept: {rel(last_good, self.base)}" if last_good
                 else "no checkpoint was written yet")
         return (
-            f"{self.stage}: non-finite {what} ({value}) at step {self.state.step + 1}; stopped, {keep}. Lower "
+            f"{self.stage}: non-finite {what} ({value}) at step {self.state.step + 1}; "
+            f"stopped, {keep}. Lower "
             f"{self.stage}.lr or raise {self.stage}.warmup_steps (a changed config starts fresh)"
         )
 
@@ -374,7 +375,8 @@ class _Trainer:
                     band_log=self.state.band_log, grl_log=self.adversary.changes if self.adversary else [],
                     note=provenance(self.cfg))
         write_model(self.out, self.model, self.trainer_state(), self.stage, self.fingerprint, info)
-        # config.json (no absolute paths) + what synthesis needs: baked caption table, codec, speakers, references
+        # config.json (no absolute paths) + what synthesis needs:
+        # baked caption table, codec, speakers, references
         export_model_folder(
             self.out, self.stage, self.model, self.cfg, self.src, self.data, self.sp.max_ref_frames
         )
