@@ -42,8 +42,15 @@ def demo_captions(n: int, seed: int) -> list[str]:
     from tristage.corpus.build import ACCENTS
     from tristage.corpus.text import EMOTION, MODULATION, PITCH, QUALITY, SPEED, caption
 
-    values = dict(gender=["female", "male"], pitch=list(PITCH), speed=list(SPEED), modulation=list(MODULATION),
-                  quality=list(QUALITY), emotion=list(EMOTION), accent=[a[1] for a in ACCENTS])
+    values = dict(
+        gender=["female", "male"],
+        pitch=list(PITCH),
+        speed=list(SPEED),
+        modulation=list(MODULATION),
+        quality=list(QUALITY),
+        emotion=list(EMOTION),
+        accent=[a[1] for a in ACCENTS],
+    )
     rng = np.random.default_rng(seed)
     return [caption(rng, {k: v[int(rng.integers(len(v)))] for k, v in values.items()}) for _ in range(n)]
 
@@ -144,28 +151,43 @@ def measure(name: str, batch: int, repeats: int, warmup: int, device: str) -> di
     t, c = round_robin(dict(encoder=encoder, inference=inference, training=training), repeats, warmup, sync)
     nbytes = lambda ts: sum(x.numel() * x.element_size() for x in ts)  # noqa: E731
     uniq = torch.unique(ids[mask])
-    return dict(encoder=name, batch=batch, tokens=int(mask.sum()), unique_rows=len(uniq), d=cfg.d_model,
-                times=t, ratio_inference=t["encoder"] / t["inference"], ratio_training=t["encoder"] / t["training"],
-                cpu_ratio_inference=c["encoder"] / c["inference"], cpu_ratio_training=c["encoder"] / c["training"],
-                bake_ms=1e3 * t_bake, encoder_mb=nbytes(enc.parameters()) / 2**20,
-                table_mb=table.vectors.numel() * 4 / 2**20, adapters_mb=nbytes(peft_train.parameters()) / 2**20,
-                table_rows=len(table), device=device)
+    return dict(
+        encoder=name,
+        batch=batch,
+        tokens=int(mask.sum()),
+        unique_rows=len(uniq),
+        d=cfg.d_model,
+        times=t,
+        ratio_inference=t["encoder"] / t["inference"],
+        ratio_training=t["encoder"] / t["training"],
+        cpu_ratio_inference=c["encoder"] / c["inference"],
+        cpu_ratio_training=c["encoder"] / c["training"],
+        bake_ms=1e3 * t_bake,
+        encoder_mb=nbytes(enc.parameters()) / 2**20,
+        table_mb=table.vectors.numel() * 4 / 2**20,
+        adapters_mb=nbytes(peft_train.parameters()) / 2**20,
+        table_rows=len(table),
+        device=device,
+    )
 
 
 def report(r: dict, threads: int) -> str:
     ms = {k: v * 1e3 for k, v in r["times"].items()}
     ok = lambda ratio, goal: "ok" if np.median(ratio) >= goal else "MISSED"  # noqa: E731
-    return (f"caption_vectors [{r['encoder']} size, d={r['d']}, {r['device']}, {threads} threads]: batch of "
-            f"{r['batch']} demo captions ({r['tokens']} tokens, {r['unique_rows']} distinct table rows of "
-            f"{r['table_rows']}); ms, median [p10-p90] of {len(ms['encoder'])} round-robin repeats: encoder "
-            f"forward {spread(ms['encoder'])}; table + PEFT inference {spread(ms['inference'])} = "
-            f"{spread(r['ratio_inference'])}x (goal >= {GOALS['inference']}x: "
-            f"{ok(r['ratio_inference'], GOALS['inference'])}); training forward + backward "
-            f"{spread(ms['training'])} = {spread(r['ratio_training'])}x (goal >= {GOALS['training']}x: "
-            f"{ok(r['ratio_training'], GOALS['training'])}); in process CPU time (steadier under load) inference "
-            f"{spread(r['cpu_ratio_inference'])}x, training {spread(r['cpu_ratio_training'])}x; baking the adapters into the table after a weight "
-            f"update {r['bake_ms']:.0f} ms; memory: encoder weights {r['encoder_mb']:.0f} MiB vs table "
-            f"{r['table_mb']:.0f} MiB + adapters {r['adapters_mb']:.0f} MiB")
+    return (
+        f"caption_vectors [{r['encoder']} size, d={r['d']}, {r['device']}, {threads} threads]: batch of "
+        f"{r['batch']} demo captions ({r['tokens']} tokens, {r['unique_rows']} distinct table rows of "
+        f"{r['table_rows']}); ms, median [p10-p90] of {len(ms['encoder'])} round-robin repeats: encoder "
+        f"forward {spread(ms['encoder'])}; table + PEFT inference {spread(ms['inference'])} = "
+        f"{spread(r['ratio_inference'])}x (goal >= {GOALS['inference']}x: "
+        f"{ok(r['ratio_inference'], GOALS['inference'])}); training forward + backward "
+        f"{spread(ms['training'])} = {spread(r['ratio_training'])}x (goal >= {GOALS['training']}x: "
+        f"{ok(r['ratio_training'], GOALS['training'])}); in process CPU time (steadier under load) inference "
+        f"{spread(r['cpu_ratio_inference'])}x, training {spread(r['cpu_ratio_training'])}x; "
+        "baking the adapters into the table after a weight "
+        f"update {r['bake_ms']:.0f} ms; memory: encoder weights {r['encoder_mb']:.0f} MiB vs table "
+        f"{r['table_mb']:.0f} MiB + adapters {r['adapters_mb']:.0f} MiB"
+    )
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -191,8 +213,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for name in sizes:
         rows.append(measure(name, a.batch, a.repeats, a.warmup, a.device))
         print(report(rows[-1], torch.get_num_threads()), flush=True)
-    print(f"command: python -m benchmarks.caption_vectors --batch {a.batch} --repeats {a.repeats} --warmup "
-          f"{a.warmup}" + (" --quick" if a.quick else f" --sizes {','.join(sizes)}") + (f" --device {a.device}" if a.device != "cpu" else ""))
+    print(
+        f"command: python -m benchmarks.caption_vectors --batch {a.batch} --repeats {a.repeats} --warmup "
+        f"{a.warmup}"
+        + (" --quick" if a.quick else f" --sizes {','.join(sizes)}")
+        + (f" --device {a.device}" if a.device != "cpu" else "")
+    )
     return rows
 
 

@@ -1,11 +1,13 @@
 """features: batched torch log-mel vs librosa per file, and DAC encode speed (CPU, and GPU when present).
 
-    python -m benchmarks.features            # 64 clips of 1.5-4 s for mel; 8 s of audio for the small DAC, 4 s for the full one
+    python -m benchmarks.features            # 64 clips of 1.5-4 s for mel; 8 s of audio for the small DAC,
+                                             # 4 s for the full one
     python -m benchmarks.features --quick    # 16 clips, less audio
 
 In one run, on the same clips:
 - mel: `tristage.features.mel.log_mel` on zero-padded length buckets of 10 s (what the
-  stage does; padding and copies included) vs `librosa.feature.melspectrogram` + log, one call per file; goal >= 5x.
+  stage does; padding and copies included) vs `librosa.feature.melspectrogram` + log, one call per file;
+  goal >= 5x.
 - DAC encode real-time factor x (audio seconds / encode seconds, higher is faster) for the
   stage's default small random-init config and for the full 44.1 kHz `dac.DAC()` config
   (random init; the speed does not depend on the weights); with CUDA, the same on the GPU
@@ -28,7 +30,9 @@ def _clips(n: int, sr: int, seed: int = 0) -> list[np.ndarray]:
     for _ in range(n):
         t = np.arange(int(sr * rng.uniform(1.5, 4.0))) / sr
         f0 = rng.uniform(100, 250)
-        x = sum(0.3 / k * np.sin(2 * np.pi * k * f0 * t) for k in range(1, 6)) + 0.01 * rng.standard_normal(len(t))
+        x = sum(0.3 / k * np.sin(2 * np.pi * k * f0 * t) for k in range(1, 6)) + 0.01 * rng.standard_normal(
+            len(t)
+        )
         out.append(x.astype(np.float32))
     return out
 
@@ -55,7 +59,8 @@ def bench_mel(n_clips: int, repeat: int) -> list[dict]:
     audio_s = sum(map(len, clips)) / mp.sample_rate
     from tristage.features.extract import _pad, batches
 
-    # the stage's length buckets (features.batch_seconds of padded audio per batch), padding included in the time
+    # the stage's length buckets (features.batch_seconds of padded audio per batch),
+    # padding included in the time
     groups = [[clips[i] for i in b] for b in batches([len(c) for c in clips], int(10.0 * mp.sample_rate))]
 
     def ours(device: str):
@@ -66,19 +71,43 @@ def bench_mel(n_clips: int, repeat: int) -> list[dict]:
 
     def ref():
         for c in clips:
-            m = librosa.feature.melspectrogram(y=c, sr=mp.sample_rate, n_fft=mp.n_fft, hop_length=mp.hop_length,
-                                               win_length=mp.win_length, n_mels=mp.n_mels, fmin=mp.fmin, fmax=mp.fmax,
-                                               power=mp.power, center=True, pad_mode="constant")
+            m = librosa.feature.melspectrogram(
+                y=c,
+                sr=mp.sample_rate,
+                n_fft=mp.n_fft,
+                hop_length=mp.hop_length,
+                win_length=mp.win_length,
+                n_mels=mp.n_mels,
+                fmin=mp.fmin,
+                fmax=mp.fmax,
+                power=mp.power,
+                center=True,
+                pad_mode="constant",
+            )
             np.log(np.maximum(m, mp.log_floor))
 
     t_ref = _best(ref, repeat)
     t_cpu = _best(lambda: ours("cpu"), repeat)
-    rows = [dict(what=f"log-mel, {n_clips} clips ({audio_s:.0f} s)", baseline=f"librosa per file {t_ref * 1e3:.0f} ms",
-                 ours=f"torch bucketed batches CPU {t_cpu * 1e3:.0f} ms", ratio=t_ref / t_cpu, goal=">= 5x")]
+    rows = [
+        dict(
+            what=f"log-mel, {n_clips} clips ({audio_s:.0f} s)",
+            baseline=f"librosa per file {t_ref * 1e3:.0f} ms",
+            ours=f"torch bucketed batches CPU {t_cpu * 1e3:.0f} ms",
+            ratio=t_ref / t_cpu,
+            goal=">= 5x",
+        )
+    ]
     if torch.cuda.is_available():
         t_gpu = _best(lambda: ours("cuda"), repeat)  # includes the host -> device copies
-        rows.append(dict(what=rows[0]["what"], baseline=rows[0]["baseline"], ours=f"torch batched CUDA {t_gpu * 1e3:.1f} ms",
-                         ratio=t_ref / t_gpu, goal=">= 5x"))
+        rows.append(
+            dict(
+                what=rows[0]["what"],
+                baseline=rows[0]["baseline"],
+                ours=f"torch batched CUDA {t_gpu * 1e3:.1f} ms",
+                ratio=t_ref / t_gpu,
+                goal=">= 5x",
+            )
+        )
     return rows
 
 

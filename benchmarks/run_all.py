@@ -41,7 +41,10 @@ def machine() -> str:
     except (OSError, ValueError, IndexError):
         pass
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{cpu}, {os.cpu_count()} cores{mem}, {gpu}; Python {platform.python_version()}, torch {torch.__version__}"
+    return (
+        f"{cpu}, {os.cpu_count()} cores{mem}, {gpu}; "
+        f"Python {platform.python_version()}, torch {torch.__version__}"
+    )
 
 
 def scripts(only: list[str] | None) -> list[Path]:
@@ -71,7 +74,9 @@ def main(argv: list[str] | None = None) -> int:
         status = "ok" if r.returncode == 0 else f"FAILED (exit {r.returncode})"
         if r.returncode:
             failed.append(script.stem)
-        sections.append(f"## {script.stem}\n\nCommand: `{shown}` ({took:.0f} s, {status})\n\n```\n{out}\n```\n")
+        sections.append(
+            f"## {script.stem}\n\nCommand: `{shown}` ({took:.0f} s, {status})\n\n```\n{out}\n```\n"
+        )
     header = (f"# Benchmark results\n\nWritten by `make bench` (`python -m benchmarks.run_all`) on "
               f"{dt.datetime.now().strftime('%Y-%m-%d %H:%M')}.\n\nMachine: {machine()}.\n\n"
               "Every figure is a ratio against a baseline measured in the same run on the same machine; "

@@ -56,8 +56,11 @@ def part_manifest(tmp: Path, rows: int, speakers: int) -> list[str]:
     t0 = time.perf_counter()
     write_manifest(manifest, rows, speakers)
     size = manifest.stat().st_size / 2**20
-    print(f"generated {rows:,} rows / {speakers:,} speakers ({size:.0f} MiB) in {time.perf_counter() - t0:.0f} s",
-          file=sys.stderr)
+    print(
+        f"generated {rows:,} rows / {speakers:,} speakers ({size:.0f} MiB) "
+        f"in {time.perf_counter() - t0:.0f} s",
+        file=sys.stderr,
+    )
     params = tmp / "params.yaml"
     params.write_text(yaml.safe_dump({
         "prepare": {"manifest": "manifest.jsonl", "check_audio": False},
@@ -94,8 +97,8 @@ def part_loader(tmp: Path, n: int) -> list[str]:
 
     from tristage.config import load_params
     from tristage.testing import write_feature_store
-    from tristage.training.data import CACHE_UTTERANCES, Sources, TrainData
     from tristage.testing.fakes import FakeCaptionTable
+    from tristage.training.data import CACHE_UTTERANCES, Sources, TrainData
 
     folder = tmp / "features"
     t0 = time.perf_counter()
@@ -133,9 +136,11 @@ def part_loader(tmp: Path, n: int) -> list[str]:
             rss[i] = _rss_mib()
     t_batches = time.perf_counter() - t0
     return [
-        f"loader at scale: features store of {n:,} utterances (written in {t_write:.0f} s). Open store + manifest "
+        f"loader at scale: features store of {n:,} utterances (written in {t_write:.0f} s). "
+        "Open store + manifest "
         f"and build TrainData: {t_start:.1f} s (goal under 10 s: {'ok' if t_start < 10 else 'NOT MET'}), "
-        f"RSS +{rss_start - base:.0f} MiB; 1,000 batches of 16 in {t_batches:.1f} s; RSS after 100 / 500 / 1,000 "
+        f"RSS +{rss_start - base:.0f} MiB; 1,000 batches of 16 in {t_batches:.1f} s; "
+        "RSS after 100 / 500 / 1,000 "
         f"batches {rss[100]:.0f} / {rss[500]:.0f} / {rss[1000]:.0f} MiB (500 -> 1,000: "
         f"{(rss[1000] - rss[500]) / rss[500] * 100:+.1f}%; goal flat: the decoded-utterance cache is bounded "
         f"at {CACHE_UTTERANCES:,})",
@@ -152,8 +157,19 @@ def part_ddp(tmp: Path) -> list[str]:
     p1, p2 = write_tiny_params(one, batch_size=4, **kw), write_tiny_params(two, batch_size=2, **kw)
     fakes = ["-m", "tristage.testing.fakes", "stage1", "--params"]
     t1, _ = run_measured([sys.executable, *fakes, str(p1)], env=_env())
-    t2, _ = run_measured([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          *fakes, str(p2)], env=_env())
+    t2, _ = run_measured(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            *fakes,
+            str(p2),
+        ],
+        env=_env(),
+    )
 
     def curve(folder: Path) -> list[float]:
         rows = (folder / "plots/stage1/train.tsv").read_text().splitlines()
@@ -163,7 +179,8 @@ def part_ddp(tmp: Path) -> list[str]:
     a, b = curve(one), curve(two)
     worst = max(abs(x - y) / x for x, y in zip(a, b))
     return [
-        f"ddp parity: stage1 on the fake corpus, 20 steps; 1 process x batch 4 ({t1:.0f} s) vs 2 gloo processes "
+        f"ddp parity: stage1 on the fake corpus, 20 steps; 1 process x batch 4 ({t1:.0f} s) "
+        "vs 2 gloo processes "
         f"x batch 2 ({t2:.0f} s), the same global batches: mel_loss {a[0]:.4f} -> {a[-1]:.4f} vs "
         f"{b[0]:.4f} -> {b[-1]:.4f}; largest relative difference over the curve {worst * 100:.2f}% "
         f"(the ranks average per-rank means, one process averages over all tokens)",

@@ -30,8 +30,14 @@ import numpy as np
 WORDS = ("the quick brown fox jumps over a lazy dog while seven bright birds sing near an old stone bridge "
          "under the calm evening sky and every morning she walks to the market to buy fresh bread").split()
 # short attribute captions like the seed's rebuilt captions ("female American quickly medium clean")
-CAPTIONS = tuple(f"{g} {a} {s} {p} {q}" for g in ("female", "male") for a in ("American", "British", "Korean")
-                 for s in ("quickly", "slowly") for p in ("high", "low", "medium") for q in ("clean", "noisy"))
+CAPTIONS = tuple(
+    f"{g} {a} {s} {p} {q}"
+    for g in ("female", "male")
+    for a in ("American", "British", "Korean")
+    for s in ("quickly", "slowly")
+    for p in ("high", "low", "medium")
+    for q in ("clean", "noisy")
+)
 
 
 def speaker_counts(rows: int, speakers: int, seed: int) -> np.ndarray:
@@ -69,10 +75,16 @@ def write_manifest(path: Path, rows: int, speakers: int, seed: int = 0, block: i
             texts = rng.integers(0, len(pool), len(spk))
             capi = rng.integers(0, len(caps), len(spk))
             dur = rng.uniform(1.0, 12.0, len(spk))
-            f.write("".join(
-                f'{{"audio": "wavs/{s:06d}/{start + i:07d}.wav", "text": {pool[t]}, "speaker": "spk_{s:06d}", '
-                f'"caption": {caps[c]}, "duration": {d:.1f}}}\n'
-                for i, (s, t, c, d) in enumerate(zip(spk.tolist(), texts.tolist(), capi.tolist(), dur.tolist()))))
+            f.write(
+                "".join(
+                    f'{{"audio": "wavs/{s:06d}/{start + i:07d}.wav", "text": {pool[t]}, '
+                    f'"speaker": "spk_{s:06d}", '
+                    f'"caption": {caps[c]}, "duration": {d:.1f}}}\n'
+                    for i, (s, t, c, d) in enumerate(
+                        zip(spk.tolist(), texts.tolist(), capi.tolist(), dur.tolist())
+                    )
+                )
+            )
 
 
 def naive_mapping(path: Path, top_k: int, min_samples: int) -> dict[str, int]:
@@ -101,7 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--speakers", type=int, default=132_389)
     ap.add_argument("--top-k", type=int, default=500)
     ap.add_argument("--min-samples", type=int, default=50)
-    ap.add_argument("--manifest", type=Path, default=None, help="write (or reuse) the manifest here and keep it")
+    ap.add_argument(
+        "--manifest", type=Path, default=None, help="write (or reuse) the manifest here and keep it"
+    )
     ap.add_argument("--quick", action="store_true", help="200k rows, 10k speakers")
     a = ap.parse_args(argv)
     if a.quick:
@@ -118,8 +132,11 @@ def main(argv: list[str] | None = None) -> int:
         if not path.exists():
             t0 = time.perf_counter()
             write_manifest(path, a.rows, a.speakers)
-            print(f"generated {path.name}: {a.rows:,} rows, {a.speakers:,} speakers, "
-                  f"{path.stat().st_size / 2**20:.0f} MiB in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+            print(
+                f"generated {path.name}: {a.rows:,} rows, {a.speakers:,} speakers, "
+                f"{path.stat().st_size / 2**20:.0f} MiB in {time.perf_counter() - t0:.1f} s",
+                file=sys.stderr,
+            )
         import tristage.data.speakers  # noqa: F401  (import time is not what we compare)
 
         parquet = path.with_suffix(".parquet")
@@ -143,11 +160,15 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"FAIL: the stage's mapping from {name} differs from the naive one", file=sys.stderr)
                 return 1
         size = path.stat().st_size / 2**20
-        print(f"speaker_mapping: {a.rows:,} rows / {metrics['total_speakers']:,} speakers ({size:.0f} MiB JSONL, "
-              f"{os.cpu_count()} cores): json.loads+Counter {t_naive:.2f} s; stage on the JSONL (pyarrow.json, "
-              f"one column) {t_fast:.2f} s = {t_naive / t_fast:.1f}x; stage on the same rows as Parquet "
-              f"{t_parquet:.2f} s = {t_naive / t_parquet:.0f}x; identical mappings ({metrics['selected_speakers']} "
-              f"speakers, {metrics['selected_samples']:,} samples = {100 * metrics['selected_fraction']:.2f}%)")
+        print(
+            f"speaker_mapping: {a.rows:,} rows / {metrics['total_speakers']:,} speakers "
+            f"({size:.0f} MiB JSONL, "
+            f"{os.cpu_count()} cores): json.loads+Counter {t_naive:.2f} s; stage on the JSONL (pyarrow.json, "
+            f"one column) {t_fast:.2f} s = {t_naive / t_fast:.1f}x; stage on the same rows as Parquet "
+            f"{t_parquet:.2f} s = {t_naive / t_parquet:.0f}x; "
+            f"identical mappings ({metrics['selected_speakers']} "
+            f"speakers, {metrics['selected_samples']:,} samples = {100 * metrics['selected_fraction']:.2f}%)"
+        )
         print(f"command: python -m benchmarks.speaker_mapping --rows {a.rows} --speakers {a.speakers}")
     finally:
         if tmp is not None:

@@ -77,7 +77,8 @@ def cache_ratio(frames: int, device: str) -> str:
     ratio = t_full / t_cached
     goal = "ok" if ratio >= 5 or device != "cpu" else "MISSED"
     return (
-        f"| KV cache, tiny preset, {frames} frames, {device} | uncached {t_full:.2f} s | cached {t_cached:.2f} s "
+        f"| KV cache, tiny preset, {frames} frames, {device} | uncached {t_full:.2f} s "
+        f"| cached {t_cached:.2f} s "
         f"| {ratio:.1f}x | >= 5x ({goal}); identical codes: {same} |"
     )
 
@@ -105,7 +106,8 @@ def rtf(preset: str, frames: int, device: str, batch: int) -> str:
     audio = sum(len(w) for w in wavs) / cp.sample_rate
     return (
         f"| RTF, {preset} preset, batch {batch}, {device} | {audio / batch:.1f} s of audio per request "
-        f"({frames} frames at {fps:.2f}/s) | {took:.2f} s | RTF {took / audio:.3f} | < 1 = faster than real time |"
+        f"({frames} frames at {fps:.2f}/s) | {took:.2f} s | RTF {took / audio:.3f} "
+        "| < 1 = faster than real time |"
     )
 
 
@@ -115,16 +117,21 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--cuda", action="store_true")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch CPU threads (default 1: at these sizes a second thread mostly waits, and on a "
-                    "loaded 2-core machine 2 threads ran 20-30x slower; 0 = torch's default)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default 1: at these sizes a second thread mostly waits, and on a "
+        "loaded 2-core machine 2 threads ran 20-30x slower; 0 = torch's default)",
+    )
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
     frames = 200 if a.quick else 500
     print(
         f"synthesis benchmark (torch threads {torch.get_num_threads()}, "
-        f"{'GPU ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'}; random-init weights)\n"
+        f"{'GPU ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'}; "
+        "random-init weights)\n"
     )
     print("| what | baseline | ours | ratio | goal |\n|---|---|---|---|---|")
     print(cache_ratio(frames, "cpu"))
@@ -135,7 +142,8 @@ def main(argv=None) -> int:
         print(rtf("seed", 250, "cuda", 1))
         print(rtf("seed", 250, "cuda", 8))
     print(
-        f"\ncommand: python -m benchmarks.synthesis{' --quick' if a.quick else ''}{' --cuda' if a.cuda else ''}"
+        f"\ncommand: python -m benchmarks.synthesis{' --quick' if a.quick else ''}"
+        f"{' --cuda' if a.cuda else ''}"
     )
     return 0
 

@@ -42,8 +42,8 @@ def loader_overhead(steps: int, batch_size: int) -> tuple[float, float, float, f
     from tristage.config import load_params
     from tristage.model.config import PRESETS, TTSConfig
     from tristage.model.tts import TTS
-    from tristage.training.data import TrainData
     from tristage.testing.fakes import FakeCaptionPEFT, fake_sources
+    from tristage.training.data import TrainData
 
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     src = fake_sources(n_speakers=12, utts_per_speaker=20, n_codebooks=4, codebook_size=256, n_mels=80,
@@ -85,10 +85,25 @@ def cuda_stages(steps: int) -> list[str]:
     lines = []
     with tempfile.TemporaryDirectory() as tmp:
         p = write_tiny_params(Path(tmp), steps=steps, device="cuda", batch_size=16)
-        params = load_params(p, [f"stage1.model.{k}=null" for k in ("d_model", "n_layer", "n_head", "cond_dim",
-                                                                    "cond_layers", "cond_heads", "speaker_latents",
-                                                                    "emo_dim", "classifier_hidden", "max_frames",
-                                                                    "max_text_len")])
+        params = load_params(
+            p,
+            [
+                f"stage1.model.{k}=null"
+                for k in (
+                    "d_model",
+                    "n_layer",
+                    "n_head",
+                    "cond_dim",
+                    "cond_layers",
+                    "cond_heads",
+                    "speaker_latents",
+                    "emo_dim",
+                    "classifier_hidden",
+                    "max_frames",
+                    "max_text_len",
+                )
+            ],
+        )
         src = fake_sources(n_speakers=12, utts_per_speaker=20, n_codebooks=4, codebook_size=256, n_mels=80,
                            min_frames=60, max_frames=170, table_dir=Path(tmp) / "caption_vectors")
         for s in ("stage1", "stage2", "stage3"):
@@ -111,11 +126,14 @@ def main(argv=None) -> int:
     os.environ.setdefault("TRISTAGE_NO_PROGRESS", "1")
     t_loader, t_mem, t_build, sps = loader_overhead(steps, a.batch_size)
     over = (t_loader - t_mem) / t_mem
-    print(f"training (tiny preset, batch {a.batch_size}, {steps} steps, {os.cpu_count()} cores): with the loader "
-          f"{t_loader:.2f} s ({sps:.1f} samples/s); in-memory batches {t_mem:.2f} s; loader overhead "
-          f"{100 * over:+.1f}% (noise included); building the batches alone {t_build:.3f} s = "
-          f"{100 * t_build / t_mem:.1f}% of the in-memory time (goal <= 10%: "
-          f"{'ok' if max(over, t_build / t_mem) <= 0.10 else 'MISSED'})")
+    print(
+        f"training (tiny preset, batch {a.batch_size}, {steps} steps, {os.cpu_count()} cores): "
+        "with the loader "
+        f"{t_loader:.2f} s ({sps:.1f} samples/s); in-memory batches {t_mem:.2f} s; loader overhead "
+        f"{100 * over:+.1f}% (noise included); building the batches alone {t_build:.3f} s = "
+        f"{100 * t_build / t_mem:.1f}% of the in-memory time (goal <= 10%: "
+        f"{'ok' if max(over, t_build / t_mem) <= 0.10 else 'MISSED'})"
+    )
     import torch
 
     if a.cuda and torch.cuda.is_available():

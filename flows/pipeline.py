@@ -183,8 +183,16 @@ def pipeline(
             log.warning("run summary artifact not created (%s)", exc)
         if status == "FINISHED" and not keep_workspace:
             workspace.remove_workspace(repo_dir, ws)
-    return {"experiment": name, "flow_run_id": flow_run_id, "stages": stages, "outcomes": outcomes,
-            "mlflow_parent_run_id": parent, "metrics": metrics, "summary": summary, "workspace": str(ws) if keep_workspace else None}
+    return {
+        "experiment": name,
+        "flow_run_id": flow_run_id,
+        "stages": stages,
+        "outcomes": outcomes,
+        "mlflow_parent_run_id": parent,
+        "metrics": metrics,
+        "summary": summary,
+        "workspace": str(ws) if keep_workspace else None,
+    }
 
 
 def _main(argv: list[str] | None = None) -> None:

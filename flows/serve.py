@@ -1,7 +1,8 @@
 """`make serve`: the local Prefect server (127.0.0.1) + the pipeline served as a deployment.
 
-    python -m flows.serve                 # UI: http://127.0.0.1:4200 -> Deployments -> tristage-pipeline/tristage
-                                          #     -> Run -> Custom run: overrides {"stage2.grl_lambda": 2.0}, target
+    python -m flows.serve                 # UI: http://127.0.0.1:4200 -> Deployments
+                                          #     -> tristage-pipeline/tristage -> Run -> Custom run:
+                                          #     overrides {"stage2.grl_lambda": 2.0}, target
 
 Starts `prefect server start --host 127.0.0.1` in the background unless a server already
 answers at PREFECT_API_URL (default http://127.0.0.1:4200/api), waits until it is healthy,
@@ -46,7 +47,15 @@ def start_server(api_url: str, log_path: Path, wait_s: float = 120.0) -> subproc
     port = urlparse(api_url).port or 4200
     log_path.parent.mkdir(parents=True, exist_ok=True)
     prefect = Path(sys.executable).with_name("prefect")
-    cmd = [str(prefect) if prefect.exists() else "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    cmd = [
+        str(prefect) if prefect.exists() else "prefect",
+        "server",
+        "start",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     logf = open(log_path, "ab")
     proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True,
                             env=apply_quiet_env(dict(os.environ)))
@@ -55,7 +64,10 @@ def start_server(api_url: str, log_path: Path, wait_s: float = 120.0) -> subproc
         if proc.poll() is not None:
             raise SystemExit(f"prefect server exited with code {proc.returncode}; see {log_path}")
         if healthy(api_url):
-            print(f"Prefect server up: {api_url.rsplit('/api', 1)[0]}  (pid {proc.pid}, log {log_path})", file=sys.stderr)
+            print(
+                f"Prefect server up: {api_url.rsplit('/api', 1)[0]}  (pid {proc.pid}, log {log_path})",
+                file=sys.stderr,
+            )
             return proc
         time.sleep(1.0)
     stop_server(proc)
@@ -87,9 +99,12 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m flows.serve", description=__doc__.splitlines()[0])
     p.add_argument("--name", default=DEPLOYMENT, help="deployment name")
     p.add_argument("--no-server", action="store_true", help="serve against PREFECT_API_URL; start no server")
-    p.add_argument("--pool", default=None,
-                   help="register the deployment on this process work pool (workers on GPU machines run it from "
-                        "this checkout's path) instead of serving it here; returns at once")
+    p.add_argument(
+        "--pool",
+        default=None,
+        help="register the deployment on this process work pool (workers on GPU machines run it from "
+        "this checkout's path) instead of serving it here; returns at once",
+    )
     a = p.parse_args(argv)
     apply_quiet_env()
     api = os.environ.setdefault("PREFECT_API_URL", DEFAULT_API)
@@ -109,8 +124,12 @@ def main(argv: list[str] | None = None) -> None:
             # Each worker runs the flow from this path: keep the same checkout (and .venv) on every machine.
             dep = pipeline.from_source(source=str(REPO), entrypoint="flows/pipeline.py:pipeline")
             dep_id = dep.deploy(name=a.name, work_pool_name=a.pool, description=DESCRIPTION)
-            print(f"deployment tristage-pipeline/{a.name} ({dep_id}) on work pool {a.pool}; start workers with: "
-                  f"prefect worker start --pool {a.pool} --type process", file=sys.stderr)
+            print(
+                f"deployment tristage-pipeline/{a.name} ({dep_id}) on work pool {a.pool}; "
+                "start workers with: "
+                f"prefect worker start --pool {a.pool} --type process",
+                file=sys.stderr,
+            )
             sweep_flow.sweep.from_source(source=str(REPO), entrypoint="flows/sweep.py:sweep").deploy(
                 name=sweep_flow.DEPLOYMENT, work_pool_name=a.pool, description=sweep_flow.DESCRIPTION)
             return

@@ -48,9 +48,11 @@ from tristage.tracking import tracking_uri
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOYMENT = "sweep"
-DESCRIPTION = ("Sweep params as DVC experiments: `grid` {key: [values]} and/or `random` N points over `ranges` "
-               "{key: 'low:high[:log]'}; shared stages run once; points run concurrently, one per gpu/cpu slot; "
-               "results in sweeps/<name>/ and `tristage compare --sweep <name>`.")
+DESCRIPTION = (
+    "Sweep params as DVC experiments: `grid` {key: [values]} and/or `random` N points over `ranges` "
+    "{key: 'low:high[:log]'}; shared stages run once; points run concurrently, one per gpu/cpu slot; "
+    "results in sweeps/<name>/ and `tristage compare --sweep <name>`."
+)
 CPU_LIMIT = "cpu"
 MAX_WORKERS = 16  # threads that may wait for a slot; the Prefect limit decides how many points run
 log = logging.getLogger("tristage.sweep")
@@ -109,8 +111,12 @@ def failure_reason(exc: BaseException) -> str:
     text = str(exc)
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     if isinstance(exc, dvc.CommandFailed):
-        own = [ln for ln in lines[1:] if re.search(r"\berror\b|NonFinite|nan|Traceback|Error:", ln, re.IGNORECASE)
-               and not ln.startswith("ERROR: failed to reproduce")]
+        own = [
+            ln
+            for ln in lines[1:]
+            if re.search(r"\berror\b|NonFinite|nan|Traceback|Error:", ln, re.IGNORECASE)
+            and not ln.startswith("ERROR: failed to reproduce")
+        ]
         picked = own[-1] if own else (lines[-1] if len(lines) > 1 else lines[0] if lines else "")
         return f"exit code {exc.returncode}: {picked}"[:400]
     return (lines[0] if lines else type(exc).__name__)[:400]
@@ -118,8 +124,15 @@ def failure_reason(exc: BaseException) -> str:
 
 def _point_env(ws: Path, uri: str, parent: str | None, flow_run_id: str, name: str, git_rev: str,
                device: str | None, threads: int) -> dict[str, str]:
-    env = dvc.subprocess_env(ws, tracking_uri=uri, parent_run_id=parent, flow_run_id=flow_run_id, exp_name=name,
-                             git_rev=git_rev, device=device)
+    env = dvc.subprocess_env(
+        ws,
+        tracking_uri=uri,
+        parent_run_id=parent,
+        flow_run_id=flow_run_id,
+        exp_name=name,
+        git_rev=git_rev,
+        device=device,
+    )
     # torch sizes its intra-op pool from OMP_NUM_THREADS: concurrent points share the cores, not fight
     env.update({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)})
     return env
@@ -173,13 +186,27 @@ def existing_experiments(repo: Path) -> set[str]:
 
 # -- tasks ------------------------------------------------------------------------------------
 @task(name="shared-stages", task_run_name="shared-stages-{name}", cache_policy=NO_CACHE)
-def run_base(repo: Path, name: str, overrides: dict[str, Any], stages: list[str], include_local_changes: bool,
-             slot: tuple[str, list[str], Path], uri: str, parent: str | None, flow_run_id: str, threads: int) -> Path:
+def run_base(
+    repo: Path,
+    name: str,
+    overrides: dict[str, Any],
+    stages: list[str],
+    include_local_changes: bool,
+    slot: tuple[str, list[str], Path],
+    uri: str,
+    parent: str | None,
+    flow_run_id: str,
+    threads: int,
+) -> Path:
     """The shared stages, once, in `.tristage/runs/<name>` (kept until the sweep has no failed point)."""
     ws = repo / workspace.RUNS_DIR / name
     done = ws / ".tristage-base-done"
-    marker = {"overrides": overrides, "stages": stages, "head": workspace._git(["rev-parse", "HEAD"], repo).strip(),
-              "params": (repo / "params.yaml").read_text()}
+    marker = {
+        "overrides": overrides,
+        "stages": stages,
+        "head": workspace._git(["rev-parse", "HEAD"], repo).strip(),
+        "params": (repo / "params.yaml").read_text(),
+    }
     if done.is_file() and json.loads(done.read_text()) == marker:
         log.info("shared stages: reusing %s", ws)
         return ws
@@ -189,7 +216,8 @@ def run_base(repo: Path, name: str, overrides: dict[str, Any], stages: list[str]
     dvc.apply_overrides(ws / "params.yaml", overrides)
     git_rev = workspace._git(["rev-parse", "HEAD"], ws).strip()
     logger = get_run_logger()
-    try:  # outputs the checkout's dvc.lock records (e.g. a finished `make demo`) come from the cache, not a rerun
+    try:  # outputs the checkout's dvc.lock records (e.g. a finished `make demo`) come from the cache,
+        # not a rerun
         dvc.run(dvc.checkout_cmd(stages), ws, {"CUDA_VISIBLE_DEVICES": ""}, on_line=dvc.LogForwarder(logger))
     except dvc.CommandFailed as exc:
         logger.warning("dvc checkout in the base workspace failed; the shared stages recompute (%s)",
@@ -203,9 +231,22 @@ def run_base(repo: Path, name: str, overrides: dict[str, Any], stages: list[str]
 
 
 @task(name="point", task_run_name="point-{point}", cache_policy=NO_CACHE)
-def run_point(repo: Path, point: str, overrides: dict[str, Any], base_ws: Path, shared: list[str],
-              stages: list[str], slot: tuple[str, list[str], Path], uri: str, sweep_run: str | None, sweep_name: str, flow_run_id: str,
-              threads: int, out_dir: Path, knobs: dict[str, Any]) -> dict:
+def run_point(
+    repo: Path,
+    point: str,
+    overrides: dict[str, Any],
+    base_ws: Path,
+    shared: list[str],
+    stages: list[str],
+    slot: tuple[str, list[str], Path],
+    uri: str,
+    sweep_run: str | None,
+    sweep_name: str,
+    flow_run_id: str,
+    threads: int,
+    out_dir: Path,
+    knobs: dict[str, Any],
+) -> dict:
     """One point: its workspace from the base, its stages in one slot, `dvc exp save -n <point>`.
     Never raises: a failure is the record's status and reason."""
     record: dict[str, Any] = {"status": "failed", "overrides": overrides, "knobs": knobs}
@@ -254,7 +295,11 @@ def run_point(repo: Path, point: str, overrides: dict[str, Any], base_ws: Path, 
     record["seconds"] = round(time.time() - started, 1)
     record["metrics"] = sw.point_metrics(ws) if record["status"] == "finished" else {}
     if run_id:
-        flat = {k: v for k, v in record["metrics"].items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        flat = {
+            k: v
+            for k, v in record["metrics"].items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
         flat.update(runs.read_stage_metrics(ws, shared + stages))
         runs.finish_parent_run(uri, run_id, "FINISHED" if record["status"] == "finished" else "FAILED", flat,
                                tags={"stages": ",".join(stages), **({"failure": record["reason"]}
@@ -367,19 +412,53 @@ def sweep(
     flow_run_id = str(current_flow_run.id or "")
     git_rev = workspace._git(["rev-parse", "HEAD"], repo_dir).strip()
     parent = runs.start_parent_run(
-        uri, f"sweep-{name}", tags={runs.ROLE_TAG: "sweep", "tristage.sweep": name, "prefect_flow_run_id": flow_run_id,
-                                    "git_revision": git_rev, "target": target},
+        uri,
+        f"sweep-{name}",
+        tags={
+            runs.ROLE_TAG: "sweep",
+            "tristage.sweep": name,
+            "prefect_flow_run_id": flow_run_id,
+            "git_revision": git_rev,
+            "target": target,
+        },
         params={"grid": grid or {}, "random": random, "ranges": ranges or {}, "overrides": overrides},
-        artifact_root=repo_dir / "mlartifacts")
+        artifact_root=repo_dir / "mlartifacts",
+    )
     base_name = f"{name}-base"
     status = "FAILED"
     try:
         if todo:
-            base_ws = run_base(repo_dir, base_name, overrides, shared, include_local_changes, slot, uri, parent,
-                               flow_run_id, threads)
-            futures = [run_point.submit(repo_dir, point, {**overrides, **p}, base_ws, shared, per_point, slot, uri,
-                                        parent, name, flow_run_id, threads, out_dir, knobs)
-                       for point, p, knobs in todo]
+            base_ws = run_base(
+                repo_dir,
+                base_name,
+                overrides,
+                shared,
+                include_local_changes,
+                slot,
+                uri,
+                parent,
+                flow_run_id,
+                threads,
+            )
+            futures = [
+                run_point.submit(
+                    repo_dir,
+                    point,
+                    {**overrides, **p},
+                    base_ws,
+                    shared,
+                    per_point,
+                    slot,
+                    uri,
+                    parent,
+                    name,
+                    flow_run_id,
+                    threads,
+                    out_dir,
+                    knobs,
+                )
+                for point, p, knobs in todo
+            ]
             for (point, _, _), fut in zip(todo, futures):
                 records[point] = fut.result()
         rows = [sw.result_row(point, p, records[point], band) for point, p, _, _ in named]
@@ -406,7 +485,9 @@ def _band(params_file: Path, overrides: dict[str, Any]) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
-def _log_results(uri: str, run_id: str | None, paths: dict[str, Path], rows: list[dict], rec: sw.Recommendation) -> None:
+def _log_results(
+    uri: str, run_id: str | None, paths: dict[str, Path], rows: list[dict], rec: sw.Recommendation
+) -> None:
     """The table and charts as the sweep run's artifacts; the recommendation as tags (best effort)."""
     if run_id is None:
         return
@@ -429,7 +510,9 @@ def _main(argv: list[str] | None = None) -> None:
     import yaml
 
     p = argparse.ArgumentParser(prog="python -m flows.sweep", description=sweep.__doc__.splitlines()[0])
-    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...", help="one axis of the grid")
+    p.add_argument(
+        "--grid", action="append", default=[], metavar="KEY=V1,V2,...", help="one axis of the grid"
+    )
     p.add_argument("--random", type=int, default=0, metavar="N", help="N random points over the --range keys")
     p.add_argument("--range", dest="ranges", action="append", default=[], metavar="KEY=LOW:HIGH[:log]")
     p.add_argument("--seed", type=int, default=0, help="seed of the random points")
@@ -447,8 +530,16 @@ def _main(argv: list[str] | None = None) -> None:
         for item in a.overrides:
             k, _, v = item.partition("=")
             overrides[k] = yaml.safe_load(v)
-        result = sweep(grid=grid, random=a.random, ranges=ranges, overrides=overrides, target=a.target, name=a.name,
-                       cpu_slots=a.cpu_slots, seed=a.seed)
+        result = sweep(
+            grid=grid,
+            random=a.random,
+            ranges=ranges,
+            overrides=overrides,
+            target=a.target,
+            name=a.name,
+            cpu_slots=a.cpu_slots,
+            seed=a.seed,
+        )
     except UserError as exc:
         print(f"sweep: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

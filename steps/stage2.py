@@ -1,4 +1,5 @@
-"""stage2: emotion disentanglement: speaker conditioner frozen, GRL + speaker classifier on the emotion vector.
+"""stage2: emotion disentanglement: speaker conditioner frozen, GRL + speaker classifier on the
+emotion vector.
 
     python -m steps.stage2 [--params params.yaml] [--set stage2.steps=100]
     torchrun --nproc_per_node 2 -m steps.stage2      # DDP (gloo on CPU, NCCL on GPU)

@@ -16,8 +16,16 @@ REPO = Path(__file__).resolve().parents[1]
 apply_quiet_env()  # the tests run offline and quiet, with or without the Makefile
 
 # The real params.yaml with sizes shrunk so the whole DAG runs in about a minute on 2 cores.
-_TRAIN = {"steps": 4, "batch_size": 4, "log_every": 1, "eval_every": 2, "checkpoint_every": 2, "warmup_steps": 1,
-          "val_fraction": 0.2, "max_ref_frames": 32}
+_TRAIN = {
+    "steps": 4,
+    "batch_size": 4,
+    "log_every": 1,
+    "eval_every": 2,
+    "checkpoint_every": 2,
+    "warmup_steps": 1,
+    "val_fraction": 0.2,
+    "max_ref_frames": 32,
+}
 TINY = {
     "corpus": {"n_speakers": 4, "utts_per_speaker": 10},
     "speaker_mapping": {"min_samples": 5},
@@ -32,7 +40,13 @@ def project_env(**extra: str) -> dict[str, str]:
     """Environment for stage subprocesses: offline, quiet, tracking off unless asked."""
     env = dict(os.environ)
     env.update(QUIET_ENV)
-    env.update({"TRISTAGE_TRACKING": "0", "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS", "1"), "PYTHONUNBUFFERED": "1"})
+    env.update(
+        {
+            "TRISTAGE_TRACKING": "0",
+            "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS", "1"),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.update(extra)
     return env

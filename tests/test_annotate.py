@@ -130,7 +130,9 @@ def test_overwrite_replaces_the_attributes_but_not_captions(prepared):
 
 def test_levels_must_be_lexicon_values(tmp_path):
     ap = params(tmp_path, tmp_path / "manifest.parquet", "bad", levels={"pitch": ["low", "sky high"]})
-    with pytest.raises(UserError, match=r"annotate.levels.pitch: 'sky high' is not a value of caption_vectors"):
+    with pytest.raises(
+        UserError, match=r"annotate.levels.pitch: 'sky high' is not a value of caption_vectors"
+    ):
         run_annotate(ap, LEXICON, progress=False)
     assert not (tmp_path / "bad").exists()
     (tmp_path / "p.yaml").write_text("annotate:\n  levels:\n    accent: [a, b]\n")

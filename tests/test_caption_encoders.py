@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
-
 from conftest import REPO
+
 from tristage.errors import UserError
 
 # Floors for the table against MiniLM on held-out captions of the demo corpus (measured 2026-11-25:
@@ -82,7 +82,9 @@ def test_minilm_fidelity_on_held_out_demo_captions(tmp_path):
     from tristage.captions.build import run_caption_vectors
     from tristage.captions.vectors import CaptionVectorTable
 
-    cp = stage_params(tmp_path, manifest=str(demo_manifest(tmp_path / "m.parquet")), encoder=str(minilm_dir()))
+    cp = stage_params(
+        tmp_path, manifest=str(demo_manifest(tmp_path / "m.parquet")), encoder=str(minilm_dir())
+    )
     run_caption_vectors(cp, progress=False)
     m = json.loads((tmp_path / "cv.json").read_text())
     assert m["pretrained"] is True and "(pretrained, bert, d=384)" in m["encoder"]
@@ -112,7 +114,9 @@ def test_cache_mode_exact_states_and_back_off(tmp_path):
     from tristage.testing import write_prepared
 
     manifest = write_prepared(tmp_path / "corpus", n_speakers=4, utts_per_speaker=6)
-    cp = stage_params(tmp_path, manifest=str(manifest), mode="cache", heldout_fraction=0.25, vocab_fallback_max=0)
+    cp = stage_params(
+        tmp_path, manifest=str(manifest), mode="cache", heldout_fraction=0.25, vocab_fallback_max=0
+    )
     run_caption_vectors(cp, progress=False)
     m = json.loads((tmp_path / "cv.json").read_text())
     table = CaptionVectorTable.load(tmp_path / "cv")

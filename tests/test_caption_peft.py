@@ -172,7 +172,11 @@ def test_inference_cache_matches_and_follows_updates():
 def test_orthogonality_uses_the_mean_row_of_each_value():
     v = np.zeros((7, 4), dtype=np.float32)
     v[:, 0] = 1.0
-    v[4], v[5], v[6] = [1, 1, 0, 0], [1, -1, 0, 0], [0, 0, 5, 0]  # value 0 = rows 4, 5 (mean e0); value 1 = row 6
+    v[4], v[5], v[6] = (
+        [1, 1, 0, 0],
+        [1, -1, 0, 0],
+        [0, 0, 5, 0],
+    )  # value 0 = rows 4, 5 (mean e0); value 1 = row 6
     kinds = ["unk", "token", "token", "token", "attribute", "attribute", "attribute"]
     t = toy_table(v, kinds=kinds, dim=4)
     t.bases[:] = ["<unk>", "a", "b", "</s>", "<x:a>", "<x:a>", "<x:b>"]

@@ -9,13 +9,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-
 from conftest import REPO, project_env
+
 from tristage.captions.lexicon import LEXICON, PARAPHRASES, Matcher
 
-CORPUS_VALUES = {"pitch": ["high", "moderate", "low"], "speed": ["fast", "moderate", "slow"],
-                 "modulation": ["monotone", "moderate", "expressive"], "quality": ["clean", "noisy", "reverberant"],
-                 "gender": ["female", "male"], "emotion": ["neutral", "happy", "sad", "angry", "bored"]}
+CORPUS_VALUES = {
+    "pitch": ["high", "moderate", "low"],
+    "speed": ["fast", "moderate", "slow"],
+    "modulation": ["monotone", "moderate", "expressive"],
+    "quality": ["clean", "noisy", "reverberant"],
+    "gender": ["female", "male"],
+    "emotion": ["neutral", "happy", "sad", "angry", "bored"],
+}
 
 
 def corpus_captions(n: int, seed: int = 0) -> list[tuple[str, dict]]:
@@ -43,11 +48,20 @@ def test_lexicon_has_40_accents_and_multiword_values():
     m = Matcher(LEXICON)
     cases = {
         "A slightly high-pitched woman": [("pitch", "slightly high"), ("gender", "female")],
-        "a very noisy recording, no background noise at all": [("quality", "very noisy"), ("quality", "clean")],
-        "A man with a New York accent, speaking slowly": [("gender", "male"), ("accent", "New York"),
-                                                          ("speed", "slow")],
-        "The WOMAN speaks Very  Quickly and is deep-voiced": [("gender", "female"), ("speed", "fast"),
-                                                              ("pitch", "low")],
+        "a very noisy recording, no background noise at all": [
+            ("quality", "very noisy"),
+            ("quality", "clean"),
+        ],
+        "A man with a New York accent, speaking slowly": [
+            ("gender", "male"),
+            ("accent", "New York"),
+            ("speed", "slow"),
+        ],
+        "The WOMAN speaks Very  Quickly and is deep-voiced": [
+            ("gender", "female"),
+            ("speed", "fast"),
+            ("pitch", "low"),
+        ],
         "a human manuscript": [],  # no match inside words
     }
     for text, want in cases.items():
@@ -115,13 +129,21 @@ def test_build_table_fidelity_known_values(tokenizer):
     assert ctx["n_unseen_tokens"] == 0
     kinds = set(table.kinds)
     assert {"unk", "token", "attribute", "context"} <= kinds
-    assert table.vectors.shape == (len(table.tokens), 8) and table.is_attribute.dtype.is_floating_point is False
+    assert (
+        table.vectors.shape == (len(table.tokens), 8) and table.is_attribute.dtype.is_floating_point is False
+    )
     # context-free states: the per-token mean is exact -> cosine 1
-    flat = [np.stack([np.full(8, hash(p) % 7 + 1.0) * np.sign(np.arange(8) - 3.5) for u in us for p in u.pieces])
-            .astype(np.float32) for us in units]
+    flat = [
+        np.stack(
+            [np.full(8, hash(p) % 7 + 1.0) * np.sign(np.arange(8) - 3.5) for u in us for p in u.pieces]
+        ).astype(np.float32)
+        for us in units
+    ]
     t2 = build_table(units, flat, meta, tokenizer=tokenizer, context=False, attribute_pieces=True)
     f2 = fidelity(t2, caps, flat)
-    assert f2["cosine_mean"] == pytest.approx(1.0, abs=1e-5) and f2["caption_cosine_mean"] == pytest.approx(1.0)
+    assert f2["cosine_mean"] == pytest.approx(1.0, abs=1e-5) and f2["caption_cosine_mean"] == pytest.approx(
+        1.0
+    )
 
 
 def test_attribute_agreement_with_columns():
@@ -176,8 +198,17 @@ def test_stage_cli_and_deterministic_build(tmp_path):
                        env=project_env(TRISTAGE_NO_PROGRESS="1"), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     m = json.loads((tmp_path / "metrics/cv.json").read_text())
-    for k in ("cosine_mean", "cosine_p05", "cosine_min", "caption_cosine_mean", "n_heldout_captions", "encoder",
-              "paraphrase_cosine_mean", "paraphrase_caption_cosine_mean", "n_unseen_tokens"):
+    for k in (
+        "cosine_mean",
+        "cosine_p05",
+        "cosine_min",
+        "caption_cosine_mean",
+        "n_heldout_captions",
+        "encoder",
+        "paraphrase_cosine_mean",
+        "paraphrase_caption_cosine_mean",
+        "n_unseen_tokens",
+    ):
         assert k in m, k
     assert "random-init" in m["encoder"] and m["pretrained"] is False
     assert m["n_heldout_captions"] >= 1 and 0 < m["cosine_mean"] <= 1 and m["cosine_min"] <= m["cosine_p05"]

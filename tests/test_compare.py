@@ -35,8 +35,15 @@ def test_best_is_in_band_then_lowest_final_mel_loss():
     runs = (_flow("a", "lam-1", 1000, 1.0, 0.45, 2.0) + _flow("b", "lam-4", 2000, 4.0, 0.2, 1.5)
             + _flow("c", "lam-2", 3000, 2.0, 0.55, 1.8) + _flow("d", "lam-0", 4000, 0.0, 0.9, 1.0))
     rows = {r["run"]: r for r in table_rows(group_runs(runs))}
-    assert {k: r["band"] for k, r in rows.items()} == {"lam-1": "in", "lam-4": "below", "lam-2": "in", "lam-0": "above"}
-    assert [k for k, r in rows.items() if r["best"]] == ["lam-2"]  # lam-0/lam-4 have lower loss but miss the band
+    assert {k: r["band"] for k, r in rows.items()} == {
+        "lam-1": "in",
+        "lam-4": "below",
+        "lam-2": "in",
+        "lam-0": "above",
+    }
+    assert [k for k, r in rows.items() if r["best"]] == [
+        "lam-2"
+    ]  # lam-0/lam-4 have lower loss but miss the band
     assert rows["lam-2"]["grl_lambda"] == 2.0 and rows["lam-2"]["s3_val_mel_loss"] == 1.8
     assert rows["lam-2"]["s1_spk_probe"] == 0.9 and rows["lam-2"]["final_emo_probe"] == 0.8
 
@@ -46,7 +53,9 @@ def test_band_comes_from_the_runs_params():
     assert rows[0]["band"] == "above"
 
 
-@pytest.mark.parametrize("acc,expected", [(0.1, "below"), (0.3, "in"), (0.6, "in"), (0.61, "above"), (None, None)])
+@pytest.mark.parametrize(
+    "acc,expected", [(0.1, "below"), (0.3, "in"), (0.6, "in"), (0.61, "above"), (None, None)]
+)
 def test_band_status(acc, expected):
     assert band_status(acc, (0.3, 0.6)) == expected
 

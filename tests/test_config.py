@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import project_env
+
 from tristage.config import STAGES, Params, dump_defaults, load_params, parse_override
 from tristage.errors import ParamsError
 
@@ -32,7 +32,12 @@ def test_seed_values_are_the_defaults():
     p = load_params(REPO / "params.yaml")
     assert (p.speaker_mapping.top_k, p.speaker_mapping.min_samples) == (500, 50)
     peft = p.caption_vectors.peft
-    assert (peft.lora_rank, peft.lora_alpha, peft.vae_latent_dim, peft.orthogonality_weight) == (16, 32.0, 128, 0.01)
+    assert (peft.lora_rank, peft.lora_alpha, peft.vae_latent_dim, peft.orthogonality_weight) == (
+        16,
+        32.0,
+        128,
+        0.01,
+    )
     assert (p.stage2.grl_lambda, p.stage2.speaker_loss_weight) == (1.0, 0.1)
     assert tuple(p.stage2.speaker_acc_band) == (0.3, 0.6)
     assert p.stage3.lr_scale == 0.5 and p.stage1.lr_scale == 1.0
@@ -84,8 +89,15 @@ def test_invalid_values_fail_naming_the_key(tmp_path, data, key):
 
 
 def test_override_applies_and_is_typed(tmp_path):
-    p = load_params(write(tmp_path, {}), ["stage2.grl_lambda=2.0", "speaker_mapping.top_k=10",
-                                          "stage2.speaker_acc_band=[0.2, 0.5]", "caption_vectors.encoder=null"])
+    p = load_params(
+        write(tmp_path, {}),
+        [
+            "stage2.grl_lambda=2.0",
+            "speaker_mapping.top_k=10",
+            "stage2.speaker_acc_band=[0.2, 0.5]",
+            "caption_vectors.encoder=null",
+        ],
+    )
     assert p.stage2.grl_lambda == 2.0
     assert p.speaker_mapping.top_k == 10
     assert tuple(p.stage2.speaker_acc_band) == (0.2, 0.5)
@@ -132,7 +144,12 @@ def test_stage_cli_rejects_bad_params_before_work(tmp_path):
 
 def test_stage_cli_bad_override(tmp_path):
     params = write(tmp_path, {})
-    r = subprocess.run([sys.executable, "-m", "steps.prepare", "--params", str(params), "--set", "prepare.workers=0"],
-                       cwd=tmp_path, capture_output=True, text=True, env=project_env())
+    r = subprocess.run(
+        [sys.executable, "-m", "steps.prepare", "--params", str(params), "--set", "prepare.workers=0"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=project_env(),
+    )
     assert r.returncode == 2 and "prepare.workers" in r.stderr
 

@@ -53,7 +53,9 @@ def test_wavs_are_speech_length_audio(corpus):
 
 def test_manifest_has_contract_fields(corpus):
     rows = rows_of(corpus)
-    fields = set(REQUIRED_COLUMNS) | {"id", "caption", "emotion", "duration", "language"} | set(ATTRIBUTE_COLUMNS)
+    fields = (
+        set(REQUIRED_COLUMNS) | {"id", "caption", "emotion", "duration", "language"} | set(ATTRIBUTE_COLUMNS)
+    )
     for r in rows:
         assert fields <= set(r), fields - set(r)
         assert all(r[k] not in (None, "") for k in fields)
@@ -102,7 +104,9 @@ def test_speakers_are_distinct_and_emotions_balanced():
 
 
 def test_quality_fractions():
-    utts = plan_corpus(CorpusParams(n_speakers=10, utts_per_speaker=40, noisy_fraction=0.3, reverb_fraction=0.1))
+    utts = plan_corpus(
+        CorpusParams(n_speakers=10, utts_per_speaker=40, noisy_fraction=0.3, reverb_fraction=0.1)
+    )
     q = [u.quality for u in utts]
     assert abs(q.count("noisy") / len(q) - 0.3) < 0.06 and abs(q.count("reverberant") / len(q) - 0.1) < 0.05
     assert {u.attributes()["quality"] for u in utts} == {"clean", "noisy", "reverberant"}

@@ -7,9 +7,9 @@ import sys
 
 import pytest
 import torch
+from conftest import project_env
 from safetensors.torch import load_file
 
-from conftest import project_env
 from tristage.testing.fakes import write_tiny_params
 
 pytestmark = pytest.mark.slow
@@ -19,7 +19,9 @@ def test_two_gloo_processes(tmp_path):
     params = write_tiny_params(tmp_path, steps=6, batch_size=2, checkpoint_every=3)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "tristage.testing.fakes", "stage1", "--params", str(params)]
-    r = subprocess.run(cmd, env=project_env(TRISTAGE_NO_PROGRESS="1"), capture_output=True, text=True, timeout=240)
+    r = subprocess.run(
+        cmd, env=project_env(TRISTAGE_NO_PROGRESS="1"), capture_output=True, text=True, timeout=240
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     m = json.loads((tmp_path / "metrics/stage1.json").read_text())
     assert m["world_size"] == 2 and m["steps"] == 6
@@ -48,9 +50,25 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     p2 = write_tiny_params(two, batch_size=2, **kw)
     env = project_env(TRISTAGE_NO_PROGRESS="1")
     fakes = ["-m", "tristage.testing.fakes", "stage1", "--params"]
-    r1 = subprocess.run([sys.executable, *fakes, str(p1)], env=env, capture_output=True, text=True, timeout=240)
-    r2 = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                         *fakes, str(p2)], env=env, capture_output=True, text=True, timeout=240)
+    r1 = subprocess.run(
+        [sys.executable, *fakes, str(p1)], env=env, capture_output=True, text=True, timeout=240
+    )
+    r2 = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            *fakes,
+            str(p2),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert r1.returncode == 0 and r2.returncode == 0, (r1.stderr[-2000:], r2.stderr[-2000:])
     a, b = _curve(one), _curve(two)
     assert len(a) == len(b) == 8
@@ -66,9 +84,24 @@ def test_stage2_with_extra_classifier_updates_under_two_processes(tmp_path):
     fakes = ["-m", "tristage.testing.fakes"]
     subprocess.run([sys.executable, *fakes, "stage1", "--params", str(params)], env=env, check=True,
                    capture_output=True, timeout=240)
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                        *fakes, "stage2", "--params", str(params)], env=env, capture_output=True, text=True,
-                       timeout=240)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            *fakes,
+            "stage2",
+            "--params",
+            str(params),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     m = json.loads((tmp_path / "metrics/stage2.json").read_text())
     assert m["world_size"] == 2 and m["steps"] == 4 and m["speaker_acc"] is not None

@@ -5,17 +5,41 @@ import json
 import subprocess
 
 import pytest
-
 from conftest import project_env
 
-STAGES = ["corpus", "prepare", "annotate", "speaker_mapping", "caption_vectors", "features", "stage1", "stage2",
-          "stage3", "evaluate"]
+STAGES = [
+    "corpus",
+    "prepare",
+    "annotate",
+    "speaker_mapping",
+    "caption_vectors",
+    "features",
+    "stage1",
+    "stage2",
+    "stage3",
+    "evaluate",
+]
 STAGE_KEYS = {"mel_loss", "mel_top1", "trainable_params", "total_params", "trainable_fraction"}
-EVAL_KEYS = {"mel_loss", "mel_top1", "speaker_acc", "speaker_acc_band", "caption_cosine_mean", "emotion_probe_acc",
-             "speaker_probe_acc"}
+EVAL_KEYS = {
+    "mel_loss",
+    "mel_top1",
+    "speaker_acc",
+    "speaker_acc_band",
+    "caption_cosine_mean",
+    "emotion_probe_acc",
+    "speaker_probe_acc",
+}
 
 
-AUDIO_KEYS = {"wer", "cer", "speaker_sim", "dnsmos_ovrl", "pitch_agreement", "speed_agreement", "emotion_transfer_acc"}
+AUDIO_KEYS = {
+    "wer",
+    "cer",
+    "speaker_sim",
+    "dnsmos_ovrl",
+    "pitch_agreement",
+    "speed_agreement",
+    "emotion_transfer_acc",
+}
 
 
 def dvc(repo, *args, check=True):
@@ -53,7 +77,14 @@ def test_dvc_repro_runs_the_whole_dag(reproduced):
     assert sorted(mapping.values()) == [0, 1, 2, 3]
     assert metrics(repo, "speaker_mapping")["selected_fraction"] == 1.0
     cv = metrics(repo, "caption_vectors")
-    assert {"cosine_mean", "cosine_p05", "cosine_min", "caption_cosine_mean", "n_heldout_captions", "encoder"} <= set(cv)
+    assert {
+        "cosine_mean",
+        "cosine_p05",
+        "cosine_min",
+        "caption_cosine_mean",
+        "n_heldout_captions",
+        "encoder",
+    } <= set(cv)
     assert "random-init" in cv["encoder"]
     feats = metrics(repo, "features")
     assert feats["n_utterances"] == 40 and feats["n_failed"] == 0 and "random-init" in feats["codec"]
@@ -61,7 +92,9 @@ def test_dvc_repro_runs_the_whole_dag(reproduced):
         m = metrics(repo, stage)
         assert STAGE_KEYS <= set(m), stage
         assert (repo / "models" / stage / "model.safetensors").is_file()
-    assert {"speaker_loss", "speaker_acc", "grl_lambda", "speaker_loss_weight"} <= set(metrics(repo, "stage2"))
+    assert {"speaker_loss", "speaker_acc", "grl_lambda", "speaker_loss_weight"} <= set(
+        metrics(repo, "stage2")
+    )
     ev = metrics(repo, "evaluate")
     for stage in ("stage1", "stage2", "stage3"):
         assert EVAL_KEYS <= set(ev[stage])
@@ -72,7 +105,9 @@ def test_dvc_repro_runs_the_whole_dag(reproduced):
     for row in (gt, ev["resynthesis"], *stages):
         assert AUDIO_KEYS <= set(row)
     assert gt["is_speech"] and not ev["resynthesis"]["is_speech"] and "not speech" in stages[0]["label"]
-    assert gt["wer"] < min(r["wer"] for r in stages) and gt["dnsmos_ovrl"] > max(r["dnsmos_ovrl"] for r in stages)
+    assert gt["wer"] < min(r["wer"] for r in stages) and gt["dnsmos_ovrl"] > max(
+        r["dnsmos_ovrl"] for r in stages
+    )
     assert gt["speaker_sim"] > gt["speaker_sim_other"]  # same speaker above another speaker, on real audio
     assert {"seen_speakers", "unseen_speakers"} <= set(gt)
     table = (repo / "metrics/evaluate_utterances.csv").read_text().splitlines()
@@ -91,9 +126,8 @@ def test_sigkill_during_dvc_repro_then_rerun_equals_an_uninterrupted_run(reprodu
     import signal
     import time
 
-    from safetensors.torch import load_file
-
     from conftest import copy_repo, shrink_params
+    from safetensors.torch import load_file
 
     ref, _ = reproduced
     repo = copy_repo(tmp_path / "repo")
@@ -114,7 +148,9 @@ def test_sigkill_during_dvc_repro_then_rerun_equals_an_uninterrupted_run(reprodu
         a = load_file(str(ref / "models" / stage / "model.safetensors"))
         b = load_file(str(repo / "models" / stage / "model.safetensors"))
         assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a), stage
-    assert (ref / "data/features/index.parquet").read_bytes() == (repo / "data/features/index.parquet").read_bytes()
+    assert (ref / "data/features/index.parquet").read_bytes() == (
+        repo / "data/features/index.parquet"
+    ).read_bytes()
     ea, eb = metrics(ref, "evaluate"), metrics(repo, "evaluate")
     assert [ea[s]["mel_loss"] for s in ("stage1", "stage2", "stage3")] == \
         [eb[s]["mel_loss"] for s in ("stage1", "stage2", "stage3")]

@@ -51,8 +51,18 @@ def test_fixed_split_is_stratified_and_disjoint():
     assert (train.tolist(), test.tolist()) == tuple(a.tolist() for a in fixed_split(labels, 0.3, seed=0))
 
 
-@pytest.mark.parametrize("acc,expected", [(0.29, "below"), (0.3, "in"), (0.45, "in"), (0.6, "in"), (0.7, "above"),
-                                          (None, None), (float("nan"), None)])
+@pytest.mark.parametrize(
+    "acc,expected",
+    [
+        (0.29, "below"),
+        (0.3, "in"),
+        (0.45, "in"),
+        (0.6, "in"),
+        (0.7, "above"),
+        (None, None),
+        (float("nan"), None),
+    ],
+)
 def test_band_status(acc, expected):
     assert band_status(acc, [0.3, 0.6]) == expected
 
@@ -60,10 +70,29 @@ def test_band_status(acc, expected):
 def test_evaluate_document_carries_every_contract_key_per_stage_and_at_top():
     band = [0.3, 0.6]
     per = {
-        "stage1": stage_metrics({"mel_loss": 5.0, "mel_top1": 0.1, "speaker_acc": 0.9, "speaker_probe_acc": 0.95,
-                                 "emotion_probe_acc": 0.8}, band, 0.97),
-        "stage2": stage_metrics({"mel_loss": 4.0, "mel_top1": 0.2, "speaker_acc": 0.45, "speaker_probe_acc": 0.4,
-                                 "emotion_probe_acc": 0.8, "n_val": 12}, band, 0.97),
+        "stage1": stage_metrics(
+            {
+                "mel_loss": 5.0,
+                "mel_top1": 0.1,
+                "speaker_acc": 0.9,
+                "speaker_probe_acc": 0.95,
+                "emotion_probe_acc": 0.8,
+            },
+            band,
+            0.97,
+        ),
+        "stage2": stage_metrics(
+            {
+                "mel_loss": 4.0,
+                "mel_top1": 0.2,
+                "speaker_acc": 0.45,
+                "speaker_probe_acc": 0.4,
+                "emotion_probe_acc": 0.8,
+                "n_val": 12,
+            },
+            band,
+            0.97,
+        ),
     }
     doc = evaluate_document(per, "stage2", band, {"codec": {"pretrained": False}})
     for scope in (doc, doc["stage1"], doc["stage2"]):
@@ -87,7 +116,10 @@ def test_sample_plan_fixed_matched_and_cross_pairs():
     for p in cross:
         assert p["speaker_ref"]["speaker"] != p["emotion_ref"]["speaker"]
     assert sample_plan([], 3, 0) == []
-    assert [p["kind"] for p in sample_plan(ROWS[:4], 2, 0)] == ["matched", "matched"]  # one speaker: no cross pair
+    assert [p["kind"] for p in sample_plan(ROWS[:4], 2, 0)] == [
+        "matched",
+        "matched",
+    ]  # one speaker: no cross pair
 
 
 def test_write_samples_writes_wavs_and_describes_them(tmp_path):
@@ -106,8 +138,17 @@ def test_write_samples_writes_wavs_and_describes_them(tmp_path):
 def test_plots_written(tmp_path):
     from tristage.evaluation.plots import write_plots
 
-    per = {s: {"mel_loss": 3.0, "mel_top1": 0.2, "speaker_acc": a, "speaker_probe_acc": a, "emotion_probe_acc": 0.7,
-               "speaker_probe_chance": 0.2} for s, a in (("stage1", 0.9), ("stage2", 0.4), ("stage3", None))}
+    per = {
+        s: {
+            "mel_loss": 3.0,
+            "mel_top1": 0.2,
+            "speaker_acc": a,
+            "speaker_probe_acc": a,
+            "emotion_probe_acc": 0.7,
+            "speaker_probe_chance": 0.2,
+        }
+        for s, a in (("stage1", 0.9), ("stage2", 0.4), ("stage3", None))
+    }
     paths = write_plots(tmp_path, per, [0.3, 0.6])
     assert sorted(p.name for p in paths) == ["probes.png", "speaker_acc_band.png", "stages.png"]
     assert all(p.stat().st_size > 1000 for p in paths)

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
-
 from conftest import project_env
+
 from tristage.features.config import CodecParams, FeaturesParams, MelParams
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,7 +30,9 @@ def params(tmp: Path, manifest: Path, **kw) -> FeaturesParams:
 def corpus(tmp_path_factory) -> Path:
     from tristage.testing import write_prepared
 
-    return write_prepared(tmp_path_factory.mktemp("corpus"), n_speakers=2, utts_per_speaker=4, sample_rate=22050)
+    return write_prepared(
+        tmp_path_factory.mktemp("corpus"), n_speakers=2, utts_per_speaker=4, sample_rate=22050
+    )
 
 
 # -- log-mel ------------------------------------------------------------------------------
@@ -168,8 +170,13 @@ def test_bad_weights_file_is_a_user_error(tmp_path, corpus):
 
 def write_params(folder: Path, manifest: Path, **kw) -> Path:
     p = folder / "params.yaml"
-    sec = {"manifest": os.path.relpath(manifest, folder), "out_dir": "features", "metrics": "metrics/features.json",
-           "num_workers": 1, **kw}
+    sec = {
+        "manifest": os.path.relpath(manifest, folder),
+        "out_dir": "features",
+        "metrics": "metrics/features.json",
+        "num_workers": 1,
+        **kw,
+    }
     p.write_text(yaml.safe_dump({"features": sec}))
     return p
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 import logging
 
 from tristage.config import load_params
+from tristage.testing.fakes import default_fake_sources, write_tiny_params
 from tristage.training import checkpoint as ck
 from tristage.training import fingerprint
-from tristage.testing.fakes import default_fake_sources, write_tiny_params
 from tristage.training.trainer import train_stage
 
 

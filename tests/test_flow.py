@@ -4,14 +4,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from tristage.errors import UserError
 from flows.orchestration import dvc, gpu
+from tristage.errors import UserError
 
 
 # -- dvc commands and overrides (fast) ------------------------------------------------------
@@ -53,12 +52,30 @@ def test_apply_overrides_edits_params_like_dvc_exp_run(tmp_path):
 
 def test_exp_save_cmd_limits_to_the_stages_run():
     cmd = dvc.exp_save_cmd("run1", ["corpus", "prepare"], ["metrics/prepare.json"], "msg")
-    assert cmd[1:] == ["exp", "save", "-n", "run1", "-I", "metrics/prepare.json", "-m", "msg", "corpus", "prepare"]
+    assert cmd[1:] == [
+        "exp",
+        "save",
+        "-n",
+        "run1",
+        "-I",
+        "metrics/prepare.json",
+        "-m",
+        "msg",
+        "corpus",
+        "prepare",
+    ]
 
 
 def test_subprocess_env_carries_tracking_and_device(tmp_path):
-    env = dvc.subprocess_env(tmp_path, tracking_uri="sqlite:////x/mlflow.db", parent_run_id="p1", flow_run_id="f1",
-                             exp_name="e1", git_rev="abc", device="1")
+    env = dvc.subprocess_env(
+        tmp_path,
+        tracking_uri="sqlite:////x/mlflow.db",
+        parent_run_id="p1",
+        flow_run_id="f1",
+        exp_name="e1",
+        git_rev="abc",
+        device="1",
+    )
     assert env["CUDA_VISIBLE_DEVICES"] == "1" and env["TRISTAGE_PARENT_RUN_ID"] == "p1"
     assert env["TRISTAGE_PREFECT_FLOW_RUN_ID"] == "f1" and env["DVC_EXP_NAME"] == "e1"
     assert env["MLFLOW_TRACKING_URI"] == "sqlite:////x/mlflow.db"
@@ -69,7 +86,11 @@ def test_subprocess_env_carries_tracking_and_device(tmp_path):
 
 def test_command_failed_exit_2_is_not_transient(tmp_path):
     with pytest.raises(dvc.CommandFailed) as e:
-        dvc.run([sys.executable, "-c", "import sys; print('bad key'); sys.exit(2)"], tmp_path, log_to=open("/dev/null", "w"))
+        dvc.run(
+            [sys.executable, "-c", "import sys; print('bad key'); sys.exit(2)"],
+            tmp_path,
+            log_to=open("/dev/null", "w"),
+        )
     assert e.value.returncode == 2 and not e.value.transient and "bad key" in str(e.value)
     with pytest.raises(dvc.CommandFailed) as e:
         dvc.run([sys.executable, "-c", "import sys; sys.exit(1)"], tmp_path, log_to=open("/dev/null", "w"))
@@ -216,21 +237,33 @@ def test_flow_runs_the_dag_as_a_dvc_experiment_with_mlflow_runs(prefect_api, rep
     parents = [r for r in runs if r.data.tags.get("tristage.role") == "flow"]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     parent = parents[0]
-    children = {r.data.tags["stage"]: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    children = {
+        r.data.tags["stage"]: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
+    }
     assert sorted(children) == sorted(result["stages"])
     for r in children.values():
         assert r.data.tags["dvc_experiment"] == "flowtest"
         assert r.data.tags["prefect_flow_run_id"] == parent.data.tags["prefect_flow_run_id"]
         assert len(r.data.tags["git_revision"]) == 40
     assert {"rows_in", "rows_kept", "rows_rejected"} <= set(children["prepare"].data.metrics)
-    assert {"total_samples", "total_speakers", "speakers_with_min_samples", "selected_speakers", "selected_samples",
-            "selected_fraction"} <= set(children["speaker_mapping"].data.metrics)
+    assert {
+        "total_samples",
+        "total_speakers",
+        "speakers_with_min_samples",
+        "selected_speakers",
+        "selected_samples",
+        "selected_fraction",
+    } <= set(children["speaker_mapping"].data.metrics)
     assert {"mel_loss", "mel_top1", "trainable_params", "total_params", "trainable_fraction"} <= \
         set(children["stage1"].data.metrics)
-    assert {"speaker_loss", "speaker_acc", "grl_lambda", "speaker_loss_weight"} <= set(children["stage2"].data.metrics)
-    assert {f"{s}.{k}" for s in ("stage1", "stage2", "stage3") for k in ("mel_loss", "mel_top1", "speaker_probe_acc",
-                                                                      "emotion_probe_acc")} <= \
-        set(children["evaluate"].data.metrics)
+    assert {"speaker_loss", "speaker_acc", "grl_lambda", "speaker_loss_weight"} <= set(
+        children["stage2"].data.metrics
+    )
+    assert {
+        f"{s}.{k}"
+        for s in ("stage1", "stage2", "stage3")
+        for k in ("mel_loss", "mel_top1", "speaker_probe_acc", "emotion_probe_acc")
+    } <= set(children["evaluate"].data.metrics)
     assert children["prepare"].data.params["prepare.min_duration"]  # the stage's params are logged
     assert parent.data.metrics["prepare/rows_in"] == 24
     assert parent.data.params["overrides.corpus.utts_per_speaker"] == "6"
@@ -260,8 +293,14 @@ def test_flow_reuses_the_cache_of_dvc_repro_and_names_its_task_runs(prefect_api,
     import yaml
     from conftest import project_env
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterFlowRunId, LogFilter,
-                                                LogFilterTaskRunId, TaskRunFilter, TaskRunFilterFlowRunId)
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        LogFilter,
+        LogFilterTaskRunId,
+        TaskRunFilter,
+        TaskRunFilterFlowRunId,
+    )
 
     from flows.pipeline import pipeline
 

@@ -8,7 +8,6 @@ import json
 import subprocess
 
 import pytest
-
 from conftest import copy_repo, project_env, shrink_params
 
 pytestmark = pytest.mark.slow

@@ -125,8 +125,14 @@ def test_hf_parquet(tmp_path):
     assert cli(args) == 0 and (out / got[0]["audio"]).stat().st_mtime_ns == mtime  # decoded once
     prepare_keeps(out, tmp_path)
     # no speaker column (nor a guessable one) and no --speaker: every row is rejected, a clear error
-    assert cli(["import", "hf-parquet", str(src), "--out", str(tmp_path / "x"), "--columns", "sentence=text"]) == 2
-    assert cli(["import", "hf-parquet", str(src), "--out", str(tmp_path / "y"), "--columns", "sentence=txt"]) == 2
+    assert (
+        cli(["import", "hf-parquet", str(src), "--out", str(tmp_path / "x"), "--columns", "sentence=text"])
+        == 2
+    )
+    assert (
+        cli(["import", "hf-parquet", str(src), "--out", str(tmp_path / "y"), "--columns", "sentence=txt"])
+        == 2
+    )
 
 
 def write_jsonl_gz(path: Path, items: list) -> None:
@@ -146,15 +152,32 @@ def test_lhotse_recordings_and_supervisions(tmp_path):
     long = np.concatenate([tone(1.0, 150.0), tone(1.5, 250.0)])
     sf.write(src / "audio" / "rec1.wav", long, SR)
     sf.write(src / "audio" / "rec2.wav", tone(1.0), SR)
-    write_jsonl_gz(src / "corpus_recordings_train.jsonl.gz", [
-        recording("rec1", "audio/rec1.wav", 2.5), recording("rec2", str(src / "audio" / "rec2.wav"), 1.0),
-        {"id": "rec3", "sources": [{"type": "url", "channels": [0], "source": "https://x/y.wav"}], "duration": 1.0},
-        "{not json"])
+    write_jsonl_gz(
+        src / "corpus_recordings_train.jsonl.gz",
+        [
+            recording("rec1", "audio/rec1.wav", 2.5),
+            recording("rec2", str(src / "audio" / "rec2.wav"), 1.0),
+            {
+                "id": "rec3",
+                "sources": [{"type": "url", "channels": [0], "source": "https://x/y.wav"}],
+                "duration": 1.0,
+            },
+            "{not json",
+        ],
+    )
     sup = lambda sid, rid, start, dur, **kw: {"id": sid, "recording_id": rid, "start": start, "duration": dur,  # noqa: E731
                                               "channel": 0, "text": f"text of {sid}", "speaker": "S1", **kw}
-    write_jsonl_gz(src / "corpus_supervisions_train.jsonl.gz", [
-        sup("seg-a", "rec1", 0.0, 1.0, gender="F"), sup("seg-b", "rec1", 1.0, 1.5), sup("whole", "rec2", 0.0, 1.0),
-        sup("lost", "nope", 0.0, 1.0), sup("remote", "rec3", 0.0, 1.0), sup("past-end", "rec1", 2.0, 3.0)])
+    write_jsonl_gz(
+        src / "corpus_supervisions_train.jsonl.gz",
+        [
+            sup("seg-a", "rec1", 0.0, 1.0, gender="F"),
+            sup("seg-b", "rec1", 1.0, 1.5),
+            sup("whole", "rec2", 0.0, 1.0),
+            sup("lost", "nope", 0.0, 1.0),
+            sup("remote", "rec3", 0.0, 1.0),
+            sup("past-end", "rec1", 2.0, 3.0),
+        ],
+    )
     out = tmp_path / "imported"
     assert cli(["import", "lhotse", str(src), "--out", str(out)]) == 0
     got = {r["id"]: r for r in rows(out)}

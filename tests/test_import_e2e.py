@@ -1,5 +1,7 @@
 """Bring your own corpus, end to end: `tristage import ljspeech` on a tiny LJSpeech-style folder made here
-with espeak-ng, then `dvc repro` (shrunk, in a fresh copy of the repo) annotates, captions and trains on it."""
+with espeak-ng, then `dvc repro` (shrunk, in a fresh copy of the repo) annotates, captions and trains
+on it."""
+
 from __future__ import annotations
 
 import json
@@ -8,7 +10,6 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import copy_repo, project_env, shrink_params
 
 
@@ -25,7 +26,9 @@ def make_ljspeech(root, n: int = 24) -> None:
     lines = []
     for i in range(n):
         text = sentence(rng)
-        x = tts.synth(text, "en-us+f1", rate=int(rng.choice([130, 175, 230])), pitch=int(rng.choice([35, 50, 65])))
+        x = tts.synth(
+            text, "en-us+f1", rate=int(rng.choice([130, 175, 230])), pitch=int(rng.choice([35, 50, 65]))
+        )
         sf.write(root / "wavs" / f"LJ001-{i:04d}.wav", x.astype(np.float32) / 32768.0, tts.sample_rate)
         lines.append(f"LJ001-{i:04d}|{text}|{text}")
     (root / "metadata.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -39,8 +42,22 @@ def test_import_ljspeech_then_dvc_repro_trains_with_generated_captions(tmp_path)
                                          "annotate": {"shard_size": 8, "min_group": 5}})
     make_ljspeech(tmp_path / "LJSpeech-1.1")
     env = project_env(PYTHONPATH=f"{repo / 'src'}:{repo}")
-    r = subprocess.run([sys.executable, "-m", "tristage.cli", "import", "ljspeech", str(tmp_path / "LJSpeech-1.1"),
-                        "--out", str(repo / "imported")], cwd=repo, env=env, capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tristage.cli",
+            "import",
+            "ljspeech",
+            str(tmp_path / "LJSpeech-1.1"),
+            "--out",
+            str(repo / "imported"),
+        ],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["rows"] == 24
 

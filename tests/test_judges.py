@@ -140,9 +140,9 @@ def test_summary_emotion_transfer_counts_cross_requests_of_a_stage_and_all_clips
 
 
 def test_heldout_speakers_are_fixed_by_seed_capped_and_never_trained_on():
+    from tristage.testing.fakes import fake_sources
     from tristage.training.config import Stage1Params
     from tristage.training.data import TrainData, heldout_speakers
-    from tristage.testing.fakes import fake_sources
 
     names = [f"s{i}" for i in range(12)]
     assert heldout_speakers(names, 2, 1) == heldout_speakers(list(reversed(names)), 2, 1)

@@ -8,9 +8,8 @@ from tristage.model.config import PRESETS, ModelParams, TTSConfig
 from tristage.model.decoder import delay_codes, undelay_codes
 from tristage.model.grl import grad_reverse
 from tristage.model.tts import MODULE_NAMES, TTS, encode_text
-from tristage.testing.fakes import TINY_MODEL, FakeCaptionPEFT, fake_sources
+from tristage.testing.fakes import TINY_MODEL, FakeCaptionPEFT, fake_sources, write_tiny_params
 from tristage.training.data import TrainData
-from tristage.testing.fakes import write_tiny_params
 
 
 @pytest.fixture(scope="module")
@@ -56,9 +55,15 @@ def test_forward_shapes_and_losses(tiny):
     n_targets = int(batch["code_lengths"].sum()) * cfg.n_codebooks
     assert out["mel_count"].item() == n_targets  # pads (delay gaps and padding) are ignored
     assert out["speaker_count"].item() == 3
-    logits, stop = model.decoder(torch.zeros(2, 3, cfg.d_model), batch["text"][:2], batch["text_mask"][:2],
-                           torch.zeros(2, cfg.n_codebooks, 7, dtype=torch.long), torch.ones(2, 7, dtype=torch.bool),
-                           torch.zeros(2, 4, cfg.caption_dim), torch.ones(2, 4, dtype=torch.bool))
+    logits, stop = model.decoder(
+        torch.zeros(2, 3, cfg.d_model),
+        batch["text"][:2],
+        batch["text_mask"][:2],
+        torch.zeros(2, cfg.n_codebooks, 7, dtype=torch.long),
+        torch.ones(2, 7, dtype=torch.bool),
+        torch.zeros(2, 4, cfg.caption_dim),
+        torch.ones(2, 4, dtype=torch.bool),
+    )
     assert logits.shape == (2, cfg.n_codebooks, 7, cfg.codebook_size) and stop.shape == (2, 7)
 
 
@@ -82,7 +87,6 @@ def test_grl_gradient_at_emotion_perceiver_is_reversed(tiny):
     """The speaker loss's gradient reaching the emotion perceiver through the GRL has the
     opposite sign of the gradient at the classifier's input."""
     model, _, data = tiny
-    import numpy as np
 
     batch = data.collate(data.train_idx[:4], [1])
     seen = {}
@@ -126,10 +130,20 @@ def test_generate_returns_codes(tiny):
         ones = lambda n: torch.ones(1, n, dtype=torch.bool)  # noqa: E731
         text = torch.tensor([encode_text("hello", cfg.max_text_len)])
         with torch.no_grad():
-            out = model(dict(text=text, text_mask=ones(text.shape[1]), codes=target[None],
-                             code_lengths=torch.tensor([target.shape[1]]), caption_ids=torch.tensor([[1, 2, 3]]),
-                             caption_mask=ones(3), spk_mel=mel.float()[None], spk_mask=ones(mel.shape[0]),
-                             emo_mel=mel.float()[None], emo_mask=ones(mel.shape[0])))
+            out = model(
+                dict(
+                    text=text,
+                    text_mask=ones(text.shape[1]),
+                    codes=target[None],
+                    code_lengths=torch.tensor([target.shape[1]]),
+                    caption_ids=torch.tensor([[1, 2, 3]]),
+                    caption_mask=ones(3),
+                    spk_mel=mel.float()[None],
+                    spk_mask=ones(mel.shape[0]),
+                    emo_mel=mel.float()[None],
+                    emo_mask=ones(mel.shape[0]),
+                )
+            )
         return int(out["mel_correct"]), int(out["mel_count"])
 
     assert top1(codes) == (5 * cfg.n_codebooks, 5 * cfg.n_codebooks)
@@ -138,7 +152,9 @@ def test_generate_returns_codes(tiny):
     correct, count = top1(flipped)
     assert count == 5 * cfg.n_codebooks and correct < count
     g = torch.Generator().manual_seed(0)
-    sampled = model.generate("hello", [1, 2, 3], mel.float(), n_frames=4, temperature=1.0, top_k=5, generator=g)
+    sampled = model.generate(
+        "hello", [1, 2, 3], mel.float(), n_frames=4, temperature=1.0, top_k=5, generator=g
+    )
     assert sampled.shape == (cfg.n_codebooks, 4)
 
 

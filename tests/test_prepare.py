@@ -25,8 +25,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def params(manifest: Path, out: Path, **kw) -> PrepareParams:
-    return PrepareParams(manifest=manifest, out_dir=out / "prepared", metrics=out / "metrics" / "prepare.json",
-                         workers=2, **kw)
+    return PrepareParams(
+        manifest=manifest, out_dir=out / "prepared", metrics=out / "metrics" / "prepare.json", workers=2, **kw
+    )
 
 
 def read_lines(path: Path) -> list[dict]:
@@ -56,13 +57,26 @@ def add_bad_rows(manifest: Path) -> dict[int, str]:
         ("missing_field", json.dumps({"audio": g["audio"], "speaker": "s", "id": "m1"})),  # no text
         ("missing_field", json.dumps({"audio": g["audio"], "text": "hi there", "speaker": "", "id": "m2"})),
         ("missing_field", json.dumps({"text": "hi there", "speaker": "s", "id": "m3"})),  # no audio
-        ("invalid_text", json.dumps({"audio": g["audio"], "text": "\u0001\u0002\u0007", "speaker": "s", "id": "t1"})),
+        (
+            "invalid_text",
+            json.dumps({"audio": g["audio"], "text": "\u0001\u0002\u0007", "speaker": "s", "id": "t1"}),
+        ),
         ("invalid_text", json.dumps({"audio": g["audio"], "text": 42, "speaker": "s", "id": "t2"})),
-        ("invalid_text", json.dumps({"audio": g["audio"], "text": "caf\ufffd au lait", "speaker": "s", "id": "t3"})),
+        (
+            "invalid_text",
+            json.dumps({"audio": g["audio"], "text": "caf\ufffd au lait", "speaker": "s", "id": "t3"}),
+        ),
         ("invalid_text", b'{"audio": "a.wav", "text": "\xff\xfe bad bytes", "speaker": "s"}'),
-        ("invalid_field", json.dumps({"audio": g["audio"], "text": "hi there", "speaker": ["a"], "id": "f1"})),
-        ("invalid_field", json.dumps({"audio": g["audio"], "text": "hi there", "speaker": "s", "id": "f2",
-                                      "duration": "long"})),
+        (
+            "invalid_field",
+            json.dumps({"audio": g["audio"], "text": "hi there", "speaker": ["a"], "id": "f1"}),
+        ),
+        (
+            "invalid_field",
+            json.dumps(
+                {"audio": g["audio"], "text": "hi there", "speaker": "s", "id": "f2", "duration": "long"}
+            ),
+        ),
         ("audio_not_found", row(audio="wavs/nope.wav", id="a1")),
         ("unreadable_audio", row(audio="wavs/garbage.wav", id="a2")),
         ("unreadable_audio", row(audio="wavs/text.wav", id="a3")),
@@ -129,7 +143,9 @@ def test_text_normalised_and_names_coerced(tmp_path):
 
 def test_column_mapping_and_parquet_input(corpus, tmp_path):
     rows = read_lines(corpus)
-    renamed = [{("wav" if k == "audio" else "spk" if k == "speaker" else k): v for k, v in r.items()} for r in rows]
+    renamed = [
+        {("wav" if k == "audio" else "spk" if k == "speaker" else k): v for k, v in r.items()} for r in rows
+    ]
     renamed[1]["spk"] = 5  # numeric speaker in a parquet column of mixed types -> keep it a string column
     table = pa.Table.from_pylist([{**r, "spk": str(r["spk"])} for r in renamed])
     src = corpus.parent / "manifest.parquet"
@@ -168,7 +184,9 @@ def test_zero_good_rows_is_an_error_and_keeps_old_outputs(corpus, tmp_path):
     before = (p.out_dir / "manifest.parquet").read_bytes()
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"audio": "x.wav", "text": "hi", "speaker": "a"}\n{"text": "hi"}\nnot json\n')
-    with pytest.raises(UserError, match=r"bad\.jsonl: no usable rows out of 3; reasons: .*audio_not_found") as e:
+    with pytest.raises(
+        UserError, match=r"bad\.jsonl: no usable rows out of 3; reasons: .*audio_not_found"
+    ) as e:
         run_prepare(params(bad, tmp_path))
     assert "\n" not in str(e.value)
     assert (p.out_dir / "manifest.parquet").read_bytes() == before

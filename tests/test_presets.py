@@ -40,7 +40,11 @@ def _initial_stage1(folder, params, src):
 @pytest.mark.parametrize("stage", ["stage1", "stage2", "stage3"])
 def test_frozen_unchanged_trainable_changed(three_stages, stage):
     folder, params, src, _ = three_stages
-    before = _initial_stage1(folder, params, src) if stage == "stage1" else _weights(folder, PRESETS[stage].previous)
+    before = (
+        _initial_stage1(folder, params, src)
+        if stage == "stage1"
+        else _weights(folder, PRESETS[stage].previous)
+    )
     after = _weights(folder, stage)
     assert before.keys() == after.keys()
     frozen = PRESETS[stage].frozen
@@ -76,7 +80,9 @@ def test_metrics_and_outputs(three_stages):
         for k in STAGE2:
             assert (k in m) == (stage == "stage2")
         out = folder / "models" / stage
-        assert {"model.safetensors", "config.json", "trainer_state.pt", "checkpoints"} <= {p.name for p in out.iterdir()}
+        assert {"model.safetensors", "config.json", "trainer_state.pt", "checkpoints"} <= {
+            p.name for p in out.iterdir()
+        }
         plots = folder / "plots" / stage
         tsv = (plots / "train.tsv").read_text().splitlines()
         assert tsv[0].startswith("step\t") and "mel_loss" in tsv[0] and len(tsv) > 3
@@ -105,8 +111,13 @@ def test_missing_previous_stage_is_one_line(tmp_path):
     from conftest import project_env
 
     p = write_tiny_params(tmp_path)
-    r = subprocess.run([sys.executable, "-m", "steps.stage2", "--params", str(p)], capture_output=True, text=True,
-                       env=project_env(), cwd=tmp_path)
+    r = subprocess.run(
+        [sys.executable, "-m", "steps.stage2", "--params", str(p)],
+        capture_output=True,
+        text=True,
+        env=project_env(),
+        cwd=tmp_path,
+    )
     assert r.returncode == 2
     assert "Traceback" not in r.stderr
     assert r.stderr.strip().splitlines()[-1] == \

@@ -10,9 +10,9 @@ import time
 
 import pytest
 import torch
+from conftest import project_env
 from safetensors.torch import load_file
 
-from conftest import project_env
 from tristage.testing.fakes import write_tiny_params
 
 pytestmark = pytest.mark.slow

@@ -11,8 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tristage.data.config import SpeakerMappingParams
 from tristage.data import speakers
+from tristage.data.config import SpeakerMappingParams
 from tristage.data.speakers import METRIC_KEYS, count_speakers, run_speaker_mapping, select_speakers
 from tristage.errors import UserError
 
@@ -41,7 +41,9 @@ def write_jsonl(path: Path, data: list[dict]) -> Path:
 
 
 def write_parquet(path: Path, data: list[dict]) -> Path:
-    pq.write_table(pa.Table.from_pylist([{**r, "speaker": str(r["speaker"]), "extra": None} for r in data]), path)
+    pq.write_table(
+        pa.Table.from_pylist([{**r, "speaker": str(r["speaker"]), "extra": None} for r in data]), path
+    )
     return path
 
 
@@ -51,9 +53,23 @@ def mapping_of(path: Path, top_k=100, min_samples=1):
 
 def test_ids_by_count_then_name(tmp_path):
     mapping, m = mapping_of(write_jsonl(tmp_path / "m.jsonl", rows(COUNTS)))
-    assert list(mapping.items()) == [("big", 0), ("a", 1), ("b", 2), ("c", 3), ("d", 4), ("e", 5), ("solo", 6)]
-    assert m == {"total_samples": 29, "total_speakers": 7, "speakers_with_min_samples": 7, "selected_speakers": 7,
-                 "selected_samples": 29, "selected_fraction": 1.0}
+    assert list(mapping.items()) == [
+        ("big", 0),
+        ("a", 1),
+        ("b", 2),
+        ("c", 3),
+        ("d", 4),
+        ("e", 5),
+        ("solo", 6),
+    ]
+    assert m == {
+        "total_samples": 29,
+        "total_speakers": 7,
+        "speakers_with_min_samples": 7,
+        "selected_speakers": 7,
+        "selected_samples": 29,
+        "selected_fraction": 1.0,
+    }
 
 
 @pytest.mark.parametrize("top_k,min_samples,expected", [
@@ -96,7 +112,11 @@ def test_jsonl_and_parquet_agree(tmp_path, monkeypatch):
 
 
 def test_nulls_and_empty_names_not_counted(tmp_path):
-    data = rows({"a": 2}) + [{"audio": "x.wav", "speaker": None}, {"audio": "y.wav", "speaker": ""}, {"audio": "z"}]
+    data = rows({"a": 2}) + [
+        {"audio": "x.wav", "speaker": None},
+        {"audio": "y.wav", "speaker": ""},
+        {"audio": "z"},
+    ]
     mapping, m = mapping_of(write_jsonl(tmp_path / "m.jsonl", data))
     assert mapping == {"a": 0} and m["total_samples"] == 2
 
@@ -113,8 +133,12 @@ def test_stage_writes_mapping_and_metrics(tmp_path):
 
 
 def test_zero_selected_is_a_clear_error(tmp_path):
-    p = SpeakerMappingParams(manifest=write_jsonl(tmp_path / "m.jsonl", rows(COUNTS)), output=tmp_path / "o.json",
-                             metrics=tmp_path / "mm.json", min_samples=50)
+    p = SpeakerMappingParams(
+        manifest=write_jsonl(tmp_path / "m.jsonl", rows(COUNTS)),
+        output=tmp_path / "o.json",
+        metrics=tmp_path / "mm.json",
+        min_samples=50,
+    )
     with pytest.raises(UserError, match=r"7 speakers, the largest has 9.*lower speaker_mapping\.min_samples"):
         run_speaker_mapping(p)
     assert not p.output.exists()
@@ -135,14 +159,35 @@ def test_bad_inputs(tmp_path):
 def test_stage_cli(tmp_path):
     data = write_jsonl(tmp_path / "m.jsonl", rows(COUNTS))
     params = tmp_path / "params.yaml"
-    params.write_text("speaker_mapping:\n  manifest: m.jsonl\n  output: out/map.json\n  metrics: out/metrics.json\n"
-                      "  min_samples: 5\n")
+    params.write_text(
+        "speaker_mapping:\n  manifest: m.jsonl\n  output: out/map.json\n  metrics: out/metrics.json\n"
+        "  min_samples: 5\n"
+    )
     env = {**os.environ, "TRISTAGE_TRACKING": "0"}
-    r = subprocess.run([sys.executable, "-m", "steps.speaker_mapping", "--params", str(params)], cwd=data.parent.parent,
-                       env=env, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "steps.speaker_mapping", "--params", str(params)],
+        cwd=data.parent.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     assert json.loads((tmp_path / "out" / "map.json").read_text()) == {"big": 0, "a": 1, "b": 2, "c": 3}
-    r = subprocess.run([sys.executable, "-m", "steps.speaker_mapping", "--params", str(params),
-                        "--set", "speaker_mapping.min_samples=10"], cwd=tmp_path, env=env, capture_output=True,
-                       text=True, timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "steps.speaker_mapping",
+            "--params",
+            str(params),
+            "--set",
+            "speaker_mapping.min_samples=10",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2 and "min_samples" in r.stderr.strip().splitlines()[-1]

@@ -8,8 +8,8 @@ import time
 
 import pytest
 import yaml
-
 from conftest import project_env
+
 from tristage.tracking import default_tracking_uri, project_root
 
 

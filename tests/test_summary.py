@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 from conftest import REPO, project_env
+
 from tristage.config import load_params
 from tristage.summary import summary
 

@@ -105,16 +105,30 @@ BAND = (0.3, 0.6)
 
 
 def _row(name, acc, mel, probe, lam=1.0, wgt=0.1, status="finished", reason=""):
-    metrics = {} if status != "finished" else {"val_mel_loss": mel, "speaker_acc": acc, "speaker_probe_acc": probe,
-                                               "s1_speaker_probe_acc": 0.78, "emotion_probe_acc": 0.5}
+    metrics = (
+        {}
+        if status != "finished"
+        else {
+            "val_mel_loss": mel,
+            "speaker_acc": acc,
+            "speaker_probe_acc": probe,
+            "s1_speaker_probe_acc": 0.78,
+            "emotion_probe_acc": 0.5,
+        }
+    )
     record = {"status": status, "reason": reason, "metrics": metrics,
               "knobs": {"stage2.grl_lambda": lam, "stage2.speaker_loss_weight": wgt}}
     return sw.result_row(name, {"stage2.grl_lambda": lam, "stage2.speaker_loss_weight": wgt}, record, BAND)
 
 
 def test_recommend_in_band_lowest_mel_loss():
-    rows = [_row("a", 0.2, 1.9, 0.5), _row("b", 0.4, 2.1, 0.4), _row("c", 0.5, 2.0, 0.45), _row("d", 0.7, 1.8, 0.3),
-            _row("e", None, None, None, status="failed", reason="exit code 2: nan")]
+    rows = [
+        _row("a", 0.2, 1.9, 0.5),
+        _row("b", 0.4, 2.1, 0.4),
+        _row("c", 0.5, 2.0, 0.45),
+        _row("d", 0.7, 1.8, 0.3),
+        _row("e", None, None, None, status="failed", reason="exit code 2: nan"),
+    ]
     rec = sw.recommend(rows, BAND)
     assert rec.point == "c" and rec.in_band and [r["point"] for r in rows if r["recommended"]] == ["c"]
     assert [r["band"] for r in rows] == ["below", "in", "in", "above", None]
@@ -124,9 +138,16 @@ def test_recommend_all_below_gives_the_seeds_advice_as_a_next_grid():
     rows = [_row("a", 0.10, 2.0, 0.4, lam=1.0, wgt=0.1), _row("b", 0.25, 2.1, 0.5, lam=0.3, wgt=0.3)]
     rec = sw.recommend(rows, BAND)
     assert rec.point == "b" and not rec.in_band and "below the band" in rec.text
-    assert "stage2.speaker_loss_weight=0.6,1.2" in rec.next_grid and "stage2.grl_lambda=0.075,0.15" in rec.next_grid
+    assert (
+        "stage2.speaker_loss_weight=0.6,1.2" in rec.next_grid
+        and "stage2.grl_lambda=0.075,0.15" in rec.next_grid
+    )
     rec = sw.recommend([_row("a", 0.9, 2.0, 0.8, lam=1.0), _row("b", 0.8, 2.0, 0.7, lam=2.0)], BAND)
-    assert rec.point == "b" and "raise stage2.grl_lambda" in rec.text and rec.next_grid == ["stage2.grl_lambda=4,6,8"]
+    assert (
+        rec.point == "b"
+        and "raise stage2.grl_lambda" in rec.text
+        and rec.next_grid == ["stage2.grl_lambda=4,6,8"]
+    )
     rec = sw.recommend([_row("a", 0.1, 2.0, 0.8, lam=4.0), _row("b", 0.8, 2.0, 0.7, lam=1.0)], BAND)
     assert "between a (below) and b (above)" in rec.text and rec.next_grid[0] == "stage2.grl_lambda=1,2,4"
     rec = sw.recommend([_row("a", None, None, None, status="failed", reason="x")], BAND)
@@ -164,12 +185,27 @@ def test_point_metrics_read_from_a_workspace(tmp_path):
                                                                   "codec": "random-init dac"}))
     m = sw.point_metrics(tmp_path)  # target stage2: no evaluate
     assert m["val_mel_loss"] == 2.1 and m["speaker_acc"] == 0.2 and m["speaker_probe_acc"] is None
-    (tmp_path / "metrics" / "evaluate.json").write_text(json.dumps({
-        "mel_loss": 2.0, "speaker_probe_acc": 0.4, "emotion_probe_acc": 0.55, "wer": 0.9, "codec": "random-init dac",
-        "stage1": {"speaker_probe_acc": 0.78}, "stage2": {"mel_loss": 2.05, "speaker_acc": 0.14}}))
+    (tmp_path / "metrics" / "evaluate.json").write_text(
+        json.dumps(
+            {
+                "mel_loss": 2.0,
+                "speaker_probe_acc": 0.4,
+                "emotion_probe_acc": 0.55,
+                "wer": 0.9,
+                "codec": "random-init dac",
+                "stage1": {"speaker_probe_acc": 0.78},
+                "stage2": {"mel_loss": 2.05, "speaker_acc": 0.14},
+            }
+        )
+    )
     m = sw.point_metrics(tmp_path)
-    assert (m["val_mel_loss"], m["s2_val_mel_loss"], m["speaker_acc"], m["s1_speaker_probe_acc"], m["wer"]) == \
-        (2.0, 2.05, 0.14, 0.78, 0.9)
+    assert (
+        m["val_mel_loss"],
+        m["s2_val_mel_loss"],
+        m["speaker_acc"],
+        m["s1_speaker_probe_acc"],
+        m["wer"],
+    ) == (2.0, 2.05, 0.14, 0.78, 0.9)
     assert m["random_init"]
 
 
@@ -194,7 +230,11 @@ def test_two_point_sweep_runs_concurrently_with_stage1_once(prefect_api, repo_co
     result = sweep(grid=grid, overrides={"corpus.utts_per_speaker": 6, "speaker_mapping.min_samples": 3},
                    name="t", cpu_slots=2, repo=str(repo_copy))
 
-    assert result["shared_stages"][-1] == "stage1" and result["point_stages"] == ["stage2", "stage3", "evaluate"]
+    assert result["shared_stages"][-1] == "stage1" and result["point_stages"] == [
+        "stage2",
+        "stage3",
+        "evaluate",
+    ]
     assert result["points"] == {"t-grl_lambda0.5": "finished", "t-grl_lambda2.0": "finished",
                                 "t-grl_lambda-1.0": "failed"}
     out = repo_copy / "sweeps" / "t"
@@ -206,7 +246,11 @@ def test_two_point_sweep_runs_concurrently_with_stage1_once(prefect_api, repo_co
     table = list(csv.DictReader((out / "results.csv").open()))
     assert [r["point"] for r in table] == list(result["points"])
     for r in table[:2]:
-        assert r["status"] == "finished" and float(r["val_mel_loss"]) > 0 and r["band"] in ("below", "in", "above")
+        assert (
+            r["status"] == "finished"
+            and float(r["val_mel_loss"]) > 0
+            and r["band"] in ("below", "in", "above")
+        )
         assert 0 <= float(r["speaker_acc"]) <= 1 and 0 <= float(r["speaker_probe_acc"]) <= 1
         assert 0 <= float(r["emotion_probe_acc"]) <= 1
     assert [r["stage2.grl_lambda"] for r in table[:2]] == ["0.5", "2.0"]
@@ -244,8 +288,9 @@ def test_two_point_sweep_runs_concurrently_with_stage1_once(prefect_api, repo_co
                   name="t", cpu_slots=2, repo=str(repo_copy))
     assert again["points"] == result["points"] and again["recommended"] == result["recommended"]
     runs2 = client.search_runs([client.get_experiment_by_name("tristage").experiment_id], max_results=500)
-    assert sum(r.data.tags.get("stage") is not None for r in runs2) == sum(r.data.tags.get("stage") is not None
-                                                                          for r in runs)
+    assert sum(r.data.tags.get("stage") is not None for r in runs2) == sum(
+        r.data.tags.get("stage") is not None for r in runs
+    )
     assert time.monotonic() - t0 < 60
 
     from tristage.cli import main

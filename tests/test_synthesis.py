@@ -24,9 +24,17 @@ LEX = {"pitch": {"high": ["high-pitched", "high pitch"], "low": ["low-pitched", 
 @pytest.fixture(scope="module")
 def random_model():
     src = fake_sources()
-    cfg = TTSConfig(n_codebooks=2, codebook_size=16, n_mels=8, caption_dim=16, n_speakers=4,
-                    caption_module=src.caption_module, caption_table=src.caption_table, peft=dict(lora_rank=4),
-                    **{**TINY_MODEL, "n_layer": 2})
+    cfg = TTSConfig(
+        n_codebooks=2,
+        codebook_size=16,
+        n_mels=8,
+        caption_dim=16,
+        n_speakers=4,
+        caption_module=src.caption_module,
+        caption_table=src.caption_table,
+        peft=dict(lora_rank=4),
+        **{**TINY_MODEL, "n_layer": 2},
+    )
     torch.manual_seed(0)
     return build_model(cfg, src.table).eval()
 
@@ -152,17 +160,27 @@ def test_reference_audio_any_rate_channels_and_length(trained, tmp_path):
     _, stage3 = trained
     tts = TTS.from_pretrained(stage3)
     t = np.arange(44100 * 4) / 44100
-    stereo = np.stack([np.sin(2 * np.pi * 220 * t), np.sin(2 * np.pi * 330 * t)], axis=1).astype(np.float32) * 0.3
+    stereo = (
+        np.stack([np.sin(2 * np.pi * 220 * t), np.sin(2 * np.pi * 330 * t)], axis=1).astype(np.float32) * 0.3
+    )
     sf.write(tmp_path / "stereo44k.wav", stereo, 44100)
     sf.write(tmp_path / "mono8k.flac", stereo[:8000 // 2, 0], 8000)
     sf.write(tmp_path / "short.wav", stereo[:100, 0], 44100)
     a = tts.reference_mel(tmp_path / "stereo44k.wav")
     b = tts.reference_mel((stereo, 44100))
-    assert a.shape == (tts.max_ref_frames, 8) and torch.allclose(a, b, atol=1e-2)  # long: centre-cropped (file: 16-bit)
+    assert a.shape == (tts.max_ref_frames, 8) and torch.allclose(
+        a, b, atol=1e-2
+    )  # long: centre-cropped (file: 16-bit)
     short = tts.reference_mel(tmp_path / "mono8k.flac")  # 0.5 s: used whole
     assert short.shape[0] < tts.max_ref_frames or tts.max_ref_frames <= 1 + 8000 // 256
-    wav, sr = tts.synthesize("hello", speaker_ref=tmp_path / "stereo44k.wav", emotion_ref=tmp_path / "mono8k.flac",
-                             attributes={"pitch": "low"}, max_seconds=0.2, temperature=0)
+    wav, sr = tts.synthesize(
+        "hello",
+        speaker_ref=tmp_path / "stereo44k.wav",
+        emotion_ref=tmp_path / "mono8k.flac",
+        attributes={"pitch": "low"},
+        max_seconds=0.2,
+        temperature=0,
+    )
     assert sr == 16000 and len(wav) > 0
     with pytest.raises(UserError, match="at least 0.1 s"):
         tts.reference_mel(tmp_path / "short.wav")
@@ -185,7 +203,9 @@ def test_cli_single_and_requests_with_bad_rows(trained, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert rc == 0 and out.is_file() and "NOT speech" in printed
     info = json.loads(printed.splitlines()[1])
-    assert sf.info(out).frames == round(info["duration"] * 16000) and info["caption"] == "a happy voice, slowly."
+    assert (
+        sf.info(out).frames == round(info["duration"] * 16000) and info["caption"] == "a happy voice, slowly."
+    )
     rows = [dict(text="first good", speaker_ref="ref.wav", name="a"),
             "{not json",
             dict(caption="no text"),
@@ -196,8 +216,19 @@ def test_cli_single_and_requests_with_bad_rows(trained, tmp_path, capsys):
             dict(text="dup", name="a")]
     req = tmp_path / "reqs.jsonl"
     req.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows) + "\n")
-    rc = main(["synthesize", "--model", str(stage3), "--requests", str(req), "--out-dir", str(tmp_path / "out"),
-               "--max-seconds", "0.3"])
+    rc = main(
+        [
+            "synthesize",
+            "--model",
+            str(stage3),
+            "--requests",
+            str(req),
+            "--out-dir",
+            str(tmp_path / "out"),
+            "--max-seconds",
+            "0.3",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 1  # some rows were bad
     results = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
@@ -291,8 +322,10 @@ def test_web_demo_in_a_real_browser(trained, tmp_path):
             assert "NOT speech" in page.locator("#codec-note").inner_text()  # the random-init note is visible
             page.locator("#text textarea").fill("Hello from a real browser.")
             page.click("#generate")
-            page.wait_for_function("() => (document.querySelector('#details textarea') || {}).value?.startsWith("
-                                   "'duration')", timeout=180_000)
+            page.wait_for_function(
+                "() => (document.querySelector('#details textarea') || {}).value?.startsWith('duration')",
+                timeout=180_000,
+            )
             details = page.locator("#details textarea").input_value()
             shown = float(re.match(r"duration ([\d.]+) s", details).group(1))
             src = re.findall(r'(?:src|href)="([^"]+\.wav)"', page.locator("#output").inner_html())[0]
@@ -335,4 +368,6 @@ def test_baked_real_caption_table_round_trip(tmp_path):
     with torch.no_grad():
         want = peft(ids, mask).states
     got = BakedCaptions(loaded.vectors)(ids, mask).states
-    assert torch.allclose(got, want, atol=1e-5) and not torch.allclose(got, torch.as_tensor(vectors)[ids] * mask[..., None])
+    assert torch.allclose(got, want, atol=1e-5) and not torch.allclose(
+        got, torch.as_tensor(vectors)[ids] * mask[..., None]
+    )

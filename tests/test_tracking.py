@@ -45,8 +45,13 @@ def test_child_run_under_parent_with_tags_params_stepped_metrics(monkeypatch, tm
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.delenv("TRISTAGE_TRACKING", raising=False)
-    parent = start_parent_run(uri, "run-a", {"dvc_experiment": "run-a"}, {"overrides": {"stage2.grl_lambda": 2.0}},
-                              artifact_root=tmp_path / "mlartifacts")
+    parent = start_parent_run(
+        uri,
+        "run-a",
+        {"dvc_experiment": "run-a"},
+        {"overrides": {"stage2.grl_lambda": 2.0}},
+        artifact_root=tmp_path / "mlartifacts",
+    )
     assert parent
     monkeypatch.setenv("TRISTAGE_PARENT_RUN_ID", parent)
     monkeypatch.setenv("TRISTAGE_PREFECT_FLOW_RUN_ID", "flow-123")

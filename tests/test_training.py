@@ -9,11 +9,11 @@ import torch
 
 from tristage.config import load_params
 from tristage.errors import UserError
+from tristage.testing.fakes import default_fake_sources, fake_sources, write_tiny_params
 from tristage.training import checkpoint as ck
 from tristage.training.adversary import SpeakerAdversary
 from tristage.training.band import SpeakerAccBand, band_status, dann_lambda
 from tristage.training.data import BucketSampler, TrainData
-from tristage.testing.fakes import default_fake_sources, fake_sources, write_tiny_params
 from tristage.training.optim import lr_factor
 from tristage.training.trainer import _Trainer, train_stage
 
@@ -30,10 +30,14 @@ def _adversary(control="warn", patience=2, **kw):
 
     sp = load_params(None).stage2.model_copy(update=dict(band_control=control, band_patience=patience,
                                                          grl_lambda_min=0.25, **kw))
-    return SpeakerAdversary.from_params(sp, SimpleNamespace(speaker_classifier=torch.nn.Linear(2, 2)), ddp.Dist())
+    return SpeakerAdversary.from_params(
+        sp, SimpleNamespace(speaker_classifier=torch.nn.Linear(2, 2)), ddp.Dist()
+    )
 
 
-@pytest.mark.parametrize("acc,status", [(0.1, "below"), (0.3, "in"), (0.45, "in"), (0.6, "in"), (0.9, "above")])
+@pytest.mark.parametrize(
+    "acc,status", [(0.1, "below"), (0.3, "in"), (0.45, "in"), (0.6, "in"), (0.9, "above")]
+)
 def test_band_status(acc, status):
     assert band_status(acc, (0.3, 0.6)) == status
 
@@ -114,17 +118,24 @@ def test_band_in_stage2_adjusts_when_forced_out_of_band(tmp_path, monkeypatch):
                         __import__("dataclasses").replace(__import__("tristage.training.presets",
                                                                      fromlist=["PRESETS"]).PRESETS["stage2"],
                                                           needs_init=False))
-    monkeypatch.setattr(_Trainer, "evaluate", lambda self: dict(val_mel_loss=1.0, val_mel_top1=0.5, val_speaker_acc=0.99))
+    monkeypatch.setattr(
+        _Trainer, "evaluate", lambda self: dict(val_mel_loss=1.0, val_mel_top1=0.5, val_speaker_acc=0.99)
+    )
     m = train_stage("stage2", params, None, sources=default_fake_sources(tmp_path))
     assert m["speaker_acc_band"] == "above"
     assert m["grl_lambda"] == 3.0 and m["band_changes"] == 2  # 1 -> 2 -> 3 (grl_lambda_max)
     assert m["grl_lambda_configured"] == 1.0 and m["grl_lambda_final"] == 3.0
     info = __import__("json").loads((tmp_path / "models/stage2/training.json").read_text())
-    assert [c["changes"] for c in info["band_log"][:2]] == [{"grl_lambda": [1.0, 2.0]}, {"grl_lambda": [2.0, 3.0]}]
+    assert [c["changes"] for c in info["band_log"][:2]] == [
+        {"grl_lambda": [1.0, 2.0]},
+        {"grl_lambda": [2.0, 3.0]},
+    ]
     assert [(c["step"], c["new"]) for c in info["grl_log"]] == [(1, 2.0), (2, 3.0)]
 
 
-def test_auto_band_checks_between_evaluations_never_at_the_last_step_and_reports_one_value(tmp_path, monkeypatch):
+def test_auto_band_checks_between_evaluations_never_at_the_last_step_and_reports_one_value(
+    tmp_path, monkeypatch
+):
     """band_check_every acts inside the stage even when evaluations are rare; nothing changes at the last
     step; train.tsv says per check whether speaker_acc was in the band; the last row's lambda / weight are
     the ones metrics/stage2.json reports (the values actually used)."""
@@ -133,20 +144,35 @@ def test_auto_band_checks_between_evaluations_never_at_the_last_step_and_reports
 
     from tristage.training import presets
 
-    monkeypatch.setitem(presets.PRESETS, "stage2", dataclasses.replace(presets.PRESETS["stage2"], needs_init=False))
+    monkeypatch.setitem(
+        presets.PRESETS, "stage2", dataclasses.replace(presets.PRESETS["stage2"], needs_init=False)
+    )
     params = load_params(write_tiny_params(tmp_path, steps=8, eval_every=100, log_every=1),
                          ["stage2.band_control=auto", "stage2.band_patience=1", "stage2.band_check_every=2",
                           "stage2.init_from=null", "stage2.grl_lambda_max=100"])
-    monkeypatch.setattr(_Trainer, "evaluate", lambda self: dict(val_mel_loss=1.0, val_mel_top1=0.5, val_speaker_acc=0.99))
+    monkeypatch.setattr(
+        _Trainer, "evaluate", lambda self: dict(val_mel_loss=1.0, val_mel_top1=0.5, val_speaker_acc=0.99)
+    )
     m = train_stage("stage2", params, None, sources=default_fake_sources(tmp_path))
     info = json.loads((tmp_path / "models/stage2/training.json").read_text())
-    assert [(c["step"], c["old"], c["new"]) for c in info["grl_log"]] == [(2, 1.0, 2.0), (4, 2.0, 4.0), (6, 4.0, 8.0)]
+    assert [(c["step"], c["old"], c["new"]) for c in info["grl_log"]] == [
+        (2, 1.0, 2.0),
+        (4, 2.0, 4.0),
+        (6, 4.0, 8.0),
+    ]
     assert "not applied" in info["band_log"][-1]["message"] and info["band_log"][-1]["step"] == 8
-    assert (m["grl_lambda"], m["grl_lambda_final"], m["grl_lambda_configured"], m["band_changes"]) == (8.0, 8.0, 1.0, 3)
+    assert (m["grl_lambda"], m["grl_lambda_final"], m["grl_lambda_configured"], m["band_changes"]) == (
+        8.0,
+        8.0,
+        1.0,
+        3,
+    )
     assert m["best_step"] == 8  # band checks between evaluations don't pick the best checkpoint
     rows = [line.split("\t") for line in (tmp_path / "plots/stage2/train.tsv").read_text().splitlines()]
     table = [dict(zip(rows[0], r)) for r in rows[1:]]
-    assert [(r["step"], r["band_status"]) for r in table if r["band_status"]] == [(s, "above") for s in ("2", "4", "6", "8")]
+    assert [(r["step"], r["band_status"]) for r in table if r["band_status"]] == [
+        (s, "above") for s in ("2", "4", "6", "8")
+    ]
     assert float(table[-1]["grl_lambda"]) == m["grl_lambda"]
     assert float(table[-1]["speaker_loss_weight"]) == m["speaker_loss_weight"]
 
@@ -159,7 +185,9 @@ def test_dann_warmup_and_lr_schedule():
 
 
 def test_data_references_labels_and_split(tmp_path):
-    params = load_params(write_tiny_params(tmp_path, heldout_speakers=0))  # utterance split only (no unseen speakers)
+    params = load_params(
+        write_tiny_params(tmp_path, heldout_speakers=0)
+    )  # utterance split only (no unseen speakers)
     src = fake_sources(n_speakers=4, utts_per_speaker=6, mapped_speakers=3)
     data = TrainData(src, params.stage1, 32, 64)
     again = TrainData(src, params.stage1, 32, 64)
@@ -235,7 +263,9 @@ def test_changed_config_starts_fresh(tmp_path, caplog):
     import logging
 
     with caplog.at_level(logging.INFO):
-        m = train_stage("stage1", load_params(write_tiny_params(tmp_path, steps=4, lr=1e-3)), None, sources=src)
+        m = train_stage(
+            "stage1", load_params(write_tiny_params(tmp_path, steps=4, lr=1e-3)), None, sources=src
+        )
     assert m["resumed_from_step"] is None
     assert "starting fresh" in caplog.text
 
@@ -267,8 +297,12 @@ def test_classifier_updates_move_only_the_classifier(tmp_path, monkeypatch):
 
     from tristage.training import presets
 
-    monkeypatch.setitem(presets.PRESETS, "stage2", dataclasses.replace(presets.PRESETS["stage2"], needs_init=False))
-    params = load_params(write_tiny_params(tmp_path, steps=2), ["stage2.init_from=null", "stage2.classifier_steps=3"])
+    monkeypatch.setitem(
+        presets.PRESETS, "stage2", dataclasses.replace(presets.PRESETS["stage2"], needs_init=False)
+    )
+    params = load_params(
+        write_tiny_params(tmp_path, steps=2), ["stage2.init_from=null", "stage2.classifier_steps=3"]
+    )
     from tristage.training import ddp
 
     t = _Trainer("stage2", params, params.stage2, ddp.init("cpu"), None, default_fake_sources(tmp_path))
@@ -281,5 +315,12 @@ def test_classifier_updates_move_only_the_classifier(tmp_path, monkeypatch):
     after = t.model.state_dict()
     changed = {k.split(".")[0] for k in before if not torch.equal(before[k], after[k])}
     assert changed == {"speaker_classifier"}
-    params0 = load_params(write_tiny_params(tmp_path, steps=2), ["stage2.init_from=null", "stage2.classifier_steps=0"])
-    assert _Trainer("stage2", params0, params0.stage2, ddp.init("cpu"), None, default_fake_sources(tmp_path)).adversary.optimizer is None
+    params0 = load_params(
+        write_tiny_params(tmp_path, steps=2), ["stage2.init_from=null", "stage2.classifier_steps=0"]
+    )
+    assert (
+        _Trainer(
+            "stage2", params0, params0.stage2, ddp.init("cpu"), None, default_fake_sources(tmp_path)
+        ).adversary.optimizer
+        is None
+    )

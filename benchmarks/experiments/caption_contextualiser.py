@@ -106,8 +106,11 @@ def main(argv: list[str] | None = None) -> None:
     for step in range(a.steps + 1):
         if step % 250 == 0 or step == a.steps:
             res = {k: score(ctx, xs[k], sets[k][1]) for k in sets}
-            print(f"step {step} ({time.perf_counter() - t0:.0f} s): " + "; ".join(f"{k} {v}" for k, v in res.items()),
-                  flush=True)
+            print(
+                f"step {step} ({time.perf_counter() - t0:.0f} s): "
+                + "; ".join(f"{k} {v}" for k, v in res.items()),
+                flush=True,
+            )
         if step == a.steps:
             break
         idx = np.random.default_rng(step).choice(len(xb), min(a.batch, len(xb)), replace=False)
@@ -119,8 +122,11 @@ def main(argv: list[str] | None = None) -> None:
         opt.zero_grad()
         loss.backward()
         opt.step()
-    print(f"command: python -m benchmarks.experiments.caption_contextualiser --width {a.width} --layers {a.layers} "
-          f"--steps {a.steps}")
+    print(
+        "command: python -m benchmarks.experiments.caption_contextualiser "
+        f"--width {a.width} --layers {a.layers} "
+        f"--steps {a.steps}"
+    )
 
 
 if __name__ == "__main__":

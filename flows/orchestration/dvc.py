@@ -36,7 +36,11 @@ def format_override(key: str, value: Any) -> str:
     if not isinstance(key, str) or not key or any(not p for p in key.split(".")) or "=" in key:
         raise UserError(f"overrides: bad key {key!r}; use dotted params keys like 'stage2.grl_lambda'")
     if isinstance(value, str):
-        if _PLAIN.fullmatch(value) and value.lower() not in ("null", "true", "false", "none") and not _looks_numeric(value):
+        if (
+            _PLAIN.fullmatch(value)
+            and value.lower() not in ("null", "true", "false", "none")
+            and not _looks_numeric(value)
+        ):
             text = value
         else:
             text = "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
@@ -88,8 +92,14 @@ def pipeline_stages(repo: Path, target: str | None = None) -> list[str]:
         by_name = {v: k for k, v in names.items()}
         if target is not None and target not in by_name:
             raise UserError(f"target: unknown stage {target!r}; stages are: {', '.join(sorted(by_name))}")
-        keep = set(graph.nodes) if target is None else nx.descendants(graph, by_name[target]) | {by_name[target]}
-        order = list(nx.lexicographical_topological_sort(graph.reverse(copy=True), key=lambda s: _dvc_yaml_rank(repo, names[s])))
+        keep = (
+            set(graph.nodes) if target is None else nx.descendants(graph, by_name[target]) | {by_name[target]}
+        )
+        order = list(
+            nx.lexicographical_topological_sort(
+                graph.reverse(copy=True), key=lambda s: _dvc_yaml_rank(repo, names[s])
+            )
+        )
     return [names[s] for s in order if s in keep]
 
 
@@ -191,8 +201,15 @@ def run(cmd: Sequence[str], cwd: Path, env: Mapping[str, str] | None = None, log
     (default stderr); raise `CommandFailed` with the tail of the output on failure."""
     full_env = {**os.environ, **(env or {})}
     log.info("$ %s   (in %s)", " ".join(cmd), cwd)
-    proc = subprocess.Popen(list(cmd), cwd=cwd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, bufsize=1)
+    proc = subprocess.Popen(
+        list(cmd),
+        cwd=cwd,
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
+    )
     lines: list[str] = []
     assert proc.stdout is not None
     try:

@@ -27,7 +27,9 @@ def start_parent_run(uri: str, name: str, tags: Mapping[str, str], params: Mappi
     """Create the flow's parent run; None (with a warning) if MLflow is unusable."""
     try:
         client = _client(uri)
-        run = client.create_run(ensure_experiment(client, artifact_root), run_name=name, tags={ROLE_TAG: "flow", **tags})
+        run = client.create_run(
+            ensure_experiment(client, artifact_root), run_name=name, tags={ROLE_TAG: "flow", **tags}
+        )
         flat = {k: ("" if v is None else str(v))[:6000] for k, v in flatten(params).items()}
         items = list(flat.items())
         for i in range(0, len(items), 100):

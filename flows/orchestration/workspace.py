@@ -19,8 +19,19 @@ log = logging.getLogger(__name__)
 
 RUNS_DIR = Path(".tristage") / "runs"
 # Never copied into a workspace or a snapshot: environments, DVC outputs, databases, caches.
-EXCLUDE_TOP = {".venv", "data", "models", "mlflow.db", "mlflow.db-journal", "mlruns", "mlartifacts", ".tristage",
-               ".git", ".pytest_cache", ".prefect"}
+EXCLUDE_TOP = {
+    ".venv",
+    "data",
+    "models",
+    "mlflow.db",
+    "mlflow.db-journal",
+    "mlruns",
+    "mlartifacts",
+    ".tristage",
+    ".git",
+    ".pytest_cache",
+    ".prefect",
+}
 
 
 def _git(args: list[str], cwd: Path, check: bool = True) -> str:
@@ -34,7 +45,11 @@ def local_changes(repo: Path) -> tuple[list[str], list[str]]:
     """(modified or untracked files not ignored by git, deleted tracked files), relative to `repo`."""
     changed = _git(["ls-files", "-z", "-m", "-o", "--exclude-standard"], repo).split("\0")
     deleted = _git(["ls-files", "-z", "-d"], repo).split("\0")
-    keep = [p for p in dict.fromkeys(changed) if p and p.split("/", 1)[0] not in EXCLUDE_TOP and (repo / p).is_file()]
+    keep = [
+        p
+        for p in dict.fromkeys(changed)
+        if p and p.split("/", 1)[0] not in EXCLUDE_TOP and (repo / p).is_file()
+    ]
     return keep, [p for p in deleted if p]
 
 
@@ -86,7 +101,9 @@ def _fill_workspace(repo: Path, path: Path, include_local_changes: bool) -> None
         n = _copy_files(repo, path, changed)
         for rel in deleted:
             (path / rel).unlink(missing_ok=True)
-        log.info("workspace %s: HEAD + %d changed and %d deleted file(s) from %s", path, n, len(deleted), repo)
+        log.info(
+            "workspace %s: HEAD + %d changed and %d deleted file(s) from %s", path, n, len(deleted), repo
+        )
     cache = dvc_cache_dir(repo)
     cache.mkdir(parents=True, exist_ok=True)
     from dvc.config import Config

@@ -50,33 +50,51 @@ def _import(args) -> int:
     summary = import_corpus(args.format, args.src, args.out, columns=args.columns, speaker=args.speaker,
                             text=args.text, language=args.language)
     print(json.dumps(summary))
-    print(f"import {args.format}: {summary['rows']} rows -> {summary['manifest']}; {summary['rejected']} "
-          f"rejected -> {summary['rejects']}. Next: set prepare.manifest to it, then dvc repro", file=sys.stderr)
+    print(
+        f"import {args.format}: {summary['rows']} rows -> {summary['manifest']}; {summary['rejected']} "
+        f"rejected -> {summary['rejects']}. Next: set prepare.manifest to it, then dvc repro",
+        file=sys.stderr,
+    )
     return 0
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tristage", description="tristage: three-stage controllable TTS pipeline")
+    p = argparse.ArgumentParser(
+        prog="tristage", description="tristage: three-stage controllable TTS pipeline"
+    )
     sub = p.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("params", help="print the validated params (defaults + params.yaml)").set_defaults(run=_params)
+    sub.add_parser("params", help="print the validated params (defaults + params.yaml)").set_defaults(
+        run=_params
+    )
 
-    s = sub.add_parser("summary", help="the demo's figures: one table, a row per stage, and where to look further")
-    s.add_argument("--params", type=Path, default=None, help="params file (default: ./params.yaml, else the repo's)")
+    s = sub.add_parser(
+        "summary", help="the demo's figures: one table, a row per stage, and where to look further"
+    )
+    s.add_argument(
+        "--params", type=Path, default=None, help="params file (default: ./params.yaml, else the repo's)"
+    )
     s.set_defaults(run=_summary)
 
     c = sub.add_parser("compare", help="recent pipeline runs side by side (MLflow): GRL settings, mel_loss, "
                                        "speaker_acc band, probes")
     c.add_argument("--limit", type=int, default=20, help="number of pipeline runs (newest first)")
     c.add_argument("--format", choices=("table", "csv", "json"), default="table")
-    c.add_argument("--uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else mlflow.db)")
+    c.add_argument(
+        "--uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else mlflow.db)"
+    )
     c.add_argument("--sweep", default=None, metavar="NAME",
                    help="the table of sweep NAME (sweeps/NAME/) and the recommended point")
     c.set_defaults(run=_compare)
 
-    i = sub.add_parser("import", help="convert a corpus (ljspeech, libritts, hf-parquet, lhotse) into a manifest "
-                                      "that `prepare` reads; bad entries go to DIR/rejects.jsonl")
+    i = sub.add_parser(
+        "import",
+        help="convert a corpus (ljspeech, libritts, hf-parquet, lhotse) into a manifest "
+        "that `prepare` reads; bad entries go to DIR/rejects.jsonl",
+    )
     i.add_argument("format", choices=("ljspeech", "libritts", "hf-parquet", "lhotse"))
-    i.add_argument("src", help="the corpus folder (or file: metadata.csv, a .parquet shard, a lhotse .jsonl[.gz])")
+    i.add_argument(
+        "src", help="the corpus folder (or file: metadata.csv, a .parquet shard, a lhotse .jsonl[.gz])"
+    )
     i.add_argument("--out", required=True,
                    help="output folder: manifest.jsonl, rejects.jsonl, wavs/ when audio must be written")
     i.add_argument("--columns", action="append", default=[], metavar="SOURCE=CONTRACT",
@@ -92,8 +110,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _synthesize_parser(sub, parent: argparse.ArgumentParser) -> None:
-    s = sub.add_parser("synthesize", help="speak with a trained model folder (one request, or --requests FILE.jsonl)",
-                       description="Synthesise speech with a trained model folder (models/<stage>/ or a copy).")
+    s = sub.add_parser(
+        "synthesize",
+        help="speak with a trained model folder (one request, or --requests FILE.jsonl)",
+        description="Synthesise speech with a trained model folder (models/<stage>/ or a copy).",
+    )
     s.add_argument("--model", required=True, help="model folder, e.g. models/stage3")
     s.add_argument("--text", help="the words to speak")
     s.add_argument("--caption", default="", help="style description, e.g. 'A woman speaks quickly.'")
@@ -103,18 +124,29 @@ def _synthesize_parser(sub, parent: argparse.ArgumentParser) -> None:
     s.add_argument("--set", dest="attributes", action="append", default=[], metavar="ATTRIBUTE=VALUE",
                    help="edit the caption with a lexicon value, e.g. --set pitch=high (repeatable)")
     s.add_argument("--out", help="output wav (single request)")
-    s.add_argument("--requests", help="JSONL file of requests (one object per line; see tristage.synthesis.batch)")
+    s.add_argument(
+        "--requests", help="JSONL file of requests (one object per line; see tristage.synthesis.batch)"
+    )
     s.add_argument("--out-dir", help="folder for the wavs and results.jsonl of --requests")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
     s.add_argument("--top-k", type=int, default=50)
     s.add_argument("--top-p", type=float, default=None)
-    s.add_argument("--max-seconds", type=float, default=10.0, help="cap on the length (the model decides below it)")
+    s.add_argument(
+        "--max-seconds", type=float, default=10.0, help="cap on the length (the model decides below it)"
+    )
     s.add_argument("--batch-size", type=int, default=8, help="requests per batch on the device (--requests)")
     s.add_argument("--device", default="cpu", help="cpu | cuda | auto")
-    s.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: fastest for the tiny "
-                   "preset, and far faster on a loaded machine; 0 = torch's default)")
-    s.add_argument("--codec-weights", default=None, help="official codec weights, if the folder moved away from them")
+    s.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default 1: fastest for the tiny "
+        "preset, and far faster on a loaded machine; 0 = torch's default)",
+    )
+    s.add_argument(
+        "--codec-weights", default=None, help="official codec weights, if the folder moved away from them"
+    )
     s.add_argument("--list-speakers", action="store_true", help="print the stored reference names and exit")
 
     def run(args) -> int:

@@ -7,7 +7,8 @@ Found from the source alone (`ast`), never by importing: every `import` / `from 
 in a file (module level or inside a function: the stages import their heavy parts lazily). A module
 named only by a string (the model config's `caption_module`) is not followed: code that loads one by
 name must also import the default statically (model/tts.py does). Only files under `src/tristage/` are
-followed; third-party packages are versioned by the environment, not by this. Package `__init__.py` files on the way
+followed; third-party packages are versioned by the environment, not by this.
+Package `__init__.py` files on the way
 count (importing `a.b.c` runs `a/__init__.py` and `a/b/__init__.py`).
 
 Used twice, so the two can't disagree: a test checks that each DVC stage's `deps` in dvc.yaml

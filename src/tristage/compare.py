@@ -65,24 +65,44 @@ class Group:
 # `val_` columns are held-out figures (the stage's validation split, or the evaluate stage on it);
 # `train_` columns are averages over the last training window (batches the model trained on).
 COLUMNS: list[tuple[str, list[tuple[str, str, str]]]] = [
-    ("grl_lambda", [("stage2", "metric", "grl_lambda"), ("stage2", "param", "stage2.grl_lambda"),
-                    ("flow", "param", "overrides.stage2.grl_lambda")]),
-    ("spk_loss_w", [("stage2", "metric", "speaker_loss_weight"), ("stage2", "param", "stage2.speaker_loss_weight"),
-                    ("flow", "param", "overrides.stage2.speaker_loss_weight")]),
+    (
+        "grl_lambda",
+        [
+            ("stage2", "metric", "grl_lambda"),
+            ("stage2", "param", "stage2.grl_lambda"),
+            ("flow", "param", "overrides.stage2.grl_lambda"),
+        ],
+    ),
+    (
+        "spk_loss_w",
+        [
+            ("stage2", "metric", "speaker_loss_weight"),
+            ("stage2", "param", "stage2.speaker_loss_weight"),
+            ("flow", "param", "overrides.stage2.speaker_loss_weight"),
+        ],
+    ),
     ("s1_val_mel_loss", [("stage1", "metric", "val_mel_loss"), ("evaluate", "metric", "stage1.mel_loss")]),
     ("s2_val_mel_loss", [("stage2", "metric", "val_mel_loss"), ("evaluate", "metric", "stage2.mel_loss")]),
     ("s3_val_mel_loss", [("stage3", "metric", "val_mel_loss"), ("evaluate", "metric", "stage3.mel_loss")]),
     ("s2_train_spk_acc", [("stage2", "metric", "speaker_acc")]),
-    ("s2_val_spk_acc", [("stage2", "metric", "val_speaker_acc"), ("evaluate", "metric", "stage2.speaker_acc")]),
+    (
+        "s2_val_spk_acc",
+        [("stage2", "metric", "val_speaker_acc"), ("evaluate", "metric", "stage2.speaker_acc")],
+    ),
     ("band", []),  # computed: s2_val_spk_acc (else s2_train_spk_acc) against stage2.speaker_acc_band
     ("s1_spk_probe", [("evaluate", "metric", "stage1.speaker_probe_acc")]),
     ("s2_spk_probe", [("evaluate", "metric", "stage2.speaker_probe_acc")]),
     ("final_spk_probe", [("evaluate", "metric", "speaker_probe_acc")]),
     ("final_emo_probe", [("evaluate", "metric", "emotion_probe_acc")]),
-    ("caption_cos", [("evaluate", "metric", "caption_cosine_mean"), ("caption_vectors", "metric", "caption_cosine_mean")]),
+    (
+        "caption_cos",
+        [("evaluate", "metric", "caption_cosine_mean"), ("caption_vectors", "metric", "caption_cosine_mean")],
+    ),
 ]
-LEGEND = ("val_ = held-out validation rows; train_ = the last training window; probes: fresh classifiers on the "
-          "frozen emotion vectors (held-out accuracy).")
+LEGEND = (
+    "val_ = held-out validation rows; train_ = the last training window; probes: fresh classifiers on the "
+    "frozen emotion vectors (held-out accuracy)."
+)
 SIGNIFICANT = 6  # figures kept in every output: 0.10000000000000002 -> 0.1
 
 
@@ -101,7 +121,9 @@ def group_runs(runs: Iterable[RunRecord]) -> list[Group]:
         if r.parent:
             key = r.parent
             p = by_id.get(r.parent)
-            g = groups.setdefault(key, Group(key, p.name if p else key[:8], r.start_time, p.status if p else r.status))
+            g = groups.setdefault(
+                key, Group(key, p.name if p else key[:8], r.start_time, p.status if p else r.status)
+            )
         else:
             exp = r.tags.get("dvc_experiment")
             key = f"exp:{exp}" if exp else f"rev:{r.tags.get('git_revision', '?')[:7]}"
@@ -198,7 +220,6 @@ def render(rows: Sequence[dict[str, Any]], fmt: str = "table") -> str:
 
 def load_runs(uri: str, limit: int = 20) -> list[RunRecord]:
     """The stage and flow runs of the `tristage` MLflow experiment behind the `limit` newest pipeline runs."""
-    import os
     import warnings
 
     apply_quiet_env()
@@ -213,9 +234,21 @@ def load_runs(uri: str, limit: int = 20) -> list[RunRecord]:
     if exp is None:
         return []
     # Each pipeline run has at most ~10 stage runs; read enough to fill `limit` rows.
-    found = client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"], max_results=limit * 12)
-    return [RunRecord(r.info.run_id, r.info.run_name or r.info.run_id[:8], r.info.start_time or 0, r.info.status,
-                      dict(r.data.tags), dict(r.data.params), dict(r.data.metrics)) for r in found]
+    found = client.search_runs(
+        [exp.experiment_id], order_by=["attributes.start_time DESC"], max_results=limit * 12
+    )
+    return [
+        RunRecord(
+            r.info.run_id,
+            r.info.run_name or r.info.run_id[:8],
+            r.info.start_time or 0,
+            r.info.status,
+            dict(r.data.tags),
+            dict(r.data.params),
+            dict(r.data.metrics),
+        )
+        for r in found
+    ]
 
 
 def compare(uri: str | None = None, limit: int = 20, fmt: str = "table", out=None) -> list[dict[str, Any]]:

@@ -44,7 +44,9 @@ def setup_environment() -> None:
     apply_quiet_env()
 
 
-def run_stage(stage: str, fn: StageFn, argv: Sequence[str] | None = None, description: str | None = None) -> int:
+def run_stage(
+    stage: str, fn: StageFn, argv: Sequence[str] | None = None, description: str | None = None
+) -> int:
     """Run `fn(params, tracker) -> metrics` as stage `stage`; return the process exit code."""
     setup_environment()
     logging.basicConfig(level=os.environ.get("TRISTAGE_LOG_LEVEL", "INFO"),
@@ -60,7 +62,11 @@ def run_stage(stage: str, fn: StageFn, argv: Sequence[str] | None = None, descri
         with Tracker(stage, params.base_dir) as tracker:
             tracker.log_params({stage: section.model_dump(mode="json")})
             metrics = fn(params, tracker)
-            timings = separate_timings(stage, section, params.base_dir) if os.environ.get("RANK", "0") == "0" else {}
+            timings = (
+                separate_timings(stage, section, params.base_dir)
+                if os.environ.get("RANK", "0") == "0"
+                else {}
+            )
             if metrics:
                 quality, returned_timings = split_timings(metrics)
                 tracker.log_metrics(quality)

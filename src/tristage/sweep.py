@@ -88,7 +88,9 @@ def parse_grid(items: Iterable[str]) -> dict[str, list[Any]]:
         key, rest = _key_of(item, "--grid")
         raw = _split_values(rest)
         if any(v == "" for v in raw):
-            raise UserError(f"--grid {item!r}: an empty value; separate values with commas, e.g. {key}=0.3,1,3")
+            raise UserError(
+                f"--grid {item!r}: an empty value; separate values with commas, e.g. {key}=0.3,1,3"
+            )
         if key in axes:
             raise UserError(f"--grid {key}: given twice; put all its values in one --grid")
         values = [yaml.safe_load(v) for v in raw]
@@ -116,7 +118,9 @@ class Range:
 
 def parse_range(key: str, spec: Any) -> Range:
     """`"0.1:3:log"`, `"1:8"` (integers -> integer samples), or a list `[0.1, 3, "log"]`."""
-    parts = spec.split(":") if isinstance(spec, str) else list(spec) if isinstance(spec, (list, tuple)) else None
+    parts = (
+        spec.split(":") if isinstance(spec, str) else list(spec) if isinstance(spec, (list, tuple)) else None
+    )
     if not parts or len(parts) not in (2, 3) or (len(parts) == 3 and str(parts[2]) not in ("log", "lin")):
         raise UserError(f"--range {key}: expected LOW:HIGH or LOW:HIGH:log, got {spec!r}")
     try:
@@ -169,8 +173,10 @@ def unique_points(points: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 def check_sweep_name(name: str) -> str:
     if not _NAME_OK.fullmatch(name) or ".." in name or name.endswith((".", ".lock")):
-        raise UserError(f"sweep name {name!r}: use letters, digits, '.', '_' and '-' (it names DVC experiments "
-                        f"and the folder sweeps/<name>)")
+        raise UserError(
+            f"sweep name {name!r}: use letters, digits, '.', '_' and '-' (it names DVC experiments "
+            f"and the folder sweeps/<name>)"
+        )
     return name
 
 
@@ -179,7 +185,8 @@ def _short(key: str) -> str:
 
 
 def point_name(sweep: str, point: Mapping[str, Any]) -> str:
-    """A DVC experiment name from the values: `lam-grl_lambda0.3-speaker_loss_weight0.1`, or a hash when long."""
+    """A DVC experiment name from the values: `lam-grl_lambda0.3-speaker_loss_weight0.1`,
+    or a hash when long."""
     label = "-".join(f"{_short(k)}{json.dumps(v) if not isinstance(v, str) else v}" for k, v in point.items())
     label = re.sub(r"[^A-Za-z0-9_.-]+", "_", label).replace("..", "_").strip("._-")
     digest = hashlib.sha1(json.dumps(point, sort_keys=True).encode()).hexdigest()[:8]
@@ -251,7 +258,11 @@ def point_metrics(workspace: Path) -> dict[str, Any]:
 
 def result_row(name: str, point: Mapping[str, Any], record: Mapping[str, Any], band: Sequence[float]) -> dict:
     """One table row: point name, status, swept values, knobs, figures, band status, reason, timings."""
-    row: dict[str, Any] = {"point": name, "status": record.get("status", "pending"), "label": point_label(point)}
+    row: dict[str, Any] = {
+        "point": name,
+        "status": record.get("status", "pending"),
+        "label": point_label(point),
+    }
     row.update({k: v for k, v in point.items()})
     for knob, value in (record.get("knobs") or {}).items():
         row.setdefault(knob, value)
@@ -304,8 +315,12 @@ def recommend(rows: Sequence[dict], band: Sequence[float]) -> Recommendation:
     done = [r for r in rows if r["status"] == "finished" and r.get("speaker_acc") is not None]
     if not done:
         failed = sum(r["status"] == "failed" for r in rows)
-        return Recommendation(None, False, f"no finished point with a speaker_acc ({failed} failed): nothing to "
-                                           f"recommend; see each point's reason")
+        return Recommendation(
+            None,
+            False,
+            f"no finished point with a speaker_acc ({failed} failed): nothing to "
+            f"recommend; see each point's reason",
+        )
     mel = lambda r: r["val_mel_loss"] if r.get("val_mel_loss") is not None else math.inf
     inside = [r for r in done if r["band"] == "in"]
     if inside:
@@ -322,26 +337,41 @@ def recommend(rows: Sequence[dict], band: Sequence[float]) -> Recommendation:
     head = (f"no point inside the band [{lo:g}, {hi:g}]; closest: {best['point']} (speaker_acc "
             f"{_fmt(best['speaker_acc'])}, val mel_loss {_fmt(mel(best))}). ")
     if sides == {"below", "above"}:
-        below = min((r for r in done if r["band"] == "below"), key=lambda r: _distance(r["speaker_acc"], band))
-        above = min((r for r in done if r["band"] == "above"), key=lambda r: _distance(r["speaker_acc"], band))
+        below = min(
+            (r for r in done if r["band"] == "below"), key=lambda r: _distance(r["speaker_acc"], band)
+        )
+        above = min(
+            (r for r in done if r["band"] == "above"), key=lambda r: _distance(r["speaker_acc"], band)
+        )
         grid = []
         for knob in KNOBS:
             a, b = _num(below.get(knob)), _num(above.get(knob))
             if a is not None and b is not None and a != b:
                 mid = math.sqrt(a * b) if a > 0 and b > 0 else (a + b) / 2
-                grid.append(f"{knob}=" + ",".join(dict.fromkeys(_fmt(x) for x in (min(a, b), mid, max(a, b)))))
-        return Recommendation(best["point"], False, head + f"The band lies between {below['point']} (below) and "
-                              f"{above['point']} (above): sweep between them.", grid)
+                grid.append(
+                    f"{knob}=" + ",".join(dict.fromkeys(_fmt(x) for x in (min(a, b), mid, max(a, b))))
+                )
+        return Recommendation(
+            best["point"],
+            False,
+            head + f"The band lies between {below['point']} (below) and "
+            f"{above['point']} (above): sweep between them.",
+            grid,
+        )
     if sides == {"above"}:
-        text = (head + "All points above the band: the emotion vector still carries the speaker (the GRL has too "
-                "little effect). Seed's advice: raise stage2.grl_lambda (1.0 -> 2.0-3.0).")
+        text = (
+            head + "All points above the band: the emotion vector still carries the speaker (the GRL has too "
+            "little effect). Seed's advice: raise stage2.grl_lambda (1.0 -> 2.0-3.0)."
+        )
         grid = ["stage2.grl_lambda=" + ",".join(_scaled(lam, (2, 3, 4)))] if _scaled(lam, (2,)) else []
         return Recommendation(best["point"], False, text, grid)
-    text = (head + "All points below the band: the GRL classifier can't find the speaker in the emotion vector. "
-            "Seed's advice: raise stage2.speaker_loss_weight (0.1 -> 0.2); a weaker reversal (lower "
-            "stage2.grl_lambda) or more classifier updates (stage2.classifier_steps) also raise it. On a "
-            "random-init codec the decoder barely uses the emotion vector, so the band may be out of reach "
-            "(README, stage2).")
+    text = (
+        head + "All points below the band: the GRL classifier can't find the speaker in the emotion vector. "
+        "Seed's advice: raise stage2.speaker_loss_weight (0.1 -> 0.2); a weaker reversal (lower "
+        "stage2.grl_lambda) or more classifier updates (stage2.classifier_steps) also raise it. On a "
+        "random-init codec the decoder barely uses the emotion vector, so the band may be out of reach "
+        "(README, stage2)."
+    )
     grid = []
     if _scaled(wgt, (2,)):
         grid.append("stage2.speaker_loss_weight=" + ",".join(_scaled(wgt, (2, 4))))
@@ -376,8 +406,10 @@ def render_table(rows: Sequence[dict], rec: Mapping[str, Any] | None = None) -> 
     cols = [c for c in columns(rows) if c not in ("device", "reason", "recommended")]
     short = {c: _short(c) for c in cols}
     cell = lambda v: "-" if v is None or v == "" else (f"{v:.4g}" if isinstance(v, float) else str(v))
-    body = [[("*" if r.get("recommended") else " ") + cell(r.get(cols[0]))] + [cell(r.get(c)) for c in cols[1:]]
-            for r in rows]
+    body = [
+        [("*" if r.get("recommended") else " ") + cell(r.get(cols[0]))] + [cell(r.get(c)) for c in cols[1:]]
+        for r in rows
+    ]
     head = [" " + cols[0]] + [short[c] for c in cols[1:]]
     widths = [max(len(x) for x in col) for col in zip(head, *body)] if body else [len(h) for h in head]
     line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
@@ -388,9 +420,14 @@ def render_table(rows: Sequence[dict], rec: Mapping[str, Any] | None = None) -> 
     if rec:
         out.append(f"* recommended: {rec.get('text')}")
         if rec.get("next_grid"):
-            out.append("next grid: python -m flows.sweep " + " ".join(f"--grid {g}" for g in rec["next_grid"]))
+            out.append(
+                "next grid: python -m flows.sweep " + " ".join(f"--grid {g}" for g in rec["next_grid"])
+            )
     if any(r.get("random_init") for r in rows):
-        out.append("(figures from a random-init codec / caption encoder: the pipeline's behaviour, not speech quality)")
+        out.append(
+            "(figures from a random-init codec / caption encoder: "
+            "the pipeline's behaviour, not speech quality)"
+        )
     return "\n".join(out)
 
 
@@ -416,8 +453,14 @@ def plot_band(rows: Sequence[dict], band: Sequence[float], path: Path, title: st
             continue
         ax.bar(x, acc, color=colors.get(r.get("band")), edgecolor="black" if r.get("recommended") else "none",
                linewidth=2 if r.get("recommended") else 0)
-        ax.text(x, acc + 0.01, f"{acc:.2f}" + (" *" if r.get("recommended") else ""), ha="center", va="bottom",
-                fontsize=8)
+        ax.text(
+            x,
+            acc + 0.01,
+            f"{acc:.2f}" + (" *" if r.get("recommended") else ""),
+            ha="center",
+            va="bottom",
+            fontsize=8,
+        )
     ax.set_xlim(-0.6, len(rows) - 0.4)
     ax.set_xticks(xs)
     ax.set_xticklabels([r.get("label") or r["point"] for r in rows], rotation=30, ha="right", fontsize=8)
@@ -498,7 +541,9 @@ def write_results(out_dir: Path, rows: list[dict], rec: Recommendation, band: Se
     doc = {"band": list(band), "recommendation": rec.as_dict(), "rows": rows, **(meta or {})}
     write_text(paths["json"], json.dumps(doc, indent=2, default=str) + "\n")
     name = (meta or {}).get("sweep", out_dir.name)
-    plot_band(rows, band, paths["band_png"], f"sweep {name}: stage2 speaker_acc per point (* = recommended){note}")
+    plot_band(
+        rows, band, paths["band_png"], f"sweep {name}: stage2 speaker_acc per point (* = recommended){note}"
+    )
     plot_front(rows, paths["front_png"], f"sweep {name}: val mel_loss vs speaker probe{note}")
     return paths
 
@@ -508,8 +553,10 @@ def load_results(repo: Path, name: str) -> dict:
     if not path.is_file():
         known = sorted(p.name for p in (repo / SWEEPS_DIR).glob("*/") if (p / RESULTS_JSON).is_file()) \
             if (repo / SWEEPS_DIR).is_dir() else []
-        raise UserError(f"{path}: no such sweep; run `python -m flows.sweep --name {name} --grid KEY=V1,V2` first"
-                        + (f" (sweeps here: {', '.join(known)})" if known else ""))
+        raise UserError(
+            f"{path}: no such sweep; run `python -m flows.sweep --name {name} --grid KEY=V1,V2` first"
+            + (f" (sweeps here: {', '.join(known)})" if known else "")
+        )
     return json.loads(path.read_text())
 
 

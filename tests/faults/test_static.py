@@ -17,8 +17,9 @@ def test_sources_found():
 @pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(REPO)))
 def test_no_pickle_loads(path: Path):
     text = path.read_text(encoding="utf-8")
-    assert not re.search(r"^\s*(import pickle|from pickle|import cPickle|import dill|import joblib)", text, re.M), \
-        "pickle-family import"
+    assert not re.search(
+        r"^\s*(import pickle|from pickle|import cPickle|import dill|import joblib)", text, re.M
+    ), "pickle-family import"
     assert "pickle.load" not in text and "np.load(" not in text.replace("allow_pickle=False", "")
     for m in re.finditer(r"torch\.load\(", text):
         # the whole call, up to its closing parenthesis

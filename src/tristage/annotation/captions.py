@@ -21,15 +21,36 @@ ORDER = ("gender", "accent", "pitch", "speed", "modulation", "emotion", "quality
 GENDER_ADJ_ENDINGS = ("ale", "ine")  # female, male, feminine, masculine
 UNCOUNTABLE = ("intonation", "noise", "reverb", "echo", "variation", "emotion", "boredom")
 PREPOSITIONS = ("with", "without", "in", "at", "as", "on", "by")
-NOUN_ENDS = ("pitch", "voice", "tone", "pace", "speed", "intonation", "delivery", "noise", "room", "studio", "echo",
-             "reverb", "way", "accent", "boredom", "emotion")
+NOUN_ENDS = (
+    "pitch",
+    "voice",
+    "tone",
+    "pace",
+    "speed",
+    "intonation",
+    "delivery",
+    "noise",
+    "room",
+    "studio",
+    "echo",
+    "reverb",
+    "way",
+    "accent",
+    "boredom",
+    "emotion",
+)
 VERBS = ("speaks", "talks", "reads", "says the line")
 
 
 def shape(phrase: str) -> str:
     """"adverb" (quickly, a bit slowly, as if bored), "noun" (brisk pace, deep voice) or "adjective"."""
     words = phrase.lower().split()
-    if words[0] in PREPOSITIONS or words[0] == "a" or words[-1].endswith("ly") and words[-1] not in ("lively",):
+    if (
+        words[0] in PREPOSITIONS
+        or words[0] == "a"
+        or words[-1].endswith("ly")
+        and words[-1] not in ("lively",)
+    ):
         return "adverb"
     if words[-1] in NOUN_ENDS:
         return "noun"
@@ -54,11 +75,15 @@ class CaptionWriter:
             for value, phrases in values.items():
                 by_shape: dict[str, list[str]] = {}
                 for ph in phrases:
-                    if self.matcher.attributes(ph).get(attr) == value and not ph.lower().endswith(("men", "women")):
+                    if self.matcher.attributes(ph).get(attr) == value and not ph.lower().endswith(
+                        ("men", "women")
+                    ):
                         by_shape.setdefault(shape(ph), []).append(ph)
                 self.phrases.setdefault(attr, {})[value] = by_shape
 
-    def _pick(self, rng: np.random.Generator, attr: str, value: str, shapes: tuple[str, ...]) -> tuple[str, str] | None:
+    def _pick(
+        self, rng: np.random.Generator, attr: str, value: str, shapes: tuple[str, ...]
+    ) -> tuple[str, str] | None:
         opts = [(s, ph) for s in shapes for ph in self.phrases.get(attr, {}).get(value, {}).get(s, [])]
         return opts[int(rng.integers(len(opts)))] if opts else None
 
@@ -81,7 +106,12 @@ class CaptionWriter:
             if got is None:
                 continue
             kind, ph = got
-            if kind == "adjective" and attr in ("accent", "pitch") or kind == "adjective" and rng.random() < 0.3:
+            if (
+                kind == "adjective"
+                and attr in ("accent", "pitch")
+                or kind == "adjective"
+                and rng.random() < 0.3
+            ):
                 pre.append(ph)
             elif kind == "adjective":
                 post.append(f"sounding {ph}" if attr == "emotion" else f"with {article(ph + ' delivery')}")
@@ -89,7 +119,11 @@ class CaptionWriter:
                 post.append(f"with {article(ph)}" if attr != "emotion" else f"in {article(ph)}")
             else:
                 post.append(ph)
-        speed = self._pick(rng, "speed", attrs["speed"], ("adverb", "noun", "adjective")) if "speed" in attrs else None
+        speed = (
+            self._pick(rng, "speed", attrs["speed"], ("adverb", "noun", "adjective"))
+            if "speed" in attrs
+            else None
+        )
         verb = VERBS[int(rng.integers(len(VERBS)))]
         if speed is None:
             verb_phrase = verb

@@ -11,8 +11,10 @@ from tristage.schema import Field, NonNegFloat, NonNegInt, Path, PosInt, Section
 
 class QualityParams(Section):
     """Fixed thresholds (noise is absolute, not relative to the corpus)."""
-    rt60_s: NonNegFloat = DEFAULT_QUALITY["rt60_s"]          # estimated RT60 >= this -> "reverberant"
-    snr_db: list[float] = list(DEFAULT_QUALITY["snr_db"])    # very noisy < a <= noisy < b <= slightly noisy < c <= clean
+    rt60_s: NonNegFloat = DEFAULT_QUALITY["rt60_s"]  # estimated RT60 >= this -> "reverberant"
+    snr_db: list[float] = list(
+        DEFAULT_QUALITY["snr_db"]
+    )  # very noisy < a <= noisy < b <= slightly noisy < c <= clean
 
     @model_validator(mode="after")
     def _ascending(self) -> QualityParams:
@@ -23,9 +25,13 @@ class QualityParams(Section):
 
 class AnnotateParams(Section):
     manifest: Path = Path("data/prepared/manifest.parquet")
-    out_dir: Path = Path("data/annotated")  # manifest.parquet, bins.json, failed.jsonl, measures/ (resume cache)
+    out_dir: Path = Path(
+        "data/annotated"
+    )  # manifest.parquet, bins.json, failed.jsonl, measures/ (resume cache)
     metrics: Path = Path("metrics/annotate.json")
-    overwrite: bool = False  # true: replace attribute columns with the measured bins (captions stay untouched)
+    overwrite: bool = (
+        False  # true: replace attribute columns with the measured bins (captions stay untouched)
+    )
     captions: bool = True    # write a caption for rows without one
     seed: int = 1234
     workers: NonNegInt = 2   # processes measuring audio (0 = in process)
@@ -40,7 +46,9 @@ class AnnotateParams(Section):
     def _levels(self) -> AnnotateParams:
         for attr, values in self.levels.items():
             if attr not in FITTED:
-                raise ValueError(f"levels.{attr}: no measure for it; measured attributes: {', '.join(FITTED)}")
+                raise ValueError(
+                    f"levels.{attr}: no measure for it; measured attributes: {', '.join(FITTED)}"
+                )
             if len(values) < 2 or len(set(values)) != len(values):
                 raise ValueError(f"levels.{attr}: need at least 2 distinct values, got {values}")
         return self

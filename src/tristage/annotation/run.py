@@ -93,8 +93,11 @@ def _write_shard(path: Path, records: list[dict], fp: str) -> None:
     from tristage.audio.measures import MEASURE_COLUMNS
     from tristage.fsio import atomic_path
 
-    cols = {"id": pa.string(), **{c: (pa.int32() if c == "n_words" else pa.float64()) for c in MEASURE_COLUMNS},
-            "error": pa.string()}
+    cols = {
+        "id": pa.string(),
+        **{c: (pa.int32() if c == "n_words" else pa.float64()) for c in MEASURE_COLUMNS},
+        "error": pa.string(),
+    }
     schema = pa.schema(list(cols.items()), metadata={"fingerprint": fp})
     table = pa.table({c: [r[c] for r in records] for c in cols}, schema=schema)
     with atomic_path(path, suffix=".parquet") as tmp:
@@ -102,7 +105,11 @@ def _write_shard(path: Path, records: list[dict], fp: str) -> None:
 
 
 def _missing(value) -> bool:
-    return value is None or (isinstance(value, float) and value != value) or (isinstance(value, str) and not value.strip())
+    return (
+        value is None
+        or (isinstance(value, float) and value != value)
+        or (isinstance(value, str) and not value.strip())
+    )
 
 
 def check_levels(ap: AnnotateParams, lexicon: dict) -> None:
@@ -167,12 +174,21 @@ def run_annotate(ap: AnnotateParams, lexicon: dict, tracker=None, progress: bool
     size = ap.shard_size
     shard_rows = [rows[i:i + size] for i in range(0, len(rows), size)]
     fps = [fingerprint(r) for r in shard_rows]
-    todo = [i for i, f in enumerate(fps) if not _shard_path(out, i).is_file() or _shard_fingerprint(_shard_path(out, i)) != f]
+    todo = [
+        i
+        for i, f in enumerate(fps)
+        if not _shard_path(out, i).is_file() or _shard_fingerprint(_shard_path(out, i)) != f
+    ]
     for p in (out / SHARDS).glob("shard-*.parquet"):  # shards of a longer, older manifest
         if int(p.stem.split("-")[1]) >= len(shard_rows):
             p.unlink()
-    log.info("annotate: %d utterances, %d shards (%d to measure), %d worker(s)", len(rows), len(shard_rows), len(todo),
-             ap.workers)
+    log.info(
+        "annotate: %d utterances, %d shards (%d to measure), %d worker(s)",
+        len(rows),
+        len(shard_rows),
+        len(todo),
+        ap.workers,
+    )
 
     t0 = time.perf_counter()
     tasks = [(i, shard_rows[i]) for i in todo]
@@ -194,12 +210,16 @@ def run_annotate(ap: AnnotateParams, lexicon: dict, tracker=None, progress: bool
     meas = pd.concat([pq.read_table(_shard_path(out, i)).to_pandas() for i in range(len(shard_rows))],
                      ignore_index=True)
     if list(meas["id"]) != list(df["id"].astype(str)):
-        raise RuntimeError(f"{out / SHARDS}: cached measures do not line up with the manifest; delete the folder")
+        raise RuntimeError(
+            f"{out / SHARDS}: cached measures do not line up with the manifest; delete the folder"
+        )
     failed = meas[meas["error"].notna()]
     ok = meas["error"].isna().to_numpy()
     if not ok.any():
-        raise UserError(f"{ap.manifest}: no utterance could be measured (first error: {failed['error'].iloc[0]}); "
-                        f"see {out / 'failed.jsonl'}")
+        raise UserError(
+            f"{ap.manifest}: no utterance could be measured (first error: {failed['error'].iloc[0]}); "
+            f"see {out / 'failed.jsonl'}"
+        )
     for c in MEASURE_COLUMNS:
         df[c] = meas[c].to_numpy()
 
@@ -213,7 +233,9 @@ def run_annotate(ap: AnnotateParams, lexicon: dict, tracker=None, progress: bool
     agree, filled = {}, {}
     for attr in bins.attributes:
         given = df[attr].tolist() if attr in df.columns else [None] * len(df)
-        agree[attr] = agreement(given, assigned[attr])  # before filling: the user's values vs the measured bins
+        agree[attr] = agreement(
+            given, assigned[attr]
+        )  # before filling: the user's values vs the measured bins
         take = [m is not None and (ap.overwrite or _missing(g)) for g, m in zip(given, assigned[attr])]
         df[attr] = [m if t else (None if _missing(g) else g) for g, m, t in zip(given, assigned[attr], take)]
         filled[attr] = sum(take)
@@ -247,13 +269,20 @@ def run_annotate(ap: AnnotateParams, lexicon: dict, tracker=None, progress: bool
         if f.name not in df.columns:
             df[f.name] = None
         if pa.types.is_string(f.type):
-            df[f.name] = [None if v is None or (isinstance(v, float) and v != v) else str(v) for v in df[f.name]]
+            df[f.name] = [
+                None if v is None or (isinstance(v, float) and v != v) else str(v) for v in df[f.name]
+            ]
     table = pa.Table.from_pandas(df[[f.name for f in fields]], schema=pa.schema(fields), preserve_index=False)
     with atomic_path(out / "manifest.parquet", suffix=".parquet") as tmp:
         pq.write_table(table, tmp)
     write_json(out / "bins.json", bins.to_dict())
-    write_bytes(out / "failed.jsonl", "".join(json.dumps({"id": r.id, "audio": rows[k][1], "reason": r.error}) + "\n"
-                                              for k, r in zip(failed.index, failed.itertuples())).encode())
+    write_bytes(
+        out / "failed.jsonl",
+        "".join(
+            json.dumps({"id": r.id, "audio": rows[k][1], "reason": r.error}) + "\n"
+            for k, r in zip(failed.index, failed.itertuples())
+        ).encode(),
+    )
 
     audio_s = float(df.loc[ok, "duration_s"].sum())
     now = [k for i in todo for k in range(i * size, i * size + len(shard_rows[i]))]
@@ -263,12 +292,19 @@ def run_annotate(ap: AnnotateParams, lexicon: dict, tracker=None, progress: bool
         for g, sub in df[ok].groupby(df.loc[ok, "gender"].fillna("unknown")):
             f0_by_gender[str(g)] = round(float(sub["f0_hz"].median()), 2)
     metrics = {
-        "n_rows": len(df), "n_measured": int(ok.sum()), "n_failed": len(failed),
-        "total_audio_s": round(audio_s, 2), "shards_measured": len(todo), "shards_skipped": len(shard_rows) - len(todo),
+        "n_rows": len(df),
+        "n_measured": int(ok.sum()),
+        "n_failed": len(failed),
+        "total_audio_s": round(audio_s, 2),
+        "shards_measured": len(todo),
+        "shards_skipped": len(shard_rows) - len(todo),
         "elapsed_s": round(elapsed, 2),
         "x_real_time": round(audio_now / elapsed, 1) if now and elapsed > 0 else None,
-        "filled": filled, "overwrite": ap.overwrite, "captions_written": captions_written,
-        "captions_kept": len(df) - captions_written, "agreement": agree,
+        "filled": filled,
+        "overwrite": ap.overwrite,
+        "captions_written": captions_written,
+        "captions_kept": len(df) - captions_written,
+        "agreement": agree,
         "f0_hz_median_by_gender": f0_by_gender,
         "speaking_rate_median": round(float(df.loc[ok, "speaking_rate"].median()), 3),
         "snr_db_median": round(float(df.loc[ok, "snr_db"].median()), 2),
@@ -277,7 +313,9 @@ def run_annotate(ap: AnnotateParams, lexicon: dict, tracker=None, progress: bool
     if tracker is not None:
         tracker.log_artifact(out / "bins.json")
     if len(failed):
-        log.warning("annotate: %d utterance(s) could not be measured, see %s", len(failed), out / "failed.jsonl")
+        log.warning(
+            "annotate: %d utterance(s) could not be measured, see %s", len(failed), out / "failed.jsonl"
+        )
     log.info("annotate: filled %s, %d captions written; agreement %s", filled, captions_written,
              {k: v.get("coarse") for k, v in agree.items()})
     return metrics

@@ -73,7 +73,10 @@ class Measures:
     rt60_s: float
 
     def to_dict(self) -> dict[str, float]:
-        return {k: (round(v, 4) if isinstance(v, float) and math.isfinite(v) else v) for k, v in asdict(self).items()}
+        return {
+            k: (round(v, 4) if isinstance(v, float) and math.isfinite(v) else v)
+            for k, v in asdict(self).items()
+        }
 
 
 MEASURE_COLUMNS = tuple(f.name for f in fields(Measures))
@@ -208,9 +211,17 @@ def measure(wav: np.ndarray, sr: int, text: str | None = None) -> Measures:
         f0_hz = pitch_std = float("nan")
     n_words = count_words(text)
     rate = n_words / speech_s if n_words and speech_s > 0 else float("nan")
-    return Measures(f0_hz=f0_hz, pitch_std_st=pitch_std, voiced_s=min(float(voiced.sum() * HOP / SR), duration), speech_s=speech_s,
-                    duration_s=duration, n_words=n_words, speaking_rate=rate, snr_db=snr_estimate(short_db),
-                    rt60_s=rt60_estimate(short_db))
+    return Measures(
+        f0_hz=f0_hz,
+        pitch_std_st=pitch_std,
+        voiced_s=min(float(voiced.sum() * HOP / SR), duration),
+        speech_s=speech_s,
+        duration_s=duration,
+        n_words=n_words,
+        speaking_rate=rate,
+        snr_db=snr_estimate(short_db),
+        rt60_s=rt60_estimate(short_db),
+    )
 
 
 # -- binning ------------------------------------------------------------------------------------
@@ -259,7 +270,9 @@ class AttributeBins:
         out: dict[str, dict[str, Any]] = {}
         for attr, lv in levels.items():
             if attr not in FITTED:
-                raise ValueError(f"no measured feature for attribute {attr!r}; fitted ones: {', '.join(FITTED)}")
+                raise ValueError(
+                    f"no measured feature for attribute {attr!r}; fitted ones: {', '.join(FITTED)}"
+                )
             if len(lv) < 2:
                 raise ValueError(f"attribute {attr!r}: need at least 2 levels")
             feature, how, group_col = FITTED[attr]
@@ -276,7 +289,9 @@ class AttributeBins:
                         e = _edges(values[sel], len(lv))
                         if e is not None:
                             groups[g] = e
-            out[attr] = dict(feature=feature, transform=how, group_by=group_col, levels=list(lv), groups=groups)
+            out[attr] = dict(
+                feature=feature, transform=how, group_by=group_col, levels=list(lv), groups=groups
+            )
         q = dict(DEFAULT_QUALITY if quality is None else quality)
         return cls(bins=out, quality=dict(rt60_s=float(q["rt60_s"]), snr_db=[float(s) for s in q["snr_db"]]))
 
@@ -320,7 +335,9 @@ class AttributeBins:
         out["quality"] = res
         return out
 
-    def assign_one(self, m: Measures | Mapping[str, float], gender: str | None = None) -> dict[str, str | None]:
+    def assign_one(
+        self, m: Measures | Mapping[str, float], gender: str | None = None
+    ) -> dict[str, str | None]:
         """`assign` for one utterance (e.g. a generated sample in `evaluate`)."""
         row = m.to_dict() if isinstance(m, Measures) else dict(m)
         table = {k: [v] for k, v in row.items()}

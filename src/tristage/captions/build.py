@@ -273,12 +273,16 @@ def load_heldout(folder: str | Path) -> tuple[list[str], list[np.ndarray]]:
         captions = read_json(folder / "heldout.json")
         data = load_file(str(folder / "heldout.safetensors"))
     except (OSError, ValueError) as exc:
-        raise UserError(f"{folder}: no held-out captions ({exc}); run the `caption_vectors` stage again") from exc
+        raise UserError(
+            f"{folder}: no held-out captions ({exc}); run the `caption_vectors` stage again"
+        ) from exc
     off = data["offsets"]
     return captions, [data["states"][a:b] for a, b in zip(off[:-1], off[1:])]
 
 
-def write_plot(path: Path, series: dict[str, np.ndarray], groups: dict[str, dict[str, float]], title: str) -> None:
+def write_plot(
+    path: Path, series: dict[str, np.ndarray], groups: dict[str, dict[str, float]], title: str
+) -> None:
     """Token cosine histograms (left) and the mean cosine per attribute / unseen / other tokens (right)."""
     import matplotlib
 
@@ -318,7 +322,9 @@ def load_inputs(cp) -> tuple[list[str], list[str], list[str], tuple]:
     if not captions:
         raise UserError(f"{cp.manifest}: no captions (column `caption` empty and no attribute columns)")
     build, held = split_captions(captions, cp.heldout_fraction, cp.seed)
-    paraphrases = [c for c in dict.fromkeys(clean_caption(p) for p in cp.paraphrases) if c and c not in set(build)]
+    paraphrases = [
+        c for c in dict.fromkeys(clean_caption(p) for p in cp.paraphrases) if c and c not in set(build)
+    ]
     log.info("%d unique captions: %d to build the table, %d held out, %d paraphrases",
              len(captions), len(build), len(held), len(paraphrases))
     return build, held, paraphrases, attribute_agreement(df, cp.lexicon)
@@ -341,7 +347,9 @@ def encode_table(cp, model, parser: CaptionParser, info: dict, build: list[str],
     from tristage.captions.encoder import encode_batches, encode_vocabulary
 
     builder, kept, dim = TableBuilder(cp.context_keys, cp.attribute_pieces), [None] * len(build), 0
-    for idx, states in encode_batches(model, parser, build, cp.batch_size, progress, "encoding build captions"):
+    for idx, states in encode_batches(
+        model, parser, build, cp.batch_size, progress, "encoding build captions"
+    ):
         builder.add(tokenized_units(parser, [build[i] for i in idx]), states)
         dim = states[0].shape[1]
         for i, h in zip(idx, states) if keep_states else ():
@@ -363,7 +371,9 @@ def score_table(cp, model, parser, table, held: list[str], paraphrases: list[str
     acc["para"], acc["base_para"] = Fidelity(table), Fidelity(table, context=False, pieces=False)
     held_states: list = [None] * len(held)
     for caps, names in ((held, ("held", "base")), (paraphrases, ("para", "base_para"))):
-        for idx, states in encode_batches(model, parser, caps, cp.batch_size, progress, f"encoding {names[0]}"):
+        for idx, states in encode_batches(
+            model, parser, caps, cp.batch_size, progress, f"encoding {names[0]}"
+        ):
             for name in names:
                 acc[name].add([caps[i] for i in idx], states)
             for i, h in zip(idx, states) if caps is held else ():
@@ -376,25 +386,42 @@ def caption_metrics(r: dict, table, info: dict, n: dict, extra: dict) -> dict:
     fid, base, para, base_para = r["held"], r["base"], r["para"], r["base_para"]
     kinds = table.kinds
     return dict(
-        cosine_mean=fid["cosine_mean"], cosine_p05=fid["cosine_p05"], cosine_min=fid["cosine_min"],
-        caption_cosine_mean=fid["caption_cosine_mean"], n_heldout_captions=n["held"],
-        encoder=f"{info['name']} ({'pretrained' if info['pretrained'] else 'random-init'}, {info['model_type']}, "
-                f"d={table.dim})",
+        cosine_mean=fid["cosine_mean"],
+        cosine_p05=fid["cosine_p05"],
+        cosine_min=fid["cosine_min"],
+        caption_cosine_mean=fid["caption_cosine_mean"],
+        n_heldout_captions=n["held"],
+        encoder=f"{info['name']} ({'pretrained' if info['pretrained'] else 'random-init'}, "
+        f"{info['model_type']}, "
+        f"d={table.dim})",
         pretrained=bool(info["pretrained"]),
-        paraphrase_cosine_mean=para["cosine_mean"], paraphrase_cosine_p05=para["cosine_p05"],
-        paraphrase_cosine_min=para["cosine_min"], paraphrase_caption_cosine_mean=para["caption_cosine_mean"],
-        n_paraphrases=n["para"], n_unseen_tokens=fid["n_unseen_tokens"] + para["n_unseen_tokens"],
-        heldout_unseen_tokens=fid["n_unseen_tokens"], paraphrase_unseen_tokens=para["n_unseen_tokens"],
+        paraphrase_cosine_mean=para["cosine_mean"],
+        paraphrase_cosine_p05=para["cosine_p05"],
+        paraphrase_cosine_min=para["cosine_min"],
+        paraphrase_caption_cosine_mean=para["caption_cosine_mean"],
+        n_paraphrases=n["para"],
+        n_unseen_tokens=fid["n_unseen_tokens"] + para["n_unseen_tokens"],
+        heldout_unseen_tokens=fid["n_unseen_tokens"],
+        paraphrase_unseen_tokens=para["n_unseen_tokens"],
         heldout_unseen_cosine_mean=fid["by_group"].get("unseen"),
         paraphrase_unseen_cosine_mean=para["by_group"].get("unseen"),
-        heldout_cosine_by_attribute=fid["by_group"], paraphrase_cosine_by_attribute=para["by_group"],
+        heldout_cosine_by_attribute=fid["by_group"],
+        paraphrase_cosine_by_attribute=para["by_group"],
         n_unk_fallback_tokens=fid["n_unk"] + para["n_unk"],  # unseen and not in the vocabulary rows
-        heldout_tokens=fid["n_tokens"], paraphrase_tokens=para["n_tokens"],
-        baseline_cosine_mean=base["cosine_mean"], baseline_caption_cosine_mean=base["caption_cosine_mean"],
+        heldout_tokens=fid["n_tokens"],
+        paraphrase_tokens=para["n_tokens"],
+        baseline_cosine_mean=base["cosine_mean"],
+        baseline_caption_cosine_mean=base["caption_cosine_mean"],
         baseline_paraphrase_cosine_mean=base_para["cosine_mean"],
-        n_build_captions=n["build"], n_rows=len(table), n_token_rows=kinds.count("token"),
-        n_attribute_rows=kinds.count("attribute"), n_context_rows=kinds.count("context"),
-        n_vocab_rows=kinds.count("vocab"), dim=table.dim, **extra)
+        n_build_captions=n["build"],
+        n_rows=len(table),
+        n_token_rows=kinds.count("token"),
+        n_attribute_rows=kinds.count("attribute"),
+        n_context_rows=kinds.count("context"),
+        n_vocab_rows=kinds.count("vocab"),
+        dim=table.dim,
+        **extra,
+    )
 
 
 def run_caption_vectors(cp, tracker=None, progress: bool = True) -> dict:
@@ -426,8 +453,9 @@ def run_caption_vectors(cp, tracker=None, progress: bool = True) -> dict:
     extra.update(attribute_agreement=agreement, attribute_cells=n_cells, context_keys=bool(cp.context_keys),
                  attribute_pieces=bool(cp.attribute_pieces), encode_seconds=round(t_encode, 3),
                  seconds=round(time.perf_counter() - t0, 2))
-    metrics = caption_metrics(results, table, info, dict(held=len(held), para=len(paraphrases), build=len(build)),
-                              extra)
+    metrics = caption_metrics(
+        results, table, info, dict(held=len(held), para=len(paraphrases), build=len(build)), extra
+    )
     write_plot(Path(cp.plots_dir) / "cosine_hist.png",
                {"held-out": results["held"]["_cosines"], "paraphrases": results["para"]["_cosines"]},
                {"held-out": results["held"]["by_group"], "paraphrases": results["para"]["by_group"]},
@@ -436,8 +464,16 @@ def run_caption_vectors(cp, tracker=None, progress: bool = True) -> dict:
     if tracker is not None:
         tracker.set_tags({"caption_encoder": metrics["encoder"]})
         tracker.log_artifact(Path(cp.plots_dir) / "cosine_hist.png")
-    log.info("table %d rows, d=%d; held-out token cosine %.3f (baseline %.3f), caption %.3f; paraphrases %.3f, "
-             "%d unseen tokens; %.1f s", len(table), table.dim, metrics["cosine_mean"] or 0,
-             metrics["baseline_cosine_mean"] or 0, metrics["caption_cosine_mean"] or 0,
-             metrics["paraphrase_cosine_mean"] or 0, metrics["n_unseen_tokens"], metrics["seconds"])
+    log.info(
+        "table %d rows, d=%d; held-out token cosine %.3f (baseline %.3f), caption %.3f; paraphrases %.3f, "
+        "%d unseen tokens; %.1f s",
+        len(table),
+        table.dim,
+        metrics["cosine_mean"] or 0,
+        metrics["baseline_cosine_mean"] or 0,
+        metrics["caption_cosine_mean"] or 0,
+        metrics["paraphrase_cosine_mean"] or 0,
+        metrics["n_unseen_tokens"],
+        metrics["seconds"],
+    )
     return {k: v for k, v in metrics.items() if not isinstance(v, str)}  # the tracker flattens the dicts

@@ -17,7 +17,9 @@ class PeftParams(Section):
 
 
 class TinyEncoderParams(Section):
-    """The seeded random-init T5 used when `caption_vectors.encoder` is null (tokenizer trained on the captions)."""
+    """The seeded random-init T5 used when `caption_vectors.encoder` is null (tokenizer trained on the
+    captions)."""
+
     d_model: PosInt = 64
     num_layers: PosInt = 2
     num_heads: PosInt = 4
@@ -39,7 +41,8 @@ class CaptionVectorsParams(Section):
     max_length: PosInt = 128  # tokens per caption (longer captions are truncated)
     seed: int = 1234
     # vectors keyed by (previous unit, token, next unit), backing off to (prev, token), (token, next), token;
-    # a context key needs at least `context_min_count` occurrences in the build captions. false: one per token.
+    # a context key needs at least `context_min_count` occurrences in the build captions.
+    # false: one per token.
     context_keys: bool = True
     context_min_count: NonNegInt = 2
     # attribute rows per (value, token piece) besides the one per value (all of a value share its VAE)

@@ -1,8 +1,8 @@
 """The caption encoder whose outputs the vector table stands in for.
 
-    model, tok, info = load_encoder(path)                  # any local HF encoder dir
-    model, tok, info = make_tiny_encoder(captions, out, tiny, seed)   # seeded random-init T5 + trained tokenizer
-    states = encode(model, tok_call, captions, batch_size)  # list of (T_i, d) float32 arrays
+model, tok, info = load_encoder(path)                  # any local HF encoder dir
+model, tok, info = make_tiny_encoder(captions, out, tiny, seed)   # seeded random-init T5 + trained tokenizer
+states = encode(model, tok_call, captions, batch_size)  # list of (T_i, d) float32 arrays
 """
 from __future__ import annotations
 
@@ -20,18 +20,27 @@ def load_encoder(path: str | os.PathLike):
 
     path = Path(path)
     if not (path / "config.json").is_file():
-        raise UserError(f"caption_vectors.encoder: {path} is not a local Hugging Face model folder (no config.json)")
+        raise UserError(
+            f"caption_vectors.encoder: {path} is not a local Hugging Face model folder (no config.json)"
+        )
     cfg = AutoConfig.from_pretrained(path)
     cls = T5EncoderModel if cfg.model_type in ("t5", "mt5", "umt5") else AutoModel
     model = cls.from_pretrained(path).eval()
     tok = AutoTokenizer.from_pretrained(path)
     if not getattr(tok, "is_fast", False):
-        raise UserError(f"caption_vectors.encoder: {path} has no fast tokenizer (tokenizer.json); offsets are needed")
+        raise UserError(
+            f"caption_vectors.encoder: {path} has no fast tokenizer (tokenizer.json); offsets are needed"
+        )
     name = path.resolve().name
     if name in ("model", "models", "encoder", "."):
         name = f"{path.resolve().parent.name}/{path.name}"
-    info = dict(name=name, path=str(path), model_type=cfg.model_type, pretrained=True,
-                dim=int(model.config.hidden_size if hasattr(model.config, "hidden_size") else model.config.d_model))
+    info = dict(
+        name=name,
+        path=str(path),
+        model_type=cfg.model_type,
+        pretrained=True,
+        dim=int(model.config.hidden_size if hasattr(model.config, "hidden_size") else model.config.d_model),
+    )
     return model, tok, info
 
 
@@ -68,7 +77,9 @@ def train_tokenizer(captions: list[str], vocab_size: int):
     tk.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
                                                       special_tokens=[("</s>", 1)])
     tk.decoder = decoders.WordPiece()
-    return PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tk, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
+    )
 
 
 def make_tiny_encoder(captions: list[str], out_dir: str | os.PathLike, tiny, seed: int):
@@ -77,10 +88,19 @@ def make_tiny_encoder(captions: list[str], out_dir: str | os.PathLike, tiny, see
     from transformers import T5Config, T5EncoderModel
 
     tok = train_tokenizer(captions, tiny.vocab_size)
-    cfg = T5Config(vocab_size=len(tok), d_model=tiny.d_model, d_kv=tiny.d_model // tiny.num_heads, d_ff=tiny.d_ff,
-                   num_layers=tiny.num_layers, num_heads=tiny.num_heads, dropout_rate=0.0, feed_forward_proj="relu",
-                   pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-                   decoder_start_token_id=tok.pad_token_id)
+    cfg = T5Config(
+        vocab_size=len(tok),
+        d_model=tiny.d_model,
+        d_kv=tiny.d_model // tiny.num_heads,
+        d_ff=tiny.d_ff,
+        num_layers=tiny.num_layers,
+        num_heads=tiny.num_heads,
+        dropout_rate=0.0,
+        feed_forward_proj="relu",
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        decoder_start_token_id=tok.pad_token_id,
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = T5EncoderModel(cfg).eval()
@@ -100,14 +120,27 @@ def encode_batches(model, parser, captions: list[str], batch_size: int, progress
 
     order = sorted(range(len(captions)), key=lambda i: (len(captions[i]), i))
     pad_left = parser.tok.padding_side == "left"
-    with tqdm(total=len(captions), desc=desc, unit="cap", mininterval=1.0,
-              disable=not progress or bool(os.environ.get("TRISTAGE_NO_PROGRESS"))) as bar, torch.inference_mode():
+    with (
+        tqdm(
+            total=len(captions),
+            desc=desc,
+            unit="cap",
+            mininterval=1.0,
+            disable=not progress or bool(os.environ.get("TRISTAGE_NO_PROGRESS")),
+        ) as bar,
+        torch.inference_mode(),
+    ):
         for s in range(0, len(order), batch_size):
             idx = order[s:s + batch_size]
             enc = parser.tokenize([captions[i] for i in idx], padding=True, return_tensors="pt")
-            h = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state  # (B, T, d)
+            h = model(
+                input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]
+            ).last_hidden_state  # (B, T, d)
             lens = enc["attention_mask"].sum(1).tolist()
-            yield idx, [(h[b, -n:] if pad_left else h[b, :n]).float().numpy().copy() for b, n in enumerate(lens)]
+            yield (
+                idx,
+                [(h[b, -n:] if pad_left else h[b, :n]).float().numpy().copy() for b, n in enumerate(lens)],
+            )
             bar.update(len(idx))
 
 

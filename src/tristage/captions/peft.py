@@ -75,7 +75,11 @@ class CaptionPEFT(nn.Module):
         vectors = torch.as_tensor(table.vectors, dtype=torch.float32)
         N, d = vectors.shape
         is_attr = getattr(table, "is_attribute", None)
-        is_attr = torch.zeros(N, dtype=torch.bool) if is_attr is None else torch.as_tensor(is_attr, dtype=torch.bool)
+        is_attr = (
+            torch.zeros(N, dtype=torch.bool)
+            if is_attr is None
+            else torch.as_tensor(is_attr, dtype=torch.bool)
+        )
         slot = getattr(table, "adapter_ids", None)
         if slot is None:  # a table without adapter slots: one LoRA per row, one VAE per attribute row
             slot = torch.where(is_attr, is_attr.long().cumsum(0) - 1, torch.arange(N))

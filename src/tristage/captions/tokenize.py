@@ -98,4 +98,6 @@ class CaptionParser:
     def parse(self, caption, known: set[str] | None = None) -> list[Unit]:
         caption = clean_caption(caption)
         enc = self.tokenize([caption])
-        return self.units(caption, enc["input_ids"][0], enc["offset_mapping"][0], enc["special_tokens_mask"][0], known)
+        return self.units(
+            caption, enc["input_ids"][0], enc["offset_mapping"][0], enc["special_tokens_mask"][0], known
+        )

@@ -46,8 +46,16 @@ def context_keys(units: list[Unit], i: int) -> tuple[str, ...]:
 
 
 class CaptionVectorTable:
-    def __init__(self, tokens: list[str], kinds: list[str], bases: list[str], vectors: np.ndarray | torch.Tensor,
-                 meta: dict, tokenizer=None, cache: dict[str, tuple[int, int]] | None = None):
+    def __init__(
+        self,
+        tokens: list[str],
+        kinds: list[str],
+        bases: list[str],
+        vectors: np.ndarray | torch.Tensor,
+        meta: dict,
+        tokenizer=None,
+        cache: dict[str, tuple[int, int]] | None = None,
+    ):
         assert tokens[0] == UNK and len(tokens) == len(kinds) == len(bases) == len(vectors)
         self.tokens, self.kinds, self.bases, self.meta = list(tokens), list(kinds), list(bases), dict(meta)
         self.vectors = torch.as_tensor(np.asarray(vectors, dtype=np.float32))  # (N, dim)
@@ -79,7 +87,9 @@ class CaptionVectorTable:
     def encoder_info(self) -> dict:
         """{"name", "pretrained"} of the encoder the table stands in for (what the trainer logs)."""
         enc = self.meta.get("encoder") if isinstance(self.meta.get("encoder"), dict) else {}
-        return dict(name=enc.get("name", self.meta.get("name", "unknown")), pretrained=self.meta.get("pretrained"))
+        return dict(
+            name=enc.get("name", self.meta.get("name", "unknown")), pretrained=self.meta.get("pretrained")
+        )
 
     @property
     def dim(self) -> int:
@@ -167,8 +177,12 @@ class CaptionVectorTable:
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        save_file({"vectors": np.ascontiguousarray(self.vectors.numpy())}, str(folder / "vectors.safetensors"))
-        write_json(folder / "tokens.json", dict(tokens=self.tokens, kinds=self.kinds, base=self.bases), indent=None)
+        save_file(
+            {"vectors": np.ascontiguousarray(self.vectors.numpy())}, str(folder / "vectors.safetensors")
+        )
+        write_json(
+            folder / "tokens.json", dict(tokens=self.tokens, kinds=self.kinds, base=self.bases), indent=None
+        )
         write_json(folder / "meta.json", self.meta)
         if self.cache:
             write_json(folder / "cache.json", self.cache, indent=None)
@@ -189,7 +203,9 @@ class CaptionVectorTable:
             meta = read_json(folder / "meta.json")
             cache = read_json(folder / "cache.json") if (folder / "cache.json").is_file() else None
         except (OSError, KeyError, ValueError) as exc:
-            raise UserError(f"{folder}: not a caption vector table ({exc}); run the `caption_vectors` stage") from exc
+            raise UserError(
+                f"{folder}: not a caption vector table ({exc}); run the `caption_vectors` stage"
+            ) from exc
         table = cls(idx["tokens"], idx["kinds"], idx["base"], vectors, meta,
                     cache={c: (int(a), int(b)) for c, (a, b) in (cache or {}).items()})
         table.folder = folder

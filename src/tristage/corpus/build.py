@@ -242,11 +242,14 @@ def build_corpus(p: CorpusParams, tracker=None) -> dict:
         with open(tmp / "manifest.jsonl", "w", encoding="utf-8") as f:
             for row in rows:
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        (tmp / "speakers.json").write_text(json.dumps([asdict(s) for s in make_speakers(p.n_speakers, p.seed)],
-                                                      indent=1) + "\n")
+        (tmp / "speakers.json").write_text(
+            json.dumps([asdict(s) for s in make_speakers(p.n_speakers, p.seed)], indent=1) + "\n"
+        )
     total = sum(r["duration"] for r in rows)
     metrics = {"utterances": len(rows), "speakers": p.n_speakers, "total_duration_s": round(total, 2)}
     for q in ("clean", "noisy", "reverberant"):
         metrics[f"quality_{q}"] = sum(r["quality"] == q for r in rows)
-    log.info("corpus: %d utterances, %d speakers, %.1f s of audio in %s", len(rows), p.n_speakers, total, p.out_dir)
+    log.info(
+        "corpus: %d utterances, %d speakers, %.1f s of audio in %s", len(rows), p.n_speakers, total, p.out_dir
+    )
     return metrics

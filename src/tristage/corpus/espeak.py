@@ -44,7 +44,9 @@ class Espeak:
         try:
             import espeakng_loader
         except ImportError:
-            raise UserError("corpus: the `espeakng-loader` package is missing; pip install espeakng-loader") from None
+            raise UserError(
+                "corpus: the `espeakng-loader` package is missing; pip install espeakng-loader"
+            ) from None
         lib = ctypes.CDLL(espeakng_loader.get_library_path())
         lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
         lib.espeak_Initialize.restype = ctypes.c_int
@@ -54,8 +56,16 @@ class Espeak:
         lib.espeak_SetVoiceByName.restype = ctypes.c_int
         lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
         lib.espeak_SetParameter.restype = ctypes.c_int
-        lib.espeak_Synth.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int, ctypes.c_uint,
-                                     ctypes.c_uint, ctypes.POINTER(ctypes.c_uint), ctypes.c_void_p]
+        lib.espeak_Synth.argtypes = [
+            ctypes.c_void_p,
+            ctypes.c_size_t,
+            ctypes.c_uint,
+            ctypes.c_int,
+            ctypes.c_uint,
+            ctypes.c_uint,
+            ctypes.POINTER(ctypes.c_uint),
+            ctypes.c_void_p,
+        ]
         lib.espeak_Synth.restype = ctypes.c_int
         lib.espeak_Synchronize.restype = ctypes.c_int
 
@@ -92,7 +102,12 @@ class Espeak:
         volume: amplitude 0..200 (100 = normal).
         """
         self.set_voice(voice)
-        for param, value in ((PARAM_RATE, rate), (PARAM_PITCH, pitch), (PARAM_RANGE, range_), (PARAM_VOLUME, volume)):
+        for param, value in (
+            (PARAM_RATE, rate),
+            (PARAM_PITCH, pitch),
+            (PARAM_RANGE, range_),
+            (PARAM_VOLUME, volume),
+        ):
             self._lib.espeak_SetParameter(param, int(value), 0)
         buf = text.encode("utf-8") + b"\0"
         self._chunks = []

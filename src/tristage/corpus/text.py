@@ -13,13 +13,50 @@ import numpy as np
 
 # -- sentences ---------------------------------------------------------------------------------
 
-NAMES = ("Anna", "Peter", "Maria", "David", "Laura", "James", "Sofia", "Thomas", "Emma", "Daniel", "Grace", "Oliver")
-ADJS = ("old", "small", "bright", "quiet", "heavy", "green", "broken", "famous", "tiny", "golden", "strange", "warm")
+NAMES = (
+    "Anna",
+    "Peter",
+    "Maria",
+    "David",
+    "Laura",
+    "James",
+    "Sofia",
+    "Thomas",
+    "Emma",
+    "Daniel",
+    "Grace",
+    "Oliver",
+)
+ADJS = (
+    "old",
+    "small",
+    "bright",
+    "quiet",
+    "heavy",
+    "green",
+    "broken",
+    "famous",
+    "tiny",
+    "golden",
+    "strange",
+    "warm",
+)
 NOUNS = ("lamp", "garden", "letter", "bicycle", "window", "river", "market", "teacher", "kitchen", "painting",
          "village", "camera", "bridge", "island", "piano", "doctor")
 PLURALS = ("apples", "books", "candles", "birds", "tickets", "stones", "boxes", "flowers", "chairs", "songs")
 VERBS = ("open", "carry", "paint", "visit", "clean", "find", "close", "watch", "fix", "follow")
-PAST = ("opened", "carried", "painted", "visited", "cleaned", "found", "closed", "watched", "fixed", "followed")
+PAST = (
+    "opened",
+    "carried",
+    "painted",
+    "visited",
+    "cleaned",
+    "found",
+    "closed",
+    "watched",
+    "fixed",
+    "followed",
+)
 PLACES = ("near the station", "behind the house", "across the street", "in the park", "by the harbour",
           "at the museum", "under the old tree", "on the top floor")
 TIMES = ("tomorrow morning", "after lunch", "this evening", "next week", "before sunrise", "on Friday",
@@ -63,22 +100,41 @@ def sentence(rng: np.random.Generator) -> str:
 GENDER_NOUN = {"female": ("woman", "female speaker", "lady", "female voice"),
                "male": ("man", "male speaker", "gentleman", "male voice")}
 GENDER_ADJ = {"female": ("female",), "male": ("male",)}
-PITCH = {"high": ("a high-pitched voice", "a fairly high voice", "a high voice", "a bright, high-pitched tone"),
-         "moderate": ("a moderate pitch", "a medium-pitched voice", "an average-pitched voice", "a mid-range pitch"),
-         "low": ("a low-pitched voice", "a deep voice", "a low voice", "a fairly low pitch")}
-PITCH_ADJ = {"high": ("high-pitched", "fairly high-pitched"), "moderate": ("medium-pitched", "moderately pitched"),
-             "low": ("low-pitched", "deep-voiced")}
+PITCH = {
+    "high": ("a high-pitched voice", "a fairly high voice", "a high voice", "a bright, high-pitched tone"),
+    "moderate": (
+        "a moderate pitch",
+        "a medium-pitched voice",
+        "an average-pitched voice",
+        "a mid-range pitch",
+    ),
+    "low": ("a low-pitched voice", "a deep voice", "a low voice", "a fairly low pitch"),
+}
+PITCH_ADJ = {
+    "high": ("high-pitched", "fairly high-pitched"),
+    "moderate": ("medium-pitched", "moderately pitched"),
+    "low": ("low-pitched", "deep-voiced"),
+}
 SPEED = {"fast": ("quickly", "fast", "rapidly", "at a brisk pace"),
          "moderate": ("at a moderate pace", "at an even speed", "at a normal speed", "at a steady pace"),
          "slow": ("slowly", "at a slow pace", "unhurriedly", "at a leisurely pace")}
 SPEED_ADJ = {"fast": ("fast", "quick", "rapid"), "moderate": ("moderately paced", "evenly paced"),
              "slow": ("slow", "unhurried", "leisurely")}
-MODULATION = {"monotone": ("monotonously", "in a flat tone", "with very little intonation", "in a monotone"),
-              "moderate": ("with natural intonation", "with some variation in tone", "with a moderate intonation"),
-              "expressive": ("expressively", "with lively intonation", "with a very animated delivery",
-                             "with a wide, expressive intonation")}
-MODULATION_ADJ = {"monotone": ("monotone", "flat"), "moderate": ("moderately intonated", "naturally intonated"),
-                  "expressive": ("expressive", "animated")}
+MODULATION = {
+    "monotone": ("monotonously", "in a flat tone", "with very little intonation", "in a monotone"),
+    "moderate": ("with natural intonation", "with some variation in tone", "with a moderate intonation"),
+    "expressive": (
+        "expressively",
+        "with lively intonation",
+        "with a very animated delivery",
+        "with a wide, expressive intonation",
+    ),
+}
+MODULATION_ADJ = {
+    "monotone": ("monotone", "flat"),
+    "moderate": ("moderately intonated", "naturally intonated"),
+    "expressive": ("expressive", "animated"),
+}
 QUALITY = {"clean": ("in a clean recording", "in a quiet room", "in a clear, noise-free recording",
                      "in a clean studio setting"),
            "noisy": ("in a noisy room", "with background noise", "in a noisy recording",
@@ -96,8 +152,13 @@ EMOTION = {"neutral": ("in a neutral tone", "without much emotion", "in a matter
            "sad": ("sounding sad", "sadly", "in a sorrowful tone", "with a sad voice"),
            "angry": ("sounding angry", "angrily", "in an irritated tone", "with an angry tone"),
            "bored": ("sounding bored", "in a bored tone", "listlessly", "as if bored")}
-EMOTION_ADJ = {"neutral": ("neutral", "matter-of-fact"), "happy": ("happy", "cheerful"), "sad": ("sad", "sorrowful"),
-               "angry": ("angry", "irritated"), "bored": ("bored", "uninterested")}
+EMOTION_ADJ = {
+    "neutral": ("neutral", "matter-of-fact"),
+    "happy": ("happy", "cheerful"),
+    "sad": ("sad", "sorrowful"),
+    "angry": ("angry", "irritated"),
+    "bored": ("bored", "uninterested"),
+}
 
 # What a caption may say for each attribute value (tests check captions against this).
 PHRASES: dict[str, dict[str, tuple[str, ...]]] = {

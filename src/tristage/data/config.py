@@ -22,7 +22,9 @@ class PrepareParams(Section):
     @model_validator(mode="after")
     def _durations(self) -> "PrepareParams":
         if self.min_duration >= self.max_duration:
-            raise ValueError(f"min_duration ({self.min_duration}) must be below max_duration ({self.max_duration})")
+            raise ValueError(
+                f"min_duration ({self.min_duration}) must be below max_duration ({self.max_duration})"
+            )
         return self
 
 

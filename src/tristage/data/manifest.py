@@ -56,5 +56,7 @@ def read_prepared(path: str | os.PathLike, columns: Sequence[str] | None = None)
 
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{path}: prepared manifest not found; run the `prepare` stage first (dvc repro prepare)")
+        raise UserError(
+            f"{path}: prepared manifest not found; run the `prepare` stage first (dvc repro prepare)"
+        )
     return pq.read_table(path, columns=list(columns) if columns else None).to_pandas()

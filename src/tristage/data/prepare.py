@@ -40,15 +40,30 @@ from pathlib import Path, PurePath
 from typing import Any, Iterable, Iterator
 
 from tristage.data.config import PrepareParams
-from tristage.data.manifest import (ATTRIBUTE_COLUMNS, OPTIONAL_COLUMNS, REQUIRED_COLUMNS, prepared_schema,
-                                    relative_audio)
+from tristage.data.manifest import (
+    ATTRIBUTE_COLUMNS,
+    OPTIONAL_COLUMNS,
+    REQUIRED_COLUMNS,
+    prepared_schema,
+    relative_audio,
+)
 from tristage.errors import UserError
 
 log = logging.getLogger(__name__)
 
 # Stable reject reason codes (rejects.jsonl `reason`, metrics `rejects_by_reason`).
-REASONS = ("bad_json", "missing_field", "invalid_text", "invalid_field", "audio_not_found", "unreadable_audio",
-           "duration_out_of_range", "duration_mismatch", "silent_audio", "duplicate_id")
+REASONS = (
+    "bad_json",
+    "missing_field",
+    "invalid_text",
+    "invalid_field",
+    "audio_not_found",
+    "unreadable_audio",
+    "duration_out_of_range",
+    "duration_mismatch",
+    "silent_audio",
+    "duplicate_id",
+)
 OUTPUT_FILES = ("manifest.parquet", "rejects.jsonl")
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
 PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -86,7 +101,9 @@ def manifest_format(path: Path) -> str:
         return "jsonl"
     if suffix in PARQUET_SUFFIXES:
         return "parquet"
-    raise UserError(f"{path}: unknown manifest format {suffix!r}; use .jsonl (one JSON object per line) or .parquet")
+    raise UserError(
+        f"{path}: unknown manifest format {suffix!r}; use .jsonl (one JSON object per line) or .parquet"
+    )
 
 
 def iter_jsonl(path: Path, batch_rows: int) -> Iterator[list[Item]]:
@@ -101,7 +118,9 @@ def iter_jsonl(path: Path, batch_rows: int) -> Iterator[list[Item]]:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
                 item = Item(line_no, raw.decode("utf-8", "replace").rstrip("\r\n"))
-                item.reject = Reject("invalid_text", f"line is not valid UTF-8 ({exc.reason} at byte {exc.start})")
+                item.reject = Reject(
+                    "invalid_text", f"line is not valid UTF-8 ({exc.reason} at byte {exc.start})"
+                )
             else:
                 text = text.rstrip("\r\n")
                 try:
@@ -230,7 +249,9 @@ def check_fields(row: dict, columns: dict[str, str], manifest_dir: str) -> tuple
     text = normalize_text(row["text"], "text")
     speaker = as_name(row["speaker"], "speaker")
     rid = row.get("id")
-    rid = default_id(audio) if rid is None or (isinstance(rid, str) and not rid.strip()) else as_name(rid, "id")
+    rid = (
+        default_id(audio) if rid is None or (isinstance(rid, str) and not rid.strip()) else as_name(rid, "id")
+    )
     caption = row.get("caption")
     caption = "" if caption is None else normalize_text(caption, "caption", allow_empty=True)
     rec = {"id": rid, "text": text, "speaker": speaker, "caption": caption}
@@ -292,8 +313,10 @@ def _check_item(item: Item, p: PrepareParams, manifest_dir: str) -> Item:
             if manifest_duration is None:
                 raise Reject("missing_field", "duration: needed when prepare.check_audio is false")
             if not p.min_duration <= manifest_duration <= p.max_duration:
-                raise Reject("duration_out_of_range",
-                             f"duration: {manifest_duration:.3f} s is outside [{p.min_duration}, {p.max_duration}] s")
+                raise Reject(
+                    "duration_out_of_range",
+                    f"duration: {manifest_duration:.3f} s is outside [{p.min_duration}, {p.max_duration}] s",
+                )
             duration, sr = manifest_duration, None
         rec["duration"], rec["sample_rate"] = float(duration), sr
         item.record, item.audio_path = rec, path
@@ -317,12 +340,16 @@ def _check_params(p: PrepareParams) -> None:
         raise UserError(f"{p.manifest}: manifest not found; {hint}")
     out = p.out_dir.resolve()
     if out == p.manifest.resolve().parent or out in p.manifest.resolve().parents:
-        raise UserError(f"prepare.out_dir: {p.out_dir} holds the input manifest; choose a separate output folder")
+        raise UserError(
+            f"prepare.out_dir: {p.out_dir} holds the input manifest; choose a separate output folder"
+        )
     if out.is_dir():
         other = sorted(x.name for x in out.iterdir() if x.name not in OUTPUT_FILES)
         if other:
-            raise UserError(f"prepare.out_dir: {p.out_dir} holds other files ({', '.join(other[:3])}); the stage "
-                            f"replaces this folder, so point it at an empty or prepare-only folder")
+            raise UserError(
+                f"prepare.out_dir: {p.out_dir} holds other files ({', '.join(other[:3])}); the stage "
+                f"replaces this folder, so point it at an empty or prepare-only folder"
+            )
 
 
 def _id_key(rid: str) -> bytes:
@@ -348,7 +375,9 @@ class _Tally:
             if item.reject is None:
                 key = _id_key(item.record["id"])
                 if key in self.seen:
-                    item.reject = Reject("duplicate_id", f"id: {item.record['id']!r} already appeared earlier")
+                    item.reject = Reject(
+                        "duplicate_id", f"id: {item.record['id']!r} already appeared earlier"
+                    )
                 else:
                     self.seen.add(key)
             if item.reject is not None:
@@ -378,7 +407,8 @@ class _Tally:
 
 
 def run_prepare(prep: PrepareParams, tracker=None) -> dict:
-    """Check `prep.manifest`; write the prepared manifest + rejects into `prep.out_dir`, metrics to `prep.metrics`."""
+    """Check `prep.manifest`; write the prepared manifest + rejects into `prep.out_dir`, metrics to
+    `prep.metrics`."""
     import pyarrow as pa
     import pyarrow.parquet as pq
     from tqdm import tqdm
@@ -390,7 +420,9 @@ def run_prepare(prep: PrepareParams, tracker=None) -> dict:
     manifest_dir = str(manifest.parent)
     out_dir = prep.out_dir.resolve()
     fmt = manifest_format(manifest)
-    batches = iter_jsonl(manifest, prep.batch_rows) if fmt == "jsonl" else iter_parquet(manifest, prep.batch_rows)
+    batches = (
+        iter_jsonl(manifest, prep.batch_rows) if fmt == "jsonl" else iter_parquet(manifest, prep.batch_rows)
+    )
     total = parquet_rows(manifest) if fmt == "parquet" else None
     schema = prepared_schema()
     tally = _Tally()
@@ -411,7 +443,9 @@ def run_prepare(prep: PrepareParams, tracker=None) -> dict:
             bar.update(len(batch))
             bar.set_postfix(kept=tally.rows_kept, rejected=tally.rows_in - tally.rows_kept, refresh=False)
         if tally.rows_kept == 0:
-            top = ", ".join(f"{k} x{v}" for k, v in tally.reasons.most_common(3)) or "the manifest has no rows"
+            top = (
+                ", ".join(f"{k} x{v}" for k, v in tally.reasons.most_common(3)) or "the manifest has no rows"
+            )
             raise UserError(f"{prep.manifest}: no usable rows out of {tally.rows_in}; reasons: {top}"
                             + (f"; first: {tally.examples[0]}" if tally.examples else ""))
 

@@ -66,7 +66,9 @@ def _parse_chunk(chunk: bytes, first_line: int, path: Path):
     import pyarrow as pa
     import pyarrow.json as pj
 
-    opts = pj.ParseOptions(explicit_schema=pa.schema([(SPEAKER, pa.string())]), unexpected_field_behavior="ignore")
+    opts = pj.ParseOptions(
+        explicit_schema=pa.schema([(SPEAKER, pa.string())]), unexpected_field_behavior="ignore"
+    )
     read = pj.ReadOptions(block_size=4 << 20, use_threads=True)
     try:
         return pj.read_json(io.BytesIO(chunk), read_options=read, parse_options=opts).column(SPEAKER)
@@ -129,7 +131,9 @@ def _count_jsonl_streaming(path: Path, block_bytes: int = 4 << 20, group_rows: i
     import pyarrow as pa
     import pyarrow.json as pj
 
-    opts = pj.ParseOptions(explicit_schema=pa.schema([(SPEAKER, pa.string())]), unexpected_field_behavior="ignore")
+    opts = pj.ParseOptions(
+        explicit_schema=pa.schema([(SPEAKER, pa.string())]), unexpected_field_behavior="ignore"
+    )
     reader = pj.open_json(path, read_options=pj.ReadOptions(block_size=block_bytes), parse_options=opts)
     tables, pending, n = [], [], 0
     for batch in reader:

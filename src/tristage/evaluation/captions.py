@@ -5,7 +5,8 @@ mode) against the real caption encoder, on the held-out captions of the caption_
     cos = caption_cosine(model.caption_peft, table, held)   # per stage: mean caption-level cosine
 
 The held-out captions and the encoder's states for them are the ones the caption_vectors stage saved
-beside the table (`captions.build.load_heldout`), so evaluate never runs the encoder. Each table row goes through the model's adapters
+beside the table (`captions.build.load_heldout`), so evaluate never runs the encoder.
+Each table row goes through the model's adapters
 once (eval mode: VAE mean path, no sampling); the rows standing for a caption's tokens are spread
 over their token positions and mean-pooled, as the caption_vectors stage scores the raw table. With
 adapters at their zero init, the figure equals the table's `caption_cosine_mean`.

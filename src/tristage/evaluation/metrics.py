@@ -10,7 +10,9 @@ CONTRACT_KEYS = ("mel_loss", "mel_top1", "speaker_acc", "speaker_acc_band", "cap
                  "emotion_probe_acc", "speaker_probe_acc")
 
 
-def stage_metrics(values: Mapping[str, Any], band: Sequence[float], caption_cosine_mean: float | None) -> dict:
+def stage_metrics(
+    values: Mapping[str, Any], band: Sequence[float], caption_cosine_mean: float | None
+) -> dict:
     """One stage's dict: the contract keys (in order), then any extra measurements."""
     out = {k: values.get(k) for k in CONTRACT_KEYS}
     out["speaker_acc_band"] = band_status(values.get("speaker_acc"), band)

@@ -7,7 +7,9 @@ from typing import Any, Mapping, Sequence
 from tristage.fsio import save_figure
 
 
-def write_plots(out_dir: Path, per_stage: Mapping[str, Mapping[str, Any]], band: Sequence[float]) -> list[Path]:
+def write_plots(
+    out_dir: Path, per_stage: Mapping[str, Mapping[str, Any]], band: Sequence[float]
+) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -28,7 +30,10 @@ def write_plots(out_dir: Path, per_stage: Mapping[str, Mapping[str, Any]], band:
     fig, ax = plt.subplots(figsize=(6, 3))
     width = 0.38
     xs = range(len(stages))
-    for off, key, color in ((-width / 2, "speaker_probe_acc", "tab:red"), (width / 2, "emotion_probe_acc", "tab:green")):
+    for off, key, color in (
+        (-width / 2, "speaker_probe_acc", "tab:red"),
+        (width / 2, "emotion_probe_acc", "tab:green"),
+    ):
         ax.bar([x + off for x in xs], [num(val(s, key)) for s in stages], width, label=key, color=color)
     chance = [num(val(s, "speaker_probe_chance")) for s in stages]
     ax.plot(list(xs), chance, "k--", label="speaker chance")

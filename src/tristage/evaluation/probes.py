@@ -23,7 +23,8 @@ class ProbeResult:
 
 
 def fixed_split(labels: Sequence, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Stratified split by label (every class with >= 2 items lands on both sides), deterministic in `seed`."""
+    """Stratified split by label (every class with >= 2 items lands on both sides),
+    deterministic in `seed`."""
     labels = np.asarray(labels)
     rng = np.random.default_rng(seed)
     train, test = [], []

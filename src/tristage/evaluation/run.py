@@ -60,7 +60,9 @@ def _center_crop(mel: torch.Tensor, n: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def emotion_vectors(model, data, indices: list[int], max_frames: int, device: str, batch: int = 32) -> np.ndarray:
+def emotion_vectors(
+    model, data, indices: list[int], max_frames: int, device: str, batch: int = 32
+) -> np.ndarray:
     """The emotion vector of each utterance from its own mel (center crop) -> (N, d_model)."""
     from tristage.features.mel import pad_mels
 
@@ -135,7 +137,9 @@ def default_vocoder(features_dir: Path, device: str) -> tuple[Vocoder, dict]:
 
     codec = load_codec(features_dir, device=device)
     info = read_json(Path(features_dir) / "meta.json")["codec"]  # name, path, pretrained, sample_rate, ...
-    return (lambda codes: decode_codes(codec, codes)), {k: info.get(k) for k in ("name", "path", "pretrained")}
+    return (lambda codes: decode_codes(codec, codes)), {
+        k: info.get(k) for k in ("name", "path", "pretrained")
+    }
 
 
 def _caption_cosine(path: Path) -> float | None:
@@ -148,13 +152,14 @@ def _caption_cosine(path: Path) -> float | None:
     return None if v is None else float(v)
 
 
-def run_evaluate(params, tracker=None, sources=None, vocoder: tuple[Vocoder, dict] | None = None) -> dict[str, Any]:
+def run_evaluate(
+    params, tracker=None, sources=None, vocoder: tuple[Vocoder, dict] | None = None
+) -> dict[str, Any]:
+    from tristage.evaluation.plots import write_plots
     from tristage.fsio import write_json
     from tristage.model.tts import load_model
     from tristage.training.data import TrainData, load_sources
     from tristage.training.validation import validate
-
-    from tristage.evaluation.plots import write_plots
 
     ep = params.evaluate
     band = tuple(params.stage2.speaker_acc_band)
@@ -196,8 +201,15 @@ def run_evaluate(params, tracker=None, sources=None, vocoder: tuple[Vocoder, dic
             wavs.append(wav)
         truth = true_frames(data, plan)
         values["duration_ratio"] = duration_ratio([int(c.shape[1]) for c in codes], truth)
-        entries += write_samples(Path(ep.samples_dir), stage, plan, wavs, sr, codec_info,
-                                 extra=[dict(n_frames=int(c.shape[1]), true_frames=t) for c, t in zip(codes, truth)])
+        entries += write_samples(
+            Path(ep.samples_dir),
+            stage,
+            plan,
+            wavs,
+            sr,
+            codec_info,
+            extra=[dict(n_frames=int(c.shape[1]), true_frames=t) for c, t in zip(codes, truth)],
+        )
         judges.add_stage(stage, model, data, plan, wavs, sr, sp.max_ref_frames, device, length_source="model")
         per_stage[stage] = stage_metrics(values, band, caption_cosine(model.caption_peft, src.table, held))
         log.info("%s: mel_loss %.4f top1 %.3f speaker_acc %s speaker_probe %s emotion_probe %s", stage,
@@ -237,7 +249,9 @@ def log_model(tracker, folder: Path, register_as: str | None) -> None:
         log.info("logged %s as the MLflow model %s%s", folder, info.model_uri,
                  f", registered as {register_as}" if register_as else "")
     except Exception as exc:  # noqa: BLE001 - tracking must never stop the stage
-        log.warning("could not log %s as an MLflow model: %s", folder, str(exc).splitlines()[0] if str(exc) else exc)
+        log.warning(
+            "could not log %s as an MLflow model: %s", folder, str(exc).splitlines()[0] if str(exc) else exc
+        )
 
 
 def _val_rows(manifest, data) -> list[dict]:
@@ -265,5 +279,7 @@ def _fmt(v) -> str:
 def _note(src, pretrained_codec: bool) -> str:
     parts = [f"codec: {src.codec}", f"caption encoder: {src.caption_encoder}"]
     if not pretrained_codec:
-        parts.append("the codec is random-init: the samples are not speech, only proof that the synthesis path runs")
+        parts.append(
+            "the codec is random-init: the samples are not speech, only proof that the synthesis path runs"
+        )
     return "; ".join(parts)

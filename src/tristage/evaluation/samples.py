@@ -37,8 +37,16 @@ def sample_plan(rows: Sequence[Mapping[str, Any]], n: int, seed: int) -> list[di
                 chosen.append(by_speaker[s].pop(rng.randrange(len(by_speaker[s]))))
     plan = []
     for i, r in enumerate(chosen):
-        plan.append({"name": f"matched_{i:02d}", "kind": "matched", "text": r["text"], "caption": r.get("caption") or "",
-                     "speaker_ref": _ref(r), "emotion_ref": _ref(r)})
+        plan.append(
+            {
+                "name": f"matched_{i:02d}",
+                "kind": "matched",
+                "text": r["text"],
+                "caption": r.get("caption") or "",
+                "speaker_ref": _ref(r),
+                "emotion_ref": _ref(r),
+            }
+        )
     for i, a in enumerate(chosen):
         # the emotion of the next chosen utterance from another speaker (prefer another emotion)
         others = [b for b in chosen if b["speaker"] != a["speaker"]]
@@ -46,13 +54,28 @@ def sample_plan(rows: Sequence[Mapping[str, Any]], n: int, seed: int) -> list[di
             continue
         diff = [b for b in others if (b.get("emotion") or None) != (a.get("emotion") or None)]
         b = (diff or others)[i % len(diff or others)]
-        plan.append({"name": f"cross_{i:02d}", "kind": "cross", "text": a["text"], "caption": b.get("caption") or "",
-                     "speaker_ref": _ref(a), "emotion_ref": _ref(b)})
+        plan.append(
+            {
+                "name": f"cross_{i:02d}",
+                "kind": "cross",
+                "text": a["text"],
+                "caption": b.get("caption") or "",
+                "speaker_ref": _ref(a),
+                "emotion_ref": _ref(b),
+            }
+        )
     return plan
 
 
-def write_samples(out_dir: Path, stage: str, plan: Sequence[Mapping[str, Any]], wavs: Sequence[np.ndarray],
-                  sample_rate: int, codec: Mapping[str, Any], extra: Sequence[Mapping[str, Any]] | None = None) -> list[dict]:
+def write_samples(
+    out_dir: Path,
+    stage: str,
+    plan: Sequence[Mapping[str, Any]],
+    wavs: Sequence[np.ndarray],
+    sample_rate: int,
+    codec: Mapping[str, Any],
+    extra: Sequence[Mapping[str, Any]] | None = None,
+) -> list[dict]:
     """Write `<out_dir>/<stage>/<name>.wav` for each request; return the samples.json entries."""
     import soundfile as sf
 

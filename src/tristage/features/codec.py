@@ -72,7 +72,9 @@ def save_random_init(model, kwargs: dict, seed: int, out_dir: Path) -> None:
 
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     with atomic_path(out_dir / CODEC_WEIGHTS, suffix=".safetensors") as tmp:
-        save_file(state, str(tmp), metadata={"codec": json.dumps({"kwargs": kwargs, "seed": seed}, sort_keys=True)})
+        save_file(
+            state, str(tmp), metadata={"codec": json.dumps({"kwargs": kwargs, "seed": seed}, sort_keys=True)}
+        )
     write_json(out_dir / CODEC_CONFIG, {"kwargs": kwargs, "seed": seed})
 
 
@@ -107,8 +109,12 @@ def prepare_codec(cp, out_dir: Path):
         else:
             model = random_init(kwargs, cp.seed)
             save_random_init(model, kwargs, cp.seed, out_dir)
-        info = dict(name=f"random-init dac (seed {cp.seed})", path=None, sha256=sha256(out_dir / CODEC_WEIGHTS),
-                    pretrained=False)
+        info = dict(
+            name=f"random-init dac (seed {cp.seed})",
+            path=None,
+            sha256=sha256(out_dir / CODEC_WEIGHTS),
+            pretrained=False,
+        )
     info.update(sample_rate=int(model.sample_rate), hop_length=int(model.hop_length),
                 n_codebooks=int(model.n_codebooks), codebook_size=int(model.codebook_size), kwargs=kwargs)
     return model, info

@@ -38,7 +38,9 @@ def resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
     return resample_poly(x.astype(np.float64), sr_out // g, sr_in // g).astype(np.float32)
 
 
-def read_audio(path: str, expected_s: float | None, sr_mel: int, sr_codec: int) -> tuple[np.ndarray, np.ndarray, float]:
+def read_audio(
+    path: str, expected_s: float | None, sr_mel: int, sr_codec: int
+) -> tuple[np.ndarray, np.ndarray, float]:
     """(wav at the mel rate, wav at the codec rate, duration s); raises ValueError / OSError on bad audio."""
     import soundfile as sf
 
@@ -156,31 +158,58 @@ def run_features(fp: FeaturesParams, tracker=None) -> dict:
     device = resolve_device(fp.device, "features.device")
     model, info = prepare_codec(fp.codec, out)
     model = model.to(device).eval()
-    config = dict(format=st.FORMAT, mel=fp.mel.model_dump(mode="json"), codec={k: info[k] for k in ("sha256", "kwargs")},
-                  batch_seconds=fp.batch_seconds, device_type=device.split(":")[0])
+    config = dict(
+        format=st.FORMAT,
+        mel=fp.mel.model_dump(mode="json"),
+        codec={k: info[k] for k in ("sha256", "kwargs")},
+        batch_seconds=fp.batch_seconds,
+        device_type=device.split(":")[0],
+    )
     plan = st.plan_shards(out, rows, fp.shard_size, lambda shard_rows: fingerprint(config, shard_rows))
     log.info("features: %d utterances, %d shards (%d to do), codec %s, device %s",
              len(rows), plan.n_shards, len(plan.todo), info["name"], device)
     audio_s, elapsed = _encode_shards(plan, model, info, fp, device, out)
     index, failed_all = st.write_index(out, plan.n_shards)
     frames_per_second = info["sample_rate"] / info["hop_length"]
-    meta = dict(format=st.FORMAT, n_mels=fp.mel.n_mels, n_codebooks=info["n_codebooks"],
-                codebook_size=info["codebook_size"], frames_per_second=frames_per_second,
-                mel_frames_per_second=fp.mel.sample_rate / fp.mel.hop_length, sample_rate=info["sample_rate"],
-                hop_length=info["hop_length"], codec=info, mel=fp.mel.model_dump(mode="json"),
-                shard_size=fp.shard_size, n_shards=plan.n_shards, n_utterances=len(index), n_failed=len(failed_all))
+    meta = dict(
+        format=st.FORMAT,
+        n_mels=fp.mel.n_mels,
+        n_codebooks=info["n_codebooks"],
+        codebook_size=info["codebook_size"],
+        frames_per_second=frames_per_second,
+        mel_frames_per_second=fp.mel.sample_rate / fp.mel.hop_length,
+        sample_rate=info["sample_rate"],
+        hop_length=info["hop_length"],
+        codec=info,
+        mel=fp.mel.model_dump(mode="json"),
+        shard_size=fp.shard_size,
+        n_shards=plan.n_shards,
+        n_utterances=len(index),
+        n_failed=len(failed_all),
+    )
     write_json(out / st.META, meta)
 
     total_audio = float(index["duration"].sum())
-    metrics = dict(n_utterances=len(index), n_failed=len(failed_all), n_manifest=len(rows),
-                   total_audio_s=round(total_audio, 3), frames_per_second=frames_per_second,
-                   mel_frames_per_second=meta["mel_frames_per_second"], n_codebooks=info["n_codebooks"],
-                   codebook_size=info["codebook_size"],
-                   real_time_factor=round(elapsed / audio_s, 5) if audio_s else None,
-                   x_real_time=round(audio_s / elapsed, 2) if audio_s else None,
-                   codec=info["path"] or info["name"], codec_pretrained=info["pretrained"], device=device,
-                   n_shards=plan.n_shards, shards_written=len(plan.todo), shards_skipped=plan.n_shards - len(plan.todo),
-                   audio_s_this_run=round(audio_s, 3), elapsed_s=round(elapsed, 2))
+    metrics = dict(
+        n_utterances=len(index),
+        n_failed=len(failed_all),
+        n_manifest=len(rows),
+        total_audio_s=round(total_audio, 3),
+        frames_per_second=frames_per_second,
+        mel_frames_per_second=meta["mel_frames_per_second"],
+        n_codebooks=info["n_codebooks"],
+        codebook_size=info["codebook_size"],
+        real_time_factor=round(elapsed / audio_s, 5) if audio_s else None,
+        x_real_time=round(audio_s / elapsed, 2) if audio_s else None,
+        codec=info["path"] or info["name"],
+        codec_pretrained=info["pretrained"],
+        device=device,
+        n_shards=plan.n_shards,
+        shards_written=len(plan.todo),
+        shards_skipped=plan.n_shards - len(plan.todo),
+        audio_s_this_run=round(audio_s, 3),
+        elapsed_s=round(elapsed, 2),
+    )
     write_json(fp.metrics, metrics)
     if failed_all:
         log.warning("features: %d utterance(s) failed, see %s", len(failed_all), out / st.FAILED)

@@ -1,6 +1,7 @@
 """The features folder: sharded log-mel + codec codes, an index and meta.
 
-    <out_dir>/meta.json            n_mels, n_codebooks, codebook_size, frames_per_second, codec {...}, mel {...}
+    <out_dir>/meta.json            n_mels, n_codebooks, codebook_size, frames_per_second, codec {...},
+                                   mel {...}
     <out_dir>/index.parquet        id, shard, row, n_frames, n_mel_frames, duration (sorted by id)
     <out_dir>/failed.jsonl         {"id", "audio", "reason"} per utterance that could not be read
     <out_dir>/codec.{safetensors,json}   the random-init codec's weights (absent with official weights)
@@ -125,7 +126,9 @@ def write_index(out_dir: str | os.PathLike, n_shards: int):
                           "duration": "float64"})
     with atomic_path(out / INDEX, suffix=".parquet") as tmp:
         index.to_parquet(tmp, index=False)
-    write_bytes(out / FAILED, "".join(json.dumps(dict(id=u, audio=a, reason=r)) + "\n" for u, a, r in failed).encode())
+    write_bytes(
+        out / FAILED, "".join(json.dumps(dict(id=u, audio=a, reason=r)) + "\n" for u, a, r in failed).encode()
+    )
     return index, failed
 
 

@@ -38,7 +38,8 @@ def safe_name(text: str) -> str:
 
 
 def parse_columns(items: list[str] | None) -> dict[str, str]:
-    """["sentence=text", "client_id=speaker"] -> {"sentence": "text", "client_id": "speaker"} (source=contract)."""
+    """["sentence=text", "client_id=speaker"] -> {"sentence": "text", "client_id": "speaker"}
+    (source=contract)."""
     out: dict[str, str] = {}
     for item in items or []:
         for part in item.split(","):
@@ -48,7 +49,9 @@ def parse_columns(items: list[str] | None) -> dict[str, str]:
                 raise ValueError(f"--columns {part!r}: expected SOURCE=CONTRACT, e.g. sentence=text")
             src, dst = (s.strip() for s in part.split("=", 1))
             if dst not in CONTRACT:
-                raise ValueError(f"--columns {part!r}: {dst!r} is not a manifest column ({', '.join(CONTRACT)})")
+                raise ValueError(
+                    f"--columns {part!r}: {dst!r} is not a manifest column ({', '.join(CONTRACT)})"
+                )
             out[src] = dst
     return out
 

@@ -91,8 +91,16 @@ def import_ljspeech(src: Path, w: ImportWriter, speaker: str, text: str, languag
             if not audio.is_file():
                 w.reject(where, "audio_not_found", str(audio))
                 continue
-            w.add({"id": uid, "audio": str(audio), "text": said.strip(), "speaker": speaker, "language": language},
-                  where)
+            w.add(
+                {
+                    "id": uid,
+                    "audio": str(audio),
+                    "text": said.strip(),
+                    "speaker": speaker,
+                    "language": language,
+                },
+                where,
+            )
 
 
 # -- LibriTTS ------------------------------------------------------------------------------------
@@ -195,7 +203,12 @@ def _write_audio(value: Any, uid: str, w: ImportWriter, src_dir: Path) -> str:
         import numpy as np
 
         target = wav_dir / (safe_name(uid) + ".wav")
-        sf.write(target, np.asarray(value["array"], dtype=np.float32), int(value["sampling_rate"]), subtype="PCM_16")
+        sf.write(
+            target,
+            np.asarray(value["array"], dtype=np.float32),
+            int(value["sampling_rate"]),
+            subtype="PCM_16",
+        )
     elif path:
         p = Path(path) if Path(path).is_absolute() else src_dir / path
         if not p.is_file():
@@ -232,8 +245,10 @@ def import_hf_parquet(src: Path, w: ImportWriter, mapping: dict[str, str], speak
             if c not in cols and c in names and c not in mapping:
                 cols[c] = c
         if "audio" not in cols:
-            raise UserError(f"import hf-parquet: {file.name} has no audio column (columns: {', '.join(names)}); "
-                            "map one with --columns NAME=audio")
+            raise UserError(
+                f"import hf-parquet: {file.name} has no audio column (columns: {', '.join(names)}); "
+                "map one with --columns NAME=audio"
+            )
         row_no = 0
         for batch in pf.iter_batches(batch_size=64, columns=sorted(set(cols.values()))):
             for rec in batch.to_pylist():
@@ -247,7 +262,9 @@ def import_hf_parquet(src: Path, w: ImportWriter, mapping: dict[str, str], speak
                     continue
                 spk = row.get("speaker") if row.get("speaker") not in (None, "") else speaker
                 if spk is None:
-                    w.reject(where, "missing_speaker", f"{uid}: no speaker column (map one, or give --speaker)")
+                    w.reject(
+                        where, "missing_speaker", f"{uid}: no speaker column (map one, or give --speaker)"
+                    )
                     continue
                 try:
                     audio = _write_audio(row["audio"], uid, w, file.parent)
@@ -275,7 +292,9 @@ def _jsonl(path: Path) -> Iterator[tuple[int, str]]:
 
 
 def _lhotse_files(src: Path) -> tuple[list[Path], list[Path], list[Path]]:
-    files = [src] if src.is_file() else [p for p in _walk_sorted(src) if p.name.endswith((".jsonl", ".jsonl.gz"))]
+    files = (
+        [src] if src.is_file() else [p for p in _walk_sorted(src) if p.name.endswith((".jsonl", ".jsonl.gz"))]
+    )
     pick = lambda key: [p for p in files if key in p.name]  # noqa: E731
     return pick("recordings"), pick("supervisions"), pick("cuts")
 
@@ -322,7 +341,9 @@ def _emit_supervision(sup: dict, rec: dict, offset: float, base: Path, w: Import
             info = sf.info(path)
             first, frames = int(round(start * info.samplerate)), int(round(dur * info.samplerate))
             if first + frames > info.frames + int(0.01 * info.samplerate):
-                raise ValueError(f"segment {start:.2f}+{dur:.2f} s runs past the recording ({info.duration:.2f} s)")
+                raise ValueError(
+                    f"segment {start:.2f}+{dur:.2f} s runs past the recording ({info.duration:.2f} s)"
+                )
             x, sr = sf.read(path, start=first, frames=frames, dtype="float32", always_2d=True)
             ch = sup.get("channel", 0)
             ch = ch[0] if isinstance(ch, list) else ch
@@ -360,7 +381,9 @@ def import_lhotse(src: Path, w: ImportWriter, speaker: str | None, language: str
                 w.reject(where, "bad_line", f"not a cut with a recording: {exc}")
                 continue
             for sup in cut.get("supervisions") or []:
-                _emit_supervision(sup, rec, float(cut.get("start", 0.0)), path.parent, w, where, speaker, language)
+                _emit_supervision(
+                    sup, rec, float(cut.get("start", 0.0)), path.parent, w, where, speaker, language
+                )
     if cuts:
         return
     with tempfile.TemporaryDirectory(dir=w.out, prefix=".lhotse-index-") as tmp, \

@@ -24,7 +24,9 @@ class SpeakerClassifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x (B, d_in) -> logits (B, n_speakers)
         if self.training and x.shape[0] == 1:  # batch statistics need 2+ rows: use the running ones
-            x = F.batch_norm(x, self.norm.running_mean, self.norm.running_var, training=False, eps=self.norm.eps)
+            x = F.batch_norm(
+                x, self.norm.running_mean, self.norm.running_var, training=False, eps=self.norm.eps
+            )
         else:
             x = self.norm(x)
         return self.out(F.gelu(self.fc(x)))

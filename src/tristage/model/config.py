@@ -26,7 +26,7 @@ import dataclasses
 import json
 from typing import Any, Literal
 
-from tristage.schema import Field, NonNegFloat, PosInt, Section
+from tristage.schema import Field, PosInt, Section
 
 TEXT_PAD_ID = 256  # the decoder's text tokens are UTF-8 bytes 0..255, then pad
 TEXT_VOCAB = TEXT_PAD_ID + 1

@@ -95,7 +95,9 @@ class Decoder(nn.Module):
                                      for _ in range(cfg.n_layer)])
         self.ln_f = nn.LayerNorm(C)
         self.heads = nn.ModuleList([nn.Linear(C, V, bias=False) for _ in range(K)])
-        self.stop_head = nn.Linear(C, 1)  # end of speech: "codebook 0's frame at this position is past the end"
+        self.stop_head = nn.Linear(
+            C, 1
+        )  # end of speech: "codebook 0's frame at this position is past the end"
         self.apply(_init_weights)
         nn.init.constant_(self.stop_head.bias, -3.0)  # prior: a frame rarely ends the speech
 
@@ -133,8 +135,15 @@ class Decoder(nn.Module):
         return self._out(x[:, P + Lt:])
 
     # incremental decoding (KV cache) ------------------------------------------------------
-    def prefill(self, prefix: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor, first: torch.Tensor,
-                caption: torch.Tensor, caption_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, DecodeState]:
+    def prefill(
+        self,
+        prefix: torch.Tensor,
+        text: torch.Tensor,
+        text_mask: torch.Tensor,
+        first: torch.Tensor,
+        caption: torch.Tensor,
+        caption_mask: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, DecodeState]:
         """Run [prefix | text | first audio frame] once, keeping every block's keys/values.
         first (B, K, 1) (the BOS frame) -> logits (B, K, V), stop logits (B,), state."""
         B, P, _ = prefix.shape
@@ -174,7 +183,9 @@ def _init_weights(m: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-def code_loss(logits: torch.Tensor, target: torch.Tensor, pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def code_loss(
+    logits: torch.Tensor, target: torch.Tensor, pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Cross-entropy and top-1 over non-pad targets. logits (B, K, S, V), target (B, K, S)
     -> (loss, correct count, token count) (scalars)."""
     V = logits.shape[-1]

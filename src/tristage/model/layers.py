@@ -78,7 +78,9 @@ class Block(nn.Module):
                 ctx_mask: torch.Tensor | None = None, cache: dict | None = None) -> torch.Tensor:
         # x (B, L, C); mask (B, 1, L, L) (with a cache: (B, 1, L, cached + L)); ctx (B, S, Cctx);
         # ctx_mask (B, 1, 1, S); cache: {"self": {...}, "cross": {...}} filled by the attention layers
-        x = x + self.attn(self.ln1(x), mask=mask, cache=None if cache is None else cache.setdefault("self", {}))
+        x = x + self.attn(
+            self.ln1(x), mask=mask, cache=None if cache is None else cache.setdefault("self", {})
+        )
         if self.cross:
             x = x + self.xattn(self.ln_x(x), ctx=ctx, mask=ctx_mask,
                                cache=None if cache is None else cache.setdefault("cross", {}))

@@ -31,7 +31,9 @@ class ConditioningEncoder(nn.Module):
         super().__init__()
         self.conv1 = nn.Conv1d(cfg.n_mels, cfg.d_model, 3, padding=1)
         self.conv2 = nn.Conv1d(cfg.d_model, cfg.d_model, 3, stride=2, padding=1)
-        self.blocks = nn.ModuleList([Block(cfg.d_model, cfg.n_head, dropout=cfg.dropout) for _ in range(cfg.n_layer)])
+        self.blocks = nn.ModuleList(
+            [Block(cfg.d_model, cfg.n_head, dropout=cfg.dropout) for _ in range(cfg.n_layer)]
+        )
         self.ln_f = nn.LayerNorm(cfg.d_model)
 
     def forward(self, mel: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -108,17 +108,32 @@ class TTS(nn.Module):
             labels = batch["speaker"]
             known = labels != -100
             n = known.sum()
-            loss_s = F.cross_entropy(logits_s.float(), labels, ignore_index=-100) if n > 0 else logits_s.sum() * 0.0
+            loss_s = (
+                F.cross_entropy(logits_s.float(), labels, ignore_index=-100)
+                if n > 0
+                else logits_s.sum() * 0.0
+            )
             out.update(speaker_loss=loss_s, speaker_correct=((logits_s.argmax(-1) == labels) & known).sum(),
                        speaker_count=n)
         return out
 
     # inference -----------------------------------------------------------------------
     @torch.no_grad()
-    def generate(self, text: str, caption_ids, spk_mel: torch.Tensor, emo_mel: torch.Tensor | None = None,
-                 n_frames: int = 100, temperature: float = 1.0, top_k: int | None = None, greedy: bool = False,
-                 generator: torch.Generator | None = None, top_p: float | None = None, use_cache: bool = True,
-                 stop: bool = True) -> torch.Tensor:
+    def generate(
+        self,
+        text: str,
+        caption_ids,
+        spk_mel: torch.Tensor,
+        emo_mel: torch.Tensor | None = None,
+        n_frames: int = 100,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        greedy: bool = False,
+        generator: torch.Generator | None = None,
+        top_p: float | None = None,
+        use_cache: bool = True,
+        stop: bool = True,
+    ) -> torch.Tensor:
         """Codes (K, T) for one request; T <= n_frames (the stop head ends it, `n_frames` caps it).
         spk_mel/emo_mel (T, n_mels); caption_ids a list or (Lc,) tensor of caption token ids."""
         return self.generate_batch([text], [caption_ids], [spk_mel], [emo_mel], n_frames, temperature, top_k,
@@ -143,7 +158,9 @@ class TTS(nn.Module):
         caps = [max_frames] * B if isinstance(max_frames, int) else list(max_frames)
         caps = torch.tensor([max(1, min(int(c), cfg.max_frames)) for c in caps], device=dev)  # (B,)
         emo_mels = [None] * B if emo_mels is None else emo_mels
-        prefix, text, text_mask, cap_states, cap_mask = self._condition(texts, caption_ids, spk_mels, emo_mels, dev)
+        prefix, text, text_mask, cap_states, cap_mask = self._condition(
+            texts, caption_ids, spk_mels, emo_mels, dev
+        )
         n = caps.clone()  # frames of codebook 0 per row; final once `ended`
         ended = torch.zeros(B, dtype=torch.bool, device=dev)
         k_idx = torch.arange(K, device=dev)
@@ -156,7 +173,9 @@ class TTS(nn.Module):
                                                    dtype=torch.bool, device=dev), cap_states, cap_mask)
                 logits, stop_logits = logits[:, :, -1], stop_logits[:, -1]  # (B, K, V), (B,)
             elif state is None:
-                logits, stop_logits, state = self.decoder.prefill(prefix, text, text_mask, bos, cap_states, cap_mask)
+                logits, stop_logits, state = self.decoder.prefill(
+                    prefix, text, text_mask, bos, cap_states, cap_mask
+                )
             else:
                 logits, stop_logits = self.decoder.step(seq[:, :, -1:], state)
             if stop and s >= 1:  # codebook 0's frame s is past the end: the row has s frames
@@ -278,5 +297,7 @@ def load_model(stage_dir: str | Path, device: str | torch.device = "cpu", table:
     model = build_model(cfg, table)
     missing, unexpected = model.load_state_dict(load_file(str(weights)), strict=False)
     if missing or unexpected:
-        raise UserError(f"{weights}: does not match {cfg_path} (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise UserError(
+            f"{weights}: does not match {cfg_path} (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
     return model.to(device).eval(), cfg

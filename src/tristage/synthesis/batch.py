@@ -24,7 +24,8 @@ FIELDS = {f.name for f in dataclasses.fields(Request)} | {"name"}
 
 
 def parse_requests(path: Path, defaults: dict[str, Any]) -> tuple[list[tuple[int, str, Request]], list[dict]]:
-    """(good rows as (line, name, Request), bad rows as {"line", "error"}); paths resolved from the file's folder."""
+    """(good rows as (line, name, Request), bad rows as {"line", "error"});
+    paths resolved from the file's folder."""
     good, bad, names = [], [], set()
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()

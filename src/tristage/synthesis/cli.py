@@ -1,4 +1,5 @@
-"""`tristage synthesize`: the command line of the synthesis API (argument parsing lives in tristage/cli.py)."""
+"""`tristage synthesize`: the command line of the synthesis API
+(argument parsing lives in tristage/cli.py)."""
 
 from __future__ import annotations
 

@@ -56,11 +56,24 @@ def _rows(n_speakers: int, utts_per_speaker: int, seed: int):
             pitch = "high" if f0 > 190 else "low" if f0 < 130 else "moderate"
             caption = (f"A {gender} speaker with a {pitch}-pitched {accent} voice speaks {speed} "
                        f"in a {'noisy' if noisy else 'clean'} recording, sounding {emotion}.")
-            yield dict(id=f"spk{s:02d}_{u:03d}", speaker=f"spk{s:02d}", text=text, caption=caption, emotion=emotion,
-                       gender=gender, pitch=pitch, speed=speed, accent=accent,
-                       modulation="animated" if emotion in ("happy", "angry") else "monotone",
-                       quality="noisy" if noisy else "clean", language="en",
-                       _f0=f0, _dur=dur, _noisy=noisy, _seed=int(rng.integers(1 << 31)))
+            yield dict(
+                id=f"spk{s:02d}_{u:03d}",
+                speaker=f"spk{s:02d}",
+                text=text,
+                caption=caption,
+                emotion=emotion,
+                gender=gender,
+                pitch=pitch,
+                speed=speed,
+                accent=accent,
+                modulation="animated" if emotion in ("happy", "angry") else "monotone",
+                quality="noisy" if noisy else "clean",
+                language="en",
+                _f0=f0,
+                _dur=dur,
+                _noisy=noisy,
+                _seed=int(rng.integers(1 << 31)),
+            )
 
 
 def write_tone_corpus(out_dir: str | Path, n_speakers: int = 4, utts_per_speaker: int = 8,
@@ -109,8 +122,15 @@ def write_prepared(out_dir: str | Path, n_speakers: int = 4, utts_per_speaker: i
     return path
 
 
-def write_feature_store(folder: str | Path, n: int, shard_size: int = 1024, n_mels: int = 80, n_codebooks: int = 4,
-                        codebook_size: int = 256, seed: int = 0) -> Path:
+def write_feature_store(
+    folder: str | Path,
+    n: int,
+    shard_size: int = 1024,
+    n_mels: int = 80,
+    n_codebooks: int = 4,
+    codebook_size: int = 256,
+    seed: int = 0,
+) -> Path:
     """A features folder in the real format (shards, index, meta) with random short utterances
     (1-3 s at 31.25 codec / 62.5 mel frames per second): for scale tests of the readers."""
     import pandas as pd
@@ -125,15 +145,30 @@ def write_feature_store(folder: str | Path, n: int, shard_size: int = 1024, n_me
     for s, start in enumerate(range(0, n, shard_size)):
         ids = [f"utt{i:07d}" for i in range(start, min(n, start + shard_size))]
         T = rng.integers(31, 94, len(ids))
-        mels = [torch.from_numpy(rng.standard_normal((2 * t, n_mels), dtype=np.float32).astype(np.float16)) for t in T]
-        codes = [torch.from_numpy(rng.integers(0, codebook_size, (n_codebooks, t)).astype(np.int16)) for t in T]
+        mels = [
+            torch.from_numpy(rng.standard_normal((2 * t, n_mels), dtype=np.float32).astype(np.float16))
+            for t in T
+        ]
+        codes = [
+            torch.from_numpy(rng.integers(0, codebook_size, (n_codebooks, t)).astype(np.int16)) for t in T
+        ]
         durs = [float(t) / 31.25 for t in T]
         st.write_shard(st.shard_path(out, s), mels, codes, ids, durs, [], "synthetic", n_mels, n_codebooks)
         recs += [dict(id=u, shard=s, row=r, n_frames=int(t), n_mel_frames=int(2 * t), duration=d)
                  for r, (u, t, d) in enumerate(zip(ids, T, durs))]
     with atomic_path(out / st.INDEX, suffix=".parquet") as tmp:
         pd.DataFrame(recs).to_parquet(tmp, index=False)
-    write_json(out / st.META, dict(format=st.FORMAT, n_mels=n_mels, n_codebooks=n_codebooks,
-                                   codebook_size=codebook_size, frames_per_second=31.25, mel_frames_per_second=62.5,
-                                   codec=dict(name="synthetic", pretrained=False), n_utterances=n))
+    write_json(
+        out / st.META,
+        dict(
+            format=st.FORMAT,
+            n_mels=n_mels,
+            n_codebooks=n_codebooks,
+            codebook_size=codebook_size,
+            frames_per_second=31.25,
+            mel_frames_per_second=62.5,
+            codec=dict(name="synthetic", pretrained=False),
+            n_utterances=n,
+        ),
+    )
     return out

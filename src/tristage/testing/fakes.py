@@ -91,9 +91,18 @@ class FakeCaptionPEFT(nn.Module):
         return types.SimpleNamespace(states=states, mask=mask, kl=kl, ortho=ortho)
 
 
-def fake_sources(n_speakers: int = 4, utts_per_speaker: int = 8, n_codebooks: int = 2, codebook_size: int = 16,
-                 n_mels: int = 8, min_frames: int = 12, max_frames: int = 24, seed: int = 0,
-                 mapped_speakers: int | None = None, table_dir: str | Path | None = None) -> Sources:
+def fake_sources(
+    n_speakers: int = 4,
+    utts_per_speaker: int = 8,
+    n_codebooks: int = 2,
+    codebook_size: int = 16,
+    n_mels: int = 8,
+    min_frames: int = 12,
+    max_frames: int = 24,
+    seed: int = 0,
+    mapped_speakers: int | None = None,
+    table_dir: str | Path | None = None,
+) -> Sources:
     rng = np.random.default_rng(seed)
     items, rows = {}, []
     for s in range(n_speakers):
@@ -122,12 +131,21 @@ def fake_sources(n_speakers: int = 4, utts_per_speaker: int = 8, n_codebooks: in
     mapping = {f"spk{s:02d}": s for s in range(k)}
     meta = dict(n_codebooks=n_codebooks, codebook_size=codebook_size, mel=dict(n_mels=n_mels),
                 codec=dict(name="fake", pretrained=False))
-    return Sources(store=FakeStore(items, meta), manifest=pd.DataFrame(rows), table=table, mapping=mapping,
-                   n_codebooks=n_codebooks, codebook_size=codebook_size, n_mels=n_mels,
-                   caption_module="tristage.testing.fakes:FakeCaptionPEFT",
-                   caption_table="tristage.testing.fakes:FakeCaptionTable",
-                   caption_vectors=str(table_dir) if table_dir else None,
-                   peft=dict(lora_rank=4), codec="random-init fake codec", caption_encoder="random-init fake encoder")
+    return Sources(
+        store=FakeStore(items, meta),
+        manifest=pd.DataFrame(rows),
+        table=table,
+        mapping=mapping,
+        n_codebooks=n_codebooks,
+        codebook_size=codebook_size,
+        n_mels=n_mels,
+        caption_module="tristage.testing.fakes:FakeCaptionPEFT",
+        caption_table="tristage.testing.fakes:FakeCaptionTable",
+        caption_vectors=str(table_dir) if table_dir else None,
+        peft=dict(lora_rank=4),
+        codec="random-init fake codec",
+        caption_encoder="random-init fake encoder",
+    )
 
 
 TINY_MODEL = dict(PRESETS["toy"])  # the `toy` model preset: the sizes every trainer test uses
@@ -186,7 +204,9 @@ def fake_sources_with_codec(folder: str | Path) -> Sources:
     src = default_fake_sources(folder)
     codec_dir = Path(folder) / "features"
     codec_dir.mkdir(parents=True, exist_ok=True)
-    _, info = prepare_codec(CodecParams(n_codebooks=src.n_codebooks, codebook_size=src.codebook_size), codec_dir)
+    _, info = prepare_codec(
+        CodecParams(n_codebooks=src.n_codebooks, codebook_size=src.codebook_size), codec_dir
+    )
     src.store.meta.update(dir=str(codec_dir), codec=info,
                           mel=MelParams(n_mels=src.n_mels).model_dump(mode="json"))
     return src

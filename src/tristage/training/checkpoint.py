@@ -50,7 +50,9 @@ def list_checkpoints(root: Path) -> list[tuple[int, Path]]:
     return sorted(out, reverse=True)
 
 
-def write_model_files(folder: Path, model_state: dict, trainer_state: dict | None, meta: dict[str, str] | None = None) -> None:
+def write_model_files(
+    folder: Path, model_state: dict, trainer_state: dict | None, meta: dict[str, str] | None = None
+) -> None:
     import torch
     from safetensors.torch import save_file
 
@@ -157,7 +159,9 @@ def set_rng_state(st: dict[str, Any]) -> None:
     py = st["python"]
     random.setstate((py[0], tuple(py[1]), py[2]))
     n = st["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    np.random.set_state(
+        ("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"])
+    )
     torch.set_rng_state(st["torch"])
     if "cuda" in st and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(st["cuda"])

@@ -65,7 +65,9 @@ class Stage2Params(StageParams):
     speaker_loss_weight: NonNegFloat = 0.1
     speaker_acc_band: tuple[float, float] = (0.3, 0.6)
     band_patience: PosInt = 3  # band checks outside the band before warning / adjusting
-    band_check_every: PosInt | None = 25  # steps between band checks (a validation pass each); null = eval_every
+    band_check_every: PosInt | None = (
+        25  # steps between band checks (a validation pass each); null = eval_every
+    )
     band_control: Literal["warn", "auto"] = "warn"
     band_factor: float = Field(2.0, gt=1)  # auto: multiply (above the band) or divide (below) lambda by this
     grl_lambda_max: NonNegFloat = 3.0

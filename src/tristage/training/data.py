@@ -201,13 +201,20 @@ class TrainData:
             if key not in _WARNED:
                 _WARNED.add(key)
                 longest = max(n_frames[i] for i in too_long)
-                log.warning("%d of %d utterances have targets longer than max_frames=%d codec frames (longest "
-                            "%d); skipped, not truncated. Raise stage1.model.max_frames to keep them",
-                            len(too_long), len(too_long) + len(ids), max_frames, longest)
+                log.warning(
+                    "%d of %d utterances have targets longer than max_frames=%d codec frames (longest "
+                    "%d); skipped, not truncated. Raise stage1.model.max_frames to keep them",
+                    len(too_long),
+                    len(too_long) + len(ids),
+                    max_frames,
+                    longest,
+                )
         if len(ids) < 2:
-            raise UserError(f"{sp.features}: only {len(ids)} utterance(s) with features, a manifest row and "
-                            f"at most max_frames={max_frames} codec frames; need at least 2 (rerun `features` on the "
-                            "prepared manifest, or raise stage1.model.max_frames)")
+            raise UserError(
+                f"{sp.features}: only {len(ids)} utterance(s) with features, a manifest row and "
+                f"at most max_frames={max_frames} codec frames; need at least 2 (rerun `features` on the "
+                "prepared manifest, or raise stage1.model.max_frames)"
+            )
         ids.sort()
         self.examples: list[Example] = []
         for uid in ids:
@@ -232,10 +239,19 @@ class TrainData:
         val_set = set(self.val_idx)
         for i, ex in enumerate(self.examples):
             self.by_speaker.setdefault((ex.speaker, i in val_set), []).append(i)
-        self.sampler = BucketSampler([self.examples[i].n_frames for i in self.train_idx], sp.batch_size, sp.seed,
-                                     sp.bucket_batches, rank, world)
-        # the most recently used utterances (features + references), bounded: memory stays flat at any corpus size
-        self._cache: collections.OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = collections.OrderedDict()
+        self.sampler = BucketSampler(
+            [self.examples[i].n_frames for i in self.train_idx],
+            sp.batch_size,
+            sp.seed,
+            sp.bucket_batches,
+            rank,
+            world,
+        )
+        # the most recently used utterances (features + references), bounded:
+        # memory stays flat at any corpus size
+        self._cache: collections.OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = (
+            collections.OrderedDict()
+        )
 
     # -- loading ------------------------------------------------------------------------
     def features(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:

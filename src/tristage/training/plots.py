@@ -6,8 +6,23 @@ from pathlib import Path
 
 from tristage.fsio import save_figure, write_text
 
-COLUMNS = ("step", "mel_loss", "mel_top1", "kl", "ortho", "speaker_loss", "speaker_acc", "lr", "grl_lambda",
-           "speaker_loss_weight", "samples_per_s", "val_mel_loss", "val_mel_top1", "val_speaker_acc", "band_status")
+COLUMNS = (
+    "step",
+    "mel_loss",
+    "mel_top1",
+    "kl",
+    "ortho",
+    "speaker_loss",
+    "speaker_acc",
+    "lr",
+    "grl_lambda",
+    "speaker_loss_weight",
+    "samples_per_s",
+    "val_mel_loss",
+    "val_mel_top1",
+    "val_speaker_acc",
+    "band_status",
+)
 
 
 def _fmt(v) -> str:

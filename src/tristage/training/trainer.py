@@ -70,12 +70,22 @@ class _Trainer:
         self.preset = PRESETS[stage]
         self.base = params.base_dir
         if dist.is_main:
-            log.info("%s: preset frozen=%s grl=%s lr=%g x %g", stage, list(self.preset.frozen), self.preset.grl,
-                     sp.lr, sp.lr_scale)
-        self.src = sources if sources is not None else load_sources(sp, params.caption_vectors.peft.model_dump())
+            log.info(
+                "%s: preset frozen=%s grl=%s lr=%g x %g",
+                stage,
+                list(self.preset.frozen),
+                self.preset.grl,
+                sp.lr,
+                sp.lr_scale,
+            )
+        self.src = (
+            sources if sources is not None else load_sources(sp, params.caption_vectors.peft.model_dump())
+        )
         if self.preset.grl and not self.src.mapping:
-            raise UserError(f"{sp.speaker_mapping}: no speakers selected; the stage2 speaker classifier needs at "
-                            "least 2 (lower speaker_mapping.min_samples)")
+            raise UserError(
+                f"{sp.speaker_mapping}: no speakers selected; the stage2 speaker classifier needs at "
+                "least 2 (lower speaker_mapping.min_samples)"
+            )
         self.cfg, init = resolve_config(stage, params, sp, self.src)
         _seed_all(sp.seed)
         model = build_model(self.cfg, self.src.table)
@@ -91,8 +101,11 @@ class _Trainer:
         if dist.enabled:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
-            self.ddp_model = DDP(self.model, device_ids=[dist.local_rank] if dist.device.startswith("cuda") else None,
-                                 find_unused_parameters=False)
+            self.ddp_model = DDP(
+                self.model,
+                device_ids=[dist.local_rank] if dist.device.startswith("cuda") else None,
+                find_unused_parameters=False,
+            )
         self.data = TrainData(self.src, sp, self.cfg.max_text_len, self.cfg.max_frames, dist.rank, dist.world)
         self.val = self.data.val_batches(sp.batch_size)
         self.adversary = SpeakerAdversary.from_params(sp, model, dist, grl=self.preset.grl)
@@ -102,15 +115,30 @@ class _Trainer:
         self.out = Path(sp.out_dir)
         self.ckroot = self.out / "checkpoints"
         self.fingerprint_parts, self.code_files = run_fingerprint_parts(
-            stage, sp, self.cfg, init_sha, self.peft, dist.world, data_fingerprint(self.src, self.data.examples))
+            stage,
+            sp,
+            self.cfg,
+            init_sha,
+            self.peft,
+            dist.world,
+            data_fingerprint(self.src, self.data.examples),
+        )
         self.fingerprint = combine(self.fingerprint_parts)
         self.state = TrainState(window_size=sp.window)
 
     # --- checkpoints and resume ---------------------------------------------------------
     def trainer_state(self) -> dict:
-        return plain(dict(**self.state.to_dict(), fingerprint=self.fingerprint, optimizer=self.opt.state_dict(),
-                          scheduler=self.sched.state_dict(), sampler=self.data.sampler.state_dict(),
-                          rng=ck.rng_state(), adversary=self.adversary.state_dict() if self.adversary else {}))
+        return plain(
+            dict(
+                **self.state.to_dict(),
+                fingerprint=self.fingerprint,
+                optimizer=self.opt.state_dict(),
+                scheduler=self.sched.state_dict(),
+                sampler=self.data.sampler.state_dict(),
+                rng=ck.rng_state(),
+                adversary=self.adversary.state_dict() if self.adversary else {},
+            )
+        )
 
     def load_trainer_state(self, saved: dict) -> None:
         self.state.load(saved)
@@ -156,21 +184,33 @@ class _Trainer:
         try:
             self.model.load_state_dict(model_state, strict=True)
         except RuntimeError as exc:
-            raise UserError(f"{rel(folder, self.base)}: weights don't fit the model ({str(exc).splitlines()[0]}); "
-                            f"delete {rel(self.ckroot, self.base)} to start fresh") from None
+            raise UserError(
+                f"{rel(folder, self.base)}: weights don't fit the model ({str(exc).splitlines()[0]}); "
+                f"delete {rel(self.ckroot, self.base)} to start fresh"
+            ) from None
         self.load_trainer_state(saved)
         self.state.resumed_from = self.state.step
         self.state.last_good = folder
         if self.dist.is_main:
-            log.info("%s: resuming from %s (step %d of %d)", self.stage, rel(folder, self.base), self.state.step,
-                     self.sp.steps)
+            log.info(
+                "%s: resuming from %s (step %d of %d)",
+                self.stage,
+                rel(folder, self.base),
+                self.state.step,
+                self.sp.steps,
+            )
         ddp.barrier(self.dist)
 
     def save_checkpoint(self) -> None:
         if self.dist.is_main:
-            folder = ck.save_checkpoint(self.ckroot, self.state.step, self.model.state_dict(), self.trainer_state(),
-                                        self.fingerprint, extra=dict(fingerprint_parts=self.fingerprint_parts,
-                                                                     code_files=self.code_files))
+            folder = ck.save_checkpoint(
+                self.ckroot,
+                self.state.step,
+                self.model.state_dict(),
+                self.trainer_state(),
+                self.fingerprint,
+                extra=dict(fingerprint_parts=self.fingerprint_parts, code_files=self.code_files),
+            )
             ck.prune(self.ckroot, self.sp.keep_last, {self.state.best["step"]})
             self.state.last_good = folder
         ddp.barrier(self.dist)
@@ -182,7 +222,9 @@ class _Trainer:
         return nullcontext()
 
     def loss_of(self, out: dict) -> torch.Tensor:
-        loss = out["mel_loss"] + self.peft.kl_weight * out["kl"] + self.peft.orthogonality_weight * out["ortho"]
+        loss = (
+            out["mel_loss"] + self.peft.kl_weight * out["kl"] + self.peft.orthogonality_weight * out["ortho"]
+        )
         loss = loss + out["stop_loss"]  # end-of-speech head (model/decoder.py stop_loss)
         if self.adversary:
             loss = loss + self.adversary.speaker_term(out)
@@ -210,7 +252,9 @@ class _Trainer:
         if sums.nonfinite > 0:
             self.opt.zero_grad(set_to_none=True)
             raise NonFiniteLoss(self._nonfinite_msg(sums.mel_loss))
-        gnorm = torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], sp.grad_clip)
+        gnorm = torch.nn.utils.clip_grad_norm_(
+            [p for p in self.model.parameters() if p.requires_grad], sp.grad_clip
+        )
         if not torch.isfinite(gnorm):
             self.opt.zero_grad(set_to_none=True)
             raise NonFiniteLoss(self._nonfinite_msg(float("nan"), what="gradient norm"))
@@ -236,8 +280,11 @@ class _Trainer:
         last_good = self.state.last_good
         keep = (f"the last good checkpoint is kept: {rel(last_good, self.base)}" if last_good
                 else "no checkpoint was written yet")
-        return (f"{self.stage}: non-finite {what} ({value}) at step {self.state.step + 1}; stopped, {keep}. Lower "
-                f"{self.stage}.lr or raise {self.stage}.warmup_steps (a changed config starts fresh)")
+        return (
+            f"{self.stage}: non-finite {what} ({value}) at step {self.state.step + 1}; "
+            f"stopped, {keep}. Lower "
+            f"{self.stage}.lr or raise {self.stage}.warmup_steps (a changed config starts fresh)"
+        )
 
     # --- evaluation and logging -----------------------------------------------------------
     def evaluate(self) -> dict[str, float]:
@@ -247,8 +294,10 @@ class _Trainer:
     def log_row(self, row: dict) -> None:
         self.state.history.append(row)
         if self.dist.is_main and self.tracker is not None:
-            self.tracker.log_metrics({k: v for k, v in row.items() if k != "step" and isinstance(v, (int, float))},
-                                     step=row["step"])
+            self.tracker.log_metrics(
+                {k: v for k, v in row.items() if k != "step" and isinstance(v, (int, float))},
+                step=row["step"],
+            )
 
     def on_eval(self, ev: dict, band_only: bool = False) -> dict:
         """Band check and best-so-far of one validation pass (`band_only`: a band check between evaluations,
@@ -326,7 +375,10 @@ class _Trainer:
                     band_log=self.state.band_log, grl_log=self.adversary.changes if self.adversary else [],
                     note=provenance(self.cfg))
         write_model(self.out, self.model, self.trainer_state(), self.stage, self.fingerprint, info)
-        # config.json (no absolute paths) + what synthesis needs: baked caption table, codec, speakers, references
-        export_model_folder(self.out, self.stage, self.model, self.cfg, self.src, self.data, self.sp.max_ref_frames)
+        # config.json (no absolute paths) + what synthesis needs:
+        # baked caption table, codec, speakers, references
+        export_model_folder(
+            self.out, self.stage, self.model, self.cfg, self.src, self.data, self.sp.max_ref_frames
+        )
         write_reports(self.stage, self.sp, self.state.history, metrics, self.cfg, self.adversary is not None,
                       self.tracker)
