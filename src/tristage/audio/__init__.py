@@ -1,0 +1,2 @@
+"""Measuring speech: pitch, speaking rate, noise, reverberation (`measures`), and the attribute
+levels they are binned into (`levels`)."""
