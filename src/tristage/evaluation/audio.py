@@ -47,9 +47,8 @@ log = logging.getLogger("tristage.evaluate")
 
 SR = 16000  # every judge listens at 16 kHz
 GROUND_TRUTH, RESYNTHESIS = "ground_truth", "resynthesis"
-BIN_RECORDINGS = (
-    200  # training recordings measured to fit the attribute bins when the manifest is not annotated
-)
+# training recordings measured to fit the attribute bins when the manifest is not annotated
+BIN_RECORDINGS = 200
 SUMMARY_KEYS = (
     "wer",
     "cer",

@@ -5,17 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
+from tristage.evaluation.audio import SUMMARY_KEYS
 from tristage.fsio import save_figure
 
-PANELS = (
-    "wer",
-    "cer",
-    "speaker_sim",
-    "dnsmos_ovrl",
-    "pitch_agreement",
-    "speed_agreement",
-    "emotion_transfer_acc",
-)
+PANELS = SUMMARY_KEYS  # one panel per summary key of the audio judges
 ANCHORS = (("ground_truth", "tab:green", "--"), ("resynthesis", "tab:orange", ":"))
 
 
