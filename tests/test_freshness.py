@@ -11,7 +11,7 @@ import pytest
 from conftest import copy_repo, project_env, shrink_params
 
 pytestmark = pytest.mark.slow
-UPSTREAM = ["corpus", "prepare", "speaker_mapping", "caption_vectors", "features"]
+UPSTREAM = ["corpus", "prepare", "annotate", "speaker_mapping", "caption_vectors", "features"]
 
 
 def _dvc(repo, *args):
@@ -25,6 +25,12 @@ def _ran(out: str) -> list[str]:
     return [s for s in [*UPSTREAM, "stage1"] if f"Running stage '{s}'" in out]
 
 
+def _facts(repo) -> dict:
+    """stage1's metrics and its run facts (`resumed_from_step` lives with the timings, untracked)."""
+    return {**json.loads((repo / "metrics/stage1.json").read_text()),
+            **json.loads((repo / "timings/stage1.json").read_text())}
+
+
 def _edit(path, line: str) -> None:
     path.write_text(path.read_text() + f"\n{line}\n")
 
@@ -34,7 +40,7 @@ def test_code_edit_retrains_stage1_from_step_0(tmp_path):
     shrink_params(repo / "params.yaml", {"stage1": {"steps": 2, "eval_every": 2, "checkpoint_every": 1}})
     out = _dvc(repo, "repro", "stage1")
     assert _ran(out) == [*UPSTREAM, "stage1"]
-    first = json.loads((repo / "metrics/stage1.json").read_text())
+    first = _facts(repo)
     assert first["steps"] == 2 and first["resumed_from_step"] is None
     assert (repo / "models/stage1/checkpoints/step-000002").is_dir()  # persisted: a rerun finds it
 
@@ -47,7 +53,7 @@ def test_code_edit_retrains_stage1_from_step_0(tmp_path):
         _edit(repo / rel, f"_FRESHNESS_PROBE = {why!r}  # an edit of the {why} code")
         out = _dvc(repo, "repro", "stage1")
         assert _ran(out) == ["stage1"], out[-3000:]  # upstream data stays; stage1 reruns
-        m = json.loads((repo / "metrics/stage1.json").read_text())
+        m = _facts(repo)
         assert m["resumed_from_step"] is None and m["steps"] == 2, (rel, m)  # from step 0, not "resumed at 2"
         fresh = [ln for ln in out.splitlines() if "starting fresh" in ln]
         assert len(fresh) == 1 and "code" in fresh[0] and rel.removeprefix("src/") in fresh[0], out[-3000:]
