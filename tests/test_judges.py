@@ -80,6 +80,26 @@ def test_dnsmos_rates_clean_speech_above_noise(speech):
     assert mos(np.zeros(16000, np.float32))["dnsmos_ovrl"] is None  # silence: nothing to rate
 
 
+def test_dnsmos_runs_a_short_clip_through_one_window(speech):
+    """A 2 s clip is repeated to one 9.01 s window (speechmos alone would score 7 overlapping windows)."""
+    from tristage.evaluation.judges.quality import DNSMOS
+
+    mos = DNSMOS()
+    inputs = []
+    session_run = mos._model.onnx_sess.run
+    mos._model.onnx_sess.run = lambda out, feed: inputs.append(feed["input_1"]) or session_run(out, feed)
+    clip = np.clip(speech["low"][SENTENCES[2]][:32000], -1, 1)
+    n = len(clip)
+    assert 16000 < n < 9 * 16000
+    mos(clip)
+    assert len(inputs) == 1 and inputs[0].shape[-1] == int(9.01 * 16000)
+    np.testing.assert_array_equal(inputs[0][0, n : 2 * n], clip)  # the clip, repeated
+    long = np.resize(clip, 16000 * 11)  # 11 s: speechmos' 1 s hops, as before
+    inputs.clear()
+    mos(long)
+    assert len(inputs) == 2
+
+
 def test_missing_optional_models_name_their_param(tmp_path):
     from tristage.evaluation.judges.asr import load_asr
     from tristage.evaluation.judges.speaker import load_speaker_encoder

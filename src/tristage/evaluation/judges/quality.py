@@ -9,6 +9,7 @@ import numpy as np
 from tristage.errors import UserError
 
 SAMPLE_RATE = 16000
+WINDOW = int(9.01 * SAMPLE_RATE)  # the models' input: 9.01 s
 
 
 class DNSMOS:
@@ -35,10 +36,15 @@ class DNSMOS:
 
     def __call__(self, wav: np.ndarray) -> dict[str, float]:
         """wav float 16 kHz -> {dnsmos_sig, dnsmos_bak, dnsmos_ovrl, dnsmos_p808} (1..5). Clips shorter
-        than the model's 9 s window are repeated to fill it (speechmos' own rule)."""
+        than the model's 9.01 s window are repeated to fill exactly one window. (speechmos doubles a
+        short clip until it is longer than the window and averages every 1 s hop of the result: seven
+        windows of the same periodic signal for a 2 s clip, 7x the time for scores within 0.04 of one
+        window's, measured on 14 demo clips; clips over 9.01 s are scored by speechmos' hops as before.)"""
         x = np.clip(np.asarray(wav, np.float32), -1.0, 1.0)
         if x.size == 0 or not np.any(x):
             return dict(dnsmos_sig=None, dnsmos_bak=None, dnsmos_ovrl=None, dnsmos_p808=None)
+        if x.size < WINDOW:
+            x = np.resize(x, WINDOW)  # the clip repeated, cut at the window's end
         r = self._model(x, SAMPLE_RATE, False)  # P.835 (not personalised)
         return dict(
             dnsmos_sig=float(r["sig_mos"]),
