@@ -28,14 +28,17 @@ demo: install
 summary: install
 	$(PY) -m tristage.cli summary
 
+# Test files run in TEST_WORKERS processes (pytest-xdist; a file's tests stay in one process, so its
+# module fixtures are built once). The stages the slow tests start use one thread each.
+TEST_WORKERS ?= 2
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 lint: install
 	$(VENV)/bin/ruff check src steps flows tests benchmarks
 
 test-fast: install
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow" -n $(TEST_WORKERS) --dist loadfile
 
 bench: install
 	$(PY) -m benchmarks.run_all

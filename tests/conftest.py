@@ -15,6 +15,38 @@ from tristage.environment import QUIET_ENV, apply_quiet_env
 REPO = Path(__file__).resolve().parents[1]
 apply_quiet_env()  # the tests run offline and quiet, with or without the Makefile
 
+# Under pytest-xdist (`make test`: -n 2 --dist loadfile) the workers share the cores: torch in each
+# worker gets its share, not every core.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    import torch
+
+    workers = int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
+    torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // workers))
+
+
+# The files that run the shrunk DAG, slowest first (measured with --durations on 2 cores): they start
+# first, so a parallel run isn't left waiting on one of them at the end.
+DAG_FILES = ("test_sweep", "test_flow", "test_e2e", "test_freshness", "test_import_e2e", "test_resume",
+             "test_ddp")
+
+
+def pytest_collection_modifyitems(config, items):
+    """The DAG-running files first, then the other files with slow tests (most first), then the rest;
+    the order inside a file is kept."""
+    slow_per_file: dict[str, int] = {}
+    for item in items:
+        is_slow = item.get_closest_marker("slow") is not None
+        slow_per_file[item.path.stem] = slow_per_file.get(item.path.stem, 0) + is_slow
+    first_seen = {stem: i for i, stem in enumerate(dict.fromkeys(i.path.stem for i in items))}
+
+    def order(item) -> tuple:
+        stem = item.path.stem
+        return (DAG_FILES.index(stem) if stem in DAG_FILES else len(DAG_FILES), -slow_per_file[stem],
+                first_seen[stem])
+
+    items.sort(key=order)
+
+
 # The real params.yaml with sizes shrunk so the whole DAG runs in about a minute on 2 cores.
 _TRAIN = {
     "steps": 4,
@@ -92,4 +124,38 @@ def repo_copy(tmp_path: Path) -> Path:
     """A fresh copy of the project with the shrunk params."""
     dest = copy_repo(tmp_path / "repo")
     shrink_params(dest / "params.yaml")
+    return dest
+
+
+@pytest.fixture(scope="session")
+def reproduced_template(tmp_path_factory) -> tuple[Path, str]:
+    """The shrunk DAG, reproduced once for the whole test run (`dvc repro` in a copy of the repo):
+    its folder and what `dvc repro` printed. Under pytest-xdist the workers share it: the first that
+    asks builds it under a file lock, the others wait for it. Read it; to change anything, work in
+    `clone_reproduced(...)` of it."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    home = root / "reproduced"
+    repo, log, done = home / "repo", home / "repro.log", home / "done"
+    with FileLock(str(root / "reproduced.lock")):
+        if not done.exists():
+            shutil.rmtree(home, ignore_errors=True)
+            copy_repo(repo)
+            shrink_params(repo / "params.yaml")
+            r = subprocess.run(["dvc", "repro"], cwd=repo, capture_output=True, text=True, env=project_env())
+            if r.returncode != 0:
+                raise AssertionError(
+                    f"dvc repro of the shrunk DAG failed:\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}"
+                )
+            log.write_text(r.stdout)
+            done.touch()
+    return repo, log.read_text()
+
+
+def clone_reproduced(template: Path, dest: Path) -> Path:
+    """A copy of the reproduced repo (git, DVC cache, outputs, checkpoints) to change freely: `dvc
+    status` there is clean, so only what a test changes reruns."""
+    shutil.copytree(template, dest, symlinks=True)
     return dest

@@ -58,13 +58,13 @@ def metrics(repo, stage):
 
 
 @pytest.fixture(scope="module")
-def reproduced(tmp_path_factory):
-    from conftest import copy_repo, shrink_params
+def reproduced(reproduced_template, tmp_path_factory):
+    """The shrunk DAG reproduced from scratch (shared by the test run; see conftest), in a copy of our
+    own, and what its `dvc repro` printed."""
+    from conftest import clone_reproduced
 
-    repo = copy_repo(tmp_path_factory.mktemp("e2e") / "repo")
-    shrink_params(repo / "params.yaml")
-    out = dvc(repo, "repro").stdout
-    return repo, out
+    template, out = reproduced_template
+    return clone_reproduced(template, tmp_path_factory.mktemp("e2e") / "repo"), out
 
 
 @pytest.mark.slow
@@ -119,19 +119,22 @@ def test_dvc_repro_runs_the_whole_dag(reproduced):
 
 
 @pytest.mark.slow
-def test_sigkill_during_dvc_repro_then_rerun_equals_an_uninterrupted_run(reproduced, tmp_path):
-    """kill -9 of the whole `dvc repro` in the middle of stage1's training; `dvc repro` again
-    finishes, and every model and the features equal the uninterrupted run's bit for bit."""
+def test_sigkill_during_dvc_repro_then_rerun_equals_an_uninterrupted_run(reproduced_template, tmp_path):
+    """The trained models removed from a reproduced copy, `dvc repro` is killed (-9, the whole process
+    group) in the middle of stage1's training; `dvc repro` again finishes, and every model equals the
+    uninterrupted run's bit for bit (so evaluate, whose inputs are those models, doesn't rerun)."""
     import os
+    import shutil
     import signal
     import time
 
-    from conftest import copy_repo, shrink_params
+    from conftest import clone_reproduced
     from safetensors.torch import load_file
 
-    ref, _ = reproduced
-    repo = copy_repo(tmp_path / "repo")
-    shrink_params(repo / "params.yaml")
+    ref, _ = reproduced_template
+    repo = clone_reproduced(ref, tmp_path / "repo")
+    for stage in ("stage1", "stage2", "stage3"):
+        shutil.rmtree(repo / "models" / stage)
     proc = subprocess.Popen(["dvc", "repro"], cwd=repo, env=project_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     mark = repo / "models/stage1/checkpoints/step-000002"
@@ -143,17 +146,11 @@ def test_sigkill_during_dvc_repro_then_rerun_equals_an_uninterrupted_run(reprodu
     assert not (repo / "models/stage1/model.safetensors").exists(), "stage1 finished before the kill"
 
     out = dvc(repo, "repro").stdout
-    assert ran(out)[0] == "stage1" and ran(out)[-1] == "evaluate"
+    assert ran(out) == ["stage1", "stage2", "stage3"], out[-3000:]  # evaluate's inputs: the same bits
     for stage in ("stage1", "stage2", "stage3"):
         a = load_file(str(ref / "models" / stage / "model.safetensors"))
         b = load_file(str(repo / "models" / stage / "model.safetensors"))
         assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a), stage
-    assert (ref / "data/features/index.parquet").read_bytes() == (
-        repo / "data/features/index.parquet"
-    ).read_bytes()
-    ea, eb = metrics(ref, "evaluate"), metrics(repo, "evaluate")
-    assert [ea[s]["mel_loss"] for s in ("stage1", "stage2", "stage3")] == \
-        [eb[s]["mel_loss"] for s in ("stage1", "stage2", "stage3")]
     assert ran(dvc(repo, "repro").stdout) == []
 
 

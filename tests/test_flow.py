@@ -286,12 +286,14 @@ def _cache_objects(repo: Path) -> set[str]:
 
 
 @pytest.mark.slow
-def test_flow_reuses_the_cache_of_dvc_repro_and_names_its_task_runs(prefect_api, repo_copy, monkeypatch):
-    """After `dvc repro`, a flow run with a changed stage2 param runs only stage2 (the stages before
-    come out of the shared DVC cache, adding nothing to it); its task runs carry the stage names and
-    the stages' log lines, and a summary artifact names the experiment and the MLflow parent run."""
+def test_flow_reuses_the_cache_of_dvc_repro_and_names_its_task_runs(prefect_api, reproduced_template,
+                                                                     tmp_path, monkeypatch):
+    """After `dvc repro` (the shrunk DAG, reproduced once for the test run), a flow run with a changed
+    stage2 param runs only stage2 (the stages before come out of the shared DVC cache, adding nothing to
+    it); its task runs carry the stage names and the stages' log lines, and a summary artifact names the
+    experiment and the MLflow parent run."""
     import yaml
-    from conftest import project_env
+    from conftest import clone_reproduced
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
         ArtifactFilter,
@@ -304,11 +306,9 @@ def test_flow_reuses_the_cache_of_dvc_repro_and_names_its_task_runs(prefect_api,
 
     from flows.pipeline import pipeline
 
+    repo_copy = clone_reproduced(reproduced_template[0], tmp_path / "repo")
     monkeypatch.setenv("TRISTAGE_TRACKING", "0")  # the stages' own MLflow runs are not under test here
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{repo_copy / 'mlflow.db'}")
-    dvc_bin = str(Path(sys.executable).with_name("dvc"))
-    subprocess.run([dvc_bin, "repro", "stage2"], cwd=repo_copy, env=project_env(), check=True,
-                   capture_output=True)
     before = _cache_objects(repo_copy)
     assert before
 

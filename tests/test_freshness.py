@@ -8,7 +8,7 @@ import json
 import subprocess
 
 import pytest
-from conftest import copy_repo, project_env, shrink_params
+from conftest import clone_reproduced, project_env
 
 pytestmark = pytest.mark.slow
 UPSTREAM = ["corpus", "prepare", "annotate", "speaker_mapping", "caption_vectors", "features"]
@@ -35,14 +35,11 @@ def _edit(path, line: str) -> None:
     path.write_text(path.read_text() + f"\n{line}\n")
 
 
-def test_code_edit_retrains_stage1_from_step_0(tmp_path):
-    repo = copy_repo(tmp_path / "repo")
-    shrink_params(repo / "params.yaml", {"stage1": {"steps": 2, "eval_every": 2, "checkpoint_every": 1}})
-    out = _dvc(repo, "repro", "stage1")
-    assert _ran(out) == [*UPSTREAM, "stage1"]
+def test_code_edit_retrains_stage1_from_step_0(reproduced_template, tmp_path):
+    repo = clone_reproduced(reproduced_template[0], tmp_path / "repo")  # the shrunk DAG, reproduced
     first = _facts(repo)
-    assert first["steps"] == 2 and first["resumed_from_step"] is None
-    assert (repo / "models/stage1/checkpoints/step-000002").is_dir()  # persisted: a rerun finds it
+    assert first["steps"] == 4 and first["resumed_from_step"] is None
+    assert (repo / "models/stage1/checkpoints/step-000004").is_dir()  # persisted: a rerun finds it
 
     assert "stage1" not in _ran(_dvc(repo, "repro", "stage1"))  # nothing changed: nothing runs
 
@@ -54,6 +51,6 @@ def test_code_edit_retrains_stage1_from_step_0(tmp_path):
         out = _dvc(repo, "repro", "stage1")
         assert _ran(out) == ["stage1"], out[-3000:]  # upstream data stays; stage1 reruns
         m = _facts(repo)
-        assert m["resumed_from_step"] is None and m["steps"] == 2, (rel, m)  # from step 0, not "resumed at 2"
+        assert m["resumed_from_step"] is None and m["steps"] == 4, (rel, m)  # from step 0, not "resumed at 4"
         fresh = [ln for ln in out.splitlines() if "starting fresh" in ln]
         assert len(fresh) == 1 and "code" in fresh[0] and rel.removeprefix("src/") in fresh[0], out[-3000:]

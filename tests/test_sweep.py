@@ -219,16 +219,23 @@ def prefect_api():
 
 
 @pytest.mark.slow
-def test_two_point_sweep_runs_concurrently_with_stage1_once(prefect_api, repo_copy, monkeypatch):
+def test_two_point_sweep_runs_concurrently_with_stage1_once(prefect_api, reproduced_template, tmp_path,
+                                                            monkeypatch):
+    """On the reproduced shrunk DAG (shared by the test run) with a stage1 change for every point: stage1
+    reruns once, in the base workspace; the points run concurrently from it."""
+    from conftest import clone_reproduced
+
     from flows.sweep import sweep
+
+    repo_copy = clone_reproduced(reproduced_template[0], tmp_path / "repo")
+    shared = {"stage1.steps": 3}  # upstream of stage1 comes out of the DVC cache
 
     db = repo_copy / "mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # CPU slots
     monkeypatch.delenv("TRISTAGE_TRACKING", raising=False)
     grid = {"stage2.grl_lambda": [0.5, 2.0, -1.0]}  # -1: a bad value, recorded as failed, costs no work
-    result = sweep(grid=grid, overrides={"corpus.utts_per_speaker": 6, "speaker_mapping.min_samples": 3},
-                   name="t", cpu_slots=2, repo=str(repo_copy))
+    result = sweep(grid=grid, overrides=shared, name="t", cpu_slots=2, repo=str(repo_copy))
 
     assert result["shared_stages"][-1] == "stage1" and result["point_stages"] == [
         "stage2",
@@ -284,8 +291,7 @@ def test_two_point_sweep_runs_concurrently_with_stage1_once(prefect_api, repo_co
 
     # rerun: the finished points are skipped, nothing trains again
     t0 = time.monotonic()
-    again = sweep(grid=grid, overrides={"corpus.utts_per_speaker": 6, "speaker_mapping.min_samples": 3},
-                  name="t", cpu_slots=2, repo=str(repo_copy))
+    again = sweep(grid=grid, overrides=shared, name="t", cpu_slots=2, repo=str(repo_copy))
     assert again["points"] == result["points"] and again["recommended"] == result["recommended"]
     runs2 = client.search_runs([client.get_experiment_by_name("tristage").experiment_id], max_results=500)
     assert sum(r.data.tags.get("stage") is not None for r in runs2) == sum(
