@@ -119,6 +119,18 @@ def copy_repo(dest: Path) -> Path:
     return dest
 
 
+def pytest_collection_modifyitems(config, items) -> None:
+    """`gpu` tests run only where torch sees a CUDA device; elsewhere they are skipped, saying so."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="gpu: torch.cuda.is_available() is False (no CUDA device visible)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture
 def repo_copy(tmp_path: Path) -> Path:
     """A fresh copy of the project with the shrunk params."""

@@ -308,63 +308,51 @@ def _scaled(value: Any, factors: Sequence[float]) -> list[str]:
     return list(dict.fromkeys(_fmt(v * f) for f in factors))
 
 
-def recommend(rows: Sequence[dict], band: Sequence[float]) -> Recommendation:
-    """Inside the band with the best (lowest) val mel_loss; else the closest to the band, with the
-    seed's advice turned into a next grid around that point. Marks the chosen row `recommended`."""
-    lo, hi = band
-    done = [r for r in rows if r["status"] == "finished" and r.get("speaker_acc") is not None]
-    if not done:
-        failed = sum(r["status"] == "failed" for r in rows)
-        return Recommendation(
-            None,
-            False,
-            f"no finished point with a speaker_acc ({failed} failed): nothing to "
-            f"recommend; see each point's reason",
-        )
-    mel = lambda r: r["val_mel_loss"] if r.get("val_mel_loss") is not None else math.inf
-    inside = [r for r in done if r["band"] == "in"]
-    if inside:
-        best = min(inside, key=mel)
-        best["recommended"] = True
-        return Recommendation(best["point"], True,
-                              f"{best['point']}: speaker_acc {_fmt(best['speaker_acc'])} inside the band "
-                              f"[{lo:g}, {hi:g}] with the lowest val mel_loss ({_fmt(mel(best))}) of the "
-                              f"{len(inside)} point(s) in the band")
-    best = min(done, key=lambda r: (_distance(r["speaker_acc"], band), mel(r)))
-    best["recommended"] = True
+def _val_mel(r: dict) -> float:
+    """A row's val mel_loss, inf where there is none (sorts last)."""
+    return r["val_mel_loss"] if r.get("val_mel_loss") is not None else math.inf
+
+
+def _between(done: list[dict], band: Sequence[float], best: dict, head: str) -> Recommendation:
+    """Points on both sides of the band: a next grid between the closest point below and the closest above,
+    per knob (geometric midpoint of positive values, else the mean)."""
+    below = min(
+        (r for r in done if r["band"] == "below"), key=lambda r: _distance(r["speaker_acc"], band)
+    )
+    above = min(
+        (r for r in done if r["band"] == "above"), key=lambda r: _distance(r["speaker_acc"], band)
+    )
+    grid = []
+    for knob in KNOBS:
+        a, b = _num(below.get(knob)), _num(above.get(knob))
+        if a is not None and b is not None and a != b:
+            mid = math.sqrt(a * b) if a > 0 and b > 0 else (a + b) / 2
+            grid.append(
+                f"{knob}=" + ",".join(dict.fromkeys(_fmt(x) for x in (min(a, b), mid, max(a, b))))
+            )
+    return Recommendation(
+        best["point"],
+        False,
+        head + f"The band lies between {below['point']} (below) and "
+        f"{above['point']} (above): sweep between them.",
+        grid,
+    )
+
+
+def _all_above(best: dict, head: str) -> Recommendation:
+    """Every point above the band: the seed's advice (a stronger reversal) and a grid of larger lambdas."""
+    lam = best.get("stage2.grl_lambda")
+    text = (
+        head + "All points above the band: the emotion vector still carries the speaker (the GRL has too "
+        "little effect). Seed's advice: raise stage2.grl_lambda (1.0 -> 2.0-3.0)."
+    )
+    grid = ["stage2.grl_lambda=" + ",".join(_scaled(lam, (2, 3, 4)))] if _scaled(lam, (2,)) else []
+    return Recommendation(best["point"], False, text, grid)
+
+
+def _all_below(best: dict, head: str) -> Recommendation:
+    """Every point below the band: the seed's advice (a heavier speaker loss, a weaker reversal) as a grid."""
     lam, wgt = best.get("stage2.grl_lambda"), best.get("stage2.speaker_loss_weight")
-    sides = {r["band"] for r in done}
-    head = (f"no point inside the band [{lo:g}, {hi:g}]; closest: {best['point']} (speaker_acc "
-            f"{_fmt(best['speaker_acc'])}, val mel_loss {_fmt(mel(best))}). ")
-    if sides == {"below", "above"}:
-        below = min(
-            (r for r in done if r["band"] == "below"), key=lambda r: _distance(r["speaker_acc"], band)
-        )
-        above = min(
-            (r for r in done if r["band"] == "above"), key=lambda r: _distance(r["speaker_acc"], band)
-        )
-        grid = []
-        for knob in KNOBS:
-            a, b = _num(below.get(knob)), _num(above.get(knob))
-            if a is not None and b is not None and a != b:
-                mid = math.sqrt(a * b) if a > 0 and b > 0 else (a + b) / 2
-                grid.append(
-                    f"{knob}=" + ",".join(dict.fromkeys(_fmt(x) for x in (min(a, b), mid, max(a, b))))
-                )
-        return Recommendation(
-            best["point"],
-            False,
-            head + f"The band lies between {below['point']} (below) and "
-            f"{above['point']} (above): sweep between them.",
-            grid,
-        )
-    if sides == {"above"}:
-        text = (
-            head + "All points above the band: the emotion vector still carries the speaker (the GRL has too "
-            "little effect). Seed's advice: raise stage2.grl_lambda (1.0 -> 2.0-3.0)."
-        )
-        grid = ["stage2.grl_lambda=" + ",".join(_scaled(lam, (2, 3, 4)))] if _scaled(lam, (2,)) else []
-        return Recommendation(best["point"], False, text, grid)
     text = (
         head + "All points below the band: the GRL classifier can't find the speaker in the emotion vector. "
         "Seed's advice: raise stage2.speaker_loss_weight (0.1 -> 0.2); a weaker reversal (lower "
@@ -378,6 +366,39 @@ def recommend(rows: Sequence[dict], band: Sequence[float]) -> Recommendation:
     if _scaled(lam, (1,)):
         grid.append("stage2.grl_lambda=" + ",".join(_scaled(lam, (0.25, 0.5))))
     return Recommendation(best["point"], False, text, grid)
+
+
+def recommend(rows: Sequence[dict], band: Sequence[float]) -> Recommendation:
+    """Inside the band with the best (lowest) val mel_loss; else the closest to the band, with the
+    seed's advice turned into a next grid around that point. Marks the chosen row `recommended`."""
+    lo, hi = band
+    done = [r for r in rows if r["status"] == "finished" and r.get("speaker_acc") is not None]
+    if not done:
+        failed = sum(r["status"] == "failed" for r in rows)
+        return Recommendation(
+            None,
+            False,
+            f"no finished point with a speaker_acc ({failed} failed): nothing to "
+            f"recommend; see each point's reason",
+        )
+    inside = [r for r in done if r["band"] == "in"]
+    if inside:
+        best = min(inside, key=_val_mel)
+        best["recommended"] = True
+        return Recommendation(best["point"], True,
+                              f"{best['point']}: speaker_acc {_fmt(best['speaker_acc'])} inside the band "
+                              f"[{lo:g}, {hi:g}] with the lowest val mel_loss ({_fmt(_val_mel(best))}) "
+                              f"of the {len(inside)} point(s) in the band")
+    best = min(done, key=lambda r: (_distance(r["speaker_acc"], band), _val_mel(r)))
+    best["recommended"] = True
+    sides = {r["band"] for r in done}
+    head = (f"no point inside the band [{lo:g}, {hi:g}]; closest: {best['point']} (speaker_acc "
+            f"{_fmt(best['speaker_acc'])}, val mel_loss {_fmt(_val_mel(best))}). ")
+    if sides == {"below", "above"}:
+        return _between(done, band, best, head)
+    if sides == {"above"}:
+        return _all_above(best, head)
+    return _all_below(best, head)
 
 
 # -- the table, files and charts -------------------------------------------------------------

@@ -13,6 +13,8 @@ phrasing and a rerun the same captions. Attributes without a value are left out.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 
 from tristage.captions.lexicon import Matcher
@@ -65,6 +67,16 @@ def article(phrase: str) -> str:
     return ("an " if first[0] in "aeiou" else "a ") + phrase
 
 
+@dataclass
+class _Subject:
+    """The parts of a caption's first sentence drawn from the attributes: `pre` adjectives before the
+    subject `noun` ("deep-voiced woman"), `post` clauses after the verb ("with a flat intonation")."""
+
+    noun: str = "speaker"
+    pre: list[str] = field(default_factory=list)
+    post: list[str] = field(default_factory=list)
+
+
 class CaptionWriter:
     def __init__(self, lexicon: dict[str, dict[str, list[str]]]):
         self.lexicon = lexicon
@@ -88,17 +100,28 @@ class CaptionWriter:
         return opts[int(rng.integers(len(opts)))] if opts else None
 
     def write(self, attrs: dict[str, str | None], rng: np.random.Generator) -> str:
+        """One caption for a row's attribute values (None or unknown values are left out). The rng draws
+        in a fixed order (subject and clauses, verb, clause order and template, quality), so a seeded rng
+        gives the same caption on every run."""
         attrs = {k: v for k, v in attrs.items() if v and k in self.phrases and v in self.phrases[k]}
-        pre: list[str] = []    # adjectives before the subject noun
-        post: list[str] = []   # clauses after the verb
-        noun = "speaker"
+        subject = self._subject(attrs, rng)
+        verb_phrase = self._verb_phrase(attrs, rng)
+        text = self._sentence(subject, verb_phrase, rng)
+        if "quality" in attrs:
+            text += self._quality_sentence(attrs["quality"], rng)
+        return text
+
+    def _subject(self, attrs: dict[str, str], rng: np.random.Generator) -> _Subject:
+        """The subject noun (gender noun or "speaker"), the adjectives before it and the clauses after the
+        verb, from gender, accent, pitch, emotion and modulation."""
+        subject = _Subject()
         if "gender" in attrs:
             g = self._pick(rng, "gender", attrs["gender"], ("adjective", "noun"))
             if g is not None:
                 if g[1].lower().endswith(GENDER_ADJ_ENDINGS):
-                    pre.append(g[1])
+                    subject.pre.append(g[1])
                 else:
-                    noun = g[1]
+                    subject.noun = g[1]
         for attr in ("accent", "pitch", "emotion", "modulation"):
             if attr not in attrs:
                 continue
@@ -112,13 +135,18 @@ class CaptionWriter:
                 or kind == "adjective"
                 and rng.random() < 0.3
             ):
-                pre.append(ph)
+                subject.pre.append(ph)
             elif kind == "adjective":
-                post.append(f"sounding {ph}" if attr == "emotion" else f"with {article(ph + ' delivery')}")
+                delivery = f"with {article(ph + ' delivery')}"
+                subject.post.append(f"sounding {ph}" if attr == "emotion" else delivery)
             elif kind == "noun":
-                post.append(f"with {article(ph)}" if attr != "emotion" else f"in {article(ph)}")
+                subject.post.append(f"with {article(ph)}" if attr != "emotion" else f"in {article(ph)}")
             else:
-                post.append(ph)
+                subject.post.append(ph)
+        return subject
+
+    def _verb_phrase(self, attrs: dict[str, str], rng: np.random.Generator) -> str:
+        """A verb, with the speed phrase where there is one: "talks at a brisk pace", "speaks quickly"."""
         speed = (
             self._pick(rng, "speed", attrs["speed"], ("adverb", "noun", "adjective"))
             if "speed" in attrs
@@ -126,34 +154,38 @@ class CaptionWriter:
         )
         verb = VERBS[int(rng.integers(len(VERBS)))]
         if speed is None:
-            verb_phrase = verb
-        elif speed[0] == "noun":
-            verb_phrase = f"{verb} at {article(speed[1])}"
-        elif speed[0] == "adverb":
-            verb_phrase = f"{verb} {speed[1]}"
-        else:
-            verb_phrase = f"{verb} with {article(speed[1] + ' delivery')}"
-        order = rng.permutation(len(post))
-        post = [post[i] for i in order]
-        subject = " ".join([*pre, noun])
-        subject = article(subject) if not subject.lower().startswith(("a ", "an ")) else subject
+            return verb
+        if speed[0] == "noun":
+            return f"{verb} at {article(speed[1])}"
+        if speed[0] == "adverb":
+            return f"{verb} {speed[1]}"
+        return f"{verb} with {article(speed[1] + ' delivery')}"
+
+    @staticmethod
+    def _sentence(subject: _Subject, verb_phrase: str, rng: np.random.Generator) -> str:
+        """The first sentence: the clauses in a random order around subject + verb, one of three templates."""
+        order = rng.permutation(len(subject.post))
+        post = [subject.post[i] for i in order]
+        head = " ".join([*subject.pre, subject.noun])
+        head = article(head) if not head.lower().startswith(("a ", "an ")) else head
         template = int(rng.integers(3))
         if template == 0 or not post:
-            body = f"{subject} {verb_phrase}" + (", " + ", ".join(post) if post else "")
+            body = f"{head} {verb_phrase}" + (", " + ", ".join(post) if post else "")
         elif template == 1:
-            body = f"{subject}, {post[0]}, {verb_phrase}" + (", " + ", ".join(post[1:]) if post[1:] else "")
+            body = f"{head}, {post[0]}, {verb_phrase}" + (", " + ", ".join(post[1:]) if post[1:] else "")
         else:
-            body = f"{post[0][:1].upper()}{post[0][1:]}, {subject} {verb_phrase}" + \
+            body = f"{post[0][:1].upper()}{post[0][1:]}, {head} {verb_phrase}" + \
                    (", " + ", ".join(post[1:]) if post[1:] else "")
-        text = body[:1].upper() + body[1:] + "."
-        if "quality" in attrs:
-            q = self._pick(rng, "quality", attrs["quality"], ("adjective", "noun"))
-            if q is not None:
-                kind, ph = q
-                if kind == "adjective":
-                    text += f" The recording is {ph}."
-                elif ph.lower().split()[-1] in ("room", "studio"):
-                    text += f" It was recorded in {article(ph)}."
-                else:
-                    text += f" The recording has {article(ph)}."
-        return text
+        return body[:1].upper() + body[1:] + "."
+
+    def _quality_sentence(self, value: str, rng: np.random.Generator) -> str:
+        """" The recording is clean." / " It was recorded in a small room." / " The recording has ..."."""
+        q = self._pick(rng, "quality", value, ("adjective", "noun"))
+        if q is None:
+            return ""
+        kind, ph = q
+        if kind == "adjective":
+            return f" The recording is {ph}."
+        if ph.lower().split()[-1] in ("room", "studio"):
+            return f" It was recorded in {article(ph)}."
+        return f" The recording has {article(ph)}."

@@ -25,6 +25,7 @@ import logging
 import multiprocessing as mp
 import time
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -142,18 +143,38 @@ def agreement(given: list, measured: list) -> dict:
             "chance_coarse": round(sum(cg[k] * cm[k] for k in cg) / n / n, 4)}
 
 
-def run_annotate(ap: AnnotateParams, lexicon: dict, tracker=None, progress: bool = True) -> dict:
-    import pandas as pd
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    from tqdm import tqdm
+@dataclass
+class _Shards:
+    """The manifest cut into shards of `size` rows: `rows[i]` = [(id, absolute audio path, text)],
+    `fingerprints[i]` its fingerprint, `todo` the shards whose cached measures are missing or stale."""
 
-    from tristage.annotation.captions import CaptionWriter
-    from tristage.audio.measures import MEASURE_COLUMNS, AttributeBins
-    from tristage.data.manifest import read_prepared, relative_audio, resolve_audio
-    from tristage.fsio import atomic_path, write_bytes, write_json
+    folder: Path  # the annotate out_dir; the shards are <folder>/measures/shard-NNNNN.parquet
+    size: int
+    rows: list[list[tuple[str, str, str]]]
+    fingerprints: list[str]
+    todo: list[int]
 
-    check_levels(ap, lexicon)
+    def path(self, i: int) -> Path:
+        return _shard_path(self.folder, i)
+
+    def rows_measured_now(self) -> list[int]:
+        """Positions (in the sorted manifest) of the rows of the shards measured in this run."""
+        return [k for i in self.todo for k in range(i * self.size, i * self.size + len(self.rows[i]))]
+
+
+@dataclass
+class _Fill:
+    """The attribute columns after filling: per attribute, how often the measured bin agreed with a
+    given value (`agreement`) and how many values were filled in (`filled`)."""
+
+    agreement: dict[str, dict]
+    filled: dict[str, int]
+
+
+def _read_manifest(ap: AnnotateParams):
+    """The prepared manifest, checked (id, audio, text columns; rows; unique ids), sorted by id."""
+    from tristage.data.manifest import read_prepared
+
     df = read_prepared(ap.manifest)
     for c in ("id", "audio", "text"):
         if c not in df.columns:
@@ -163,15 +184,15 @@ def run_annotate(ap: AnnotateParams, lexicon: dict, tracker=None, progress: bool
     dup = df["id"][df["id"].duplicated()]
     if len(dup):
         raise UserError(f"{ap.manifest}: duplicate id {dup.iloc[0]!r}; rerun `prepare`")
-    df = df.sort_values("id", kind="stable").reset_index(drop=True)
-    audio_abs = [str(resolve_audio(ap.manifest, a)) for a in df["audio"]]
-    rows = [(str(u), a, "" if _missing(t) else str(t)) for u, a, t in zip(df["id"], audio_abs, df["text"])]
+    return df.sort_values("id", kind="stable").reset_index(drop=True)
 
-    out = Path(ap.out_dir)
+
+def _plan_shards(out: Path, rows: list[tuple[str, str, str]], size: int) -> _Shards:
+    """Cut the rows into shards and find the ones to measure; drop leftovers of a killed run and the
+    shards of a longer, older manifest."""
     (out / SHARDS).mkdir(parents=True, exist_ok=True)
     for tmp in (out / SHARDS).glob(".*.tmp"):  # leftovers of a killed run
         tmp.unlink(missing_ok=True)
-    size = ap.shard_size
     shard_rows = [rows[i:i + size] for i in range(0, len(rows), size)]
     fps = [fingerprint(r) for r in shard_rows]
     todo = [
@@ -182,46 +203,50 @@ def run_annotate(ap: AnnotateParams, lexicon: dict, tracker=None, progress: bool
     for p in (out / SHARDS).glob("shard-*.parquet"):  # shards of a longer, older manifest
         if int(p.stem.split("-")[1]) >= len(shard_rows):
             p.unlink()
-    log.info(
-        "annotate: %d utterances, %d shards (%d to measure), %d worker(s)",
-        len(rows),
-        len(shard_rows),
-        len(todo),
-        ap.workers,
-    )
+    return _Shards(out, size, shard_rows, fps, todo)
+
+
+def _measure_shards(shards: _Shards, workers: int, progress: bool) -> float:
+    """Measure the `todo` shards (in `workers` processes where there are several) and save each as it
+    finishes; -> the seconds it took."""
+    from tqdm import tqdm
 
     t0 = time.perf_counter()
-    tasks = [(i, shard_rows[i]) for i in todo]
-    bar = tqdm(total=sum(len(shard_rows[i]) for i in todo), unit="utt", desc="annotate", dynamic_ncols=True,
-               mininterval=1.0, disable=not progress)
-    if ap.workers and len(tasks) > 1:
-        with mp.get_context("fork").Pool(min(ap.workers, len(tasks))) as pool:
+    tasks = [(i, shards.rows[i]) for i in shards.todo]
+    bar = tqdm(total=sum(len(shards.rows[i]) for i in shards.todo), unit="utt", desc="annotate",
+               dynamic_ncols=True, mininterval=1.0, disable=not progress)
+    if workers and len(tasks) > 1:
+        with mp.get_context("fork").Pool(min(workers, len(tasks))) as pool:
             for i, records in pool.imap_unordered(measure_shard, tasks):
-                _write_shard(_shard_path(out, i), records, fps[i])
+                _write_shard(shards.path(i), records, shards.fingerprints[i])
                 bar.update(len(records))
     else:
         for task in tasks:
             i, records = measure_shard(task)
-            _write_shard(_shard_path(out, i), records, fps[i])
+            _write_shard(shards.path(i), records, shards.fingerprints[i])
             bar.update(len(records))
     bar.close()
-    elapsed = time.perf_counter() - t0
+    return time.perf_counter() - t0
 
-    meas = pd.concat([pq.read_table(_shard_path(out, i)).to_pandas() for i in range(len(shard_rows))],
+
+def _read_measures(shards: _Shards, ids: list[str]):
+    """All shards' records (id, measures..., error), one row per manifest row in manifest order."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    meas = pd.concat([pq.read_table(shards.path(i)).to_pandas() for i in range(len(shards.rows))],
                      ignore_index=True)
-    if list(meas["id"]) != list(df["id"].astype(str)):
+    if list(meas["id"]) != ids:
         raise RuntimeError(
-            f"{out / SHARDS}: cached measures do not line up with the manifest; delete the folder"
+            f"{shards.folder / SHARDS}: cached measures do not line up with the manifest; delete the folder"
         )
-    failed = meas[meas["error"].notna()]
-    ok = meas["error"].isna().to_numpy()
-    if not ok.any():
-        raise UserError(
-            f"{ap.manifest}: no utterance could be measured (first error: {failed['error'].iloc[0]}); "
-            f"see {out / 'failed.jsonl'}"
-        )
-    for c in MEASURE_COLUMNS:
-        df[c] = meas[c].to_numpy()
+    return meas
+
+
+def _fit_bins(ap: AnnotateParams, df, ok: np.ndarray):
+    """`AttributeBins` fitted on the measured rows (pitch per gender where there is a gender column), and
+    each row's bin per attribute (None for the rows that failed) -> (bins, {attribute: [bin or None]})."""
+    from tristage.audio.measures import MEASURE_COLUMNS, AttributeBins
 
     fit_table = df.loc[ok, [*MEASURE_COLUMNS, *(["gender"] if "gender" in df.columns else [])]]
     bins = AttributeBins.fit(fit_table, levels=ap.levels, min_group=ap.min_group,
@@ -229,36 +254,57 @@ def run_annotate(ap: AnnotateParams, lexicon: dict, tracker=None, progress: bool
     assigned = bins.assign(df)
     for attr in assigned:  # failed rows have NaN measures -> None already
         assigned[attr] = [v if good else None for v, good in zip(assigned[attr], ok)]
+    return bins, assigned
 
+
+def _fill_attributes(df, attributes, assigned: dict[str, list], overwrite: bool) -> _Fill:
+    """Fill each attribute column with the measured bins where empty (everywhere with `overwrite`), after
+    counting how often the bins agree with the values already there. Changes `df` in place."""
     agree, filled = {}, {}
-    for attr in bins.attributes:
+    for attr in attributes:
         given = df[attr].tolist() if attr in df.columns else [None] * len(df)
         agree[attr] = agreement(
             given, assigned[attr]
         )  # before filling: the user's values vs the measured bins
-        take = [m is not None and (ap.overwrite or _missing(g)) for g, m in zip(given, assigned[attr])]
+        take = [m is not None and (overwrite or _missing(g)) for g, m in zip(given, assigned[attr])]
         df[attr] = [m if t else (None if _missing(g) else g) for g, m, t in zip(given, assigned[attr], take)]
         filled[attr] = sum(take)
+    return _Fill(agree, filled)
+
+
+def _write_captions(df, lexicon: dict, ap: AnnotateParams) -> int:
+    """Write a caption for each row without one (seeded per row id; user captions are kept); adds an empty
+    `caption` column where there is none. Changes `df` in place; -> the number of captions written."""
+    from tristage.annotation.captions import CaptionWriter
 
     captions_written = 0
     if "caption" not in df.columns:
         df["caption"] = ""
-    if ap.captions:
-        writer = CaptionWriter(lexicon)
-        attr_cols = [c for c in ("gender", "accent", "pitch", "speed", "modulation", "emotion", "quality")
-                     if c in df.columns]
-        caps = df["caption"].tolist()
-        for i, cap in enumerate(caps):
-            if _missing(cap):
-                rng = np.random.default_rng([ap.seed, zlib.crc32(str(df.at[i, "id"]).encode())])
-                attrs = {c: (None if _missing(df.at[i, c]) else str(df.at[i, c])) for c in attr_cols}
-                caps[i] = writer.write(attrs, rng)
-                captions_written += 1
-        df["caption"] = caps
+    if not ap.captions:
+        return 0
+    writer = CaptionWriter(lexicon)
+    attr_cols = [c for c in ("gender", "accent", "pitch", "speed", "modulation", "emotion", "quality")
+                 if c in df.columns]
+    caps = df["caption"].tolist()
+    for i, cap in enumerate(caps):
+        if _missing(cap):
+            rng = np.random.default_rng([ap.seed, zlib.crc32(str(df.at[i, "id"]).encode())])
+            attrs = {c: (None if _missing(df.at[i, c]) else str(df.at[i, c])) for c in attr_cols}
+            caps[i] = writer.write(attrs, rng)
+            captions_written += 1
+    df["caption"] = caps
+    return captions_written
 
-    # outputs: audio paths relative to the annotated manifest's folder
-    df["audio"] = [relative_audio(out.resolve(), Path(a)) for a in audio_abs]
+
+def _write_manifest(path: Path, df) -> None:
+    """`manifest.parquet`: the prepared schema's columns, then the measures, then any other column (as
+    strings); atomically."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tristage.audio.measures import MEASURE_COLUMNS
     from tristage.data.manifest import prepared_schema
+    from tristage.fsio import atomic_path
 
     base = prepared_schema()
     fields = [base.field(c) for c in base.names]
@@ -273,42 +319,93 @@ def run_annotate(ap: AnnotateParams, lexicon: dict, tracker=None, progress: bool
                 None if v is None or (isinstance(v, float) and v != v) else str(v) for v in df[f.name]
             ]
     table = pa.Table.from_pandas(df[[f.name for f in fields]], schema=pa.schema(fields), preserve_index=False)
-    with atomic_path(out / "manifest.parquet", suffix=".parquet") as tmp:
+    with atomic_path(path, suffix=".parquet") as tmp:
         pq.write_table(table, tmp)
-    write_json(out / "bins.json", bins.to_dict())
+
+
+def _write_failed(path: Path, failed, rows: list[tuple[str, str, str]]) -> None:
+    """`failed.jsonl`: one line per utterance that could not be measured (id, audio, reason)."""
+    from tristage.fsio import write_bytes
+
     write_bytes(
-        out / "failed.jsonl",
+        path,
         "".join(
             json.dumps({"id": r.id, "audio": rows[k][1], "reason": r.error}) + "\n"
             for k, r in zip(failed.index, failed.itertuples())
         ).encode(),
     )
 
+
+def _annotate_metrics(df, ok: np.ndarray, n_failed: int, shards: _Shards, elapsed: float, fill: _Fill,
+                      captions_written: int, overwrite: bool) -> dict:
+    """`metrics/annotate.json`: counts, audio seconds, shards measured and skipped, speed, fill counts,
+    agreement and the corpus medians."""
     audio_s = float(df.loc[ok, "duration_s"].sum())
-    now = [k for i in todo for k in range(i * size, i * size + len(shard_rows[i]))]
+    now = shards.rows_measured_now()
     audio_now = float(np.nansum(df["duration_s"].to_numpy(dtype=np.float64)[now])) if now else 0.0
     f0_by_gender = {}
     if "gender" in df.columns:
         for g, sub in df[ok].groupby(df.loc[ok, "gender"].fillna("unknown")):
             f0_by_gender[str(g)] = round(float(sub["f0_hz"].median()), 2)
-    metrics = {
+    return {
         "n_rows": len(df),
         "n_measured": int(ok.sum()),
-        "n_failed": len(failed),
+        "n_failed": n_failed,
         "total_audio_s": round(audio_s, 2),
-        "shards_measured": len(todo),
-        "shards_skipped": len(shard_rows) - len(todo),
+        "shards_measured": len(shards.todo),
+        "shards_skipped": len(shards.rows) - len(shards.todo),
         "elapsed_s": round(elapsed, 2),
         "x_real_time": round(audio_now / elapsed, 1) if now and elapsed > 0 else None,
-        "filled": filled,
-        "overwrite": ap.overwrite,
+        "filled": fill.filled,
+        "overwrite": overwrite,
         "captions_written": captions_written,
         "captions_kept": len(df) - captions_written,
-        "agreement": agree,
+        "agreement": fill.agreement,
         "f0_hz_median_by_gender": f0_by_gender,
         "speaking_rate_median": round(float(df.loc[ok, "speaking_rate"].median()), 3),
         "snr_db_median": round(float(df.loc[ok, "snr_db"].median()), 2),
     }
+
+
+def run_annotate(ap: AnnotateParams, lexicon: dict, tracker=None, progress: bool = True) -> dict:
+    """The stage, steps 1-5 of the module docstring -> the metrics written to `ap.metrics`."""
+    from tristage.audio.measures import MEASURE_COLUMNS
+    from tristage.data.manifest import relative_audio, resolve_audio
+    from tristage.fsio import write_json
+
+    check_levels(ap, lexicon)
+    df = _read_manifest(ap)
+    audio_abs = [str(resolve_audio(ap.manifest, a)) for a in df["audio"]]
+    rows = [(str(u), a, "" if _missing(t) else str(t)) for u, a, t in zip(df["id"], audio_abs, df["text"])]
+
+    out = Path(ap.out_dir)
+    shards = _plan_shards(out, rows, ap.shard_size)
+    log.info("annotate: %d utterances, %d shards (%d to measure), %d worker(s)",
+             len(rows), len(shards.rows), len(shards.todo), ap.workers)
+    elapsed = _measure_shards(shards, ap.workers, progress)
+
+    meas = _read_measures(shards, list(df["id"].astype(str)))
+    failed = meas[meas["error"].notna()]
+    ok = meas["error"].isna().to_numpy()
+    if not ok.any():
+        raise UserError(
+            f"{ap.manifest}: no utterance could be measured (first error: {failed['error'].iloc[0]}); "
+            f"see {out / 'failed.jsonl'}"
+        )
+    for c in MEASURE_COLUMNS:
+        df[c] = meas[c].to_numpy()
+
+    bins, assigned = _fit_bins(ap, df, ok)
+    fill = _fill_attributes(df, bins.attributes, assigned, ap.overwrite)
+    captions_written = _write_captions(df, lexicon, ap)
+
+    # outputs: audio paths relative to the annotated manifest's folder
+    df["audio"] = [relative_audio(out.resolve(), Path(a)) for a in audio_abs]
+    _write_manifest(out / "manifest.parquet", df)
+    write_json(out / "bins.json", bins.to_dict())
+    _write_failed(out / "failed.jsonl", failed, rows)
+
+    metrics = _annotate_metrics(df, ok, len(failed), shards, elapsed, fill, captions_written, ap.overwrite)
     write_json(ap.metrics, metrics)
     if tracker is not None:
         tracker.log_artifact(out / "bins.json")
@@ -316,6 +413,6 @@ def run_annotate(ap: AnnotateParams, lexicon: dict, tracker=None, progress: bool
         log.warning(
             "annotate: %d utterance(s) could not be measured, see %s", len(failed), out / "failed.jsonl"
         )
-    log.info("annotate: filled %s, %d captions written; agreement %s", filled, captions_written,
-             {k: v.get("coarse") for k, v in agree.items()})
+    log.info("annotate: filled %s, %d captions written; agreement %s", fill.filled, captions_written,
+             {k: v.get("coarse") for k, v in fill.agreement.items()})
     return metrics

@@ -4,21 +4,19 @@ from __future__ import annotations
 from typing import Literal
 
 from tristage.evaluation.judges.config import AudioMetricsParams
-from tristage.schema import Field, Fraction, NonNegInt, Path, PosInt, Section
+from tristage.schema import Field, Fraction, NonNegInt, Path, PosInt
+from tristage.training.config import TrainingInputs
 
 
-class EvaluateParams(Section):
+class EvaluateParams(TrainingInputs):
     stages: list[Literal["stage1", "stage2", "stage3"]] = Field(["stage1", "stage2", "stage3"], min_length=1)
     models_dir: Path = Path("models")
     metrics: Path = Path("metrics/evaluate.json")
     plots_dir: Path = Path("plots/evaluate")
     samples_dir: Path = Path("data/samples")
-    # inputs (the validation split is the training stages' own: same seed and val_fraction)
-    prepared: Path = Path("data/annotated/manifest.parquet")
-    features: Path = Path("data/features")
-    caption_vectors: Path = Path("data/caption_vectors")
+    # inputs: prepared, features, caption_vectors, speaker_mapping (TrainingInputs; the validation split
+    # is the training stages' own: same seed and val_fraction), and the caption_vectors stage's metrics
     caption_metrics: Path = Path("metrics/caption_vectors.json")
-    speaker_mapping: Path = Path("data/speakers/speaker_mapping.json")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     batch_size: PosInt = 16
     # probes: logistic regression on the frozen emotion vectors of every utterance, fixed split

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -152,89 +153,136 @@ def _caption_cosine(path: Path) -> float | None:
     return None if v is None else float(v)
 
 
-def run_evaluate(
-    params, tracker=None, sources=None, vocoder: tuple[Vocoder, dict] | None = None
-) -> dict[str, Any]:
-    from tristage.evaluation.plots import write_plots
-    from tristage.fsio import write_json
-    from tristage.model.tts import load_model
-    from tristage.training.data import TrainData, load_sources
-    from tristage.training.validation import validate
+@dataclass
+class _Run:
+    """What every stage is evaluated with, and what the stages add up: the sample `plan` (made once, from
+    the first stage's validation rows) and the `samples.json` entries."""
 
-    ep = params.evaluate
-    band = tuple(params.stage2.speaker_acc_band)
-    device = resolve_device(ep.device, "evaluate.device")
+    params: Any
+    src: Any  # training.data.Sources
+    device: str
+    band: tuple[float, float]  # stage2.speaker_acc_band
+    held: Any  # the caption_vectors stage's held-out captions (evaluation/captions.py), or None
+    vocoder: Vocoder
+    codec_info: dict
+    judges: Any  # evaluation.audio.AudioJudges
+    plan: list[dict] | None = None
+    entries: list[dict] = field(default_factory=list)
+
+    @property
+    def ep(self):
+        return self.params.evaluate
+
+
+def _check_models(ep) -> None:
     for stage in ep.stages:
         if not (Path(ep.models_dir) / stage / "model.safetensors").is_file():
             raise UserError(f"{Path(ep.models_dir) / stage}/model.safetensors not found: run {stage} first "
                             f"(dvc repro {stage}), or drop it from evaluate.stages")
+
+
+def _stage_values(run: _Run, stage: str, model, data) -> dict[str, Any]:
+    """Validation losses, the GRL classifier's accuracy (where the chain trained it) and the probes."""
+    from tristage.training.validation import validate
+
+    ep, sp = run.ep, run.params.stage(stage)
+    trained = classifier_trained(stage)
+    val = validate(model, data.val_batches(ep.batch_size), run.device, speaker=trained)
+    values: dict[str, Any] = dict(mel_loss=val.get("val_mel_loss"), mel_top1=val.get("val_mel_top1"),
+                                  speaker_acc=val.get("val_speaker_acc") if trained else None,
+                                  speaker_loss=val.get("val_speaker_loss") if trained else None)
+    values.update(run_probes(model, data, run.src.manifest, ep, sp.max_ref_frames, run.device))
+    values.update(n_val_utterances=len(data.val_idx), speaker_classifier_trained=trained,
+                  n_skipped_too_long=data.n_skipped_too_long)
+    return values
+
+
+def _stage_samples(run: _Run, stage: str, model, data) -> float | None:
+    """Generate, decode and write the plan's samples, hand them to the audio judges -> duration_ratio."""
+    ep, sp = run.ep, run.params.stage(stage)
+    if run.plan is None:
+        run.plan = run.judges.plan(data)  # sample_plan of the validation rows + unseen speakers' requests
+    codes = synthesize(model, data, run.src.table, run.plan, ep, sp.max_ref_frames, run.device)
+    wavs, sr = [], 0
+    for c in codes:
+        wav, sr = run.vocoder(c)
+        wavs.append(wav)
+    truth = true_frames(data, run.plan)
+    ratio = duration_ratio([int(c.shape[1]) for c in codes], truth)
+    run.entries += write_samples(
+        Path(ep.samples_dir),
+        stage,
+        run.plan,
+        wavs,
+        sr,
+        run.codec_info,
+        extra=[dict(n_frames=int(c.shape[1]), true_frames=t) for c, t in zip(codes, truth)],
+    )
+    run.judges.add_stage(stage, model, data, run.plan, wavs, sr, sp.max_ref_frames, run.device,
+                         length_source="model")
+    return ratio
+
+
+def _evaluate_stage(run: _Run, stage: str) -> dict[str, Any]:
+    """One stage's model, loaded from `models/<stage>/` -> its metrics (before the audio judges' rows)."""
+    from tristage.model.tts import load_model
+    from tristage.training.data import TrainData
+
+    model, cfg = load_model(Path(run.ep.models_dir) / stage, run.device, table=run.src.table)
+    data = TrainData(run.src, run.params.stage(stage), cfg.max_text_len, cfg.max_frames)
+    values = _stage_values(run, stage, model, data)
+    values["duration_ratio"] = _stage_samples(run, stage, model, data)
+    metrics = stage_metrics(values, run.band, caption_cosine(model.caption_peft, run.src.table, run.held))
+    log.info("%s: mel_loss %.4f top1 %.3f speaker_acc %s speaker_probe %s emotion_probe %s", stage,
+             values["mel_loss"] or math.nan, values["mel_top1"] or math.nan, _fmt(values["speaker_acc"]),
+             _fmt(values["speaker_probe_acc"]), _fmt(values["emotion_probe_acc"]))
+    return metrics
+
+
+def _log_outputs(tracker, ep, src, plots: list[Path]) -> None:
+    """Tags, plots, samples and the final stage's model to the tracking run."""
+    tracker.set_tags(dict(codec=src.codec, caption_encoder=src.caption_encoder))
+    for p in plots:
+        tracker.log_artifact(p, artifact_path="plots")
+    tracker.log_artifact(ep.samples_dir, artifact_path="samples")
+    log_model(tracker, Path(ep.models_dir) / ep.stages[-1], ep.register_model)
+
+
+def run_evaluate(
+    params, tracker=None, sources=None, vocoder: tuple[Vocoder, dict] | None = None
+) -> dict[str, Any]:
+    from tristage.evaluation.audio import AudioJudges
+    from tristage.evaluation.plots import write_plots
+    from tristage.fsio import write_json
+    from tristage.training.data import load_sources
+
+    ep = params.evaluate
+    band = tuple(params.stage2.speaker_acc_band)
+    device = resolve_device(ep.device, "evaluate.device")
+    _check_models(ep)
     src = sources if sources is not None else load_sources(ep, params.caption_vectors.peft.model_dump())
     table_cos = _caption_cosine(ep.caption_metrics)
     held = heldout_states(src.table)
     voc, codec_info = vocoder if vocoder is not None else default_vocoder(ep.features, device)
     pretrained_codec = bool(codec_info.get("pretrained", False))
-    per_stage: dict[str, dict] = {}
-    entries: list[dict] = []
-    plan = None
-    # --- audio judges (evaluation/audio.py): collect per stage, judge once at the end ---
-    from tristage.evaluation.audio import AudioJudges
-
+    # audio judges (evaluation/audio.py): collect per stage, judge once at the end
     judges = AudioJudges(params, src, voc, codec_info, device)
-    for stage in ep.stages:
-        model, cfg = load_model(Path(ep.models_dir) / stage, device, table=src.table)
-        sp = params.stage(stage)
-        data = TrainData(src, sp, cfg.max_text_len, cfg.max_frames)
-        trained = classifier_trained(stage)
-        val = validate(model, data.val_batches(ep.batch_size), device, speaker=trained)
-        values: dict[str, Any] = dict(mel_loss=val.get("val_mel_loss"), mel_top1=val.get("val_mel_top1"),
-                                      speaker_acc=val.get("val_speaker_acc") if trained else None,
-                                      speaker_loss=val.get("val_speaker_loss") if trained else None)
-        values.update(run_probes(model, data, src.manifest, ep, sp.max_ref_frames, device))
-        values.update(n_val_utterances=len(data.val_idx), speaker_classifier_trained=trained,
-                      n_skipped_too_long=data.n_skipped_too_long)
-        if plan is None:
-            plan = judges.plan(data)  # sample_plan of the validation rows + unseen speakers' requests
-        codes = synthesize(model, data, src.table, plan, ep, sp.max_ref_frames, device)
-        wavs, sr = [], 0
-        for c in codes:
-            wav, sr = voc(c)
-            wavs.append(wav)
-        truth = true_frames(data, plan)
-        values["duration_ratio"] = duration_ratio([int(c.shape[1]) for c in codes], truth)
-        entries += write_samples(
-            Path(ep.samples_dir),
-            stage,
-            plan,
-            wavs,
-            sr,
-            codec_info,
-            extra=[dict(n_frames=int(c.shape[1]), true_frames=t) for c, t in zip(codes, truth)],
-        )
-        judges.add_stage(stage, model, data, plan, wavs, sr, sp.max_ref_frames, device, length_source="model")
-        per_stage[stage] = stage_metrics(values, band, caption_cosine(model.caption_peft, src.table, held))
-        log.info("%s: mel_loss %.4f top1 %.3f speaker_acc %s speaker_probe %s emotion_probe %s", stage,
-                 values["mel_loss"] or math.nan, values["mel_top1"] or math.nan, _fmt(values["speaker_acc"]),
-                 _fmt(values["speaker_probe_acc"]), _fmt(values["emotion_probe_acc"]))
-        del model
+    run = _Run(params, src, device, band, held, voc, codec_info, judges)
+    per_stage = {stage: _evaluate_stage(run, stage) for stage in ep.stages}
     audio_rows = judges.finish(tracker)  # ground_truth, resynthesis, <stage>: wer, cer, speaker_sim, ...
     for stage in ep.stages:
         per_stage[stage].update(audio_rows.get(stage, {}))
-    # --- end audio judges ---
     note = _note(src, pretrained_codec)
-    write_json(Path(ep.samples_dir) / "samples.json", dict(note=note, samples=entries))
+    write_json(Path(ep.samples_dir) / "samples.json", dict(note=note, samples=run.entries))
     doc = evaluate_document(per_stage, ep.stages[-1], band, extra=dict(
         codec=src.codec, caption_encoder=src.caption_encoder, audio_is_speech=pretrained_codec, note=note,
-        n_samples=len(entries), audio_judges=judges.info(), table_caption_cosine_mean=table_cos,
+        n_samples=len(run.entries), audio_judges=judges.info(), table_caption_cosine_mean=table_cos,
         n_heldout_captions=len(held.captions) if held else 0,
         **{row: audio_rows[row] for row in ("ground_truth", "resynthesis") if row in audio_rows}))
     write_json(ep.metrics, doc)
     plots = write_plots(Path(ep.plots_dir), per_stage, band)
     if tracker is not None:
-        tracker.set_tags(dict(codec=src.codec, caption_encoder=src.caption_encoder))
-        for p in plots:
-            tracker.log_artifact(p, artifact_path="plots")
-        tracker.log_artifact(ep.samples_dir, artifact_path="samples")
-        log_model(tracker, Path(ep.models_dir) / ep.stages[-1], ep.register_model)
+        _log_outputs(tracker, ep, src, plots)
     return doc
 
 

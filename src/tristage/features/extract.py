@@ -143,59 +143,48 @@ def load_rows(fp: FeaturesParams) -> list[dict]:
             for u, a, d in zip(df["id"], df["audio"], dur)]
 
 
-def run_features(fp: FeaturesParams, tracker=None) -> dict:
-    import torch
-
-    from tristage.features.codec import prepare_codec
-    from tristage.fsio import write_json
-
-    if fp.threads:
-        torch.set_num_threads(fp.threads)
-    rows = load_rows(fp)
-    if not rows:
-        raise UserError(f"{fp.manifest}: no rows")
-    out = Path(fp.out_dir)
-    device = resolve_device(fp.device, "features.device")
-    model, info = prepare_codec(fp.codec, out)
-    model = model.to(device).eval()
-    config = dict(
+def _store_config(fp: FeaturesParams, info: dict, device: str) -> dict:
+    """What the stored features depend on besides the rows (part of each shard's fingerprint)."""
+    return dict(
         format=st.FORMAT,
         mel=fp.mel.model_dump(mode="json"),
         codec={k: info[k] for k in ("sha256", "kwargs")},
         batch_seconds=fp.batch_seconds,
         device_type=device.split(":")[0],
     )
-    plan = st.plan_shards(out, rows, fp.shard_size, lambda shard_rows: fingerprint(config, shard_rows))
-    log.info("features: %d utterances, %d shards (%d to do), codec %s, device %s",
-             len(rows), plan.n_shards, len(plan.todo), info["name"], device)
-    audio_s, elapsed = _encode_shards(plan, model, info, fp, device, out)
-    index, failed_all = st.write_index(out, plan.n_shards)
-    frames_per_second = info["sample_rate"] / info["hop_length"]
-    meta = dict(
+
+
+def _store_meta(fp: FeaturesParams, info: dict, n_shards: int, n_utterances: int, n_failed: int) -> dict:
+    """`<out_dir>/meta.json`: the sizes and rates training reads (n_mels, codebooks, frames per second),
+    the codec's description, the mel settings and the shard layout."""
+    return dict(
         format=st.FORMAT,
         n_mels=fp.mel.n_mels,
         n_codebooks=info["n_codebooks"],
         codebook_size=info["codebook_size"],
-        frames_per_second=frames_per_second,
+        frames_per_second=info["sample_rate"] / info["hop_length"],
         mel_frames_per_second=fp.mel.sample_rate / fp.mel.hop_length,
         sample_rate=info["sample_rate"],
         hop_length=info["hop_length"],
         codec=info,
         mel=fp.mel.model_dump(mode="json"),
         shard_size=fp.shard_size,
-        n_shards=plan.n_shards,
-        n_utterances=len(index),
-        n_failed=len(failed_all),
+        n_shards=n_shards,
+        n_utterances=n_utterances,
+        n_failed=n_failed,
     )
-    write_json(out / st.META, meta)
 
-    total_audio = float(index["duration"].sum())
-    metrics = dict(
+
+def _features_metrics(meta: dict, index, n_manifest: int, plan: st.ShardPlan, audio_s: float,
+                      elapsed: float, device: str) -> dict:
+    """`metrics/features.json`: counts, audio seconds, codec, speed of this run, shards written/skipped."""
+    info = meta["codec"]
+    return dict(
         n_utterances=len(index),
-        n_failed=len(failed_all),
-        n_manifest=len(rows),
-        total_audio_s=round(total_audio, 3),
-        frames_per_second=frames_per_second,
+        n_failed=meta["n_failed"],
+        n_manifest=n_manifest,
+        total_audio_s=round(float(index["duration"].sum()), 3),
+        frames_per_second=meta["frames_per_second"],
         mel_frames_per_second=meta["mel_frames_per_second"],
         n_codebooks=info["n_codebooks"],
         codebook_size=info["codebook_size"],
@@ -210,6 +199,33 @@ def run_features(fp: FeaturesParams, tracker=None) -> dict:
         audio_s_this_run=round(audio_s, 3),
         elapsed_s=round(elapsed, 2),
     )
+
+
+def run_features(fp: FeaturesParams, tracker=None) -> dict:
+    """The stage: encode the shards not already stored, write the index, meta.json and the metrics."""
+    import torch
+
+    from tristage.features.codec import prepare_codec
+    from tristage.fsio import write_json
+
+    if fp.threads:
+        torch.set_num_threads(fp.threads)
+    rows = load_rows(fp)
+    if not rows:
+        raise UserError(f"{fp.manifest}: no rows")
+    out = Path(fp.out_dir)
+    device = resolve_device(fp.device, "features.device")
+    model, info = prepare_codec(fp.codec, out)
+    model = model.to(device).eval()
+    config = _store_config(fp, info, device)
+    plan = st.plan_shards(out, rows, fp.shard_size, lambda shard_rows: fingerprint(config, shard_rows))
+    log.info("features: %d utterances, %d shards (%d to do), codec %s, device %s",
+             len(rows), plan.n_shards, len(plan.todo), info["name"], device)
+    audio_s, elapsed = _encode_shards(plan, model, info, fp, device, out)
+    index, failed_all = st.write_index(out, plan.n_shards)
+    meta = _store_meta(fp, info, plan.n_shards, len(index), len(failed_all))
+    write_json(out / st.META, meta)
+    metrics = _features_metrics(meta, index, len(rows), plan, audio_s, elapsed, device)
     write_json(fp.metrics, metrics)
     if failed_all:
         log.warning("features: %d utterance(s) failed, see %s", len(failed_all), out / st.FAILED)

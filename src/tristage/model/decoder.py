@@ -53,6 +53,7 @@ def undelay_codes(delayed: torch.Tensor) -> torch.Tensor:
     return torch.stack([delayed[:, k, k:k + T] for k in range(K)], dim=1)
 
 
+# one config dataclass per component, as nanoGPT's GPTConfig (style.md): alike fields, separate owners
 @dataclasses.dataclass
 class DecoderConfig:
     n_codebooks: int = 4

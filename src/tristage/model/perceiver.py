@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from tristage.model.layers import MLP, Attention, Block, key_mask
 
 
+# one config dataclass per component, as nanoGPT's GPTConfig (style.md): alike fields, separate owners
 @dataclasses.dataclass
 class EncoderConfig:
     n_mels: int = 80
@@ -48,6 +49,7 @@ class ConditioningEncoder(nn.Module):
         return self.ln_f(x), mask
 
 
+# one config dataclass per component, as nanoGPT's GPTConfig (style.md): alike fields, separate owners
 @dataclasses.dataclass
 class PerceiverConfig:
     d_model: int = 96

@@ -13,20 +13,42 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 KEEP = "(as in the caption)"
 
 
-def build_app(tts):
+@dataclass
+class _Voice:
+    """The voice inputs: a validation speaker `picked` from the model folder, or an `upload`; an optional
+    `emotion` reference (default: the voice)."""
+
+    picked: object
+    upload: object
+    emotion: object
+
+
+@dataclass
+class _Sampling:
+    """The sampling sliders, in the order `generate` takes them."""
+
+    temperature: object
+    top_k: object
+    top_p: object
+    max_seconds: object
+    seed: object
+
+    def components(self) -> list:
+        return [self.temperature, self.top_k, self.top_p, self.max_seconds, self.seed]
+
+
+def _generate_fn(tts, out_dir: Path):
+    """The button's callback: the form's values -> (path of the written wav, a details line)."""
     import gradio as gr
 
     from tristage.errors import UserError
     from tristage.synthesis.api import Request, write_wav
-
-    out_dir = Path(tempfile.mkdtemp(prefix="tristage-app-"))
-    speakers = tts.speakers
-    default_caption = "A female speaker with a high-pitched voice speaks quickly in a clean recording."
 
     def generate(
         text, caption, upload, picked, emotion, temperature, top_k, top_p, max_seconds, seed, *attrs
@@ -64,6 +86,74 @@ def build_app(tts):
         )
         return str(path), info
 
+    return generate
+
+
+def _attribute_dropdowns(lexicon: dict) -> list:
+    """One dropdown per lexicon attribute; a value other than KEEP replaces or adds it in the caption."""
+    import gradio as gr
+
+    with gr.Accordion("Attributes (replace or add a value in the caption)", open=True):
+        return [
+            gr.Dropdown([KEEP, *values], value=KEEP, label=attr, elem_id=f"attr-{attr}")
+            for attr, values in lexicon.items()
+        ]
+
+
+def _voice_panel(speakers: list[str]) -> _Voice:
+    import gradio as gr
+
+    with gr.Row():
+        picked = gr.Dropdown(
+            speakers,
+            value=speakers[0] if speakers else None,
+            label="Voice: a validation speaker",
+            elem_id="speaker-pick",
+        )
+        upload = gr.Audio(
+            type="filepath",
+            label="...or upload a voice reference (any rate, mono/stereo)",
+            sources=["upload"],
+            elem_id="speaker-upload",
+        )
+    emotion = gr.Audio(
+        type="filepath",
+        label="Emotion reference (optional; default: the voice)",
+        sources=["upload"],
+        elem_id="emotion-upload",
+    )
+    return _Voice(picked, upload, emotion)
+
+
+def _sampling_panel(max_seconds: float) -> _Sampling:
+    """Temperature, top-k, top-p, a max-seconds cap (up to the model's `max_seconds`) and the seed."""
+    import gradio as gr
+
+    with gr.Accordion("Sampling", open=False):
+        return _Sampling(
+            temperature=gr.Slider(0.0, 1.5, value=0.8, step=0.05, label="temperature (0 = greedy)"),
+            top_k=gr.Slider(0, 256, value=50, step=1, label="top_k (0 = off)"),
+            top_p=gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="top_p (1 = off)"),
+            max_seconds=gr.Slider(
+                0.2,
+                round(max_seconds, 1),
+                value=min(6.0, round(max_seconds, 1)),
+                step=0.1,
+                label="max seconds (the model stops earlier by itself)",
+                elem_id="max-seconds",
+            ),
+            seed=gr.Number(value=0, precision=0, label="seed"),
+        )
+
+
+def build_app(tts):
+    """The Gradio page for a loaded `TTS`: the input column (text, caption, attributes, voice, sampling),
+    the output column (audio, details) and the Generate button that joins them."""
+    import gradio as gr
+
+    out_dir = Path(tempfile.mkdtemp(prefix="tristage-app-"))
+    default_caption = "A female speaker with a high-pitched voice speaks quickly in a clean recording."
+
     with gr.Blocks(title="tristage: speak with a trained model") as app:
         gr.Markdown(f"## tristage: speak with `{tts.folder.name}`\n\nModel folder: `{tts.folder}`")
         note_md = f"**Note: {tts.note}**" if not tts.is_speech else f"Note: {tts.note}"
@@ -79,62 +169,16 @@ def build_app(tts):
                 caption = gr.Textbox(
                     label="Caption (style description)", value=default_caption, lines=2, elem_id="caption"
                 )
-                with gr.Accordion("Attributes (replace or add a value in the caption)", open=True):
-                    dropdowns = [
-                        gr.Dropdown([KEEP, *values], value=KEEP, label=attr, elem_id=f"attr-{attr}")
-                        for attr, values in tts.lexicon.items()
-                    ]
-                with gr.Row():
-                    picked = gr.Dropdown(
-                        speakers,
-                        value=speakers[0] if speakers else None,
-                        label="Voice: a validation speaker",
-                        elem_id="speaker-pick",
-                    )
-                    upload = gr.Audio(
-                        type="filepath",
-                        label="...or upload a voice reference (any rate, mono/stereo)",
-                        sources=["upload"],
-                        elem_id="speaker-upload",
-                    )
-                emotion = gr.Audio(
-                    type="filepath",
-                    label="Emotion reference (optional; default: the voice)",
-                    sources=["upload"],
-                    elem_id="emotion-upload",
-                )
-                with gr.Accordion("Sampling", open=False):
-                    temperature = gr.Slider(0.0, 1.5, value=0.8, step=0.05, label="temperature (0 = greedy)")
-                    top_k = gr.Slider(0, 256, value=50, step=1, label="top_k (0 = off)")
-                    top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="top_p (1 = off)")
-                    max_seconds = gr.Slider(
-                        0.2,
-                        round(tts.max_seconds, 1),
-                        value=min(6.0, round(tts.max_seconds, 1)),
-                        step=0.1,
-                        label="max seconds (the model stops earlier by itself)",
-                        elem_id="max-seconds",
-                    )
-                    seed = gr.Number(value=0, precision=0, label="seed")
+                dropdowns = _attribute_dropdowns(tts.lexicon)
+                voice = _voice_panel(tts.speakers)
+                sampling = _sampling_panel(tts.max_seconds)
                 button = gr.Button("Generate", variant="primary", elem_id="generate")
             with gr.Column():
                 audio = gr.Audio(type="filepath", label="Result", interactive=False, elem_id="output")
                 info = gr.Textbox(label="Details", interactive=False, elem_id="details")
         button.click(
-            generate,
-            [
-                text,
-                caption,
-                upload,
-                picked,
-                emotion,
-                temperature,
-                top_k,
-                top_p,
-                max_seconds,
-                seed,
-                *dropdowns,
-            ],
+            _generate_fn(tts, out_dir),
+            [text, caption, voice.upload, voice.picked, voice.emotion, *sampling.components(), *dropdowns],
             [audio, info],
         )
     return app

@@ -14,15 +14,21 @@ from tristage.model.config import ModelParams
 from tristage.schema import Field, Fraction, NonNegFloat, NonNegInt, Path, PosFloat, PosInt, Section
 
 
-class StageParams(Section):
-    out_dir: Path = Path("models/stage1")
-    init_from: Path | None = None  # previous stage's out_dir
-    metrics: Path = Path("metrics/stage1.json")
-    plots_dir: Path = Path("plots/stage1")
+class TrainingInputs(Section):
+    """The upstream outputs a model is trained and evaluated on (`data.load_sources` opens them); the
+    training stages and `evaluate` share them, so evaluation reads the very data training read."""
+
     prepared: Path = Path("data/annotated/manifest.parquet")
     features: Path = Path("data/features")
     caption_vectors: Path = Path("data/caption_vectors")
     speaker_mapping: Path = Path("data/speakers/speaker_mapping.json")
+
+
+class StageParams(TrainingInputs):
+    out_dir: Path = Path("models/stage1")
+    init_from: Path | None = None  # previous stage's out_dir
+    metrics: Path = Path("metrics/stage1.json")
+    plots_dir: Path = Path("plots/stage1")
     lr: PosFloat = 2e-4
     lr_scale: PosFloat = 1.0
     steps: PosInt = 300
@@ -57,6 +63,7 @@ class Stage1Params(StageParams):
 
 
 class Stage2Params(StageParams):
+    # each stage names its own outputs and init, as params.yaml reads (alike by design)
     out_dir: Path = Path("models/stage2")
     init_from: Path | None = Path("models/stage1")
     metrics: Path = Path("metrics/stage2.json")
@@ -88,6 +95,7 @@ class Stage2Params(StageParams):
 
 
 class Stage3Params(StageParams):
+    # each stage names its own outputs and init, as params.yaml reads (alike by design)
     out_dir: Path = Path("models/stage3")
     init_from: Path | None = Path("models/stage2")
     metrics: Path = Path("metrics/stage3.json")

@@ -178,63 +178,112 @@ class BucketSampler:
         self._batches = self._epoch_batches(self.epoch)
 
 
+@dataclasses.dataclass
+class _Usable:
+    """The utterance ids a stage trains on (features + a manifest row + at most max_frames), sorted;
+    `n_frames`: id -> target length in codec frames, for every id in the features store."""
+
+    ids: list[str]
+    n_frames: dict[str, int]
+    n_skipped_too_long: int
+
+
+@dataclasses.dataclass
+class _Split:
+    """Example indices: `train_idx` / `val_idx` by `seed` and `val_fraction`, minus the held-out
+    speakers' utterances, which are `heldout_idx` (evaluate judges them as zero-shot)."""
+
+    train_idx: list[int]
+    val_idx: list[int]
+    heldout_idx: list[int]
+
+
+def _indexed_manifest(src: Sources, sp):
+    """The manifest, one row per id, indexed by id, with `caption` rebuilt where a row has none."""
+    man = src.manifest
+    if "id" not in man.columns:
+        raise UserError(f"{sp.prepared}: prepared manifest has no `id` column; rerun `prepare`")
+    man = man.drop_duplicates("id").reset_index(drop=True)
+    man["caption"] = row_captions(man)
+    return man.set_index("id")
+
+
+def _warn_too_long(sp, too_long: list[str], n_kept: int, max_frames: int, n_frames: dict[str, int]) -> None:
+    """Once per (features, max_frames, count) in this process: how many targets were skipped as too long."""
+    key = (str(sp.features), max_frames, len(too_long))
+    if key in _WARNED:
+        return
+    _WARNED.add(key)
+    longest = max(n_frames[i] for i in too_long)
+    log.warning(
+        "%d of %d utterances have targets longer than max_frames=%d codec frames (longest "
+        "%d); skipped, not truncated. Raise stage1.model.max_frames to keep them",
+        len(too_long),
+        len(too_long) + n_kept,
+        max_frames,
+        longest,
+    )
+
+
+def _usable_ids(src: Sources, man, sp, max_frames: int) -> _Usable:
+    """The ids in both the features store and the manifest, minus targets over `max_frames` (skipped,
+    never cut); UserError when fewer than 2 remain."""
+    index = src.store.index
+    n_frames = dict(zip(index["id"].astype(str), index["n_frames"].astype(int)))
+    ids = [i for i in map(str, src.store.ids) if i in man.index]
+    dropped = len(src.store.ids) - len(ids)
+    if dropped:
+        log.warning("%d feature ids are not in the prepared manifest %s; skipped", dropped, sp.prepared)
+    too_long = [i for i in ids if n_frames[i] > max_frames]
+    if too_long:
+        ids = [i for i in ids if n_frames[i] <= max_frames]
+        _warn_too_long(sp, too_long, len(ids), max_frames, n_frames)
+    if len(ids) < 2:
+        raise UserError(
+            f"{sp.features}: only {len(ids)} utterance(s) with features, a manifest row and "
+            f"at most max_frames={max_frames} codec frames; need at least 2 (rerun `features` on the "
+            "prepared manifest, or raise stage1.model.max_frames)"
+        )
+    return _Usable(sorted(ids), n_frames, len(too_long))
+
+
+def _examples(usable: _Usable, man, src: Sources, max_text_len: int) -> list[Example]:
+    """One `Example` per usable id: encoded text and caption, speaker label (-100 outside the mapping)."""
+    examples = []
+    for uid in usable.ids:
+        row = man.loc[uid]
+        spk = str(row["speaker"])
+        examples.append(Example(
+            id=uid, text=encode_text(str(row["text"]), max_text_len), speaker=spk,
+            label=int(src.mapping.get(spk, -100)), caption=list(src.table.encode(row["caption"])) or [0],
+            n_frames=usable.n_frames[uid], caption_text=row["caption"]))
+    return examples
+
+
+def _split(examples: list[Example], sp) -> _Split:
+    """Train / validation by utterance (fixed by `seed`); the held-out speakers leave both splits."""
+    rng = np.random.default_rng(sp.seed)
+    perm = rng.permutation(len(examples))
+    n_val = int(round(sp.val_fraction * len(perm)))
+    n_val = min(n_val, len(perm) - 1)
+    val_idx = sorted(perm[:n_val].tolist())
+    train_idx = sorted(perm[n_val:].tolist())
+    held = heldout_speakers([ex.speaker for ex in examples], sp.heldout_speakers, sp.seed)
+    return _Split(train_idx=[i for i in train_idx if examples[i].speaker not in held],
+                  val_idx=[i for i in val_idx if examples[i].speaker not in held],
+                  heldout_idx=[i for i, ex in enumerate(examples) if ex.speaker in held])
+
+
 class TrainData:
     def __init__(self, src: Sources, sp, max_text_len: int, max_frames: int, rank: int = 0, world: int = 1):
         self.src, self.sp, self.max_frames, self.rank, self.world = src, sp, max_frames, rank, world
-        index = src.store.index
-        man = src.manifest
-        if "id" not in man.columns:
-            raise UserError(f"{sp.prepared}: prepared manifest has no `id` column; rerun `prepare`")
-        man = man.drop_duplicates("id").reset_index(drop=True)
-        man["caption"] = row_captions(man)
-        man = man.set_index("id")
-        n_frames = dict(zip(index["id"].astype(str), index["n_frames"].astype(int)))
-        ids = [i for i in map(str, src.store.ids) if i in man.index]
-        dropped = len(src.store.ids) - len(ids)
-        if dropped:
-            log.warning("%d feature ids are not in the prepared manifest %s; skipped", dropped, sp.prepared)
-        too_long = [i for i in ids if n_frames[i] > max_frames]
-        self.n_skipped_too_long = len(too_long)
-        if too_long:
-            ids = [i for i in ids if n_frames[i] <= max_frames]
-            key = (str(sp.features), max_frames, len(too_long))
-            if key not in _WARNED:
-                _WARNED.add(key)
-                longest = max(n_frames[i] for i in too_long)
-                log.warning(
-                    "%d of %d utterances have targets longer than max_frames=%d codec frames (longest "
-                    "%d); skipped, not truncated. Raise stage1.model.max_frames to keep them",
-                    len(too_long),
-                    len(too_long) + len(ids),
-                    max_frames,
-                    longest,
-                )
-        if len(ids) < 2:
-            raise UserError(
-                f"{sp.features}: only {len(ids)} utterance(s) with features, a manifest row and "
-                f"at most max_frames={max_frames} codec frames; need at least 2 (rerun `features` on the "
-                "prepared manifest, or raise stage1.model.max_frames)"
-            )
-        ids.sort()
-        self.examples: list[Example] = []
-        for uid in ids:
-            row = man.loc[uid]
-            spk = str(row["speaker"])
-            self.examples.append(Example(
-                id=uid, text=encode_text(str(row["text"]), max_text_len), speaker=spk,
-                label=int(src.mapping.get(spk, -100)), caption=list(src.table.encode(row["caption"])) or [0],
-                n_frames=n_frames[uid], caption_text=row["caption"]))
-        rng = np.random.default_rng(sp.seed)
-        perm = rng.permutation(len(self.examples))
-        n_val = int(round(sp.val_fraction * len(perm)))
-        n_val = min(n_val, len(perm) - 1)
-        self.val_idx = sorted(perm[:n_val].tolist())
-        self.train_idx = sorted(perm[n_val:].tolist())
-        # unseen speakers: all their utterances leave both splits (evaluate judges them as zero-shot)
-        held = heldout_speakers([ex.speaker for ex in self.examples], sp.heldout_speakers, sp.seed)
-        self.heldout_idx = [i for i, ex in enumerate(self.examples) if ex.speaker in held]
-        self.val_idx = [i for i in self.val_idx if self.examples[i].speaker not in held]
-        self.train_idx = [i for i in self.train_idx if self.examples[i].speaker not in held]
+        man = _indexed_manifest(src, sp)
+        usable = _usable_ids(src, man, sp, max_frames)
+        self.n_skipped_too_long = usable.n_skipped_too_long
+        self.examples: list[Example] = _examples(usable, man, src, max_text_len)
+        split = _split(self.examples, sp)
+        self.train_idx, self.val_idx, self.heldout_idx = split.train_idx, split.val_idx, split.heldout_idx
+        # (speaker, in validation) -> example indices: the pool a speaker reference is drawn from
         self.by_speaker: dict[tuple[str, bool], list[int]] = {}
         val_set = set(self.val_idx)
         for i, ex in enumerate(self.examples):

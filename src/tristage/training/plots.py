@@ -42,6 +42,16 @@ def _series(history: list[dict], key: str):
     return [p[0] for p in pts], [p[1] for p in pts]
 
 
+def _finish(fig, axes, path: Path) -> None:
+    """Steps on x, a legend and a light grid on every axis; tight layout; saved as PNG (and closed)."""
+    for a in axes:
+        a.set_xlabel("step")
+        a.legend()
+        a.grid(alpha=0.3)
+    fig.tight_layout()
+    save_figure(fig, path, dpi=90)
+
+
 def plot_losses(history: list[dict], path: Path, title: str) -> None:
     import matplotlib
 
@@ -55,13 +65,8 @@ def plot_losses(history: list[dict], path: Path, title: str) -> None:
         ax[1].plot(*_series(history, key), style, label=key, ms=3)
     if any("speaker_loss" in r for r in history):
         ax[0].plot(*_series(history, "speaker_loss"), "--", label="speaker_loss")
-    for a in ax:
-        a.set_xlabel("step")
-        a.legend()
-        a.grid(alpha=0.3)
     fig.suptitle(title)
-    fig.tight_layout()
-    save_figure(fig, path, dpi=90)
+    _finish(fig, ax, path)
 
 
 def plot_speaker_acc(history: list[dict], band: tuple[float, float], path: Path, title: str) -> None:
@@ -75,9 +80,5 @@ def plot_speaker_acc(history: list[dict], band: tuple[float, float], path: Path,
     ax.plot(*_series(history, "speaker_acc"), "-", label="speaker_acc (train window)")
     ax.plot(*_series(history, "val_speaker_acc"), "o-", ms=3, label="val speaker_acc")
     ax.set_ylim(0, 1)
-    ax.set_xlabel("step")
-    ax.legend()
-    ax.grid(alpha=0.3)
     ax.set_title(title)
-    fig.tight_layout()
-    save_figure(fig, path, dpi=90)
+    _finish(fig, [ax], path)

@@ -9,7 +9,7 @@ valid checkpoint written with the same config (fingerprint), else starts fresh.
 
 The rooms: `build.py` (architecture and initial weights), `optim.py` (optimizer, schedule),
 `adversary.py` (the GRL: lambda, speaker loss weight, band, classifier updates),
-`state.py` (loop state), `validation.py`, `fingerprint.py` + `checkpoint.py` (resume),
+`state.py` (loop state), `validation.py`, `fingerprint.py` + `checkpoint.py` + `resume.py` (resume),
 `outputs.py` (metrics and files). This module is the loop that ties them together.
 """
 from __future__ import annotations
@@ -34,10 +34,11 @@ from tristage.training import ddp
 from tristage.training.adversary import SpeakerAdversary
 from tristage.training.build import check_init, load_init_weights, rel, resolve_config
 from tristage.training.data import Sources, TrainData, load_sources, to_device
-from tristage.training.fingerprint import combine, data_fingerprint, run_fingerprint_parts, why_not_resumable
+from tristage.training.fingerprint import combine, data_fingerprint, run_fingerprint_parts
 from tristage.training.optim import build_optimizer
 from tristage.training.outputs import final_metrics, provenance, write_model, write_reports
 from tristage.training.presets import PRESETS, apply_preset, set_train_mode
+from tristage.training.resume import RunCheckpoints
 from tristage.training.state import StepSums, TrainState, plain
 from tristage.training.validation import validate
 
@@ -113,17 +114,11 @@ class _Trainer:
             model, sp, self.adversary.classifier_lr_scale if self.adversary else 1.0)
         self.peft = params.caption_vectors.peft
         self.out = Path(sp.out_dir)
-        self.ckroot = self.out / "checkpoints"
-        self.fingerprint_parts, self.code_files = run_fingerprint_parts(
-            stage,
-            sp,
-            self.cfg,
-            init_sha,
-            self.peft,
-            dist.world,
-            data_fingerprint(self.src, self.data.examples),
-        )
-        self.fingerprint = combine(self.fingerprint_parts)
+        parts, code_files = run_fingerprint_parts(stage, sp, self.cfg, init_sha, self.peft, dist.world,
+                                                  data_fingerprint(self.src, self.data.examples))
+        self.fingerprint = combine(parts)
+        self.checkpoints = RunCheckpoints(stage, self.out / "checkpoints", self.base, self.fingerprint, parts,
+                                          code_files, dist)
         self.state = TrainState(window_size=sp.window)
 
     # --- checkpoints and resume ---------------------------------------------------------
@@ -151,51 +146,25 @@ class _Trainer:
 
     def maybe_resume(self) -> None:
         """Resume the newest valid checkpoint of this very run (same code, params, data, world size);
-        else start from step 0 and say why in one line."""
-        stale: list[str] = []  # why the newest checkpoint of another run is not resumed
-
-        def why(manifest: dict) -> str:
-            reason = why_not_resumable(manifest, self.fingerprint_parts, self.code_files)
-            stale.append(reason)
-            return reason
-
-        folder, notes = ck.find_resumable(self.ckroot, self.fingerprint, why=why)
-        if self.dist.is_main:
-            for note in notes:
-                if "is unusable" in note:
-                    log.warning("%s: %s", self.stage, note)
-        if folder is None:
-            newest = ck.list_checkpoints(self.ckroot)
-            if newest:
-                if self.dist.is_main:
-                    log.info("%s: starting fresh, not resuming %s: %s", self.stage, newest[0][1].name,
-                             stale[0] if stale else "no checkpoint verifies")
-                    ck.clear(self.ckroot)
-            ddp.barrier(self.dist)
-            return
-        model_state, saved = ck.load_checkpoint(folder)
-        if self.adversary and "adversary" not in saved:  # written before the GRL had one owner
-            if self.dist.is_main:
-                log.info("%s: %s was written by an older trainer; starting fresh", self.stage,
-                         rel(folder, self.base))
-                ck.clear(self.ckroot)
-            ddp.barrier(self.dist)
+        else start from step 0 and say why in one line (`resume.py`)."""
+        found = self.checkpoints.find(needs_adversary=self.adversary is not None)
+        if found is None:
             return
         try:
-            self.model.load_state_dict(model_state, strict=True)
+            self.model.load_state_dict(found.model_state, strict=True)
         except RuntimeError as exc:
             raise UserError(
-                f"{rel(folder, self.base)}: weights don't fit the model ({str(exc).splitlines()[0]}); "
-                f"delete {rel(self.ckroot, self.base)} to start fresh"
+                f"{rel(found.folder, self.base)}: weights don't fit the model ({str(exc).splitlines()[0]}); "
+                f"delete {rel(self.checkpoints.root, self.base)} to start fresh"
             ) from None
-        self.load_trainer_state(saved)
+        self.load_trainer_state(found.trainer_state)
         self.state.resumed_from = self.state.step
-        self.state.last_good = folder
+        self.state.last_good = found.folder
         if self.dist.is_main:
             log.info(
                 "%s: resuming from %s (step %d of %d)",
                 self.stage,
-                rel(folder, self.base),
+                rel(found.folder, self.base),
                 self.state.step,
                 self.sp.steps,
             )
@@ -203,16 +172,9 @@ class _Trainer:
 
     def save_checkpoint(self) -> None:
         if self.dist.is_main:
-            folder = ck.save_checkpoint(
-                self.ckroot,
-                self.state.step,
-                self.model.state_dict(),
-                self.trainer_state(),
-                self.fingerprint,
-                extra=dict(fingerprint_parts=self.fingerprint_parts, code_files=self.code_files),
-            )
-            ck.prune(self.ckroot, self.sp.keep_last, {self.state.best["step"]})
-            self.state.last_good = folder
+            self.state.last_good = self.checkpoints.save(self.state.step, self.model.state_dict(),
+                                                         self.trainer_state(), self.sp.keep_last,
+                                                         keep={self.state.best["step"]})
         ddp.barrier(self.dist)
 
     # --- one step -----------------------------------------------------------------------
