@@ -31,8 +31,9 @@ DAG_FILES = ("test_sweep", "test_flow", "test_e2e", "test_freshness", "test_impo
 
 
 def pytest_collection_modifyitems(config, items):
-    """The DAG-running files first, then the other files with slow tests (most first), then the rest;
-    the order inside a file is kept."""
+    """`gpu` tests skipped without CUDA; the DAG-running files first, then the other files with slow
+    tests (most first), then the rest; the order inside a file is kept."""
+    skip_gpu_tests_without_cuda(items)
     slow_per_file: dict[str, int] = {}
     for item in items:
         is_slow = item.get_closest_marker("slow") is not None
@@ -119,7 +120,7 @@ def copy_repo(dest: Path) -> Path:
     return dest
 
 
-def pytest_collection_modifyitems(config, items) -> None:
+def skip_gpu_tests_without_cuda(items) -> None:
     """`gpu` tests run only where torch sees a CUDA device; elsewhere they are skipped, saying so."""
     import torch
 
