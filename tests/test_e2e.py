@@ -122,7 +122,7 @@ def test_dvc_repro_runs_the_whole_dag(reproduced):
 def test_sigkill_during_dvc_repro_then_rerun_equals_an_uninterrupted_run(reproduced_template, tmp_path):
     """The trained models removed from a reproduced copy, `dvc repro` is killed (-9, the whole process
     group) in the middle of stage1's training; `dvc repro` again finishes, and every model equals the
-    uninterrupted run's bit for bit (so evaluate, whose inputs are those models, doesn't rerun)."""
+    uninterrupted run's bit for bit, and so do evaluate's losses."""
     import os
     import shutil
     import signal
@@ -146,11 +146,14 @@ def test_sigkill_during_dvc_repro_then_rerun_equals_an_uninterrupted_run(reprodu
     assert not (repo / "models/stage1/model.safetensors").exists(), "stage1 finished before the kill"
 
     out = dvc(repo, "repro").stdout
-    assert ran(out) == ["stage1", "stage2", "stage3"], out[-3000:]  # evaluate's inputs: the same bits
+    assert ran(out) == ["stage1", "stage2", "stage3", "evaluate"], out[-3000:]  # upstream: untouched
     for stage in ("stage1", "stage2", "stage3"):
         a = load_file(str(ref / "models" / stage / "model.safetensors"))
         b = load_file(str(repo / "models" / stage / "model.safetensors"))
         assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a), stage
+    ea, eb = metrics(ref, "evaluate"), metrics(repo, "evaluate")
+    assert [ea[s]["mel_loss"] for s in ("stage1", "stage2", "stage3")] == \
+        [eb[s]["mel_loss"] for s in ("stage1", "stage2", "stage3")]
     assert ran(dvc(repo, "repro").stdout) == []
 
 

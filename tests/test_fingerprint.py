@@ -118,3 +118,35 @@ def test_kl_and_ortho_are_logged_every_step(tmp_path):
     steps = [s for s, d in logged if "kl" in d and "ortho" in d]
     assert steps == [1, 2, 3, 4]
     assert m["kl"] is not None and m["ortho"] > 0 and m["n_skipped_too_long"] == 0
+
+
+def test_fingerprint_does_not_depend_on_where_the_repo_lies(tmp_path):
+    """The same inputs in two folders (a clone, a `dvc exp run --temp` copy, a workspace) give the same
+    fingerprint, so the same run writes the same bytes; other contents give another."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from tristage.features.store import FeatureStore
+    from tristage.model.config import TTSConfig
+    from tristage.testing.corpus import write_feature_store
+
+    def data_part(folder, seed=0):
+        store = FeatureStore(write_feature_store(folder, 6, seed=seed))
+        return store.meta["dir"], fingerprint.data_fingerprint(
+            SimpleNamespace(store=store, mapping={"spk00": 0}, table=None), [])
+
+    (dir_a, data_a), (dir_b, data_b) = data_part(tmp_path / "a/features"), data_part(tmp_path / "b/features")
+    assert dir_a != dir_b and data_a == data_b
+    assert data_part(tmp_path / "c/features", seed=1)[1] != data_a
+
+    params = load_params(write_tiny_params(tmp_path))
+    cfg = TTSConfig(n_codebooks=4, codebook_size=256, n_mels=80, caption_dim=32, n_speakers=4,
+                    caption_vectors=str(tmp_path / "a/data/caption_vectors"))
+
+    def parts(config):
+        peft = params.caption_vectors.peft
+        return fingerprint.run_fingerprint_parts("stage1", params.stage1, config, "init", peft, 1, data_a)[0]
+
+    moved = dataclasses.replace(cfg, caption_vectors=str(tmp_path / "b/data/caption_vectors"))
+    assert parts(cfg) == parts(moved)
+    assert parts(cfg)["model_config"] != parts(dataclasses.replace(cfg, d_model=64))["model_config"]

@@ -48,12 +48,21 @@ def code_part(caption_module: str | None = None) -> tuple[str, dict[str, str]]:
     return digest[:16], files
 
 
+# Where the inputs lie is not what they are: a fingerprint that held a folder's absolute path would
+# change when the repo moves (a clone, a `dvc exp run --temp` copy, a Prefect or sweep workspace),
+# so the same run would write other bytes (the fingerprint is in model.safetensors' metadata) and
+# DVC would rerun everything downstream. The contents behind these paths are in the `data` part.
+LOCATION_KEYS = ("caption_vectors",)  # TTSConfig: the caption table's folder at training time
+STORE_LOCATION_KEYS = ("dir",)  # FeatureStore.meta: the features folder
+
+
 def run_fingerprint_parts(stage: str, stage_params, cfg, init_sha: str, peft, world: int,
                           data_fp: str) -> tuple[dict, dict[str, str]]:
     """The fingerprint's named parts, and the per-file hashes behind its `code` part."""
     section = {k: v for k, v in stage_params.model_dump(mode="json").items() if k not in COSMETIC}
     code, files = code_part(getattr(cfg, "caption_module", None))
-    parts = dict(stage=stage, params=_h(section), model_config=_h(cfg.to_dict()), init_weights=init_sha,
+    config = {k: v for k, v in cfg.to_dict().items() if k not in LOCATION_KEYS}
+    parts = dict(stage=stage, params=_h(section), model_config=_h(config), init_weights=init_sha,
                  peft=_h(peft.model_dump(mode="json")), world_size=int(world), data=data_fp, code=code)
     return parts, files
 
@@ -90,7 +99,8 @@ def data_fingerprint(src, examples) -> str:
     """Changes when the upstream data does (so a persisted checkpoint isn't resumed on new data)."""
     h = hashlib.sha256()
     index = src.store.index
-    h.update(json.dumps(src.store.meta, sort_keys=True, default=str).encode())
+    meta = {k: v for k, v in src.store.meta.items() if k not in STORE_LOCATION_KEYS}
+    h.update(json.dumps(meta, sort_keys=True, default=str).encode())
     h.update("|".join(f"{i}:{n}" for i, n in zip(index["id"].astype(str), index["n_frames"])).encode())
     h.update(json.dumps(src.mapping, sort_keys=True).encode())
     rows = (f"{e.id}:{e.speaker}:{e.label}:{e.n_frames}:{e.text}:{e.caption}" for e in examples)
