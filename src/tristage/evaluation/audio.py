@@ -466,6 +466,7 @@ class AudioJudges:
     def table(self) -> list[dict]:
         cols = []
         for c in self.clips:
+            # a row literal; `duplicates` pairs its shape with synthesis/cli.py's defaults (other fields)
             rec = dict(
                 row=c.row,
                 name=c.name,

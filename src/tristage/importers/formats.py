@@ -40,6 +40,7 @@ AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".opus")
 
 def import_corpus(fmt: str, src: str | os.PathLike, out: str | os.PathLike, columns: list[str] | None = None,
                   speaker: str | None = None, text: str = "normalized", language: str | None = None) -> dict:
+    # input checks; `duplicates` pairs their shape with training/checkpoint.py's verify (other checks)
     src, out = Path(src).resolve(), Path(out).resolve()
     if not src.exists():
         raise UserError(f"import {fmt}: {src} not found")

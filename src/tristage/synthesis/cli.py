@@ -42,6 +42,7 @@ def _run(args) -> int:
         return 0
     if not tts.is_speech:
         print(f"note: {tts.note}")
+    # keyword literal; `duplicates` pairs its shape with evaluation/audio.py's table row (other fields)
     defaults = dict(
         seed=args.seed,
         temperature=args.temperature,

@@ -120,6 +120,7 @@ def export_model_folder(out: Path, stage: str, model, cfg: TTSConfig, src, data,
         else meta.get("frames_per_second")
     )
     lexicon = (getattr(table, "meta", {}) or {}).get("lexicon") or LEXICON
+    # a record literal; `duplicates` pairs its shape with testing/corpus.py's row (other fields)
     write_json(
         out / SYNTHESIS,
         dict(

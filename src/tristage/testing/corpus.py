@@ -56,6 +56,7 @@ def _rows(n_speakers: int, utts_per_speaker: int, seed: int):
             pitch = "high" if f0 > 190 else "low" if f0 < 130 else "moderate"
             caption = (f"A {gender} speaker with a {pitch}-pitched {accent} voice speaks {speed} "
                        f"in a {'noisy' if noisy else 'clean'} recording, sounding {emotion}.")
+            # a record literal; `duplicates` pairs its shape with synthesis/folder.py's (other fields)
             yield dict(
                 id=f"spk{s:02d}_{u:03d}",
                 speaker=f"spk{s:02d}",

@@ -76,6 +76,7 @@ def save_checkpoint(root: Path, step: int, model_state: dict, trainer_state: dic
 
 def verify(folder: Path) -> dict:
     """Return the manifest if every file is present with the recorded size and hash."""
+    # file checks; `duplicates` pairs their shape with importers/formats.py's input checks (other checks)
     folder = Path(folder)
     mpath = folder / "manifest.json"
     if not mpath.is_file():
