@@ -19,6 +19,21 @@ Checks, before timing, on the same init (the zero-init matrices given small rand
 every gradient is non-zero): forward outputs and gradients of the touched rows equal to the current
 module's (max abs diff), untouched rows' dense gradients exactly zero, and what one and two optimizer
 steps do to rows that a batch did not touch (the semantic difference of lazy Adam).
+
+What adopting it would change (the checks show the first three):
+- SparseAdam is lazy Adam: a row's moments and value change only on steps whose batch touches it.
+  AdamW decays every row's moments each step and keeps moving a row on its momentum after the
+  batches stop touching it.
+- No weight decay on the sparse matrices (SparseAdam has none; AdamW decays even untouched rows).
+- SparseAdam adds eps to sqrt(v) before the bias correction: effective eps = eps / sqrt(1 - beta2^t)
+  (7x at step 1, -> 1x later); it matters only where |grad| is near eps.
+- torch.nn.utils.clip_grad_norm_ raises NotImplementedError on sparse gradients: the trainer's call
+  must become a sparse-aware one (`clip_mixed`; same norm, untouched rows contribute 0).
+- Every read of a sparse matrix must go through F.embedding(sparse=True): one dense read (e.g. the
+  parent's `vae_logvar_w.sum()` DDP touch) turns the gradient dense and SparseAdam raises.
+- Two optimizers: the LR schedule, checkpoints (state dicts) and the run fingerprint need both; the
+  matrices are stored flattened (slots, a*b), so checkpoints of the current module need a reshape.
+- DDP all-reduces sparse gradients on gloo only: NCCL has no sparse collectives.
 """
 from __future__ import annotations
 
@@ -357,8 +372,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--lora-slots", type=int, default=0,
                     help="give the vocabulary-fallback rows this many LoRA slots of their own (0: none)")
     ap.add_argument("--profile", action="store_true", help="print the top ops of the +step calls")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch threads (0: all cores, as caption_vectors); 1: steadier on a loaded machine")
     a = ap.parse_args(argv)
-    torch.set_num_threads(max(1, min(os.cpu_count() or 1, 16)))
+    torch.set_num_threads(a.threads or max(1, min(os.cpu_count() or 1, 16)))
     sizes = [n for n in a.sizes.split(",") if n]
     if set(sizes) - set(SIZES):
         ap.error(f"--sizes: unknown {sorted(set(sizes) - set(SIZES))}; known: {', '.join(SIZES)}")
@@ -373,7 +390,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         rows.append(r)
     print(f"command: python -m benchmarks.experiments.caption_peft_sparse --batch {a.batch} --repeats "
           f"{a.repeats} --warmup {a.warmup} --sizes {','.join(sizes)}" + (" --no-check" if a.no_check else "")
-          + (f" --lora-slots {a.lora_slots}" if a.lora_slots else "") + (" --profile" if a.profile else ""))
+          + (f" --lora-slots {a.lora_slots}" if a.lora_slots else "") + (" --profile" if a.profile else "")
+          + (f" --threads {a.threads}" if a.threads else ""))
     return rows
 
 
