@@ -31,7 +31,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from tristage.device import deterministic_kernels, resolve_device
+from tristage.device import resolve_device
 from tristage.errors import UserError
 from tristage.evaluation.captions import caption_cosine, heldout_states
 from tristage.evaluation.metrics import evaluate_document, stage_metrics
@@ -259,7 +259,6 @@ def run_evaluate(
     ep = params.evaluate
     band = tuple(params.stage2.speaker_acc_band)
     device = resolve_device(ep.device, "evaluate.device")
-    deterministic_kernels()  # the probes train: the same bits run after run
     _check_models(ep)
     src = sources if sources is not None else load_sources(ep, params.caption_vectors.peft.model_dump())
     table_cos = _caption_cosine(ep.caption_metrics)

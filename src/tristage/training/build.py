@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tristage.device import deterministic_kernels
 from tristage.errors import UserError
 from tristage.model.config import TTSConfig
 from tristage.training import checkpoint as ck
@@ -80,16 +79,3 @@ def load_init_weights(model, init: Path | None, previous: str | None) -> str:
         raise UserError(f"{weights}: weights don't match its config.json (missing {missing[:3]}, "
                         f"unexpected {unexpected[:3]}); rerun {previous}")
     return sha
-
-
-def seed_all(seed: int) -> None:
-    """Python, numpy and torch seeded from `seed`, with deterministic kernels (`device.py`)."""
-    import random
-
-    import numpy as np
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
-    deterministic_kernels()

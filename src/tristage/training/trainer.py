@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from tristage.errors import UserError
@@ -30,7 +32,7 @@ from tristage.synthesis.folder import export_model_folder
 from tristage.training import checkpoint as ck
 from tristage.training import ddp
 from tristage.training.adversary import SpeakerAdversary
-from tristage.training.build import check_init, load_init_weights, rel, resolve_config, seed_all
+from tristage.training.build import check_init, load_init_weights, rel, resolve_config
 from tristage.training.data import Sources, TrainData, load_sources, to_device
 from tristage.training.fingerprint import combine, data_fingerprint, run_fingerprint_parts
 from tristage.training.optim import build_optimizer
@@ -45,6 +47,12 @@ log = logging.getLogger("tristage.training")
 
 class NonFiniteLoss(UserError):
     pass
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
 
 
 def train_stage(stage: str, params, tracker=None, sources: Sources | None = None) -> dict[str, Any]:
@@ -80,7 +88,7 @@ class _Trainer:
                 "least 2 (lower speaker_mapping.min_samples)"
             )
         self.cfg, init = resolve_config(stage, params, sp, self.src)
-        seed_all(sp.seed)
+        _seed_all(sp.seed)
         model = build_model(self.cfg, self.src.table)
         init_sha = load_init_weights(model, init, self.preset.previous)
         self.counts = apply_preset(model, self.preset)
