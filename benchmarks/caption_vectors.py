@@ -11,7 +11,10 @@ captions drawn from the demo corpus's caption generator:
 - table, inference: `CaptionPEFT` in eval mode: the adapters are baked into the table once per
   weight update (timed separately), then a caption batch is a gather;
 - table, training: `CaptionPEFT` in train mode, forward (LoRA, VAE sampling, orthogonality) AND
-  backward, no cache: what a training step pays for its captions.
+  backward, no cache: what a training step pays for its captions;
+- the same two with the contextualiser (`caption_vectors.contextualiser`, the default 2 layers x 128,
+  its output projection made non-zero): its forward runs on every call (no per-caption cache), so
+  these are the costs for captions never seen before.
 The table has the shape of a real build (tokens, attribute values and pieces, contexts; its rows are
 the demo generator's, built from 2,000 captions) padded with vocabulary-fallback rows to a T5-sized
 vocabulary; its vectors are random (timing only). The three are timed round-robin, one call each
@@ -90,6 +93,21 @@ def caption_batch(table, batch: int, seed: int):
     return ids, mask
 
 
+def bench_contextualiser(dim: int):
+    """The default contextualiser's shape (2 layers x 128), output projection non-zero, frozen."""
+    import torch
+
+    from tristage.captions.config import ContextualiserParams
+    from tristage.captions.contextual import Contextualiser, frozen
+
+    p = ContextualiserParams()
+    torch.manual_seed(0)
+    ctx = Contextualiser(dim, p.width, p.layers, p.heads)
+    with torch.no_grad():
+        ctx.out.weight.normal_(0, 0.02)
+    return frozen(ctx)
+
+
 def round_robin(fns: dict, repeats: int, warmup: int, sync) -> tuple[dict, dict]:
     """Wall and process-CPU seconds per call of each fn, timed in turn (fn1, fn2, ... per repeat) after
     `warmup` rounds. CPU time counts the work done, not the time spent waiting for a core that other
@@ -129,9 +147,13 @@ def measure(name: str, batch: int, repeats: int, warmup: int, device: str) -> di
     ids, mask = ids.to(device), mask.to(device)
     peft_eval = CaptionPEFT(table, PeftParams()).eval().to(device)
     peft_train = CaptionPEFT(table, PeftParams()).train().to(device)
+    table.contextualiser = bench_contextualiser(cfg.d_model)
+    ctx_eval = CaptionPEFT(table, PeftParams()).eval().to(device)
+    ctx_train = CaptionPEFT(table, PeftParams()).train().to(device)
     t0 = time.perf_counter()
     with torch.inference_mode():
         peft_eval(ids, mask)  # first call bakes the enhanced table (once per parameter update)
+        ctx_eval(ids, mask)
     sync()
     t_bake = time.perf_counter() - t0
 
@@ -143,12 +165,18 @@ def measure(name: str, batch: int, repeats: int, warmup: int, device: str) -> di
         with torch.inference_mode():
             peft_eval(ids, mask)
 
-    def training():
-        out = peft_train(ids, mask)
+    def training(module=peft_train):
+        out = module(ids, mask)
         (out.states.square().mean() + out.kl + out.ortho).backward()
-        peft_train.zero_grad(set_to_none=True)
+        module.zero_grad(set_to_none=True)
 
-    t, c = round_robin(dict(encoder=encoder, inference=inference, training=training), repeats, warmup, sync)
+    def inference_ctx():
+        with torch.inference_mode():
+            ctx_eval(ids, mask)
+
+    fns = dict(encoder=encoder, inference=inference, training=training, inference_ctx=inference_ctx,
+               training_ctx=lambda: training(ctx_train))
+    t, c = round_robin(fns, repeats, warmup, sync)
     nbytes = lambda ts: sum(x.numel() * x.element_size() for x in ts)  # noqa: E731
     uniq = torch.unique(ids[mask])
     return dict(
@@ -162,6 +190,8 @@ def measure(name: str, batch: int, repeats: int, warmup: int, device: str) -> di
         ratio_training=t["encoder"] / t["training"],
         cpu_ratio_inference=c["encoder"] / c["inference"],
         cpu_ratio_training=c["encoder"] / c["training"],
+        ratio_inference_ctx=t["encoder"] / t["inference_ctx"],
+        ratio_training_ctx=t["encoder"] / t["training_ctx"],
         bake_ms=1e3 * t_bake,
         encoder_mb=nbytes(enc.parameters()) / 2**20,
         table_mb=table.vectors.numel() * 4 / 2**20,
@@ -184,6 +214,9 @@ def report(r: dict, threads: int) -> str:
         f"{spread(ms['training'])} = {spread(r['ratio_training'])}x (goal >= {GOALS['training']}x: "
         f"{ok(r['ratio_training'], GOALS['training'])}); in process CPU time (steadier under load) inference "
         f"{spread(r['cpu_ratio_inference'])}x, training {spread(r['cpu_ratio_training'])}x; "
+        f"with the contextualiser (2 x 128, new captions): inference {spread(ms['inference_ctx'])} ms = "
+        f"{spread(r['ratio_inference_ctx'])}x, training {spread(ms['training_ctx'])} ms = "
+        f"{spread(r['ratio_training_ctx'])}x; "
         "baking the adapters into the table after a weight "
         f"update {r['bake_ms']:.0f} ms; memory: encoder weights {r['encoder_mb']:.0f} MiB vs table "
         f"{r['table_mb']:.0f} MiB + adapters {r['adapters_mb']:.0f} MiB"

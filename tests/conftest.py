@@ -66,6 +66,7 @@ TINY = {
     "stage2": _TRAIN,
     "stage3": _TRAIN,
     "evaluate": {"n_samples": 1, "max_sample_frames": 8, "n_audio_samples": 1},
+    "caption_vectors": {"contextualiser": {"steps": 20, "recombined": 40}},
 }
 
 

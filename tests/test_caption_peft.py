@@ -34,7 +34,7 @@ def test_adapter_slots_fixed_from_vocabulary():
     t = toy_table()
     m = CaptionPEFT(t, P)
     assert m.lora_a.shape == (4, 8, 4)  # <unk> (shared unseen adapter) + a, b, </s>
-    assert m.vae_mu_w.shape == (2, 8, 6)
+    assert m.vae_mu_w.shape == (2, 1, 6)  # each value has one row: its encoder reads 1 coordinate
     assert t.adapter_ids.tolist() == [0, 1, 2, 3, 0, 1, 2]  # the context row of "b" shares b's LoRA
     assert "vectors" not in m.state_dict()  # the table is not part of the checkpoint
 
@@ -138,6 +138,27 @@ def test_state_dict_round_trip(tmp_path):
     torch.testing.assert_close(a(ids, mask).ortho, b(ids, mask).ortho)
 
 
+def test_vae_encoder_reads_each_value_in_the_basis_of_its_rows():
+    """The coordinates keep the geometry of a value's rows, and any affine map of the d-dim rows
+    (x W, the seed's encoder) is a map of the coordinates: the same family, k x z parameters."""
+    from tristage.captions.peft import value_coords
+
+    g = torch.Generator().manual_seed(0)
+    basis = torch.randn(2, 3, 8, generator=g)  # two values, rows in a 3-dim subspace each
+    X = torch.cat([torch.randn(4, 3, generator=g) @ basis[0], torch.randn(5, 3, generator=g) @ basis[1]])
+    slot = torch.tensor([0] * 4 + [1] * 5)
+    c = value_coords(X, torch.arange(9), slot, 2, max_rank=5)
+    assert c.shape == (9, 3)
+    for s in (0, 1):
+        Xs, cs = X[slot == s].double(), c[slot == s].double()
+        torch.testing.assert_close(cs @ cs.T, Xs @ Xs.T, rtol=1e-4, atol=1e-4)  # inner products kept
+        W = torch.randn(8, 6, generator=g).double()
+        U = torch.linalg.lstsq(cs, Xs @ W).solution  # (3, 6)
+        torch.testing.assert_close(cs @ U, Xs @ W, rtol=1e-4, atol=1e-4)
+    # a value with more rows than max_rank: the identity basis (the rows themselves)
+    torch.testing.assert_close(value_coords(X, torch.arange(9), slot, 2, max_rank=4), X)
+
+
 def test_grouped_matmul_matches_per_row_einsum():
     from tristage.captions.peft import grouped_matmul
 
@@ -148,6 +169,22 @@ def test_grouped_matmul_matches_per_row_einsum():
     assert grouped_matmul(x[:0], slot[:0], W).shape == (0, 3)
     skew = torch.tensor([0] * 9 + [1, 2])  # one big group: chunked, same result
     torch.testing.assert_close(grouped_matmul(x, skew, W), torch.einsum("rd,rdk->rk", x, W[skew]))
+    # both layouts (direct: W as it is; gathered: chunks of W), values and gradients
+    from tristage.captions.peft import _layout
+
+    assert _layout([3, 3, 3, 2], 11, 5, 3)[1] is None  # even groups, small W: direct
+    assert _layout([40, 0, 0, 1, 0, 0, 0, 0], 41, 2, 2)[1] is not None  # one big group: chunks
+    for s in (slot, skew):
+        xg, Wg = x.clone().requires_grad_(), W.clone().requires_grad_()
+        grouped_matmul(xg, s, Wg).square().sum().backward()
+        xr, Wr = x.clone().requires_grad_(), W.clone().requires_grad_()
+        torch.einsum("rd,rdk->rk", xr, Wr[s]).square().sum().backward()
+        torch.testing.assert_close(xg.grad, xr.grad)
+        torch.testing.assert_close(Wg.grad, Wr.grad)
+    big = torch.randn(41, 2, generator=g), torch.randn(8, 2, 2, generator=g)
+    s = torch.tensor([0] * 40 + [3])
+    want = torch.einsum("rd,rdk->rk", big[0], big[1][s])
+    torch.testing.assert_close(grouped_matmul(big[0], s, big[1]), want)
 
 
 def test_inference_cache_matches_and_follows_updates():

@@ -185,7 +185,8 @@ def _params(tmp: Path, **extra) -> Path:
     data = yaml.safe_load((REPO / "params.yaml").read_text())
     cv = data["caption_vectors"]
     cv.update(manifest="corpus/manifest.parquet", out_dir="out/caption_vectors", metrics="metrics/cv.json",
-              plots_dir="plots/cv", heldout_fraction=0.25, paraphrases=list(PARAPHRASES[:6]), **extra)
+              plots_dir="plots/cv", heldout_fraction=0.25, paraphrases=list(PARAPHRASES[:6]),
+              contextualiser=dict(cv["contextualiser"], steps=30, recombined=60), **extra)
     path = tmp / "params.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
@@ -233,7 +234,8 @@ def test_stage_cli_and_deterministic_build(tmp_path):
     p2 = load_params(params, ["caption_vectors.out_dir=out2", "caption_vectors.metrics=m2.json",
                               "caption_vectors.plots_dir=p2"])
     run_caption_vectors(p2.caption_vectors, progress=False)
-    for f in ("vectors.safetensors", "tokens.json", "encoder/model.safetensors", "tokenizer/tokenizer.json"):
+    for f in ("vectors.safetensors", "tokens.json", "encoder/model.safetensors", "tokenizer/tokenizer.json",
+              "contextualiser.safetensors"):
         assert (out / f).read_bytes() == (tmp_path / "out2" / f).read_bytes(), f
 
 

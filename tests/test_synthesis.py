@@ -346,9 +346,9 @@ def test_web_demo_in_a_real_browser(trained, tmp_path):
 def test_baked_real_caption_table_round_trip(tmp_path):
     """The real CaptionVectorTable + CaptionPEFT: baked, saved, loaded -> the same states as the adapters."""
     from tristage.captions.config import PeftParams
-    from tristage.captions.peft import CaptionPEFT
+    from tristage.captions.peft import CaptionPEFT, enhanced_table
     from tristage.captions.vectors import CaptionVectorTable
-    from tristage.synthesis.folder import BakedCaptions, _save_caption, baked_caption_vectors
+    from tristage.synthesis.folder import BakedCaptions, _save_caption
 
     tokens = ["<unk>", "a", "b", "</s>", "<gender:female>", "<pitch:high>", "a\tb\t</s>"]
     kinds = ["unk", "token", "token", "token", "attribute", "attribute", "context"]
@@ -359,7 +359,7 @@ def test_baked_real_caption_table_round_trip(tmp_path):
     with torch.no_grad():
         for p in peft.parameters():
             p.add_(0.1 * torch.randn_like(p))  # "trained" adapters: no longer the identity
-    _save_caption(tmp_path / "caption", table, baked_caption_vectors(peft, len(tokens)))
+    _save_caption(tmp_path / "caption", table, enhanced_table(peft, len(tokens)))
     loaded = CaptionVectorTable.load(tmp_path / "caption")
     assert loaded.meta["baked"] and loaded.tokens == tokens
     ids = torch.tensor([[1, 4, 2, 5, 3], [6, 5, 0, 0, 0]])
@@ -367,7 +367,7 @@ def test_baked_real_caption_table_round_trip(tmp_path):
     peft.eval()
     with torch.no_grad():
         want = peft(ids, mask).states
-    got = BakedCaptions(loaded.vectors)(ids, mask).states
+    got = BakedCaptions(loaded)(ids, mask).states
     assert torch.allclose(got, want, atol=1e-5) and not torch.allclose(
         got, torch.as_tensor(vectors)[ids] * mask[..., None]
     )

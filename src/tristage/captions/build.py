@@ -181,11 +181,13 @@ class Fidelity:
     """Token cosines (the table vector standing for each token vs its encoder state), caption cosines
     (mean-pooled), unseen tokens, cosines per group (attribute / "unseen" / "other"); fed batch by batch.
     `context` / `pieces` / `cache`: lookup variants (None: the table's). `vectors` (N, dim): other
-    vectors for the same rows, e.g. a trained caption module's baked table (CaptionPEFT._baked()[0])."""
+    vectors for the same rows, e.g. a trained caption module's rows (captions.peft.enhanced_table).
+    `contextual`: add the table's contextualiser's correction (if it has one), as the caption modules do."""
 
     def __init__(self, table: CaptionVectorTable, context: bool | None = None, pieces: bool | None = None,
-                 cache: bool = True, vectors=None):
+                 cache: bool = True, vectors=None, contextual: bool = True):
         self.table, self.context, self.pieces, self.cache = table, context, pieces, cache
+        self.contextual = contextual and table.contextualiser is not None
         self.V = np.asarray(table.vectors if vectors is None else vectors, dtype=np.float32)
         self.tok_cos: list[np.ndarray] = []
         self.cap_cos: list[float] = []
@@ -193,16 +195,17 @@ class Fidelity:
         self.unseen = self.unk = 0
 
     def add(self, captions: list[str], states: list[np.ndarray]) -> None:
-        for c, H in zip(captions, states):
-            ids, where, n = self.table.lookup(c, self.context, self.pieces, cache=self.cache)
+        looked = [self.table.lookup(c, self.context, self.pieces, cache=self.cache) for c in captions]
+        deltas = self.table.context_delta([ids for ids, _, _ in looked]) if self.contextual else None
+        for k, ((ids, where, n), H) in enumerate(zip(looked, states)):
             self.unseen += n
             self.unk += sum(len(p) for i, p in zip(ids, where) if i == 0)
             if not where:
                 continue
             R = np.zeros_like(H)
             group = np.full(len(H), "other", dtype=object)
-            for row, pos in zip(ids, where):
-                R[pos] = self.V[row]
+            for j, (row, pos) in enumerate(zip(ids, where)):
+                R[pos] = self.V[row] + (deltas[k][j] if deltas is not None else 0.0)
                 group[pos] = position_group(self.table, row)
             cos = (R * H).sum(1) / (np.linalg.norm(R, axis=1) * np.linalg.norm(H, axis=1) + 1e-8)
             self.tok_cos.append(cos)
@@ -362,15 +365,35 @@ def encode_table(cp, model, parser: CaptionParser, info: dict, build: list[str],
     return table, (kept if keep_states else None)
 
 
+def add_contextualiser(cp, model, parser, table, build: list[str], build_states: list[np.ndarray],
+                       exclude: set[str], progress: bool) -> dict:
+    """Distil the contextualiser (captions.contextual) on the build captions and recombined ones (encoded
+    here), never on `exclude`; attach it to `table`. Returns its log for the metrics."""
+    from tristage.captions.contextual import distil, recombined_captions
+    from tristage.captions.encoder import encode
+
+    p = cp.contextualiser
+    extra = recombined_captions(build, cp.lexicon, p.recombined, cp.seed, exclude=exclude | set(build))
+    t0 = time.perf_counter()
+    extra_states = encode(model, parser, extra, cp.batch_size, progress) if extra else []
+    table.contextualiser, info = distil(table, build + extra, build_states + extra_states, cp, progress)
+    return dict(info, recombined_captions=len(extra), encode_recombined_seconds=round(time.perf_counter() - t0
+                                                                                      - info["seconds"], 2))
+
+
 def score_table(cp, model, parser, table, held: list[str], paraphrases: list[str], progress: bool):
-    """Fidelity of the table (its lookup, and the seed's one-row-per-token way as a baseline) on the
-    held-out captions and the paraphrases: ({name: result}, held-out states)."""
+    """Fidelity of the table (its lookup + contextualiser; without the contextualiser; and the seed's
+    one-row-per-token way as a baseline) on the held-out captions and the paraphrases: ({name: result},
+    held-out states)."""
     from tristage.captions.encoder import encode_batches
 
-    acc = {k: Fidelity(table, **kw) for k, kw in (("held", {}), ("base", dict(context=False, pieces=False)))}
-    acc["para"], acc["base_para"] = Fidelity(table), Fidelity(table, context=False, pieces=False)
+    base = dict(context=False, pieces=False, contextual=False)
+    acc = {"held": Fidelity(table), "base": Fidelity(table, **base), "para": Fidelity(table),
+           "base_para": Fidelity(table, **base), "table": Fidelity(table, contextual=False),
+           "table_para": Fidelity(table, contextual=False)}
     held_states: list = [None] * len(held)
-    for caps, names in ((held, ("held", "base")), (paraphrases, ("para", "base_para"))):
+    sets = ((held, ("held", "base", "table")), (paraphrases, ("para", "base_para", "table_para")))
+    for caps, names in sets:
         for idx, states in encode_batches(
             model, parser, caps, cp.batch_size, progress, f"encoding {names[0]}"
         ):
@@ -413,6 +436,10 @@ def caption_metrics(r: dict, table, info: dict, n: dict, extra: dict) -> dict:
         baseline_cosine_mean=base["cosine_mean"],
         baseline_caption_cosine_mean=base["caption_cosine_mean"],
         baseline_paraphrase_cosine_mean=base_para["cosine_mean"],
+        table_only_cosine_mean=r["table"]["cosine_mean"],  # without the contextualiser
+        table_only_cosine_p05=r["table"]["cosine_p05"],
+        table_only_caption_cosine_mean=r["table"]["caption_cosine_mean"],
+        table_only_paraphrase_cosine_mean=r["table_para"]["cosine_mean"],
         n_build_captions=n["build"],
         n_rows=len(table),
         n_token_rows=kinds.count("token"),
@@ -437,11 +464,15 @@ def run_caption_vectors(cp, tracker=None, progress: bool = True) -> dict:
         model, tok, info = open_encoder(cp, build, tmp)
         parser = CaptionParser(tok, cp.lexicon, cp.max_length)
         t1 = time.perf_counter()
-        table, build_states = encode_table(cp, model, parser, info, build, progress, keep_states=cached)
+        contextual = cp.contextualiser.layers > 0 and not cached  # a cached caption's rows are exact
+        table, build_states = encode_table(cp, model, parser, info, build, progress,
+                                           keep_states=cached or contextual)
         t_encode = time.perf_counter() - t1
+        ctx_info = (add_contextualiser(cp, model, parser, table, build, build_states,
+                                       set(held) | set(paraphrases), progress) if contextual else None)
         results, held_states = score_table(cp, model, parser, table, held, paraphrases, progress)
         save_heldout(tmp, held, held_states)
-        extra = dict(mode=cp.mode, table_bytes=int(table.vectors.numel() * 4))
+        extra = dict(mode=cp.mode, table_bytes=int(table.vectors.numel() * 4), contextualiser=ctx_info)
         if cached:  # exact states of every manifest caption; the table rows stay as the back-off
             caps, states = build + held, build_states + held_states
             table = add_cache(table, caps, tokenized_units(parser, caps), states)
@@ -456,8 +487,10 @@ def run_caption_vectors(cp, tracker=None, progress: bool = True) -> dict:
     metrics = caption_metrics(
         results, table, info, dict(held=len(held), para=len(paraphrases), build=len(build)), extra
     )
-    write_plot(Path(cp.plots_dir) / "cosine_hist.png",
-               {"held-out": results["held"]["_cosines"], "paraphrases": results["para"]["_cosines"]},
+    series = {"held-out": results["held"]["_cosines"], "paraphrases": results["para"]["_cosines"]}
+    if ctx_info is not None:
+        series["held-out, table alone (no contextualiser)"] = results["table"]["_cosines"]
+    write_plot(Path(cp.plots_dir) / "cosine_hist.png", series,
                {"held-out": results["held"]["by_group"], "paraphrases": results["para"]["by_group"]},
                f"caption vector fidelity, {metrics['encoder']}")
     write_json(cp.metrics, metrics)

@@ -27,6 +27,21 @@ class TinyEncoderParams(Section):
     vocab_size: PosInt = 1000
 
 
+class ContextualiserParams(Section):
+    """The small transformer distilled from the encoder over the table's rows (captions.contextual);
+    layers 0: none (the table alone)."""
+
+    layers: NonNegInt = 2
+    width: PosInt = 128
+    heads: PosInt = 4
+    steps: NonNegInt = 1500
+    batch_size: PosInt = 32
+    lr: float = Field(2e-3, gt=0)
+    # extra training captions: build captions with their attribute phrases swapped for other lexicon
+    # phrases, encoded by the encoder too (never a held-out caption or paraphrase)
+    recombined: NonNegInt = 3000
+
+
 class CaptionVectorsParams(Section):
     manifest: Path = Path("data/annotated/manifest.parquet")
     encoder: Path | None = None  # local HF encoder dir; None -> tiny seeded random-init T5
@@ -51,6 +66,7 @@ class CaptionVectorsParams(Section):
     # alone (one short batch per 512 tokens); 0: unseen tokens all get the "<unk>" row (mean vector)
     vocab_fallback_max: NonNegInt = 50000
     tiny: TinyEncoderParams = TinyEncoderParams()
+    contextualiser: ContextualiserParams = ContextualiserParams()
     # attribute -> value -> phrases stating it (case-insensitive, whole words, longest match first)
     lexicon: dict[str, dict[str, list[str]]] = Field(default_factory=lambda: copy.deepcopy(LEXICON))
     # free-form captions scored for fidelity besides the held-out ones (never used to build the table)

@@ -18,8 +18,12 @@ Rows (`table.tokens`, `table.kinds`):
   manifest caption, one row per token ("<cache>\tj"), the caption's rows contiguous (`cache.json`:
   caption -> first row, row count). A cached caption looks up its own rows; any other backs off to
   the rows above. Cache rows share the adapters of their token (LoRA) or attribute value (VAE).
-Folder: vectors.safetensors ("vectors" (N, dim)), tokens.json (tokens, kinds, base), meta.json,
-tokenizer/ (the encoder's tokenizer, so lookups need no encoder).
+- `contextualiser` (captions.contextual): the small transformer distilled from the encoder that adds
+  to a caption's rows what its states owe to the rest of the caption (`context_delta`); it reads
+  `context_vectors`, the raw rows (the same tensor as `vectors` unless adapters were baked into them).
+Folder: vectors.safetensors ("vectors" (N, dim), and "context_vectors" where they differ),
+tokens.json (tokens, kinds, base), meta.json (meta["contextualiser"]: its config),
+contextualiser.safetensors, tokenizer/ (the encoder's tokenizer, so lookups need no encoder).
 """
 from __future__ import annotations
 
@@ -59,6 +63,8 @@ class CaptionVectorTable:
         assert tokens[0] == UNK and len(tokens) == len(kinds) == len(bases) == len(vectors)
         self.tokens, self.kinds, self.bases, self.meta = list(tokens), list(kinds), list(bases), dict(meta)
         self.vectors = torch.as_tensor(np.asarray(vectors, dtype=np.float32))  # (N, dim)
+        self.contextualiser = None  # captions.contextual.Contextualiser (frozen) or None
+        self.context_vectors = self.vectors  # (N, dim) what the contextualiser reads: the raw rows
         self.index = {t: i for i, t in enumerate(self.tokens)}
         self.is_attribute = torch.tensor([k in ATTRIBUTE_KINDS for k in kinds], dtype=torch.bool)  # (N,)
         self.cache = dict(cache or {})  # caption -> (first row, n rows): exact encoder states
@@ -167,6 +173,22 @@ class CaptionVectorTable:
         except Exception:  # never raise inside a data loader: a caption that can't be parsed -> the end token
             return [self.end_id]
 
+    @torch.no_grad()
+    def context_delta(self, rows: list[list[int]], batch_size: int = 64) -> list[np.ndarray]:
+        """Per caption (its rows, as `lookup` gives them) the contextualiser's correction, (L_i, dim);
+        zeros without a contextualiser."""
+        if self.contextualiser is None:
+            return [np.zeros((len(r), self.dim), np.float32) for r in rows]
+        from tristage.captions.contextual import pad_rows
+
+        out = []
+        for s in range(0, len(rows), batch_size):
+            part = rows[s:s + batch_size]
+            x, mask = pad_rows(self.context_vectors, part)
+            delta = self.contextualiser(x, mask).numpy()
+            out += [delta[i, : len(r)] for i, r in enumerate(part)]
+        return out
+
     # -- files ---------------------------------------------------------------------------------
 
     def save(self, folder: str | os.PathLike) -> None:
@@ -177,13 +199,22 @@ class CaptionVectorTable:
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        save_file(
-            {"vectors": np.ascontiguousarray(self.vectors.numpy())}, str(folder / "vectors.safetensors")
-        )
+        arrays = {"vectors": np.ascontiguousarray(self.vectors.numpy())}
+        meta = dict(self.meta)
+        meta.pop("contextualiser", None)
+        if self.contextualiser is not None:
+            from safetensors.torch import save_file as save_torch
+
+            state = {k: v.contiguous() for k, v in self.contextualiser.named_buffers()}
+            save_torch(state, str(folder / "contextualiser.safetensors"))
+            meta["contextualiser"] = self.contextualiser.config
+            if self.context_vectors is not self.vectors:
+                arrays["context_vectors"] = np.ascontiguousarray(self.context_vectors.numpy())
+        save_file(arrays, str(folder / "vectors.safetensors"))
         write_json(
             folder / "tokens.json", dict(tokens=self.tokens, kinds=self.kinds, base=self.bases), indent=None
         )
-        write_json(folder / "meta.json", self.meta)
+        write_json(folder / "meta.json", meta)
         if self.cache:
             write_json(folder / "cache.json", self.cache, indent=None)
         if self._tokenizer is not None:
@@ -198,7 +229,8 @@ class CaptionVectorTable:
 
         folder = Path(folder)
         try:
-            vectors = load_file(str(folder / "vectors.safetensors"))["vectors"]
+            arrays = load_file(str(folder / "vectors.safetensors"))
+            vectors = arrays["vectors"]
             idx = read_json(folder / "tokens.json")
             meta = read_json(folder / "meta.json")
             cache = read_json(folder / "cache.json") if (folder / "cache.json").is_file() else None
@@ -209,4 +241,18 @@ class CaptionVectorTable:
         table = cls(idx["tokens"], idx["kinds"], idx["base"], vectors, meta,
                     cache={c: (int(a), int(b)) for c, (a, b) in (cache or {}).items()})
         table.folder = folder
+        if meta.get("contextualiser"):
+            from safetensors.torch import load_file as load_torch
+
+            from tristage.captions.contextual import Contextualiser, frozen
+
+            ctx = Contextualiser(**meta["contextualiser"])
+            try:
+                ctx.load_state_dict(load_torch(str(folder / "contextualiser.safetensors")))
+            except (OSError, RuntimeError, ValueError) as exc:
+                raise UserError(f"{folder}: contextualiser.safetensors does not load ({exc}); "
+                                "run the `caption_vectors` stage again") from exc
+            table.contextualiser = frozen(ctx)
+            if "context_vectors" in arrays:
+                table.context_vectors = torch.as_tensor(arrays["context_vectors"])
         return table

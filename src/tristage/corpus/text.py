@@ -204,10 +204,10 @@ def caption(rng: np.random.Generator, attrs: dict[str, str]) -> str:
                  qs=_pick(rng, QUALITY_SENT[q]), e=_pick(rng, EMOTION[e]), ea=_pick(rng, EMOTION_ADJ[e]), a=a)
     slots["Q"] = _cap(slots["q"])
     slots["E"] = _cap(slots["e"])
-    return _fix_articles(template.format(**slots))
+    return fix_articles(template.format(**slots))
 
 
-def _fix_articles(text: str) -> str:
+def fix_articles(text: str) -> str:
     """"a American" -> "an American", "a expressive" -> "an expressive" (word-level)."""
     words = text.split(" ")
     for i in range(len(words) - 1):

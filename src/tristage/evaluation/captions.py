@@ -19,7 +19,6 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import torch
 
 log = logging.getLogger("tristage.evaluate")
 
@@ -52,29 +51,14 @@ def heldout_states(table) -> HeldOut | None:
     return HeldOut(captions, states, str(name))
 
 
-@torch.no_grad()
-def enhanced_table(caption_module, n_rows: int, chunk: int = 4096) -> np.ndarray:
-    """Every table row through the caption module in eval mode -> (n_rows, dim) float32."""
-    was_training = caption_module.training
-    caption_module.eval()
-    dev = next((b.device for b in caption_module.buffers()), torch.device("cpu"))
-    out = []
-    for s in range(0, n_rows, chunk):
-        ids = torch.arange(s, min(n_rows, s + chunk), device=dev)[None]  # (1, n)
-        out.append(
-            caption_module(ids, torch.ones_like(ids, dtype=torch.bool)).states[0].float().cpu().numpy()
-        )
-    caption_module.train(was_training)
-    return np.concatenate(out)
-
-
 def caption_cosine(caption_module, table, held: HeldOut | None) -> float | None:
     """Mean caption-level cosine of the model's enhanced caption states vs the encoder's
     (None without `held`)."""
     if held is None:
         return None
     from tristage.captions.build import Fidelity
+    from tristage.captions.peft import enhanced_table
 
-    fid = Fidelity(table, vectors=enhanced_table(caption_module, len(table)))
+    fid = Fidelity(table, vectors=enhanced_table(caption_module, len(table)).numpy())
     fid.add(held.captions, held.states)
     return fid.result()["caption_cosine_mean"]

@@ -43,18 +43,6 @@ CODEC = "codec"
 MAX_REFERENCES = 16  # validation speakers stored as named references
 
 
-@torch.no_grad()
-def baked_caption_vectors(caption_module: torch.nn.Module, n_rows: int) -> torch.Tensor:
-    """Every table row through the caption module in eval mode (LoRA / VAE mean path) -> (N, dim)."""
-    was = caption_module.training
-    caption_module.eval()
-    dev = next((b.device for b in caption_module.buffers()), torch.device("cpu"))
-    ids = torch.arange(n_rows, device=dev)[None]  # (1, N)
-    states = caption_module(ids, torch.ones_like(ids, dtype=torch.bool)).states[0]  # (N, dim)
-    caption_module.train(was)
-    return states.float().cpu()
-
-
 def _save_caption(folder: Path, table: Any, baked: torch.Tensor) -> None:
     out = copy.copy(table)
     out.vectors = baked
@@ -97,7 +85,9 @@ def export_model_folder(out: Path, stage: str, model, cfg: TTSConfig, src, data,
 
     out = Path(out)
     table = src.table
-    _save_caption(out / CAPTION, table, baked_caption_vectors(model.caption_peft, len(table.vectors)))
+    from tristage.captions.peft import enhanced_table
+
+    _save_caption(out / CAPTION, table, enhanced_table(model.caption_peft, len(table.vectors)))
     saved = dataclasses.replace(cfg, caption_vectors=CAPTION)
     write_text(out / "config.json", saved.to_json() + "\n")
     write_json(out / SPEAKERS, dict(src.mapping))
@@ -142,18 +132,28 @@ def export_model_folder(out: Path, stage: str, model, cfg: TTSConfig, src, data,
 
 
 class BakedCaptions(torch.nn.Module):
-    """The caption module at synthesis time: a lookup in the adapter-baked table (no adapters run)."""
+    """The caption module at synthesis time: a lookup in the adapter-baked table (no adapters run),
+    plus the table's contextualiser's correction (it reads the raw rows, `table.context_vectors`)."""
 
-    def __init__(self, vectors: torch.Tensor):
+    def __init__(self, table):  # a caption table, or just its (N, dim) vectors
         super().__init__()
+        vectors = getattr(table, "vectors", table)
         self.register_buffer("vectors", torch.as_tensor(vectors, dtype=torch.float32), persistent=False)
+        ctx = getattr(table, "contextualiser", None)
+        self.context = copy.deepcopy(ctx) if ctx is not None else None
+        if ctx is not None:
+            self.register_buffer("context_vectors", torch.as_tensor(table.context_vectors), persistent=False)
 
-    def forward(self, ids: torch.Tensor, mask: torch.Tensor):
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor, context: bool = True):
         from tristage.captions.peft import CaptionStates
 
         mask = mask.bool()
         zero = self.vectors.new_zeros(())
-        return CaptionStates(states=self.vectors[ids] * mask.unsqueeze(-1), mask=mask, kl=zero, ortho=zero)
+        states = self.vectors[ids] * mask.unsqueeze(-1)
+        if context and self.context is not None:
+            with torch.no_grad():
+                states = states + self.context(self.context_vectors[ids] * mask.unsqueeze(-1), mask)
+        return CaptionStates(states=states, mask=mask, kl=zero, ortho=zero)
 
 
 def read_info(folder: str | os.PathLike) -> dict:
@@ -186,7 +186,7 @@ def load_folder(folder: str | os.PathLike, device: str | torch.device = "cpu"):
             raise UserError(f"{p} not found: the model folder is incomplete")
     cfg = TTSConfig.from_dict(json.loads(cfg_path.read_text()))
     table = _import(cfg.caption_table).load(folder / info["caption"])
-    model = TTS(cfg, BakedCaptions(table.vectors))
+    model = TTS(cfg, BakedCaptions(table))
     state = {k: v for k, v in load_file(str(weights)).items() if not k.startswith("caption_peft.")}
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:

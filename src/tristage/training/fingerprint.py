@@ -109,4 +109,7 @@ def data_fingerprint(src, examples) -> str:
     if vectors is not None:
         arr = np.ascontiguousarray(vectors.numpy() if hasattr(vectors, "numpy") else np.asarray(vectors))
         h.update(str(arr.shape).encode() + arr.tobytes())
+    ctx = getattr(src.table, "contextualiser", None)  # its correction is part of every caption's states
+    for name, buf in sorted(ctx.named_buffers()) if ctx is not None else ():
+        h.update(name.encode() + buf.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
