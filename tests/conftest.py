@@ -28,11 +28,14 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
 # first, so a parallel run isn't left waiting on one of them at the end.
 DAG_FILES = ("test_sweep", "test_flow", "test_e2e", "test_freshness", "test_import_e2e", "test_resume",
              "test_ddp")
+# the longest file (MiniLM + its contextualiser distillation, about 12 min on one worker) starts first,
+# so the other worker runs the DAG files meanwhile and it does not end the run alone
+FIRST_FILES = ("test_caption_encoders", *DAG_FILES)
 
 
 def pytest_collection_modifyitems(config, items):
-    """`gpu` tests skipped without CUDA; the DAG-running files first, then the other files with slow
-    tests (most first), then the rest; the order inside a file is kept."""
+    """`gpu` tests skipped without CUDA; FIRST_FILES first (the longest file, then the DAG-running ones),
+    then the other files with slow tests (most first), then the rest; the order inside a file is kept."""
     skip_gpu_tests_without_cuda(items)
     slow_per_file: dict[str, int] = {}
     for item in items:
@@ -42,7 +45,7 @@ def pytest_collection_modifyitems(config, items):
 
     def order(item) -> tuple:
         stem = item.path.stem
-        return (DAG_FILES.index(stem) if stem in DAG_FILES else len(DAG_FILES), -slow_per_file[stem],
+        return (FIRST_FILES.index(stem) if stem in FIRST_FILES else len(FIRST_FILES), -slow_per_file[stem],
                 first_seen[stem])
 
     items.sort(key=order)

@@ -119,7 +119,7 @@ def test_distil_learns_a_correction_that_depends_on_the_caption():
 
     t.lookup = lambda c, *a, **k: (seqs[int(c)], [[i] for i in range(len(seqs[int(c)]))], 0)
     cp = types.SimpleNamespace(seed=0, max_length=16, contextualiser=types.SimpleNamespace(
-        width=32, layers=1, heads=2, steps=150, batch_size=16, lr=3e-3))
+        width=32, layers=1, heads=2, steps=150, batch_size=16, lr=3e-3, caption_loss_weight=0.25))
     ctx, info = distil(t, [str(i) for i in range(64)], [target(s) for s in seqs], cp)
     assert info["steps"] == 150 and info["loss_end"] < 0.5 * info["loss_start"]
     t.contextualiser = ctx

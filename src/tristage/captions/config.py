@@ -37,6 +37,8 @@ class ContextualiserParams(Section):
     steps: NonNegInt = 1500
     batch_size: PosInt = 32
     lr: float = Field(2e-3, gt=0)
+    # weight of 1 - cosine of the mean-pooled caption in the loss, beside 1 - cosine per row
+    caption_loss_weight: NonNegFloat = 0.25
     # extra training captions: build captions with their attribute phrases swapped for other lexicon
     # phrases, encoded by the encoder too (never a held-out caption or paraphrase)
     recombined: NonNegInt = 3000

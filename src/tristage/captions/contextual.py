@@ -9,9 +9,9 @@ The table alone gives each token the mean of its states over the build captions 
 key); a pretrained encoder's states depend on the whole caption, so a row cannot match them (all-MiniLM:
 0.90 per token on held-out captions). The contextualiser reads the whole caption's rows and adds a
 correction. It is trained once, in the `caption_vectors` stage, with 1 - cosine against the encoder's
-states (`distil`), on the build captions plus captions recombined from them (each piece from another
-caption of the same template family: `recombined_captions`); it never sees the held-out captions or
-the paraphrases it is scored on. It reads the raw table (not the adapters' output) and is frozen, so its
+states per row and per mean-pooled caption (`distil`), on the build captions plus captions recombined
+from them (each piece from another caption of the same template family: `recombined_captions`); it
+never sees the held-out captions or the paraphrases it is scored on. It reads the raw table (not the adapters' output) and is frozen, so its
 output is a function of the caption alone: the caption modules add it after their adapters
 (`context=True`), and a row-level use (baking the adapters into a table) leaves it out.
 
@@ -145,7 +145,9 @@ def id_targets(table, captions: list[str],
 
 def distil(table, captions: list[str], states: list[np.ndarray], cp,
            progress: bool = False) -> tuple[Contextualiser, dict]:
-    """Train a contextualiser for `table` on captions and their encoder states (1 - cosine per row):
+    """Train a contextualiser for `table` on captions and their encoder states (loss: 1 - the mean cosine
+    per row, plus `caption_loss_weight` x (1 - the cosine of the mean-pooled caption), which the per-row
+    term alone leaves behind):
     (the module, frozen, and a log of {steps, seconds, loss_start, loss_end}). One torch thread: the
     same inputs give the same bytes (with two, float sums come out in another order run to run, and
     DVC would rerun every stage downstream after an identical rerun); it costs about 1.4x the time."""
@@ -187,7 +189,10 @@ def _distil(table, captions, states, cp, progress):
         lr = p.lr * min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / p.steps))
         for g in opt.param_groups:
             g["lr"] = lr
-        loss = (1 - F.cosine_similarity(x + ctx(x, mask), h, dim=-1))[mask].mean()
+        y, m = x + ctx(x, mask), mask.unsqueeze(-1).float()
+        token = F.cosine_similarity(y, h, dim=-1)[mask].mean()  # per row
+        caption = F.cosine_similarity((y * m).sum(1), (h * m).sum(1), dim=-1).mean()  # mean-pooled
+        loss = (1 - token) + p.caption_loss_weight * (1 - caption)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(ctx.parameters(), 1.0)
@@ -197,7 +202,7 @@ def _distil(table, captions, states, cp, progress):
     info = dict(steps=p.steps, captions=len(rows), seconds=round(time.perf_counter() - t0, 2),
                 loss_start=round(float(np.mean(losses[:k])), 5) if losses else None,
                 loss_end=round(float(np.mean(losses[-k:])), 5) if losses else None)
-    log.info("contextualiser %s: %d steps on %d captions, 1 - cosine %.4f -> %.4f, %.1f s",
+    log.info("contextualiser %s: %d steps on %d captions, loss %.4f -> %.4f, %.1f s",
              {k: v for k, v in ctx.config.items() if k != "dim"}, p.steps, len(rows),
              info["loss_start"] or 0, info["loss_end"] or 0, info["seconds"])
     return frozen(ctx), info

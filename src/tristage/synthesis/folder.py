@@ -11,7 +11,8 @@ Layout (every JSON path is relative to the folder; copy the folder anywhere and 
                              lexicon, reference settings, provenance note
     caption/                 the caption vector table with the adapters BAKED in (the eval-mode
                              LoRA/VAE outputs of every row) + its tokenizer; synthesis looks captions up
-                             here and never runs the adapters
+                             here and never runs the adapters. With a contextualiser, it is kept too,
+                             with the raw rows it reads (`context_vectors`)
     speakers.json            the speaker mapping (name -> id) the model was trained with
     references.safetensors   one reference log-mel per validation speaker (pick a voice by name)
     codec/                   the random-init codec's weights + config, or codec.json naming the
