@@ -11,9 +11,10 @@ key); a pretrained encoder's states depend on the whole caption, so a row cannot
 correction. It is trained once, in the `caption_vectors` stage, with 1 - cosine against the encoder's
 states per row and per mean-pooled caption (`distil`), on the build captions plus captions recombined
 from them (each piece from another caption of the same template family: `recombined_captions`); it
-never sees the held-out captions or the paraphrases it is scored on. It reads the raw table (not the adapters' output) and is frozen, so its
-output is a function of the caption alone: the caption modules add it after their adapters
-(`context=True`), and a row-level use (baking the adapters into a table) leaves it out.
+never sees the held-out captions or the paraphrases it is scored on. It reads the raw table (not the
+adapters' output) and is frozen, so its output is a function of the caption alone: the caption
+modules add it after their adapters (`context=True`), and a row-level use (baking the adapters into a
+table) leaves it out.
 
 Pre-norm blocks (attention over the caption's rows + MLP) of width `width`, in/out projections to
 the table's dim; the output projection is zero-init, so an untrained contextualiser is the table.
