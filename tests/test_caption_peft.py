@@ -172,8 +172,8 @@ def test_grouped_matmul_matches_per_row_einsum():
     # both layouts (direct: W as it is; gathered: chunks of W), values and gradients
     from tristage.captions.peft import _layout
 
-    assert _layout([3, 3, 3, 2], 11, 5, 3)[1] is None  # even groups, small W: direct
-    assert _layout([40, 0, 0, 1, 0, 0, 0, 0], 41, 2, 2)[1] is not None  # one big group: chunks
+    assert _layout([3, 3, 3, 2], 11, 15, 8)[1] is None  # even groups, small W: direct
+    assert _layout([40, 0, 0, 1, 0, 0, 0, 0], 41, 4, 4)[1] is not None  # one big group: chunks
     for s in (slot, skew):
         xg, Wg = x.clone().requires_grad_(), W.clone().requires_grad_()
         grouped_matmul(xg, s, Wg).square().sum().backward()

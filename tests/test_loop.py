@@ -3,6 +3,7 @@ override parser, stage outcomes and logs in the flow, the run form, quiet enviro
 from __future__ import annotations
 
 import logging
+import os
 import re
 import shutil
 from pathlib import Path
@@ -172,6 +173,22 @@ def test_quiet_environment_defined_in_one_place():
         offenders += [f"{path.relative_to(REPO)}:{i}" for i, line in lines
                       if names.search(line) and not line.lstrip().startswith("#")]
     assert not offenders, f"set these from tristage.environment.QUIET_ENV instead: {offenders}"
+
+
+def test_stages_keep_freed_tensor_memory_on_glibc():
+    """A stage process tunes glibc's malloc (no page faults re-mapping last step's tensors); the user can
+    turn it off. Checked in a child process: mallopt changes the process for good."""
+    import platform
+    import subprocess
+    import sys
+
+    code = "from tristage.environment import tune_malloc; print(tune_malloc())"
+    run = lambda env: subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,  # noqa: E731
+                                     text=True, check=True).stdout.strip()
+    env = {k: v for k, v in os.environ.items() if k != "TRISTAGE_MALLOC"}
+    glibc = platform.libc_ver()[0] == "glibc"
+    assert run(env) == str(glibc)
+    assert run({**env, "TRISTAGE_MALLOC": "system"}) == "False"
 
 
 # -- plots render offline -----------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-from tristage.environment import apply_quiet_env
+from tristage.environment import apply_quiet_env, tune_malloc
 from tristage.errors import UserError
 
 # The repository's own params.yaml: the default when the working folder has none.
@@ -40,8 +40,10 @@ def build_parser(stage: str, description: str | None = None) -> argparse.Argumen
 
 
 def setup_environment() -> None:
-    """Offline and quiet by default (`tristage.environment.QUIET_ENV`); the user's explicit settings win."""
+    """Offline and quiet by default (`tristage.environment.QUIET_ENV`; the user's explicit settings win),
+    and freed tensor memory kept for the next step (`tristage.environment.tune_malloc`)."""
     apply_quiet_env()
+    tune_malloc()
 
 
 def run_stage(

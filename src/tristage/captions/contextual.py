@@ -76,6 +76,12 @@ class Contextualiser(nn.Module):
             h = block(h, keep)
         return self.out(self.norm(h)) * mask.unsqueeze(-1)
 
+    def correction(self, vectors: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """delta (B, L, dim) of captions given as rows ids (B, L) of a table's raw `vectors` (N, dim), mask
+        (B, L). The one way the table's users call it. Padded positions may hold any row: attention never
+        reads a padded key, every other layer works per position, and the output is zero there."""
+        return self(vectors[ids], mask)
+
 
 def frozen(module: nn.Module) -> nn.Module:
     """`module` with its parameters turned into non-persistent buffers: it moves with its owner
@@ -88,15 +94,15 @@ def frozen(module: nn.Module) -> nn.Module:
     return module.eval()
 
 
-def pad_rows(vectors: torch.Tensor, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x (B, L, dim), mask (B, L)) of the table vectors of each caption's rows."""
-    L = max(1, max(len(r) for r in rows))
+def pad_rows(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids (B, L), mask (B, L)) of captions given as lists of table rows, padded with row 0."""
+    L = max(1, max((len(r) for r in rows), default=1))
     ids = torch.zeros(len(rows), L, dtype=torch.long)
     mask = torch.zeros(len(rows), L, dtype=torch.bool)
     for i, r in enumerate(rows):
         ids[i, : len(r)] = torch.as_tensor(r, dtype=torch.long)
         mask[i, : len(r)] = True
-    return vectors[ids] * mask.unsqueeze(-1), mask
+    return ids, mask
 
 
 def recombined_captions(captions: list[str], lexicon: dict, n: int, seed: int,

@@ -21,12 +21,13 @@ Both are returned UNWEIGHTED: the trainer multiplies kl by `peft.kl_weight` and 
 `peft.orthogonality_weight`.
 
 With a table that has a contextualiser (captions.contextual), forward adds its correction (frozen, a
-function of the caption's raw rows) after the adapters: `forward(ids, mask, context=False)` gives the
-rows alone, as baking them into a table needs (`enhanced_table`).
+function of the caption's raw rows) after the adapters: `forward(ids, mask,
+context=False)` gives the rows alone, as baking them into a table needs (`enhanced_table`).
 
-The adapter set is fixed here from the table's vocabulary; forward groups rows by adapter with
-index tensors (no loop over tokens). Each distinct row in the batch is enhanced once, then gathered
-to its positions. The table vectors are a non-persistent buffer: a checkpoint holds adapters only.
+The adapter set is fixed here from the table's vocabulary. Each distinct row in the batch is enhanced
+once: rows are grouped by adapter (`Grouping`, index tensors, no loop over tokens) and stay in that
+packed layout from the first matmul of their adapter to the last; one gather puts them at their
+positions. The table vectors are a non-persistent buffer: a checkpoint holds adapters only.
 """
 from __future__ import annotations
 
@@ -34,71 +35,117 @@ import copy
 import dataclasses
 import math
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 
-def grouped_matmul(x: torch.Tensor, slot: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
-    """y[i] = x[i] @ W[slot[i]] for x (R, a), slot (R,), W (S, a, b) -> (R, b).
+class Grouping:
+    """Rows grouped by slot and zero-padded into groups of C rows, so that one bmm multiplies every
+    row by its own slot's matrix; a chain of per-slot maps (LoRA's A then B, a VAE's encoder then
+    decoder) stays packed from the first matmul to the last.
 
-    Rows are sorted by slot and padded into groups of C rows, and one bmm runs over the groups. The
-    layout is the one that moves the fewest floats (`_layout`): moving W dominates, since an adapter
-    matrix is larger than a few rows, but padding counts too (a padded row costs a + b floats):
+        g = Grouping(slot, S, w, row)         # slot (R,) in [0, S)
+        yp = bmm(g.pack(x), g.weights(W))     # x (R, a) -> (G, C, a); W (S, a, b) -> (G, a, b)
+        y = g.unpack(yp)                      # (G, C, b) -> (R, b), rows in their original order
+
+    The layout is the one that moves the fewest floats (`_layout`, from w: floats of one slot's
+    matrices, and row: floats of one padded row along the chain): moving W dominates, since an
+    adapter matrix is larger than a few rows, but padding counts too:
     - direct: one group per slot, every slot (absent ones all padding), C = the largest group: bmm
       reads W as it is, and its gradient is written once, with no gather, zero-fill or scatter;
-    - gathered: only the slots present, each cut into chunks of C rows; W is gathered per chunk."""
-    R, a, (S, _, b) = x.shape[0], x.shape[1], W.shape
-    if R == 0:
+    - gathered: only the slots present, each cut into chunks of C rows; W is gathered per chunk.
+    pack and unpack are an index_copy and an index_select: their backward passes are a gather and an
+    index_add, much cheaper on CPU than advanced indexing's accumulate."""
+
+    def __init__(self, slot: torch.Tensor, S: int, w: int, row: int):
+        # index bookkeeping in numpy: a few small arrays, where torch's per-op overhead would dominate
+        sl = slot.cpu().numpy()
+        R = len(sl)
+        counts = np.bincount(sl, minlength=S)  # (S,)
+        self.C, n_chunks = _layout(counts, R, w, row) if R else (1, None)
+        order = np.argsort(sl, kind="stable")
+        s = sl[order]
+        pos = np.arange(R) - (np.cumsum(counts) - counts)[s]  # index within its slot
+        if n_chunks is None:  # direct
+            flat, self.G, self.sel = s * self.C + pos, S, None
+        else:
+            flat = ((np.cumsum(n_chunks) - n_chunks)[s] + pos // self.C) * self.C + pos % self.C
+            self.G = int(n_chunks.sum())
+            # (G,) the slot of each group
+            self.sel = torch.from_numpy(np.repeat(np.arange(S), n_chunks)).to(slot.device)
+        flat_rows = np.empty(R, dtype=np.int64)
+        flat_rows[order] = flat
+        self.flat = torch.from_numpy(flat_rows).to(slot.device)  # (R,) padded position of each row
+
+    def pack(self, x: torch.Tensor) -> torch.Tensor:
+        """(R, a) -> (G, C, a), zeros in the padding."""
+        out = x.new_zeros(self.G * self.C, x.shape[1]).index_copy(0, self.flat, x)
+        return out.view(self.G, self.C, x.shape[1])
+
+    def unpack(self, yp: torch.Tensor) -> torch.Tensor:
+        """(G, C, b) -> (R, b)."""
+        return yp.reshape(self.G * self.C, yp.shape[-1]).index_select(0, self.flat)
+
+    def weights(self, W: torch.Tensor) -> torch.Tensor:
+        """Per-slot tensors (S, ...) -> per group (G, ...)."""
+        return W if self.sel is None else W.index_select(0, self.sel)
+
+    def gather_index(self, ids: torch.Tensor) -> torch.Tensor:
+        """(R,) an index per row -> (G * C,) in the packed layout; padding repeats the first row's (a
+        padded row is computed but never read back, so its input need only be finite)."""
+        if len(ids) == 0:
+            return ids.new_zeros(self.G * self.C)
+        return ids[:1].expand(self.G * self.C).clone().index_copy_(0, self.flat, ids)
+
+    def matmul(self, xp: torch.Tensor, W: torch.Tensor, base: torch.Tensor | None = None) -> torch.Tensor:
+        """base + (G, C, a) @ W (S, a, b) per group -> (G, C, b)."""
+        return _Bmm.apply(xp, self.weights(W), base)
+
+
+def grouped_matmul(x: torch.Tensor, slot: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+    """y[i] = x[i] @ W[slot[i]] for x (R, a), slot (R,), W (S, a, b) -> (R, b)."""
+    (S, a, b) = W.shape
+    if x.shape[0] == 0:
         return x.new_zeros(0, b)
-    counts = torch.bincount(slot, minlength=S)  # (S,)
-    C, n_chunks = _layout(counts.tolist(), R, a, b)
-    order = torch.argsort(slot, stable=True)
-    s = slot[order]
-    pos = torch.arange(R, device=x.device) - (torch.cumsum(counts, 0) - counts)[s]  # index within its slot
-    if n_chunks is None:  # direct
-        slot_in_group, n_groups, Wg = s * C + pos, S, W
-    else:
-        nc = torch.tensor(n_chunks, device=x.device)
-        slot_in_group, n_groups = ((torch.cumsum(nc, 0) - nc)[s] + pos // C) * C + pos % C, int(nc.sum())
-        Wg = W.index_select(0, torch.repeat_interleave(torch.arange(S, device=x.device), nc))  # (K, a, b)
-    # flat row of each sorted row in the padded groups; index_select / index_copy: their backward
-    # passes are a gather and an index_add, much cheaper on CPU than advanced indexing's accumulate
-    xp = x.new_zeros(n_groups * C, a).index_copy(0, slot_in_group, x.index_select(0, order))
-    yp = _Bmm.apply(xp.view(n_groups, C, a), Wg)  # (n_groups, C, b)
-    return x.new_empty(R, b).index_copy(0, order, yp.view(n_groups * C, b).index_select(0, slot_in_group))
+    g = Grouping(slot, S, a * b, a + b)
+    return g.unpack(g.matmul(g.pack(x), W))
 
 
 class _Bmm(torch.autograd.Function):
-    """torch.bmm whose backward multiplies contiguous transposes: the gradient of W, xp^T g, is the
-    biggest product here, and a strided xp^T makes it up to 2x slower on CPU."""
+    """torch.bmm (base + xp @ W with a base) whose backward multiplies contiguous transposes: the
+    gradient of W, xp^T g, is the biggest product here, and a strided xp^T makes it up to 2x slower
+    on CPU."""
 
     @staticmethod
-    def forward(ctx, xp, W):
+    def forward(ctx, xp, W, base=None):
         ctx.save_for_backward(xp, W)
-        return torch.bmm(xp, W)
+        return torch.bmm(xp, W) if base is None else torch.baddbmm(base, xp, W)
 
     @staticmethod
     def backward(ctx, g):
         xp, W = ctx.saved_tensors
         gx = torch.bmm(g, W.transpose(1, 2)) if ctx.needs_input_grad[0] else None
         gw = torch.bmm(xp.transpose(1, 2).contiguous(), g) if ctx.needs_input_grad[1] else None
-        return gx, gw
+        return gx, gw, (g if ctx.needs_input_grad[2] else None)
 
 
-def _layout(counts: list[int], R: int, a: int, b: int) -> tuple[int, list[int] | None]:
-    """(C, chunks per slot) of the cheapest layout in floats moved; chunks None: direct. Direct reads
-    W once and writes its gradient once (2 S a b) plus the padded rows; gathered reads W, writes the
-    copy, and in backward zero-fills a gradient of W's size and scatters the chunks into it
-    (2 S a b + 2 K a b) plus its padded rows."""
-    S, cmax = len(counts), max(counts)
-    best = (2 * S * a * b + S * cmax * (a + b), cmax, None)
-    G = sum(1 for c in counts if c)
-    for C in sorted({-(-R // G), cmax, *(2 ** i for i in range(11) if 2 ** i < cmax)}):
-        chunks = [-(-c // C) for c in counts]
-        K = sum(chunks)
-        best = min(best, (2 * S * a * b + 2 * K * a * b + K * C * (a + b), C, chunks), key=lambda t: t[0])
-    return best[1], best[2]
+def _layout(counts: np.ndarray, R: int, w: int, row: int) -> tuple[int, np.ndarray | None]:
+    """(C, chunks per slot) of the cheapest layout in floats moved; chunks None: direct. w: floats of
+    one slot's matrices, row: floats of one padded row. Direct reads W once and writes its gradient
+    once (2 S w) plus the padded rows; gathered reads W, writes the copy, and in backward zero-fills a
+    gradient of W's size and scatters the chunks into it (2 S w + 2 K w) plus its padded rows."""
+    counts = np.asarray(counts, dtype=np.int64)
+    S, cmax, G = len(counts), int(counts.max()), int((counts > 0).sum())
+    Cs = np.unique([-(-R // G), cmax] + [2 ** i for i in range(11) if 2 ** i < cmax])  # candidate C
+    chunks = -(-counts[None, :] // Cs[:, None])  # (n_C, S)
+    K = chunks.sum(1)
+    cost = 2 * S * w + 2 * K * w + K * Cs * row
+    i = int(np.argmin(cost))
+    if 2 * S * w + S * cmax * row <= cost[i]:
+        return cmax, None
+    return int(Cs[i]), chunks[i]
 
 
 def value_coords(vectors: torch.Tensor, rows: torch.Tensor, slot: torch.Tensor, n: int,
@@ -162,12 +209,14 @@ class CaptionPEFT(nn.Module):
         k = coords.shape[1]
         attr_pos = torch.full((N,), -1, dtype=torch.long)
         attr_pos[rows] = torch.arange(len(rows))
-        self.register_buffer("attr_pos", attr_pos, persistent=False)  # (N,) row -> index in vae_coords
-        self.register_buffer("vae_coords", coords, persistent=False)  # (R_attr, k) in their value's basis
+        self.register_buffer("attr_pos", attr_pos, persistent=False)  # (N,) row -> index in vae_inputs
         n_rows = torch.bincount(slot[rows], minlength=n_vae).clamp(min=1).float()[:, None]
         mean = lambda x: torch.zeros(n_vae, x.shape[1]).index_add(0, slot[rows], x) / n_rows  # noqa: E731
-        self.register_buffer("attr_means", mean(vectors[rows]), persistent=False)  # (M, d) mean of its rows
-        self.register_buffer("attr_mean_coords", mean(coords), persistent=False)  # (M, k) the same, coords
+        # (R_attr + M, k) the VAE's inputs: each attribute row in its value's basis, then each value's
+        # mean row; (R_attr + M, d) the rows its output is added to: the same rows as table vectors
+        self.register_buffer("vae_inputs", torch.cat([coords, mean(coords)]), persistent=False)
+        self.register_buffer("vae_base", torch.cat([vectors[rows], mean(vectors[rows])]), persistent=False)
+        self.n_attr_rows = len(rows)
         # LoRA, one per token content
         self.lora_a = nn.Parameter(torch.randn(n_lora, d, r) / math.sqrt(d))  # (K, d, r)
         self.lora_b = nn.Parameter(torch.zeros(n_lora, r, d))  # (K, r, d): zero -> identity at init
@@ -183,38 +232,51 @@ class CaptionPEFT(nn.Module):
 
     @torch.no_grad()
     def context_delta(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """The contextualiser's correction (B, L, d) of captions given as raw table rows (0 without one)."""
-        if self.context is None:
-            return self.vectors.new_zeros(())
-        return self.context(self.vectors[ids] * mask.unsqueeze(-1), mask)
+        """The contextualiser's correction (B, L, d) of captions given as raw table rows."""
+        return self.context.correction(self.vectors, ids, mask)
 
-    def lora(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-        """x (T, d) token vectors, s (T,) LoRA slots -> (T, d)."""
-        h = grouped_matmul(x, s, self.lora_a)  # (T, r)
-        return x + self.scaling * grouped_matmul(h, s, self.lora_b)
+    def lora(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token rows (T,) of the table -> x + (alpha / r) (x A) B, packed by LoRA slot (G * C, d), and
+        each row's place in it (T,)."""
+        g = Grouping(self.slot[rows], self.lora_a.shape[0], 2 * self.dim * self.rank, 4 * self.dim)
+        xp = self.vectors.index_select(0, g.gather_index(rows)).view(g.G, g.C, self.dim)  # (G, C, d)
+        h = g.matmul(xp, self.lora_a) * self.scaling  # (G, C, r)
+        return g.matmul(h, self.lora_b, base=xp).view(-1, self.dim), g.flat
 
-    def vae(self, c: torch.Tensor, s: torch.Tensor, sample: bool,
-            extra: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """c (M, k) attribute rows in their value's basis, s (M,) VAE slots -> decoder output (M, d)
-        (the residual: add the rows' vectors) and KL per row (M,). `extra` (c', s'): more rows through
-        the mean path, decoded in the same pass over the decoder, appended to the output."""
-        mu = grouped_matmul(c, s, self.vae_mu_w) + self.vae_mu_b[s]  # (M, z)
-        logvar = grouped_matmul(c, s, self.vae_logvar_w) + self.vae_logvar_b[s]
-        z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu) if sample else mu
-        kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(-1)  # (M,)
-        if extra is not None:
-            ce, se = extra
-            z = torch.cat([z, grouped_matmul(ce, se, self.vae_mu_w) + self.vae_mu_b[se]])
-            s = torch.cat([s, se])
-        return grouped_matmul(z, s, self.vae_dec_w) + self.vae_dec_b[s], kl
+    def vae(self, rows: torch.Tensor, n_sample: int = 0,
+            with_means: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Attribute rows (M,) of the table through their value's VAE: x + dec(z), packed by VAE slot
+        (G * C, d), each row's place in it (M,), the KL per row (M,) and (`with_means`) every value's
+        mean path (the mean of its rows through the VAE's mean, (n, d)), decoded in the same pass.
+        z is sampled for the first `n_sample` rows, the mean for the rest."""
+        n, M, (k, z, d) = self.vae_dec_b.shape[0], len(rows), (self.vae_inputs.shape[1], self.zdim, self.dim)
+        inp, s = self.attr_pos[rows], self.slot[rows]
+        if with_means:  # the mean paths are the last n rows of vae_inputs and vae_base
+            means = torch.arange(n, device=rows.device)
+            inp, s = torch.cat([inp, self.n_attr_rows + means]), torch.cat([s, means])
+        g = Grouping(s, n, 2 * k * z + z * d, k + 3 * z + 2 * d)
+        at = g.gather_index(inp)  # (G * C,) padded rows read any row: never read back
+        cp = self.vae_inputs.index_select(0, at).view(g.G, g.C, k)  # (G, C, k)
+        mu = g.matmul(cp, self.vae_mu_w, base=g.weights(self.vae_mu_b)[:, None])  # (G, C, z)
+        logvar = g.matmul(cp, self.vae_logvar_w, base=g.weights(self.vae_logvar_b)[:, None])
+        zp = mu
+        if n_sample:
+            eps = torch.randn(n_sample, z, device=rows.device)
+            eps = torch.cat([eps, mu.new_zeros(len(s) - n_sample, z)])
+            zp = mu + torch.exp(0.5 * logvar) * g.pack(eps)
+        kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(-1)  # (G, C)
+        base = self.vae_base.index_select(0, at).view(g.G, g.C, d) + g.weights(self.vae_dec_b)[:, None]
+        out = g.matmul(zp, self.vae_dec_w, base=base).view(-1, d)  # (G * C, d)
+        mean_out = out.index_select(0, g.flat[M:]) if with_means else None
+        return out, g.flat[:M], kl.view(-1).index_select(0, g.flat[:M]), mean_out
 
     def orthogonality(self, enhanced: torch.Tensor | None = None) -> torch.Tensor:
         """Of the enhanced attribute values (M, d) (None: computed here, through each VAE's mean path
         on the mean of the value's rows; the mean path is affine, so that is the mean of its rows)."""
         if enhanced is None:
-            n = self.vae_dec_b.shape[0]
-            dec, _ = self.vae(self.attr_mean_coords, torch.arange(n, device=self.slot.device), sample=False)
-            enhanced = self.attr_means + dec
+            if self.vae_dec_b.shape[0] == 0:
+                return self.vectors.new_zeros(())
+            enhanced = self.vae(self.slot[:0], with_means=True)[3]
         v = F.normalize(enhanced, dim=-1)  # (M, d)
         M = v.shape[0]
         if M < 2:
@@ -223,24 +285,36 @@ class CaptionPEFT(nn.Module):
         off = gram - torch.diag_embed(torch.diagonal(gram))
         return off.pow(2).sum() / (M * (M - 1))
 
+    def packed_rows(self, rows: torch.Tensor, sample: bool = False, with_ortho: bool = False
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Distinct rows (U,) of the table through their adapters, in the adapters' packed layout:
+        (P + 1, d) with a zero last row (for padding), each row's place in it (U,), the mean KL of the
+        attribute rows and (`with_ortho`) the orthogonality, its mean paths decoded in the same pass."""
+        attr = self.is_attr[rows]
+        tok_i, att_i = (~attr).nonzero().squeeze(1), attr.nonzero().squeeze(1)
+        parts, at = [], torch.empty_like(rows)
+        if len(tok_i):
+            out, place = self.lora(rows[tok_i])
+            parts.append(out)
+            at.index_copy_(0, tok_i, place)
+        with_ortho = with_ortho and self.vae_dec_b.shape[0] > 0
+        kl = ortho = None
+        if len(att_i) or with_ortho:
+            out, place, kl_rows, means = self.vae(rows[att_i], len(att_i) if sample else 0, with_ortho)
+            at.index_copy_(0, att_i, place + sum(len(p) for p in parts))
+            parts.append(out)
+            kl = kl_rows.mean() if len(att_i) else None
+            ortho = self.orthogonality(means) if with_ortho else None
+        if kl is None:  # touch the VAE's variance params so DDP sees every one used
+            kl = 0.0 * (self.vae_logvar_w.sum() + self.vae_logvar_b.sum())
+        return torch.cat(parts + [self.vectors.new_zeros(1, self.dim)]), at, kl, ortho
+
     def enhanced_rows(self, rows: torch.Tensor, sample: bool = False,
                       with_ortho: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Rows (U,) of the table through their adapters: (U, d), the mean KL of the attribute rows
-        and (`with_ortho`) the orthogonality, its mean paths decoded in the same pass."""
-        x = self.vectors[rows]  # (U, d)
-        attr = self.is_attr[rows]
-        tok_i, att_i = (~attr).nonzero().squeeze(1), attr.nonzero().squeeze(1)
-        y = torch.zeros_like(x).index_copy(0, tok_i, self.lora(x[tok_i], self.slot[rows[tok_i]]))
-        n = self.vae_dec_b.shape[0]
-        extra = (self.attr_mean_coords, torch.arange(n, device=x.device)) if with_ortho and n else None
-        if len(att_i) == 0 and extra is None:  # touch the VAE's variance params so DDP sees every one used
-            return y, 0.0 * (self.vae_logvar_w.sum() + self.vae_logvar_b.sum()), None
-        ra = rows[att_i]
-        dec, kl = self.vae(self.vae_coords[self.attr_pos[ra]], self.slot[ra], sample=sample, extra=extra)
-        y = y.index_copy(0, att_i, x[att_i] + dec[: len(att_i)])
-        kl = kl.mean() if len(att_i) else 0.0 * (self.vae_logvar_w.sum() + self.vae_logvar_b.sum())
-        ortho = self.orthogonality(self.attr_means + dec[len(att_i):]) if extra is not None else None
-        return y, kl, ortho
+        and (`with_ortho`) the orthogonality."""
+        out, at, kl, ortho = self.packed_rows(rows, sample, with_ortho)
+        return out.index_select(0, at), kl, ortho
 
     def _baked(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Eval-mode outputs of every row (and ortho), cached until a parameter changes in place
@@ -253,8 +327,7 @@ class CaptionPEFT(nn.Module):
             rows = self.is_attr.nonzero().squeeze(1)
             self._bake_kl = self.vectors.new_zeros(len(self.vectors))  # (N,) KL per row, 0 for token rows
             if len(rows):
-                self._bake_kl[rows] = self.vae(self.vae_coords[self.attr_pos[rows]], self.slot[rows],
-                                               sample=False)[1]
+                self._bake_kl[rows] = self.vae(rows)[2]
             self._bake_key = key
         return self._bake, self._bake_ortho, self._bake_kl
 
@@ -272,11 +345,11 @@ class CaptionPEFT(nn.Module):
             states = states if delta is None else states + delta
             return CaptionStates(states=states, mask=mask, kl=kl, ortho=ortho)
         rows, inv = torch.unique(ids[mask], return_inverse=True)  # (U,), (n_valid,)
-        y, kl, ortho = self.enhanced_rows(rows, sample=self.training, with_ortho=True)  # (U, d)
+        out, at, kl, ortho = self.packed_rows(rows, sample=self.training, with_ortho=True)  # (P + 1, d)
         if ortho is None:
             ortho = self.orthogonality()
-        where = torch.full_like(ids, len(rows)).masked_scatter(mask, inv)  # (B, L); padding -> zero row
-        states = torch.cat([y, y.new_zeros(1, self.dim)]).index_select(0, where.view(-1)).view(B, L, self.dim)
+        where = torch.full_like(ids, len(out) - 1).masked_scatter(mask, at[inv])  # (B, L); padding: zero row
+        states = out.index_select(0, where.view(-1)).view(B, L, self.dim)
         if self.context is not None and context:
             states = states + delta  # (B, L, d)
         return CaptionStates(states=states, mask=mask, kl=kl, ortho=ortho)

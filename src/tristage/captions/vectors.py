@@ -184,8 +184,7 @@ class CaptionVectorTable:
         out = []
         for s in range(0, len(rows), batch_size):
             part = rows[s:s + batch_size]
-            x, mask = pad_rows(self.context_vectors, part)
-            delta = self.contextualiser(x, mask).numpy()
+            delta = self.contextualiser.correction(self.context_vectors, *pad_rows(part)).numpy()
             out += [delta[i, : len(r)] for i, r in enumerate(part)]
         return out
 

@@ -153,7 +153,7 @@ class BakedCaptions(torch.nn.Module):
         states = self.vectors[ids] * mask.unsqueeze(-1)
         if context and self.context is not None:
             with torch.no_grad():
-                states = states + self.context(self.context_vectors[ids] * mask.unsqueeze(-1), mask)
+                states = states + self.context.correction(self.context_vectors, ids, mask)
         return CaptionStates(states=states, mask=mask, kl=zero, ortho=zero)
 
 
