@@ -129,4 +129,3 @@ def test_distil_learns_a_correction_that_depends_on_the_caption():
     with_ctx = np.mean([cos(V[s] + d, target(s)).mean() for s, d in zip(held, delta)])
     table_only = np.mean([cos(V[s], target(s)).mean() for s in held])
     assert with_ctx > table_only + 0.05, (with_ctx, table_only)
-
