@@ -4,16 +4,15 @@ run shows how fidelity grows with steps for one setting.
 
     python -m benchmarks.experiments.caption_contextualiser --width 256 --recombined 10000 --steps 3000
 
-The same pieces as the stage (`captions.build.encode_table`, `captions.contextual.recombined_captions`,
-the `Contextualiser` and its loss, `Fidelity`), with the stage's defaults except the flags. The
-training loop is the stage's (`captions.contextual._distil`), run in `--every`-step segments of
-one cosine schedule; each scoring freezes a copy of the weights. One torch thread, like the stage.
+The stage's own code (`captions.build.encode_table`, `captions.build.add_contextualiser`: recombined
+captions, their encoding and the distillation; `Fidelity`), with the stage's defaults except the flags.
+One run of the stage's training loop (one cosine schedule, one torch thread); a wrapped optimizer step
+keeps a copy of the weights every `--every` steps, and each copy is scored after the run.
 """
 from __future__ import annotations
 
 import argparse
 import copy
-import time
 from pathlib import Path
 
 
@@ -33,7 +32,13 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from tristage.captions import contextual
-    from tristage.captions.build import Fidelity, encode_table, manifest_captions, split_captions
+    from tristage.captions.build import (
+        Fidelity,
+        add_contextualiser,
+        encode_table,
+        manifest_captions,
+        split_captions,
+    )
     from tristage.captions.config import CaptionVectorsParams
     from tristage.captions.encoder import encode, load_encoder
     from tristage.captions.tokenize import CaptionParser
@@ -50,13 +55,6 @@ def main(argv: list[str] | None = None) -> None:
     parser = CaptionParser(tok, cp.lexicon, cp.max_length)
     table, build_states = encode_table(cp, model, parser, info, build, progress=False, keep_states=True)
     paraphrases = list(cp.paraphrases)
-    extra = contextual.recombined_captions(build, cp.lexicon, a.recombined, cp.seed,
-                                           exclude=set(build) | set(held) | set(paraphrases))
-    t0 = time.perf_counter()
-    extra_states = encode(model, parser, extra, cp.batch_size, False)
-    print(f"{len(build)} build + {len(extra)} recombined captions (encoded in "
-          f"{time.perf_counter() - t0:.0f} s); {len(held)} held-out, {len(paraphrases)} paraphrases; "
-          f"contextualiser {a.layers} x {a.width}", flush=True)
     sets = {"held-out": (held, encode(model, parser, held, 64, False)),
             "paraphrases": (paraphrases, encode(model, parser, paraphrases, 64, False))}
 
@@ -80,9 +78,12 @@ def main(argv: list[str] | None = None) -> None:
     contextual.Contextualiser.__init__ = init
     torch.optim.AdamW.step = step
     try:
-        t0 = time.perf_counter()
-        contextual.distil(table, build + extra, build_states + extra_states, cp)
-        print(f"distilled in {time.perf_counter() - t0:.0f} s", flush=True)
+        info = add_contextualiser(cp, model, parser, table, build, build_states,
+                                  exclude=set(held) | set(paraphrases), progress=False)
+        print(f"{len(build)} build + {info['recombined_captions']} recombined captions (encoded in "
+              f"{info['encode_recombined_seconds']:.0f} s); {len(held)} held-out, {len(paraphrases)} "
+              f"paraphrases; contextualiser {a.layers} x {a.width} distilled in {info['seconds']:.0f} s",
+              flush=True)
     finally:
         contextual.Contextualiser.__init__, torch.optim.AdamW.step = real_init, real_distil_step
     for n, ctx in snapshots:
