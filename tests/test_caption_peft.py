@@ -159,32 +159,119 @@ def test_vae_encoder_reads_each_value_in_the_basis_of_its_rows():
     torch.testing.assert_close(value_coords(X, torch.arange(9), slot, 2, max_rank=4), X)
 
 
-def test_grouped_matmul_matches_per_row_einsum():
-    from tristage.captions.peft import grouped_matmul
+@pytest.mark.parametrize("counts, w, row, layout", [
+    ([3, 3, 3, 2], 15, 8, "direct"),  # even groups, small W: one group per slot, in place
+    ([9, 1, 1, 2, 1, 1, 0], 100, 40, "overflow"),  # one big slot: its first rows in place, the rest in chunks
+    ([40, 0, 0, 1, 0, 0, 0, 0], 4, 4, "gathered"),  # few slots of many used: chunks of gathered W
+])
+def test_grouping_matches_per_row_products(counts, w, row, layout):
+    """Every layout gives each row its own slot's product, and folds the per-group gradients of W
+    back to the slot: the sum over its rows of x^T g."""
+    from tristage.captions.peft import Grouping
 
     g = torch.Generator().manual_seed(0)
-    x, W = torch.randn(11, 5, generator=g), torch.randn(4, 5, 3, generator=g)
-    slot = torch.tensor([3, 0, 0, 2, 3, 3, 1, 0, 2, 3, 0])
-    torch.testing.assert_close(grouped_matmul(x, slot, W), torch.einsum("rd,rdk->rk", x, W[slot]))
-    assert grouped_matmul(x[:0], slot[:0], W).shape == (0, 3)
-    skew = torch.tensor([0] * 9 + [1, 2])  # one big group: chunked, same result
-    torch.testing.assert_close(grouped_matmul(x, skew, W), torch.einsum("rd,rdk->rk", x, W[skew]))
-    # both layouts (direct: W as it is; gathered: chunks of W), values and gradients
-    from tristage.captions.peft import _layout
+    slot = np.random.default_rng(0).permutation(np.repeat(np.arange(len(counts)), counts))
+    R, (S, a, b) = len(slot), (len(counts), 5, 3)
+    x, W = torch.randn(R, a, generator=g), torch.randn(S, a, b, generator=g)
+    gy = torch.randn(R, b, generator=g)
+    grp = Grouping(slot, S, w, row, torch.device("cpu"))
+    kind = "gathered" if grp.sel is not None else "overflow" if grp.extra is not None else "direct"
+    assert kind == layout
+    flat = torch.from_numpy(grp.flat)
+    xp = x[torch.from_numpy(grp.gather_index(np.arange(R)))].view(grp.G, grp.C, a)
+    s = torch.from_numpy(slot)
+    want = torch.einsum("ra,rab->rb", x, W[s])
+    torch.testing.assert_close(grp.bmm(xp, W).view(-1, b)[flat], want)
+    base = torch.randn(grp.G, grp.C, b, generator=g)
+    torch.testing.assert_close(grp.bmm(xp, W, base=base).view(-1, b)[flat], want + base.view(-1, b)[flat])
+    gyp = torch.zeros(grp.G * grp.C, b).index_copy_(0, flat, gy).view(grp.G, grp.C, b)  # padding: no gradient
+    got = grp.scatter(torch.bmm(xp.transpose(1, 2), gyp))
+    want_grad = torch.zeros(S, a, b).index_add_(0, s, x[:, :, None] * gy[:, None, :])
+    torch.testing.assert_close(got, want_grad)
 
-    assert _layout([3, 3, 3, 2], 11, 15, 8)[1] is None  # even groups, small W: direct
-    assert _layout([40, 0, 0, 1, 0, 0, 0, 0], 41, 4, 4)[1] is not None  # one big group: chunks
-    for s in (slot, skew):
-        xg, Wg = x.clone().requires_grad_(), W.clone().requires_grad_()
-        grouped_matmul(xg, s, Wg).square().sum().backward()
-        xr, Wr = x.clone().requires_grad_(), W.clone().requires_grad_()
-        torch.einsum("rd,rdk->rk", xr, Wr[s]).square().sum().backward()
-        torch.testing.assert_close(xg.grad, xr.grad)
-        torch.testing.assert_close(Wg.grad, Wr.grad)
-    big = torch.randn(41, 2, generator=g), torch.randn(8, 2, 2, generator=g)
-    s = torch.tensor([0] * 40 + [3])
-    want = torch.einsum("rd,rdk->rk", big[0], big[1][s])
-    torch.testing.assert_close(grouped_matmul(big[0], s, big[1]), want)
+
+def wide_table(dim=6, seed=0):
+    """A table whose batches use every layout: a token with many context rows, tokens with one,
+    attribute values with 1-5 rows (pieces)."""
+    tokens = ["<unk>", "a", "b", "c", "d", "</s>"]
+    kinds, bases = ["unk"] + ["token"] * 5, list(tokens)
+    for i in range(12):  # context rows of "a"
+        tokens.append(f"x{i}\ta\ty"), kinds.append("context"), bases.append("a")
+    for v, n in (("<x:a>", 5), ("<x:b>", 1), ("<y:a>", 3), ("<y:b>", 2)):
+        for j in range(n):
+            tokens.append(v if j == 0 else f"{v}\tp{j}"), kinds.append("attribute"), bases.append(v)
+    vectors = np.random.default_rng(seed).standard_normal((len(tokens), dim)).astype(np.float32)
+    return CaptionVectorTable(tokens, kinds, bases, vectors, {"name": "wide", "pretrained": False})
+
+
+def reference_step(m, ids, mask, eps):
+    """CaptionPEFT's train-mode outputs written row by row with plain autograd: LoRA, the VAE with
+    the given noise (one row per distinct attribute row, ascending), the KL mean, the orthogonality of
+    the values' mean paths (the VAE mean on the mean of the value's coordinates, plus its rows' mean)."""
+    p = dict(m.named_parameters())
+    uniq = torch.unique(ids[mask])
+    attr_rows = uniq[m.is_attr[uniq]].tolist()
+
+    def vae(c, base, s, e):
+        mu = c @ p["vae_mu_w"][s] + p["vae_mu_b"][s]
+        logvar = c @ p["vae_logvar_w"][s] + p["vae_logvar_b"][s]
+        z = mu if e is None else mu + torch.exp(0.5 * logvar) * e
+        kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum()
+        return base + z @ p["vae_dec_w"][s] + p["vae_dec_b"][s], kl
+
+    out, kls = {}, []
+    for r in uniq.tolist():
+        v, s = m.vectors[r], int(m.slot[r])
+        if m.is_attr[r]:
+            i = int(m.attr_pos[r])
+            out[r], kl = vae(m.vae_inputs[i], m.vae_base[i], s, eps[attr_rows.index(r)])
+            kls.append(kl)
+        else:
+            out[r] = v + m.scaling * (v @ p["lora_a"][s]) @ p["lora_b"][s]
+    states = torch.stack([out[r] if ok else torch.zeros(m.dim) for r, ok in zip(ids.view(-1).tolist(),
+                                                                                mask.view(-1).tolist())])
+    n = m.vae_dec_b.shape[0]
+    means = torch.stack([vae(m.vae_inputs[m.n_attr_rows + s], m.vae_base[m.n_attr_rows + s], s, None)[0]
+                         for s in range(n)])
+    v = torch.nn.functional.normalize(means, dim=-1)
+    gram = v @ v.T
+    ortho = (gram - torch.diag(torch.diagonal(gram))).pow(2).sum() / (n * (n - 1))
+    return states.view(ids.shape + (m.dim,)), torch.stack(kls).mean(), ortho
+
+
+@pytest.mark.parametrize("table", ["toy", "wide"])
+def test_train_step_matches_a_per_row_reference(table):
+    """The fused forward and hand-written backward (one autograd node) give the values and the
+    gradients of every parameter that plain autograd gives, row by row."""
+    t = toy_table() if table == "toy" else wide_table()
+    torch.manual_seed(0)
+    m = CaptionPEFT(t, P).train()
+    with torch.no_grad():
+        for q in m.parameters():
+            q.add_(0.3 * torch.randn_like(q))
+    if table == "toy":
+        ids, mask = batch()
+    else:
+        rng = np.random.default_rng(1)
+        ids = torch.from_numpy(rng.integers(0, len(t.tokens), (4, 9)))
+        mask = torch.from_numpy(rng.random((4, 9)) < 0.8)
+    n_attr = int(m.is_attr[torch.unique(ids[mask])].sum())
+    g_states, g_kl, g_ortho = torch.randn(ids.shape + (m.dim,)), torch.tensor(0.7), torch.tensor(1.3)
+    torch.manual_seed(5)
+    out = m(ids, mask)
+    torch.autograd.backward([out.states, out.kl, out.ortho], [g_states, g_kl, g_ortho])
+    got = {k: q.grad.clone() for k, q in m.named_parameters()}
+    m.zero_grad()
+    torch.manual_seed(5)
+    eps = torch.randn(n_attr, m.zdim)  # the noise the module draws: one row per distinct attribute row
+    states, kl, ortho = reference_step(m, ids, mask, eps)
+    torch.autograd.backward([states, kl, ortho], [g_states, g_kl, g_ortho])
+    torch.testing.assert_close(out.states, states)
+    torch.testing.assert_close(out.kl, kl)
+    torch.testing.assert_close(out.ortho, ortho)
+    for k, q in m.named_parameters():
+        torch.testing.assert_close(got[k], q.grad, msg=lambda e, k=k: f"{k}: {e}")
+        assert got[k].abs().sum() > 0, k  # every kind of parameter is exercised
 
 
 def test_inference_cache_matches_and_follows_updates():
@@ -221,3 +308,23 @@ def test_orthogonality_uses_the_mean_row_of_each_value():
     assert t.n_vae == 2 and t.adapter_ids[4:].tolist() == [0, 0, 1]
     m = CaptionPEFT(t, P)
     assert m(*batch()).ortho.item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_train_step_is_fp32_under_autocast():
+    """The trainer's amp (bf16 autocast) leaves the adapters' pass in fp32: the same states, KL and
+    orthogonality as without it, and fp32 gradients."""
+    m = CaptionPEFT(wide_table(), P).train()
+    with torch.no_grad():
+        for q in m.parameters():
+            q.add_(0.3 * torch.randn_like(q))
+    ids, mask = torch.arange(27).view(3, 9) % 29, torch.ones(3, 9, dtype=torch.bool)
+    torch.manual_seed(0)
+    want = m(ids, mask)
+    torch.manual_seed(0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = m(ids, mask)
+        (got.states.sum() + got.kl + got.ortho).backward()
+    for a, b in ((got.states, want.states), (got.kl, want.kl), (got.ortho, want.ortho)):
+        assert a.dtype == torch.float32
+        torch.testing.assert_close(a, b)
+    assert all(q.grad.dtype == torch.float32 for q in m.parameters())
