@@ -20,9 +20,12 @@ def write_plots(
     num = lambda v: float("nan") if v is None else float(v)  # noqa: E731
     paths = []
 
-    fig, axes = plt.subplots(1, 2, figsize=(8, 3))
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2), layout="constrained")  # the suptitle above the titles
     for ax, key in zip(axes, ("mel_loss", "mel_top1")):
-        ax.bar(stages, [num(val(s, key)) for s in stages], color="tab:blue")
+        vals = [num(val(s, key)) for s in stages]
+        bars = ax.bar(stages, vals, color="tab:blue")
+        ax.bar_label(bars, labels=[f"{v:.3f}" if v == v else "n/a" for v in vals], fontsize=8)
+        ax.margins(y=0.12)
         ax.set_title(key)
     fig.suptitle("decoder on the validation split, per stage")
     paths.append(save_figure(fig, out_dir / "stages.png", dpi=100, bbox_inches="tight"))

@@ -22,7 +22,12 @@ def audio_judges_plot(path: Path, rows: Mapping[str, Mapping[str, Any]], pretrai
     num = lambda v: float("nan") if v is None else float(v)  # noqa: E731
     fig, axes = plt.subplots(1, len(PANELS), figsize=(2.3 * len(PANELS), 3.0))
     for ax, key in zip(axes, PANELS):
-        ax.bar(stages, [num(rows[s].get(key)) for s in stages], color="tab:blue", label="generated")
+        vals = [num(rows[s].get(key)) for s in stages]
+        bars = ax.bar(stages, vals, color="tab:blue", label="generated")
+        ax.bar_label(bars, labels=[f"{v:.2f}" if v == v else "" for v in vals], fontsize=6)
+        if all(v != v for v in vals):  # say so, instead of an empty panel
+            ax.text(0.5, 0.5, "no stage value:\nnot measurable\non these clips", transform=ax.transAxes,
+                    ha="center", va="center", fontsize=7, color="0.35", bbox=dict(fc="white", ec="none"))
         for anchor, color, style in ANCHORS:
             if anchor in rows and rows[anchor].get(key) is not None:
                 ax.axhline(rows[anchor][key], color=color, linestyle=style, label=anchor)
