@@ -143,6 +143,12 @@ class _Plan:
     means: torch.Tensor | None = None  # (n,) the mean rows' places in the attribute groups (G * C)
 
 
+def _kl(mu: torch.Tensor, logvar: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
+    """KL divergence of N(mu, var) to N(0, I) per row, summed over the latent (last) dim; var =
+    exp(logvar), which the caller has."""
+    return (mu * mu + var - 1 - logvar).sum(-1) * 0.5
+
+
 def _ortho(means: torch.Tensor) -> tuple[torch.Tensor, tuple]:
     """Mean squared off-diagonal cosine of n vectors (n, d) -> (), and what its backward needs."""
     n = means.shape[0]
@@ -206,7 +212,7 @@ class _Adapters(torch.autograd.Function):
             var = lv.exp()
             std = None if plan.eps is None else var.sqrt()
             z = mu if std is None else torch.addcmul(mu, std, plan.eps)
-            kl = ((mu * mu + var - 1 - lv).sum(-1) * plan.klw).sum() * 0.5
+            kl = (_kl(mu, lv, var) * plan.klw).sum()
             out = packed[n_tok:plan.P].view(g.G, g.C, d)
             g.bmm(z, dec_w, base=plan.base, out=out).add_(g.weights(dec_b)[:, None])
             out = out.view(-1, d)  # (Gv * Cv, d)
@@ -340,6 +346,8 @@ class CaptionPEFT(nn.Module):
         attr_pos = torch.full((N,), -1, dtype=torch.long)
         attr_pos[rows] = torch.arange(len(rows))
         self.register_buffer("attr_pos", attr_pos, persistent=False)  # (N,) row -> index in vae_inputs
+        # the same three maps as numpy, for `plan`'s bookkeeping (they never change)
+        self._index = tuple(t.numpy().copy() for t in (is_attr, slot, attr_pos))
         n_rows = torch.bincount(slot[rows], minlength=n_vae).clamp(min=1).float()[:, None]
         mean = lambda x: torch.zeros(n_vae, x.shape[1]).index_add(0, slot[rows], x) / n_rows  # noqa: E731
         # (R_attr + M, k) the VAE's inputs: each attribute row in its value's basis, then each value's
@@ -370,8 +378,6 @@ class CaptionPEFT(nn.Module):
         rows by VAE slot (z sampled for them when `sample`), and (`with_means`) each value's mean path
         (the mean of its rows through the VAE's mean) as one more row of its value's group."""
         d, z, dev = self.dim, self.zdim, self.vectors.device
-        if not hasattr(self, "_index"):  # the row -> slot maps, as numpy (the bookkeeping is numpy)
-            self._index = tuple(t.cpu().numpy() for t in (self.is_attr, self.slot, self.attr_pos))
         is_attr, slot, attr_pos = self._index
         to = lambda a: torch.from_numpy(a).to(dev)  # noqa: E731
         r = rows if isinstance(rows, np.ndarray) else rows.cpu().numpy()
@@ -424,7 +430,7 @@ class CaptionPEFT(nn.Module):
         c, s = self.vae_inputs.index_select(0, self.attr_pos[rows]), self.slot[rows]  # (M, k), (M,)
         mu = torch.einsum("mk,mkz->mz", c, self.vae_mu_w[s]) + self.vae_mu_b[s]  # (M, z)
         logvar = torch.einsum("mk,mkz->mz", c, self.vae_logvar_w[s]) + self.vae_logvar_b[s]
-        return -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(-1)
+        return _kl(mu, logvar, logvar.exp())
 
     def enhanced_rows(self, rows: torch.Tensor, sample: bool = False,
                       with_ortho: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
