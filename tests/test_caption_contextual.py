@@ -87,6 +87,51 @@ def test_same_correction_in_training_eval_and_the_baked_synthesis_table(tmp_path
     assert m.lora_b.grad.abs().sum() > 0
 
 
+def test_cached_corrections_are_the_computed_ones_and_do_not_depend_on_the_order_met():
+    t = toy_table()
+    t.contextualiser = trained_ctx()
+    m = CaptionPEFT(t, P)
+    ids, mask = batch()
+    computed = m.context_delta(ids, mask)
+    corpus = [[1, 4, 2, 5, 3], [6, 5], [1, 4, 2, 5, 3], [2, 2, 2]]  # a repeat is cached once
+    info = m.cache_context(corpus, max_mb=1)
+    assert info["captions"] == 3 and info["rows"] == 10 and info["skipped"] is None
+    cached = m.context_delta(ids, mask)
+    torch.testing.assert_close(cached, computed)
+    assert torch.all(cached[1, 2:] == 0)
+    where = m._cached(ids.numpy(), mask.numpy())
+    assert where is not None and int(where.max()) == len(m.context_cache) - 1  # padding: the zero row
+    # the bits depend on the set of captions, not on the order a (resumed) run meets them
+    other = CaptionPEFT(t, P)
+    other.cache_context(corpus[::-1], max_mb=1)
+    assert torch.equal(other.context_delta(ids, mask), cached)
+    # train and eval outputs add the cached correction; inference gathers the baked rows and the
+    # corrections in one pass, also after the cache is rebuilt (the bake follows it)
+    torch.testing.assert_close(m(ids, mask).states, m(ids, mask, context=False).states + computed)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    m.eval()
+    expect = m(ids, mask, context=False).states + computed
+    for _ in range(2):
+        with torch.inference_mode():
+            assert m._cached(ids.numpy(), mask.numpy()) is not None
+            torch.testing.assert_close(m(ids, mask).states, expect)
+        m.cache_context(corpus[:2], max_mb=1)
+    m.train()
+    # a batch with a caption that is not cached (or not left-aligned) computes the whole batch
+    assert m._cached(np.array([[1, 4, 2, 5, 3], [6, 6, 0, 0, 0]]), mask.numpy()) is None
+    assert m._cached(ids.roll(1, 1).numpy(), mask.roll(1, 1).numpy()) is None
+    torch.testing.assert_close(m.context_delta(torch.tensor([[2, 2, 2]]), torch.ones(1, 3, dtype=torch.bool)),
+                               m.context.correction(m.vectors, torch.tensor([[2, 2, 2]]),
+                                                    torch.ones(1, 3, dtype=torch.bool)))
+    # over the memory cap, or without a contextualiser: nothing kept, batches compute it
+    assert m.cache_context(corpus, max_mb=1e-5)["skipped"].endswith("MiB > 1e-05 MiB")
+    assert m.context_cache is None and m._cached(ids.numpy(), mask.numpy()) is None
+    plain = CaptionPEFT(toy_table(), P)
+    assert plain.cache_context(corpus, max_mb=1)["skipped"] == "no contextualiser"
+
+
 def test_recombined_captions_mix_the_pieces_of_one_template_family():
     build = ["A female speaker talks quickly in a clean room.", "A male voice talks slowly in a noisy room.",
              "Some woman speaker talks fast in a very noisy hall.", "Deep-voiced man, speaking slowly.",

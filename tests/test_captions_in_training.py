@@ -52,7 +52,7 @@ def attribute_only(tmp_path_factory):
     return folder, params, src
 
 
-def test_attribute_only_rows_train_on_their_rebuilt_captions(attribute_only):
+def test_attribute_only_rows_train_on_their_rebuilt_captions(attribute_only, caplog):
     from tristage.captions.build import manifest_captions
     from tristage.model.tts import load_model
     from tristage.training.data import TrainData
@@ -70,8 +70,13 @@ def test_attribute_only_rows_train_on_their_rebuilt_captions(attribute_only):
     assert not any(e.caption == [end] for e in data.examples)
     assert all(src.table.is_attribute[e.caption].any() for e in data.examples)
 
-    m = train_stage("stage1", params, sources=src)
+    with caplog.at_level(logging.INFO, logger="tristage.training"):
+        m = train_stage("stage1", params, sources=src)
     assert m["steps"] == 2
+    # the contextualiser's corrections of the corpus's distinct captions, computed once for the run
+    assert src.table.contextualiser is not None
+    n = len({tuple(e.caption) for e in data.examples})
+    assert any(f"caption contextualiser cached for {n} captions" in r.getMessage() for r in caplog.records)
     model, _ = load_model(folder / "models/stage1", table=src.table)
     batch = data.collate(data.train_idx[:4], [0])
     with torch.no_grad():

@@ -22,7 +22,9 @@ Both are returned UNWEIGHTED: the trainer multiplies kl by `peft.kl_weight` and 
 
 With a table that has a contextualiser (captions.contextual), forward adds its correction (frozen, a
 function of the caption's raw rows) after the adapters: `forward(ids, mask,
-context=False)` gives the rows alone, as baking them into a table needs (`enhanced_table`).
+context=False)` gives the rows alone, as baking them into a table needs (`enhanced_table`). Being a
+function of the caption alone, the correction can be computed once per caption: `cache_context`
+(the trainer passes its corpus's captions) keeps them, and a batch of cached captions gathers them.
 
 The adapter set is fixed here from the table's vocabulary. Each distinct row in the batch is enhanced
 once: `plan` groups the rows by adapter (`Grouping`, numpy bookkeeping, no loop over tokens), and
@@ -35,6 +37,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import time
 
 import numpy as np
 import torch
@@ -367,11 +370,80 @@ class CaptionPEFT(nn.Module):
         self.vae_dec_b = nn.Parameter(torch.zeros(n_vae, d))
         ctx = getattr(table, "contextualiser", None)
         self.context = copy.deepcopy(ctx) if ctx is not None else None  # frozen: buffers only
+        # (N + 1 + T + 1, d): the corrections of whole captions (`cache_context`) after room for the baked
+        # table, a zero row last
+        self.register_buffer("context_cache", None, persistent=False)
+        self._context_at: dict[bytes, int] = {}  # a cached caption's rows (int64 bytes) -> its first row
 
     @torch.no_grad()
     def context_delta(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """The contextualiser's correction (B, L, d) of captions given as raw table rows."""
-        return self.context.correction(self.vectors, ids, mask)
+        """The contextualiser's correction (B, L, d) of captions given as raw table rows: gathered from
+        the cache when every caption of the batch is in it (`cache_context`), else computed."""
+        where = self._cached(ids.cpu().numpy(), mask.cpu().numpy())
+        if where is None:
+            return self.context.correction(self.vectors, ids, mask)
+        where = torch.from_numpy(where).to(ids.device)
+        return self.context_cache.index_select(0, where).view(*ids.shape, self.dim)
+
+    def _cached(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray | None:
+        """(B * L,) rows of the context cache for a batch (ids (B, L), mask (B, L) bool), its zero row at
+        padding; None unless every caption is cached (and left-aligned: the correction depends on the
+        positions)."""
+        if self.context_cache is None:
+            return None
+        n = mask.sum(1)  # (B,)
+        pos = np.arange(ids.shape[1])
+        if not np.array_equal(mask, pos < n[:, None]):
+            return None
+        get, ids = self._context_at.get, ids.astype(np.int64, copy=False)
+        at = [get(r[:k].tobytes()) for r, k in zip(ids, n.tolist())]
+        if None in at:
+            return None
+        first = np.asarray(at, dtype=np.int64)[:, None]  # (B, 1)
+        return np.where(mask, first + pos, len(self.context_cache) - 1).ravel()
+
+    @torch.no_grad()
+    def cache_context(self, captions, max_mb: float, chunk: int = 64) -> dict:
+        """Compute the contextualiser's correction of each distinct caption in `captions` (lists of table
+        rows) once and keep it: a batch whose captions are all cached then gathers its correction instead
+        of running the contextualiser (a trainer passes its corpus: every step and validation hits).
+        The captions are computed in one canonical order (by length, then rows), `chunk` at a time, so the
+        cached values depend on the set of captions alone, not on the order a run meets them: a resumed
+        run rebuilds the same cache, bit for bit. Not built without a contextualiser, or where it would
+        take more than `max_mb` MiB (fp32, the corrections and room for the baked table): batches then
+        compute the correction, as without a cache.
+        -> {"captions", "rows", "mib", "seconds", "skipped": why not built, or None}."""
+        from tristage.captions.contextual import pad_rows
+
+        t0 = time.perf_counter()
+        keys = sorted({np.asarray(c, dtype=np.int64).tobytes() for c in captions},
+                      key=lambda k: (len(k), k))
+        rows = [np.frombuffer(k, dtype=np.int64) for k in keys]
+        T = sum(len(r) for r in rows)
+        mib = (len(self.vectors) + T + 2) * self.dim * 4 / 2**20
+        info = dict(captions=len(rows), rows=T, mib=round(mib, 1), seconds=0.0, skipped=None)
+        self.context_cache, self._context_at = None, {}
+        if self.context is None:
+            return dict(info, skipped="no contextualiser")
+        if mib > max_mb:
+            return dict(info, skipped=f"{mib:.0f} MiB > {max_mb:g} MiB")
+        dev = self.vectors.device
+        # (N + 1 + T + 1, d): room for the baked table's rows and its zero row (`_baked`, eval mode), each
+        # caption's corrections, a zero row
+        at = len(self.vectors) + 1
+        cache = self.vectors.new_zeros(at + T + 1, self.dim)
+        for s in range(0, len(rows), chunk):
+            part = rows[s:s + chunk]
+            ids, mask = pad_rows([r.tolist() for r in part])
+            ids, mask = ids.to(dev), mask.to(dev)
+            delta = self.context.correction(self.vectors, ids, mask)  # (b, L, d)
+            n = int(mask.sum())
+            cache[at:at + n] = delta[mask]  # row-major: the part's captions one after another
+            for k, r in zip(keys[s:s + chunk], part):
+                self._context_at[k] = at
+                at += len(r)
+        self.context_cache = cache
+        return dict(info, seconds=round(time.perf_counter() - t0, 3))
 
     def plan(self, rows: torch.Tensor | np.ndarray, sample: bool = False, with_means: bool = False) -> _Plan:
         """The adapters' inputs for distinct table rows (U,): token rows packed by LoRA slot, attribute
@@ -442,14 +514,25 @@ class CaptionPEFT(nn.Module):
 
     def _baked(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Eval-mode outputs of every row (and ortho), cached until a parameter changes in place
-        (optimizer step, load_state_dict) or the module moves: inference is then a gather."""
-        key = tuple(p._version for p in self.parameters()) + tuple(p.data_ptr() for p in self.parameters())
+        (optimizer step, load_state_dict), the module moves or the context cache is rebuilt: inference is
+        then a gather. The table is (N + 1, d), row N zero (padding); with a context cache it is the
+        cache itself, whose first N + 1 rows are kept for it, so one gather reads both."""
+        params = (self.lora_a, self.lora_b, self.vae_mu_w, self.vae_mu_b, self.vae_logvar_w,
+                  self.vae_logvar_b, self.vae_dec_w, self.vae_dec_b)  # all (the contextualiser has none)
+        cache = self.context_cache
+        key = (tuple(p._version for p in params) + tuple(p.data_ptr() for p in params)
+               + (None if cache is None else cache.data_ptr(),))
         if getattr(self, "_bake_key", None) != key:
-            every = torch.arange(len(self.vectors), device=self.vectors.device)
+            N = len(self.vectors)
+            every = torch.arange(N, device=self.vectors.device)
             rows, _, self._bake_ortho = self.enhanced_rows(every, with_ortho=True)
-            self._bake = torch.cat([rows, rows.new_zeros(1, self.dim)])  # (N + 1, d): a zero row for padding
+            if cache is None:
+                self._bake = torch.cat([rows, rows.new_zeros(1, self.dim)])
+            else:
+                cache[:N] = rows
+                self._bake = cache
             rows = self.is_attr.nonzero().squeeze(1)
-            self._bake_kl = self.vectors.new_zeros(len(self.vectors))  # (N,) KL per row, 0 for token rows
+            self._bake_kl = self.vectors.new_zeros(N)  # (N,) KL per row, 0 for token rows
             if len(rows):
                 self._bake_kl[rows] = self.kl_per_row(rows)
             self._bake_key = key
@@ -458,16 +541,24 @@ class CaptionPEFT(nn.Module):
     def forward(self, ids: torch.Tensor, mask: torch.Tensor, context: bool = True) -> CaptionStates:
         B, L = ids.shape
         mask = mask.bool()
-        delta = self.context_delta(ids, mask) if context and self.context is not None else None
+        context = context and self.context is not None
         if not self.training and not torch.is_grad_enabled():  # inference: the cached enhanced table
-            table, ortho, kl_rows = self._baked()  # table (N + 1, d): its last row is zero, for padding
-            rows = ids.masked_fill(~mask, len(table) - 1)
-            present = torch.unique(ids[mask])
-            present = present[self.is_attr[present]]
+            table, ortho, kl_rows = self._baked()
+            ids_np, mask_np = ids.cpu().numpy(), mask.cpu().numpy()
+            present = np.unique(ids_np[mask_np])
+            present = torch.from_numpy(present[self._index[0][present]]).to(ids.device)  # attribute rows
             kl = kl_rows[present].mean() if len(present) else table.new_zeros(())
-            states = table.index_select(0, rows.view(-1)).view(B, L, self.dim)
-            states = states if delta is None else states + delta
-            return CaptionStates(states=states, mask=mask, kl=kl, ortho=ortho)
+            rows = np.where(mask_np, ids_np, len(self.vectors)).ravel()  # row N: zero, for padding
+            where = self._cached(ids_np, mask_np) if context else None
+            if where is not None:  # each position's row plus its caption's cached correction, one pass
+                bags = torch.from_numpy(np.stack([rows, where], 1)).to(ids.device)
+                states = F.embedding_bag(bags, table, mode="sum")
+            else:
+                states = table.index_select(0, torch.from_numpy(rows).to(ids.device))
+                if context:
+                    states = states + self.context_delta(ids, mask).view(B * L, self.dim)
+            return CaptionStates(states=states.view(B, L, self.dim), mask=mask, kl=kl, ortho=ortho)
+        delta = self.context_delta(ids, mask) if context else None
         valid = mask.view(-1).cpu().numpy()
         rows, inv = np.unique(ids.view(-1).cpu().numpy()[valid], return_inverse=True)  # (U,), (n_valid,)
         plan = self.plan(rows, sample=self.training, with_means=True)
@@ -475,8 +566,8 @@ class CaptionPEFT(nn.Module):
         where[valid] = plan.place[inv]
         states, kl, ortho = self.adapters(plan, torch.from_numpy(where).to(ids.device))
         states = states.view(B, L, self.dim)
-        if self.context is not None and context:
-            states = states + delta  # (B, L, d)
+        if context:
+            states.add_(delta)  # (B, L, d), in place: the adapters' pass saves no output for its backward
         return CaptionStates(states=states, mask=mask, kl=kl, ortho=ortho)
 
 

@@ -49,6 +49,9 @@ class StageParams(TrainingInputs):
     speaker_ref: Literal["other", "same"] = "other"  # another utterance of the same speaker
     emotion_ref: Literal["same", "other"] = "same"  # the target utterance itself
     bucket_batches: PosInt = 8  # batches per length bucket
+    # the caption contextualiser's corrections of the corpus's captions, computed once per run and
+    # kept when they take at most this much memory (MiB, fp32); above it (or 0): computed every batch
+    caption_cache_mb: NonNegFloat = 1024
     # monitoring and checkpoints
     log_every: PosInt = 10
     eval_every: PosInt = 50

@@ -109,6 +109,7 @@ class _Trainer:
             )
         self.data = TrainData(self.src, sp, self.cfg.max_text_len, self.cfg.max_frames, dist.rank, dist.world)
         self.val = self.data.val_batches(sp.batch_size)
+        self.cache_captions()
         self.adversary = SpeakerAdversary.from_params(sp, model, dist, grl=self.preset.grl)
         self.opt, self.sched = build_optimizer(
             model, sp, self.adversary.classifier_lr_scale if self.adversary else 1.0)
@@ -120,6 +121,20 @@ class _Trainer:
         self.checkpoints = RunCheckpoints(stage, self.out / "checkpoints", self.base, self.fingerprint, parts,
                                           code_files, dist)
         self.state = TrainState(window_size=sp.window)
+
+    def cache_captions(self) -> None:
+        """The caption module's per-caption work done once for the corpus, where it has any
+        (`CaptionPEFT.cache_context`: the contextualiser's corrections)."""
+        cache = getattr(self.model.caption_peft, "cache_context", None)
+        if cache is None:
+            return
+        info = cache([e.caption for e in self.data.examples], self.sp.caption_cache_mb)
+        if self.dist.is_main and info["skipped"] != "no contextualiser":
+            how = f"computed per batch: {info['skipped']}" if info["skipped"] else "cached"
+            log.info("%s: caption contextualiser %s for %d captions (%d rows, %.1f MiB, %.1f s)", self.stage,
+                     how, info["captions"], info["rows"], info["mib"], info["seconds"])
+            if self.tracker is not None:
+                self.tracker.set_tags({"caption_context": how})
 
     # --- checkpoints and resume ---------------------------------------------------------
     def trainer_state(self) -> dict:
