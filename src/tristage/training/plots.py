@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 
 from tristage.fsio import save_figure, write_text
@@ -80,5 +81,5 @@ def plot_speaker_acc(history: list[dict], band: tuple[float, float], path: Path,
     ax.plot(*_series(history, "speaker_acc"), "-", label="speaker_acc (train window)")
     ax.plot(*_series(history, "val_speaker_acc"), "o-", ms=3, label="val speaker_acc")
     ax.set_ylim(0, 1)
-    ax.set_title(title)
+    ax.set_title(textwrap.fill(title, 60), fontsize=10)  # the run's title is wider than this one panel
     _finish(fig, [ax], path)
