@@ -140,3 +140,39 @@ def test_targets_longer_than_max_frames_are_skipped_counted_and_warned_once(capl
     assert np.array_equal(batch["codes"][0].numpy(), np.asarray(stored, dtype=np.int64))
     full = TrainData(src, params.stage1, 32, 64)
     assert full.n_skipped_too_long == 0 and len(full.examples) == len(n_frames)
+
+
+def test_resume_with_the_contextualiser_cache_is_bitwise_identical(attribute_only, tmp_path):
+    """A real caption table with a contextualiser: the run caches the corpus's corrections; a rerun
+    that resumes from a middle checkpoint rebuilds the cache and ends on the same bits."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from tristage.config import load_params
+    from tristage.training.trainer import train_stage
+
+    folder, params, src = attribute_only
+    assert src.table.contextualiser is not None
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one thread: repeatable sums, as the stage subprocesses of the tests run
+    try:
+        out = {}
+        for run in ("a", "b"):
+            p = load_params(folder / "params.yaml", [
+                "caption_vectors.manifest=manifest.parquet", "caption_vectors.out_dir=cv",
+                f"stage1.out_dir={tmp_path / run}", "stage1.steps=6", "stage1.checkpoint_every=2",
+                "stage1.keep_last=3", f"stage1.metrics={tmp_path / run}.json",
+                f"stage1.plots_dir={tmp_path / run}_plots"])
+            train_stage("stage1", p, sources=src)
+            out[run] = p
+        b = tmp_path / "b"
+        shutil.rmtree(b / "checkpoints" / "step-000006")
+        shutil.rmtree(b / "checkpoints" / "step-000004")
+        (b / "model.safetensors").unlink()
+        m = train_stage("stage1", out["b"], sources=src)
+    finally:
+        torch.set_num_threads(threads)
+    assert m["steps"] == 6 and m["resumed_from_step"] == 2
+    wa, wb = load_file(str(tmp_path / "a" / "model.safetensors")), load_file(str(b / "model.safetensors"))
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
