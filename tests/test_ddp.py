@@ -107,3 +107,35 @@ def test_stage2_with_extra_classifier_updates_under_two_processes(tmp_path):
     assert m["world_size"] == 2 and m["steps"] == 4 and m["speaker_acc"] is not None
     st = torch.load(tmp_path / "models/stage2/trainer_state.pt", weights_only=True)
     assert st["adversary"]["optimizer"]["state"]  # the classifier's own optimizer ran and is saved for resume
+
+
+def test_ddp_syncs_batchnorm_statistics_but_not_the_caption_constants(tmp_path):
+    """The caption table, its contextualiser and the cache of its corrections are constants every rank
+    builds alike: the wrapped model leaves them out of DDP's broadcast before each forward (a cache
+    assigned after wrapping included); the speaker classifier's BatchNorm statistics stay in it."""
+    import torch.distributed as dist
+    import torch.nn as nn
+    from test_caption_contextual import P, toy_table, trained_ctx
+
+    from tristage.captions.peft import CaptionPEFT
+    from tristage.training.ddp import Dist, constant_buffers, wrap
+
+    table = toy_table()
+    table.contextualiser = trained_ctx()
+    model = nn.Module()
+    model.caption_peft = CaptionPEFT(table, P)
+    model.norm = nn.BatchNorm1d(4)
+    names = constant_buffers(model)
+    constants = {"caption_peft.vectors", "caption_peft.context_cache", "caption_peft.context.out.weight"}
+    assert constants <= set(names)
+    assert not any(n.startswith("norm.") for n in names)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        wrapped = wrap(model, Dist())
+        model.caption_peft.cache_context([[1, 2, 3]], max_mb=1)
+        assert model.caption_peft.context_cache is not None
+        wrapped._assign_modules_buffers()  # what DDP does before each forward's broadcast
+        assert set(wrapped.named_module_buffers) == {"norm.running_mean", "norm.running_var",
+                                                     "norm.num_batches_tracked"}
+    finally:
+        dist.destroy_process_group()

@@ -42,6 +42,26 @@ def init(pref: str = "auto", key: str = "device") -> Dist:
     return Dist(rank=rank, world=world, local_rank=local_rank, device=device)
 
 
+def constant_buffers(model) -> list[str]:
+    """Qualified names of the model's non-persistent buffers, registered or still None. Here they are
+    constants that every rank derives alike from the same files (the caption table and what is built
+    from it), so DDP need not broadcast them at every forward as it does the persistent ones (a
+    BatchNorm's running statistics)."""
+    return sorted(f"{name}.{b}" if name else b for name, m in model.named_modules()
+                  for b in m._non_persistent_buffers_set)
+
+
+def wrap(model, d: Dist):
+    """`model` in DistributedDataParallel. Its constant buffers (`constant_buffers`: the caption table,
+    its contextualiser, the cache of its corrections, GBs at the seed's scale) stay out of the broadcast
+    from rank 0 that DDP runs before every forward; the persistent ones are still synced."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    DDP._set_params_and_buffers_to_ignore_for_model(model, constant_buffers(model))
+    return DDP(model, device_ids=[d.local_rank] if d.device.startswith("cuda") else None,
+               find_unused_parameters=False)
+
+
 def all_reduce_sum(values, d: Dist):
     """Sum a list of floats over ranks (identity when alone)."""
     if not d.enabled:

@@ -100,13 +100,7 @@ class _Trainer:
         self.model = model.to(dist.device)
         self.ddp_model = self.model
         if dist.enabled:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
-            self.ddp_model = DDP(
-                self.model,
-                device_ids=[dist.local_rank] if dist.device.startswith("cuda") else None,
-                find_unused_parameters=False,
-            )
+            self.ddp_model = ddp.wrap(self.model, dist)
         self.data = TrainData(self.src, sp, self.cfg.max_text_len, self.cfg.max_frames, dist.rank, dist.world)
         self.val = self.data.val_batches(sp.batch_size)
         self.cache_captions()
