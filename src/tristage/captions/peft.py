@@ -379,7 +379,11 @@ class CaptionPEFT(nn.Module):
     def context_delta(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The contextualiser's correction (B, L, d) of captions given as raw table rows: gathered from
         the cache when every caption of the batch is in it (`cache_context`), else computed."""
-        where = self._cached(ids.cpu().numpy(), mask.cpu().numpy())
+        return self._correction(ids, mask, self._cached(ids.cpu().numpy(), mask.cpu().numpy()))
+
+    @torch.no_grad()
+    def _correction(self, ids: torch.Tensor, mask: torch.Tensor, where: np.ndarray | None) -> torch.Tensor:
+        """(B, L, d): the cache's rows `where` (`_cached`), or computed by the contextualiser where None."""
         if where is None:
             return self.context.correction(self.vectors, ids, mask)
         where = torch.from_numpy(where).to(ids.device)
@@ -416,15 +420,15 @@ class CaptionPEFT(nn.Module):
         from tristage.captions.contextual import pad_rows
 
         t0 = time.perf_counter()
+        self.context_cache, self._context_at = None, {}
+        if self.context is None:
+            return dict(captions=0, rows=0, mib=0.0, seconds=0.0, skipped="no contextualiser")
         keys = sorted({np.asarray(c, dtype=np.int64).tobytes() for c in captions},
                       key=lambda k: (len(k), k))
         rows = [np.frombuffer(k, dtype=np.int64) for k in keys]
         T = sum(len(r) for r in rows)
         mib = (len(self.vectors) + T + 2) * self.dim * 4 / 2**20
         info = dict(captions=len(rows), rows=T, mib=round(mib, 1), seconds=0.0, skipped=None)
-        self.context_cache, self._context_at = None, {}
-        if self.context is None:
-            return dict(info, skipped="no contextualiser")
         if mib > max_mb:
             return dict(info, skipped=f"{mib:.0f} MiB > {max_mb:g} MiB")
         dev = self.vectors.device
@@ -542,25 +546,25 @@ class CaptionPEFT(nn.Module):
         B, L = ids.shape
         mask = mask.bool()
         context = context and self.context is not None
+        ids_np, mask_np = ids.cpu().numpy(), mask.cpu().numpy()
+        cached = self._cached(ids_np, mask_np) if context else None  # cache rows of the corrections
         if not self.training and not torch.is_grad_enabled():  # inference: the cached enhanced table
             table, ortho, kl_rows = self._baked()
-            ids_np, mask_np = ids.cpu().numpy(), mask.cpu().numpy()
             present = np.unique(ids_np[mask_np])
             present = torch.from_numpy(present[self._index[0][present]]).to(ids.device)  # attribute rows
             kl = kl_rows[present].mean() if len(present) else table.new_zeros(())
             rows = np.where(mask_np, ids_np, len(self.vectors)).ravel()  # row N: zero, for padding
-            where = self._cached(ids_np, mask_np) if context else None
-            if where is not None:  # each position's row plus its caption's cached correction, one pass
-                bags = torch.from_numpy(np.stack([rows, where], 1)).to(ids.device)
+            if cached is not None:  # each position's row plus its caption's cached correction, one pass
+                bags = torch.from_numpy(np.stack([rows, cached], 1)).to(ids.device)
                 states = F.embedding_bag(bags, table, mode="sum")
             else:
                 states = table.index_select(0, torch.from_numpy(rows).to(ids.device))
                 if context:
-                    states = states + self.context_delta(ids, mask).view(B * L, self.dim)
+                    states = states + self._correction(ids, mask, None).view(B * L, self.dim)
             return CaptionStates(states=states.view(B, L, self.dim), mask=mask, kl=kl, ortho=ortho)
-        delta = self.context_delta(ids, mask) if context else None
-        valid = mask.view(-1).cpu().numpy()
-        rows, inv = np.unique(ids.view(-1).cpu().numpy()[valid], return_inverse=True)  # (U,), (n_valid,)
+        delta = self._correction(ids, mask, cached) if context else None
+        valid = mask_np.ravel()
+        rows, inv = np.unique(ids_np.ravel()[valid], return_inverse=True)  # (U,), (n_valid,)
         plan = self.plan(rows, sample=self.training, with_means=True)
         where = np.full(B * L, plan.P, dtype=np.int64)  # padding: the zero row
         where[valid] = plan.place[inv]
