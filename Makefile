@@ -29,16 +29,17 @@ summary: install
 	$(PY) -m tristage.cli summary
 
 # Test files run in TEST_WORKERS processes (pytest-xdist; a file's tests stay in one process, so its
-# module fixtures are built once). The stages the slow tests start use one thread each.
+# module fixtures are built once), in the order tests/conftest.py gives them (longest first): xdist's
+# default reorders files by their number of tests. The stages the slow tests start use one thread each.
 TEST_WORKERS ?= 2
 test: install
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 lint: install
 	$(VENV)/bin/ruff check src steps flows tests benchmarks
 
 test-fast: install
-	$(PY) -m pytest -q -m "not slow" -n $(TEST_WORKERS) --dist loadfile
+	$(PY) -m pytest -q -m "not slow" -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 bench: install
 	$(PY) -m benchmarks.run_all

@@ -28,9 +28,11 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
 # first, so a parallel run isn't left waiting on one of them at the end.
 DAG_FILES = ("test_sweep", "test_flow", "test_e2e", "test_freshness", "test_import_e2e", "test_resume",
              "test_ddp")
-# the longest file (MiniLM + its contextualiser distillation, about 13 min on one worker) is put first,
-# so that the other worker runs the DAG files meanwhile; measured: `--dist loadfile` still started it
-# after 9 min, so it ends the run (a scheduler that honours this order is the next step)
+# The longest file (MiniLM + its contextualiser distillation, about 13 min on one worker) is put first, so
+# that the other worker runs the DAG files meanwhile. xdist hands files out in this order only with
+# `--no-loadscope-reorder` (`make test`); by default it sorts them by their number of tests, and the
+# MiniLM file then started after 9 min and ended the run. A worker is given its next file when its
+# current one has 2 tests left: the MiniLM test has 2 after it, so nothing waits behind it.
 FIRST_FILES = ("test_caption_encoders", *DAG_FILES)
 
 

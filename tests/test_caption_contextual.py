@@ -48,6 +48,8 @@ def test_untrained_is_the_table_and_frozen_has_no_parameters():
     x2 = x.clone()
     x2[1, 2:] = 100.0
     torch.testing.assert_close(f(x2, mask)[1, :2], out[1, :2])
+    # the short caption alone (no padding) gets what it got in the padded batch
+    torch.testing.assert_close(f(x[1:, :2], mask[1:, :2])[0], out[1, :2])
 
 
 def test_same_correction_in_training_eval_and_the_baked_synthesis_table(tmp_path):

@@ -77,6 +77,8 @@ def test_load_encoder_bad_folder_one_line(tmp_path):
         load_encoder(tmp_path)
 
 
+# keep two tests after this one in the file: xdist gives this worker its next file when 2 are left
+# (tests/conftest.py), and it would wait 13 min behind this test
 @pytest.mark.slow
 def test_minilm_fidelity_on_held_out_demo_captions(tmp_path):
     import json

@@ -42,12 +42,17 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(width)
         self.mlp = nn.Sequential(nn.Linear(width, 2 * width), nn.GELU(), nn.Linear(2 * width, width))
 
-    def forward(self, h: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        """h (B, L, w), keep (B, 1, 1, L) bool: keys a query may attend to."""
-        B, L, w = h.shape
-        q, k, v = self.qkv(self.norm1(h)).view(B, L, 3, self.heads, w // self.heads).permute(2, 0, 3, 1, 4)
+    def forward(self, h: torch.Tensor, at: torch.Tensor, shape: tuple[int, int],
+                keep: torch.Tensor) -> torch.Tensor:
+        """h (T, w) the caption positions' states, packed (no padding); at (T,) their places in the padded
+        (B * L) layout of `shape` (B, L), which attention reads; keep (B, 1, 1, L) bool: keys a query may
+        attend to. Every other layer works per position, on the T positions alone."""
+        (B, L), w = shape, h.shape[1]
+        qkv = self.qkv(self.norm1(h))  # (T, 3w)
+        qkv = qkv.new_zeros(B * L, 3 * w).index_copy_(0, at, qkv)  # (B * L, 3w), zero at padding
+        q, k, v = qkv.view(B, L, 3, self.heads, w // self.heads).permute(2, 0, 3, 1, 4)
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=keep)  # (B, heads, L, w / heads)
-        h = h + self.proj(a.transpose(1, 2).reshape(B, L, w))
+        h = h + self.proj(a.transpose(1, 2).reshape(B * L, w).index_select(0, at))  # (T, w)
         return h + self.mlp(self.norm2(h))
 
 
@@ -67,14 +72,18 @@ class Contextualiser(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """x (B, L, dim) the table's vectors of each caption's rows, mask (B, L) -> delta (B, L, dim),
-        zero at masked positions. Positions past max_len reuse the last position embedding."""
-        L = x.shape[1]
-        pos = torch.arange(L, device=x.device).clamp(max=self.pos.num_embeddings - 1)
-        h = self.inp(x) + self.pos(pos)  # (B, L, w)
+        zero at masked positions. Positions past max_len reuse the last position embedding. The layers
+        that work per position run on the caption positions only (packed): the padding of a batch of
+        captions of mixed lengths is about a fifth of its positions."""
+        B, L, dim = x.shape
+        at = mask.reshape(-1).nonzero().squeeze(1)  # (T,) the caption positions in the (B * L) layout
+        pos = (at % L).clamp(max=self.pos.num_embeddings - 1)
+        h = self.inp(x.reshape(B * L, dim).index_select(0, at)) + self.pos(pos)  # (T, w)
         keep = mask[:, None, None, :]  # (B, 1, 1, L)
         for block in self.blocks:
-            h = block(h, keep)
-        return self.out(self.norm(h)) * mask.unsqueeze(-1)
+            h = block(h, at, (B, L), keep)
+        out = self.out(self.norm(h))  # (T, dim)
+        return out.new_zeros(B * L, dim).index_copy_(0, at, out).view(B, L, dim)
 
     def correction(self, vectors: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """delta (B, L, dim) of captions given as rows ids (B, L) of a table's raw `vectors` (N, dim), mask
