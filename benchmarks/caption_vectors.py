@@ -134,14 +134,18 @@ def spread(x: np.ndarray) -> str:
     return f"{np.median(x):.3g} [{np.percentile(x, 10):.3g}-{np.percentile(x, 90):.3g}]"
 
 
-def measure(name: str, batch: int, repeats: int, warmup: int, device: str) -> dict:
+def timed_calls(name: str, batch: int, device: str):
+    """The random-init T5 encoder of size `name`, the benchmark table and a batch of `batch` captions, and
+    the two calls every comparison here times:
+    - encoder(): the frozen encoder's forward on the batch (T5-length token ids);
+    - training(module): a train-mode caption module's forward and backward, from a fixed gradient of the
+      caption states plus the KL and orthogonality terms, then its gradients dropped.
+    -> a namespace (cfg, enc, table, ids, mask, encoder, training); ids and mask on `device`."""
+    from types import SimpleNamespace
+
     import torch
     from transformers import T5Config, T5EncoderModel
 
-    from tristage.captions.config import PeftParams
-    from tristage.captions.peft import CaptionPEFT
-
-    sync = (lambda: torch.cuda.synchronize()) if device.startswith("cuda") else (lambda: None)
     cfg = T5Config(vocab_size=32128, dropout_rate=0.0, **SIZES[name])
     torch.manual_seed(0)
     enc = T5EncoderModel(cfg).eval().to(device)
@@ -150,7 +154,32 @@ def measure(name: str, batch: int, repeats: int, warmup: int, device: str) -> di
     # the encoder's input: T5 tokenizes a caption into about as many tokens as the table has rows for it
     g = torch.Generator().manual_seed(0)
     ids_enc = (torch.randint(5, 32000, ids.shape, generator=g) * mask).to(device)
+    g_states = torch.randn(ids.shape + (cfg.d_model,), generator=g).to(device) * mask[..., None].to(device)
     ids, mask = ids.to(device), mask.to(device)
+    one = torch.ones((), device=device)
+
+    def encoder():
+        with torch.inference_mode():
+            enc(input_ids=ids_enc, attention_mask=mask.long()).last_hidden_state
+
+    def training(module):
+        out = module(ids, mask)
+        torch.autograd.backward([out.states, out.kl, out.ortho], [g_states, one, one])
+        module.zero_grad(set_to_none=True)
+
+    return SimpleNamespace(cfg=cfg, enc=enc, table=table, ids=ids, mask=mask, encoder=encoder,
+                           training=training)
+
+
+def measure(name: str, batch: int, repeats: int, warmup: int, device: str) -> dict:
+    import torch
+
+    from tristage.captions.config import PeftParams
+    from tristage.captions.peft import CaptionPEFT
+
+    sync = (lambda: torch.cuda.synchronize()) if device.startswith("cuda") else (lambda: None)
+    run = timed_calls(name, batch, device)
+    cfg, enc, table, ids, mask = run.cfg, run.enc, run.table, run.ids, run.mask
     peft_eval = CaptionPEFT(table, PeftParams()).eval().to(device)
     peft_train = CaptionPEFT(table, PeftParams()).train().to(device)
     table.contextualiser = bench_contextualiser(cfg.d_model)
@@ -175,30 +204,14 @@ def measure(name: str, batch: int, repeats: int, warmup: int, device: str) -> di
     with torch.inference_mode():
         ctx_eval(ids, mask), batch_eval(ids, mask)
 
-    def encoder():
-        with torch.inference_mode():
-            enc(input_ids=ids_enc, attention_mask=mask.long()).last_hidden_state
-
-    def inference():
-        with torch.inference_mode():
-            peft_eval(ids, mask)
-
-    g_states = torch.randn(ids.shape + (cfg.d_model,), generator=g).to(device) * mask[..., None]
-    one = torch.ones((), device=device)
-
-    def training(module=peft_train):
-        out = module(ids, mask)
-        torch.autograd.backward([out.states, out.kl, out.ortho], [g_states, one, one])
-        module.zero_grad(set_to_none=True)
-
-    def inference_ctx(module=ctx_eval):
+    def inference(module=peft_eval):
         with torch.inference_mode():
             module(ids, mask)
 
-    fns = dict(encoder=encoder, inference=inference, training=training, inference_ctx=inference_ctx,
-               training_ctx=lambda: training(ctx_train),
-               inference_ctx_batch=lambda: inference_ctx(batch_eval),
-               training_ctx_batch=lambda: training(batch_train))
+    fns = dict(encoder=run.encoder, inference=inference, training=lambda: run.training(peft_train),
+               inference_ctx=lambda: inference(ctx_eval), training_ctx=lambda: run.training(ctx_train),
+               inference_ctx_batch=lambda: inference(batch_eval),
+               training_ctx_batch=lambda: run.training(batch_train))
     t, c = round_robin(fns, repeats, warmup, sync)
     nbytes = lambda ts: sum(x.numel() * x.element_size() for x in ts)  # noqa: E731
     uniq = torch.unique(ids[mask])

@@ -4,13 +4,14 @@ attribute value costs, against one VAE per attribute (7 instead of 26 for the de
     python -m benchmarks.experiments.caption_vae_sharing                 # T5-base size
     python -m benchmarks.experiments.caption_vae_sharing --sizes t5-base,flan-t5-large
 
-`benchmarks/caption_vectors.py`'s table, caption batch and encoder, and its round robin: per repeat, the
-frozen encoder's forward, then a train-mode forward + backward of `CaptionPEFT` as the stage builds it
-(a VAE per attribute value), then the same with every attribute row's VAE slot set to its attribute's,
-so all the values of an attribute share one VAE. No contextualiser. The second is the upper bound of what
-sharing can save: sharing only the decoders (the 10 MiB a T5-base step reads and writes three times),
-with the encoders, latents and biases kept per value, would land between the two. It is not an option of
-the stage; the orthogonality is then computed over the attributes' mean paths, not the values'.
+`benchmarks/caption_vectors.py`'s table, caption batch, encoder and timed training step (`timed_calls`),
+and its round robin: per repeat, the frozen encoder's forward, then a train-mode forward + backward of
+`CaptionPEFT` as the stage builds it (a VAE per attribute value), then the same with every attribute
+row's VAE slot set to its attribute's, so all the values of an attribute share one VAE. No
+contextualiser. The second is the upper bound of what sharing can save: sharing only the decoders (the
+10 MiB a T5-base step reads and writes three times), with the encoders, latents and biases kept per
+value, would land between the two. It is not an option of the stage; the orthogonality is then computed
+over the attributes' mean paths, not the values'.
 """
 from __future__ import annotations
 
@@ -33,42 +34,23 @@ def per_attribute(table):
 
 def measure(name: str, batch: int, repeats: int, warmup: int) -> str:
     import torch
-    from transformers import T5Config, T5EncoderModel
 
-    from benchmarks.caption_vectors import SIZES, bench_table, caption_batch, round_robin, spread
+    from benchmarks.caption_vectors import round_robin, spread, timed_calls
     from tristage.captions.config import PeftParams
     from tristage.captions.peft import CaptionPEFT
 
-    cfg = T5Config(vocab_size=32128, dropout_rate=0.0, **SIZES[name])
-    torch.manual_seed(0)
-    enc = T5EncoderModel(cfg).eval()
-    table = bench_table(cfg.d_model)
-    ids, mask = caption_batch(table, batch, seed=0)
-    g = torch.Generator().manual_seed(0)
-    ids_enc = torch.randint(5, 32000, ids.shape, generator=g) * mask
-    shared, n_attr = per_attribute(table)
-    modules = {"value": CaptionPEFT(table, PeftParams()).train(),
+    run = timed_calls(name, batch, "cpu")
+    shared, n_attr = per_attribute(run.table)
+    modules = {"value": CaptionPEFT(run.table, PeftParams()).train(),
                "attribute": CaptionPEFT(shared, PeftParams()).train()}
-    g_states = torch.randn(ids.shape + (cfg.d_model,), generator=g) * mask[..., None]
-    one = torch.ones(())
-
-    def encoder():
-        with torch.inference_mode():
-            enc(input_ids=ids_enc, attention_mask=mask.long())
-
-    def step(module):
-        out = module(ids, mask)
-        torch.autograd.backward([out.states, out.kl, out.ortho], [g_states, one, one])
-        module.zero_grad(set_to_none=True)
-
-    fns = dict(encoder=encoder, **{k: (lambda m=m: step(m)) for k, m in modules.items()})
+    fns = dict(encoder=run.encoder, **{k: (lambda m=m: run.training(m)) for k, m in modules.items()})
     wall, _ = round_robin(fns, repeats, warmup, lambda: None)
     parts = []
     for k, m in modules.items():
         mib = m.vae_dec_w.numel() * 4 / 2**20
         parts.append(f"one VAE per {k} ({m.vae_dec_w.shape[0]} VAEs, decoders {mib:.1f} MiB): step "
                      f"{spread(wall[k] * 1e3)} ms = {spread(wall['encoder'] / wall[k])}x")
-    return (f"caption_vae_sharing [{name} size, d={cfg.d_model}, cpu, {torch.get_num_threads()} threads, "
+    return (f"caption_vae_sharing [{name} size, d={run.cfg.d_model}, cpu, {torch.get_num_threads()} threads, "
             f"batch {batch}, {n_attr} attributes; median [p10-p90] of {repeats} round-robin repeats]: "
             f"encoder forward {spread(wall['encoder'] * 1e3)} ms; " + "; ".join(parts))
 
