@@ -236,6 +236,7 @@ def measure(name: str, batch: int, repeats: int, warmup: int, device: str) -> di
         table_mb=table.vectors.numel() * 4 / 2**20,
         adapters_mb=nbytes(peft_train.parameters()) / 2**20,
         table_rows=len(table),
+        vae_decoder=PeftParams().vae_decoder,
         device=device,
     )
 
@@ -244,7 +245,8 @@ def report(r: dict, threads: int) -> str:
     ms = {k: v * 1e3 for k, v in r["times"].items()}
     ok = lambda ratio, goal: "ok" if np.median(ratio) >= goal else "MISSED"  # noqa: E731
     return (
-        f"caption_vectors [{r['encoder']} size, d={r['d']}, {r['device']}, {threads} threads]: batch of "
+        f"caption_vectors [{r['encoder']} size, d={r['d']}, {r['device']}, {threads} threads, vae_decoder: "
+        f"{r['vae_decoder']}]: batch of "
         f"{r['batch']} demo captions ({r['tokens']} tokens, {r['unique_rows']} distinct table rows of "
         f"{r['table_rows']}); ms, median [p10-p90] of {len(ms['encoder'])} round-robin repeats: encoder "
         f"forward {spread(ms['encoder'])}; table + PEFT inference {spread(ms['inference'])} = "

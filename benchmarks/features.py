@@ -120,7 +120,8 @@ def bench_dac(name: str, kwargs: dict, seconds: float, device: str, repeat: int)
     sr = int(model.sample_rate)
     n_clips = 4
     n = int(sr * seconds / n_clips)
-    x = torch.from_numpy(np.stack([c[:n] for c in _clips(n_clips, sr, 1)]))  # (B, N); clips are >= 1.5 s
+    # (B, N): each clip (1.5-4 s) cut or repeated to N samples (the GPU rows ask for more than 1.5 s)
+    x = torch.from_numpy(np.stack([np.resize(c, n) for c in _clips(n_clips, sr, 1)]))
     x = x.to(device)
 
     def run():

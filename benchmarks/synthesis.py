@@ -75,11 +75,12 @@ def cache_ratio(frames: int, device: str) -> str:
     t_full, b = _time(lambda: gen(False), device)
     same = bool(torch.equal(a, b))
     ratio = t_full / t_cached
-    goal = "ok" if ratio >= 5 or device != "cpu" else "MISSED"
+    # the goal is a CPU one: on a GPU the tiny preset's uncached steps are launch-bound, not compute-bound
+    goal = (">= 5x (ok)" if ratio >= 5 else ">= 5x (MISSED)") if device == "cpu" else "none on GPU"
     return (
         f"| KV cache, tiny preset, {frames} frames, {device} | uncached {t_full:.2f} s "
         f"| cached {t_cached:.2f} s "
-        f"| {ratio:.1f}x | >= 5x ({goal}); identical codes: {same} |"
+        f"| {ratio:.1f}x | {goal}; identical codes: {same} |"
     )
 
 

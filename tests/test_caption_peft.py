@@ -204,6 +204,28 @@ def wide_table(dim=6, seed=0):
     return CaptionVectorTable(tokens, kinds, bases, vectors, {"name": "wide", "pretrained": False})
 
 
+def test_attribute_decoders_are_shared_within_an_attribute():
+    """`vae_decoder: attribute`: one decoder matrix per attribute, read by all its values; each value keeps
+    its encoder and output bias. Identity at init; a change to attribute x's decoder moves the rows of
+    x's two values and nothing else."""
+    t = wide_table()
+    assert t.value_attribute.tolist() == [0, 0, 1, 1]  # <x:a> <x:b> <y:a> <y:b>
+    m = CaptionPEFT(t, P.model_copy(update={"vae_decoder": "attribute"})).eval()
+    assert m.vae_dec_w.shape == (2, 6, 6) and m.vae_dec_b.shape == (4, 6) and m.vae_mu_w.shape[0] == 4
+    rows = torch.arange(len(t.tokens))
+    torch.testing.assert_close(m.enhanced_rows(rows)[0], t.vectors)
+    with torch.no_grad():
+        m.vae_mu_b.normal_()
+        m.vae_dec_w[0].normal_()
+    moved = (m.enhanced_rows(rows)[0] - t.vectors).abs().sum(1) > 1e-6
+    x_rows = m.is_attr & (m.dec_slot[m.slot.where(m.is_attr, 0)] == 0)
+    assert x_rows.sum() == 6 and torch.equal(moved, x_rows)  # <x:a>'s 5 rows and <x:b>'s one
+    assert CaptionPEFT(t, P).vae_dec_w.shape[0] == 2  # the default
+    assert CaptionPEFT(t, P.model_copy(update={"vae_decoder": "value"})).vae_dec_w.shape[0] == 4  # the seed's
+    with pytest.raises(ValueError, match="vae_decoder"):
+        CaptionPEFT(t, P.model_copy(update={"vae_decoder": "token"}))
+
+
 def reference_step(m, ids, mask, eps):
     """CaptionPEFT's train-mode outputs written row by row with plain autograd: LoRA, the VAE with
     the given noise (one row per distinct attribute row, ascending), the KL mean, the orthogonality of
@@ -217,7 +239,7 @@ def reference_step(m, ids, mask, eps):
         logvar = c @ p["vae_logvar_w"][s] + p["vae_logvar_b"][s]
         z = mu if e is None else mu + torch.exp(0.5 * logvar) * e
         kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum()
-        return base + z @ p["vae_dec_w"][s] + p["vae_dec_b"][s], kl
+        return base + z @ p["vae_dec_w"][m.dec_slot[s]] + p["vae_dec_b"][s], kl
 
     out, kls = {}, []
     for r in uniq.tolist():
@@ -239,13 +261,15 @@ def reference_step(m, ids, mask, eps):
     return states.view(ids.shape + (m.dim,)), torch.stack(kls).mean(), ortho
 
 
-@pytest.mark.parametrize("table", ["toy", "wide"])
-def test_train_step_matches_a_per_row_reference(table):
+@pytest.mark.parametrize("table, decoder", [("toy", "value"), ("wide", "value"), ("wide", "attribute")])
+def test_train_step_matches_a_per_row_reference(table, decoder):
     """The fused forward and hand-written backward (one autograd node) give the values and the
-    gradients of every parameter that plain autograd gives, row by row."""
+    gradients of every parameter that plain autograd gives, row by row; with the decoders shared per
+    attribute too (wide: attributes x and y, two values each)."""
     t = toy_table() if table == "toy" else wide_table()
     torch.manual_seed(0)
-    m = CaptionPEFT(t, P).train()
+    m = CaptionPEFT(t, P.model_copy(update={"vae_decoder": decoder})).train()
+    assert m.vae_dec_w.shape[0] == (2 if decoder == "attribute" else t.n_vae)
     with torch.no_grad():
         for q in m.parameters():
             q.add_(0.3 * torch.randn_like(q))

@@ -79,6 +79,7 @@ def test_absolute_paths_stay(tmp_path):
         ({"prepare": {"manifets": "x.jsonl"}}, "prepare.manifets"),  # unknown key (typo)
         ({"stage4": {}}, "stage4"),  # unknown stage
         ({"caption_vectors": {"peft": {"lora_rank": -2}}}, "caption_vectors.peft.lora_rank"),
+        ({"caption_vectors": {"peft": {"vae_decoder": "token"}}}, "caption_vectors.peft.vae_decoder"),
     ],
 )
 def test_invalid_values_fail_naming_the_key(tmp_path, data, key):

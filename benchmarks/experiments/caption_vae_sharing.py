@@ -5,13 +5,14 @@ attribute value costs, against one VAE per attribute (7 instead of 26 for the de
     python -m benchmarks.experiments.caption_vae_sharing --sizes t5-base,flan-t5-large
 
 `benchmarks/caption_vectors.py`'s table, caption batch, encoder and timed training step (`timed_calls`),
-and its round robin: per repeat, the frozen encoder's forward, then a train-mode forward + backward of
-`CaptionPEFT` as the stage builds it (a VAE per attribute value), then the same with every attribute
-row's VAE slot set to its attribute's, so all the values of an attribute share one VAE. No
-contextualiser. The second is the upper bound of what sharing can save: sharing only the decoders (the
-10 MiB a T5-base step reads and writes three times), with the encoders, latents and biases kept per
-value, would land between the two. It is not an option of the stage; the orthogonality is then computed
-over the attributes' mean paths, not the values'.
+and its round robin: per repeat, the frozen encoder's forward, then train-mode forward + backward of
+`CaptionPEFT` three ways, no contextualiser:
+- `vae_decoder: value`, the seed's design: a VAE per attribute value;
+- `vae_decoder: attribute`: the decoder matrices shared within an attribute; each value keeps its
+  encoder, latent distribution and output bias (the decoders are the 10 MiB of a T5-base step);
+- every attribute row's VAE slot set to its attribute's, so all the values of an attribute share one
+  whole VAE: the upper bound of what sharing can save. Not an option of the stage: it would merge the
+  values' encoders too, and the orthogonality would then be over the attributes' mean paths.
 """
 from __future__ import annotations
 
@@ -41,15 +42,20 @@ def measure(name: str, batch: int, repeats: int, warmup: int) -> str:
 
     run = timed_calls(name, batch, "cpu")
     shared, n_attr = per_attribute(run.table)
-    modules = {"value": CaptionPEFT(run.table, PeftParams()).train(),
-               "attribute": CaptionPEFT(shared, PeftParams()).train()}
+    modules = {"value": CaptionPEFT(run.table, PeftParams(vae_decoder="value")).train(),
+               "decoder": CaptionPEFT(run.table, PeftParams(vae_decoder="attribute")).train(),
+               "attribute": CaptionPEFT(shared, PeftParams(vae_decoder="value")).train()}
     fns = dict(encoder=run.encoder, **{k: (lambda m=m: run.training(m)) for k, m in modules.items()})
     wall, _ = round_robin(fns, repeats, warmup, lambda: None)
+    labels = dict(value="one VAE per value (the seed's; vae_decoder: value)",
+                  decoder="decoders per attribute, encoders per value (vae_decoder: attribute)",
+                  attribute="one whole VAE per attribute (upper bound)")
     parts = []
     for k, m in modules.items():
         mib = m.vae_dec_w.numel() * 4 / 2**20
-        parts.append(f"one VAE per {k} ({m.vae_dec_w.shape[0]} VAEs, decoders {mib:.1f} MiB): step "
-                     f"{spread(wall[k] * 1e3)} ms = {spread(wall['encoder'] / wall[k])}x")
+        parts.append(f"{labels[k]}: {m.vae_mu_w.shape[0]} encoders, {m.vae_dec_w.shape[0]} decoders "
+                     f"({mib:.1f} MiB): step {spread(wall[k] * 1e3)} ms = "
+                     f"{spread(wall['encoder'] / wall[k])}x")
     return (f"caption_vae_sharing [{name} size, d={run.cfg.d_model}, cpu, {torch.get_num_threads()} threads, "
             f"batch {batch}, {n_attr} attributes; median [p10-p90] of {repeats} round-robin repeats]: "
             f"encoder forward {spread(wall['encoder'] * 1e3)} ms; " + "; ".join(parts))

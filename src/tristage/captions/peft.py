@@ -13,6 +13,10 @@
   exactly the family of affine maps v W_s + b restricted to those rows (W_s = Q_s U_s), with k x z
   parameters instead of d x z: at d=768 the encoders were 2/3 of the adapter bytes a training step
   moves. Where a value has more rows than d / 2 (`mode: cache`), Q_s is the identity.
+  `vae_decoder: attribute` shares the decoder matrix (z x d) among an attribute's values: dec(z) =
+  z D_attr + b_value. Each value keeps its encoder, its latent distribution and its bias; the
+  decoders, most of the adapter bytes a step reads and writes, shrink from one per value to one per
+  attribute.
 - kl: the VAE's KL divergence to N(0, I), summed over the latent, averaged over the attribute
   rows present in the batch. ortho: mean squared off-diagonal entry of the Gram matrix of the
   enhanced attribute values (mean path; a value with several rows, e.g. per token piece, is the
@@ -138,12 +142,16 @@ class _Plan:
     P: int
     tok: Grouping | None = None
     xp: torch.Tensor | None = None  # (Gl, Cl, d) the token rows' table vectors
-    att: Grouping | None = None
-    cp: torch.Tensor | None = None  # (Gv, Cv, k) attribute rows in their value's basis
+    att: Grouping | None = None  # by decoder slot: the value, or with shared decoders the attribute
     base: torch.Tensor | None = None  # (Gv, Cv, d) the table vectors the VAE adds to
-    eps: torch.Tensor | None = None  # (Gv, Cv, z) the noise of sampled rows (zero elsewhere); None: mean
-    klw: torch.Tensor | None = None  # (Gv, Cv) 1 / M at the M attribute rows, 0 at mean rows and padding
     means: torch.Tensor | None = None  # (n,) the mean rows' places in the attribute groups (G * C)
+    # the encoder side, grouped by value: in `att`'s layout unless the decoders are shared (`enc` set)
+    enc: Grouping | None = None  # by value, (Ge, Ce); None: `att`
+    cp: torch.Tensor | None = None  # (Ge, Ce, k) attribute rows in their value's basis
+    eps: torch.Tensor | None = None  # (Ge, Ce, z) the noise of sampled rows (zero elsewhere); None: mean
+    klw: torch.Tensor | None = None  # (Ge, Ce) 1 / M at the M attribute rows, 0 at mean rows and padding
+    perm: torch.Tensor | None = None  # (Gv * Cv,) each decoder row's place in the encoder layout
+    vslot: torch.Tensor | None = None  # (Gv * Cv,) each decoder row's value (its output bias)
 
 
 def _kl(mu: torch.Tensor, logvar: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
@@ -180,9 +188,11 @@ class _Adapters(torch.autograd.Function):
         rows; ortho () of the mean paths (0 without them)
 
     LoRA:  y = x + s (x A) B                             x (Gl, Cl, d), A (Gl, d, r), B (Gl, r, d)
-    VAE:   mu = c U_mu + b_mu, logvar = c U_lv + b_lv     c (Gv, Cv, k), U (Gv, k, z)
+    VAE:   mu = c U_mu + b_mu, logvar = c U_lv + b_lv     c (Ge, Ce, k), U (Ge, k, z)
            z = mu + exp(logvar / 2) eps,  y = v + z D + b_d        D (Gv, z, d)
-           kl = sum_rows w (1/2) sum_z (mu^2 + exp(logvar) - 1 - logvar)"""
+           kl = sum_rows w (1/2) sum_z (mu^2 + exp(logvar) - 1 - logvar)
+    With shared decoders, the encoder side runs grouped by value (Ge, Ce) and z moves to the decoder's
+    grouping by attribute (Gv, Cv) through `plan.perm`; b_d stays per value (`plan.vslot`)."""
 
     @staticmethod
     def forward(ctx, plan: _Plan, where, scaling, lora_a, lora_b, mu_w, mu_b, lv_w, lv_b, dec_w, dec_b):
@@ -210,14 +220,21 @@ class _Adapters(torch.autograd.Function):
         kl = ortho = lora_a.new_zeros(())
         if plan.att is not None:
             g = plan.att
-            mu = g.bmm(plan.cp, mu_w, base=g.weights(mu_b)[:, None])  # (Gv, Cv, z)
-            lv = g.bmm(plan.cp, lv_w, base=g.weights(lv_b)[:, None])
+            e = g if plan.enc is None else plan.enc
+            mu = e.bmm(plan.cp, mu_w, base=e.weights(mu_b)[:, None])  # (Ge, Ce, z)
+            lv = e.bmm(plan.cp, lv_w, base=e.weights(lv_b)[:, None])
             var = lv.exp()
             std = None if plan.eps is None else var.sqrt()
             z = mu if std is None else torch.addcmul(mu, std, plan.eps)
             kl = (_kl(mu, lv, var) * plan.klw).sum()
+            if plan.perm is not None:  # to the decoders' grouping
+                z = z.view(-1, z.shape[-1]).index_select(0, plan.perm).view(g.G, g.C, -1)  # (Gv, Cv, z)
             out = packed[n_tok:plan.P].view(g.G, g.C, d)
-            g.bmm(z, dec_w, base=plan.base, out=out).add_(g.weights(dec_b)[:, None])
+            g.bmm(z, dec_w, base=plan.base, out=out)
+            if plan.vslot is None:
+                out.add_(g.weights(dec_b)[:, None])
+            else:
+                out.view(-1, d).add_(dec_b.index_select(0, plan.vslot))
             out = out.view(-1, d)  # (Gv * Cv, d)
             if plan.means is not None and len(plan.means) > 1:
                 ortho, saved["ortho"] = _ortho(out.index_select(0, plan.means))
@@ -252,15 +269,24 @@ class _Adapters(torch.autograd.Function):
             mu, var, std, z = sv["mu"], sv["var"], sv["std"], sv["z"]
             gD = torch.bmm(z.transpose(1, 2), gy)  # (Gv, z, d)
             gz = g.bmm(gy, dec_w.transpose(1, 2))  # (Gv, Cv, z)
-            w = (plan.klw * g_kl)[..., None]  # (Gv, Cv, 1): d kl / d (the row's KL), times the upstream
+            e = g
+            if plan.perm is not None:  # back to the encoders' grouping (padding rows carry no gradient)
+                e = plan.enc
+                gz = gz.new_zeros(e.G * e.C, gz.shape[-1]).index_add_(0, plan.perm, gz.view(-1, gz.shape[-1]))
+                gz = gz.view(e.G, e.C, -1)  # (Ge, Ce, z)
+            w = (plan.klw * g_kl)[..., None]  # (Ge, Ce, 1): d kl / d (the row's KL), times the upstream
             gmu = torch.addcmul(gz, w, mu)  # d KL / d mu = mu
             glv = (var - 1).mul_(w * 0.5)  # d KL / d logvar = (exp(logvar) - 1) / 2
             if std is not None:
                 glv.addcmul_(gz, std * plan.eps, value=0.5)  # d z / d logvar = eps exp(logvar / 2) / 2
-            cT = plan.cp.transpose(1, 2)  # (Gv, k, Cv)
-            grads[2], grads[3] = g.scatter(torch.bmm(cT, gmu)), g.scatter(gmu.sum(1))
-            grads[4], grads[5] = g.scatter(torch.bmm(cT, glv)), g.scatter(glv.sum(1))
-            grads[6], grads[7] = g.scatter(gD), g.scatter(gy.sum(1))
+            cT = plan.cp.transpose(1, 2)  # (Ge, k, Ce)
+            grads[2], grads[3] = e.scatter(torch.bmm(cT, gmu)), e.scatter(gmu.sum(1))
+            grads[4], grads[5] = e.scatter(torch.bmm(cT, glv)), e.scatter(glv.sum(1))
+            grads[6] = g.scatter(gD)
+            if plan.vslot is None:
+                grads[7] = g.scatter(gy.sum(1))
+            else:
+                grads[7] = gy.new_zeros(ctx.shapes[7]).index_add_(0, plan.vslot, gy.view(-1, d))
         # every parameter gets a gradient (zero where unused), as DDP expects of a step
         grads = [gr if gr is not None else g_states.new_zeros(shape) for gr, shape in zip(grads, ctx.shapes)]
         return (None, None, None, *grads)
@@ -339,10 +365,22 @@ class CaptionPEFT(nn.Module):
         slot = torch.as_tensor(slot, dtype=torch.long)
         n_lora = int(slot[~is_attr].max()) + 1 if (~is_attr).any() else 1
         n_vae = int(slot[is_attr].max()) + 1 if is_attr.any() else 0
+        decoder = getattr(peft, "vae_decoder", "value")
+        if decoder not in ("value", "attribute"):
+            raise ValueError(f"caption_vectors.peft.vae_decoder: {decoder!r}, expected value or attribute")
+        groups = getattr(table, "value_attribute", None)
+        # (n_vae,) the decoder slot of each value: itself, or its attribute's (`vae_decoder: attribute`)
+        dec_slot = torch.arange(n_vae)
+        if decoder == "attribute" and groups is not None and n_vae:
+            dec_slot = torch.as_tensor(groups, dtype=torch.long)
+        n_dec = int(dec_slot.max()) + 1 if n_vae else 0
         self.dim, self.rank, self.zdim, self.scaling = d, r, zdim, alpha / r
         self.register_buffer("vectors", vectors.clone(), persistent=False)  # (N, d)
         self.register_buffer("is_attr", is_attr.clone(), persistent=False)  # (N,)
         self.register_buffer("slot", slot.clone(), persistent=False)  # (N,) LoRA or VAE slot of each row
+        self.register_buffer("dec_slot", dec_slot, persistent=False)  # (n_vae,) each value's decoder
+        # None where each value has its own decoder: one grouping then serves encoders and decoders
+        self._dec_slot = None if n_dec == n_vae else dec_slot.numpy().copy()
         rows = is_attr.nonzero().squeeze(1)
         coords = value_coords(vectors, rows, slot[rows], n_vae, max_rank=max(1, d // 2))
         k = coords.shape[1]
@@ -361,12 +399,13 @@ class CaptionPEFT(nn.Module):
         # LoRA, one per token content
         self.lora_a = nn.Parameter(torch.randn(n_lora, d, r) / math.sqrt(d))  # (K, d, r)
         self.lora_b = nn.Parameter(torch.zeros(n_lora, r, d))  # (K, r, d): zero -> identity at init
-        # VAE, one per attribute value; the encoder reads the value's basis coordinates (k of them)
+        # VAE, one per attribute value; the encoder reads the value's basis coordinates (k of them); the
+        # decoder matrix per value, or per attribute (shared by its values)
         self.vae_mu_w = nn.Parameter(torch.randn(n_vae, k, zdim) / math.sqrt(d))  # (M, k, z)
         self.vae_mu_b = nn.Parameter(torch.zeros(n_vae, zdim))
         self.vae_logvar_w = nn.Parameter(torch.zeros(n_vae, k, zdim))  # start at unit variance
         self.vae_logvar_b = nn.Parameter(torch.zeros(n_vae, zdim))
-        self.vae_dec_w = nn.Parameter(torch.zeros(n_vae, zdim, d))  # (M, z, d): zero -> identity at init
+        self.vae_dec_w = nn.Parameter(torch.zeros(n_dec, zdim, d))  # (M or A, z, d): zero -> identity at init
         self.vae_dec_b = nn.Parameter(torch.zeros(n_vae, d))
         ctx = getattr(table, "contextualiser", None)
         self.context = copy.deepcopy(ctx) if ctx is not None else None  # frozen: buffers only
@@ -475,17 +514,25 @@ class CaptionPEFT(nn.Module):
                 inp = np.concatenate([inp, self.n_attr_rows + np.arange(n)])
                 s = np.concatenate([s, np.arange(n)])
             k = self.vae_inputs.shape[1]
-            g = Grouping(s, n, 2 * k * z + z * d, k + 3 * z + 2 * d, dev)
-            at = to(g.gather_index(inp))  # (G * C,) padded rows read any row: never read back
+            if self._dec_slot is None:  # a decoder per value: one grouping for the whole VAE
+                g = e = Grouping(s, n, 2 * k * z + z * d, k + 3 * z + 2 * d, dev)
+            else:  # encoders grouped by value, decoders by attribute; z moves between the two layouts
+                e = Grouping(s, n, 2 * k * z, k + 3 * z, dev)
+                g = Grouping(self._dec_slot[s], self.vae_dec_w.shape[0], z * d, z + 2 * d, dev)
+                perm, vslot = np.zeros((2, g.G * g.C), dtype=np.int64)  # padding: any row, never read back
+                perm[g.flat], vslot[g.flat] = e.flat, s
+                plan.enc, plan.perm, plan.vslot = e, to(perm), to(vslot)
+            at = to(e.gather_index(inp))  # (G * C,) padded rows read any row: never read back
+            plan.cp = self.vae_inputs.index_select(0, at).view(e.G, e.C, k)
+            at = at if e is g else to(g.gather_index(inp))
             plan.att = g
-            plan.cp = self.vae_inputs.index_select(0, at).view(g.G, g.C, k)
             plan.base = self.vae_base.index_select(0, at).view(g.G, g.C, d)
-            klw = np.zeros(g.G * g.C, dtype=np.float32)
-            klw[g.flat[:M]] = 1.0 / max(M, 1)
-            plan.klw = to(klw).view(g.G, g.C)
+            klw = np.zeros(e.G * e.C, dtype=np.float32)
+            klw[e.flat[:M]] = 1.0 / max(M, 1)
+            plan.klw = to(klw).view(e.G, e.C)
             if sample and M:
                 eps = torch.randn(M, z, device=dev)
-                plan.eps = eps.new_zeros(g.G * g.C, z).index_copy_(0, to(g.flat[:M]), eps).view(g.G, g.C, z)
+                plan.eps = eps.new_zeros(e.G * e.C, z).index_copy_(0, to(e.flat[:M]), eps).view(e.G, e.C, z)
             if with_means:
                 plan.means = to(g.flat[M:])
             plan.place[att_i] = g.flat[:M] + plan.P

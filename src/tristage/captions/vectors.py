@@ -9,7 +9,7 @@ Rows (`table.tokens`, `table.kinds`):
 - "token": one per tokenizer token (its mean state over all contexts), the end token "</s>" included;
 - "attribute": one per attribute value ("<pitch:low>"), the mean state over all its phrases' tokens,
   and (`attribute_pieces`) one per value and token piece ("<pitch:low>\t▁deep"), all of a value
-  sharing its VAE (`adapter_ids`);
+  sharing its VAE (`adapter_ids`; `value_attribute` numbers each value's attribute);
 - "context": a token in context, "prev\\ttoken\\tnext" (or one side empty: "prev\\ttoken\\t",
   "\\ttoken\\tnext"), used first when the caption has that context, else backing off to the token.
 - "vocab": "<vocab>\ttoken", the tokenizer's tokens that no build caption has, each encoded alone
@@ -82,6 +82,10 @@ class CaptionVectorTable:
         self.adapter_ids = torch.tensor([vae[b] if k in ATTRIBUTE_KINDS else lora.get(b, 0)
                                          for k, b in zip(self.kinds, self.bases)], dtype=torch.long)
         self.known_attributes = {b[1:-1] for b in vae}
+        # (n_vae,) the attribute of each VAE slot ("<pitch:low>" -> pitch), numbered in order of appearance
+        attrs: dict[str, int] = {}
+        self.value_attribute = torch.tensor(
+            [attrs.setdefault(b[1:-1].split(":")[0], len(attrs)) for b in vae], dtype=torch.long)
         self.attribute_pieces = bool(meta.get("attribute_pieces", False))
         self.use_context = bool(meta.get("context_keys", True))
         self.n_unseen = 0  # unseen tokens met by encode/lookup since load
