@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # stage, the flows and the tests apply them; DVC's own analytics are off in .dvc/config.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install demo summary test lint test-fast bench serve dag clean-outputs app
+.PHONY: install demo summary test test-all lint test-fast bench serve dag clean-outputs app
 
 install: $(STAMP)
 
@@ -31,8 +31,13 @@ summary: install
 # Test files run in TEST_WORKERS processes (pytest-xdist; a file's tests stay in one process, so its
 # module fixtures are built once), in the order tests/conftest.py gives them (longest first): xdist's
 # default reorders files by their number of tests. The stages the slow tests start use one thread each.
+# `make test` (what CI runs) leaves out the tests marked `long` (whole-DAG runs of minutes that other tests
+# cover in part) to stay under 20 min on 2 cores; `make test-all` runs every test.
 TEST_WORKERS ?= 2
 test: install
+	$(PY) -m pytest -q -m "not long" -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
+
+test-all: install
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 lint: install

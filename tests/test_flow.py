@@ -204,6 +204,7 @@ def _dag_stages(repo: Path) -> list[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_flow_runs_the_dag_as_a_dvc_experiment_with_mlflow_runs(prefect_api, repo_copy, monkeypatch):
     from flows.pipeline import pipeline
 

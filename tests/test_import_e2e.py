@@ -35,6 +35,7 @@ def make_ljspeech(root, n: int = 24) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_import_ljspeech_then_dvc_repro_trains_with_generated_captions(tmp_path):
     repo = copy_repo(tmp_path / "repo")
     shrink_params(repo / "params.yaml", {"prepare": {"manifest": "imported/manifest.jsonl"},

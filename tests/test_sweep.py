@@ -219,6 +219,7 @@ def prefect_api():
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_two_point_sweep_runs_concurrently_with_stage1_once(prefect_api, reproduced_template, tmp_path,
                                                             monkeypatch):
     """On the reproduced shrunk DAG (shared by the test run) with a stage1 change for every point: stage1
