@@ -122,3 +122,39 @@ def test_missing_previous_stage_is_one_line(tmp_path):
     assert "Traceback" not in r.stderr
     assert r.stderr.strip().splitlines()[-1] == \
         "stage2: error: models/stage1/model.safetensors not found: run stage1 first (dvc repro stage1)"
+
+
+def test_caption_adapter_shapes_must_match_the_previous_stage(three_stages):
+    """stage2 whose caption_vectors.peft gives other adapter shapes than stage1 was trained with fails
+    before any work, naming the key. A stage1 config without `vae_decoder` (written before the key
+    existed) was trained with one decoder per value."""
+    import dataclasses
+
+    from tristage.errors import UserError
+    from tristage.training.build import resolve_config
+
+    folder, params, src, _ = three_stages
+    assert "vae_decoder" not in json.loads((folder / "models/stage1/config.json").read_text())["peft"]
+    cfg, _ = resolve_config("stage2", params, params.stage2, src)  # the same params: fine
+    assert cfg.peft == src.peft
+    other = (({"lora_rank": 8}, "lora_rank"), ({"lora_rank": 4, "vae_decoder": "attribute"}, "vae_decoder"))
+    for peft, key in other:
+        msg = rf"^caption_vectors\.peft\.{key}: .* rerun stage1 \(dvc repro stage1\)$"
+        with pytest.raises(UserError, match=msg):
+            resolve_config("stage2", params, params.stage2, dataclasses.replace(src, peft=peft))
+    legacy = dataclasses.replace(src, peft={"vae_decoder": "value"})
+    assert resolve_config("stage2", params, params.stage2, legacy)[0].peft == {"vae_decoder": "value"}
+
+
+def test_a_config_without_vae_decoder_builds_one_decoder_per_value():
+    from test_caption_peft import toy_table
+
+    from tristage.model.tts import build_caption_module
+
+    table = toy_table()
+    table.value_attribute = torch.tensor([0, 0])  # the toy's two values under one attribute
+    cfg = TTSConfig(n_codebooks=2, codebook_size=16, n_mels=8, caption_dim=8, n_speakers=2,
+                    peft=dict(lora_rank=4, vae_latent_dim=6))
+    assert build_caption_module(cfg, table).vae_dec_w.shape == (2, 6, 8)  # legacy: per value
+    cfg.peft["vae_decoder"] = "attribute"
+    assert build_caption_module(cfg, table).vae_dec_w.shape == (1, 6, 8)

@@ -72,6 +72,11 @@ class ModelParams(Section):
         return out
 
 
+# What a config's `peft` means by a key it lacks, where that differs from the params' default: a config
+# written before `caption_vectors.peft.vae_decoder` existed had one VAE decoder per attribute value.
+PEFT_UNSET = {"vae_decoder": "value"}
+
+
 @dataclasses.dataclass
 class TTSConfig:
     """The resolved architecture (saved as config.json next to model.safetensors)."""
@@ -97,7 +102,7 @@ class TTSConfig:
     max_text_len: int = 128
     max_frames: int = 256
     preset: str = "tiny"
-    # the caption module (import path "module:Class", built as Class(table, PeftParams(**peft)))
+    # the caption module (import path "module:Class"; built by model.tts.build_caption_module)
     caption_module: str = "tristage.captions.peft:CaptionPEFT"
     caption_table: str = "tristage.captions.vectors:CaptionVectorTable"
     caption_vectors: str | None = None  # the table's folder at training time

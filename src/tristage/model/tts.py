@@ -24,7 +24,7 @@ from tristage.captions.peft import CaptionPEFT
 from tristage.captions.vectors import CaptionVectorTable
 from tristage.errors import UserError
 from tristage.model.classifier import SpeakerClassifier
-from tristage.model.config import TTSConfig
+from tristage.model.config import PEFT_UNSET, TTSConfig
 from tristage.model.decoder import Decoder, DecoderConfig, code_loss, delay_codes, stop_loss, undelay_codes
 from tristage.model.grl import GradientReversal
 from tristage.model.perceiver import ConditioningEncoder, EncoderConfig, PerceiverConfig, PerceiverResampler
@@ -258,7 +258,7 @@ def build_caption_module(cfg: TTSConfig, table: Any) -> nn.Module:
     """The caption module named in the config, built from the caption vector table."""
     from tristage.captions.config import PeftParams
 
-    return _import(cfg.caption_module)(table, PeftParams(**cfg.peft))
+    return _import(cfg.caption_module)(table, PeftParams(**{**PEFT_UNSET, **cfg.peft}))
 
 
 def build_model(cfg: TTSConfig, table: Any) -> TTS:

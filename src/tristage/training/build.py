@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 from tristage.errors import UserError
-from tristage.model.config import TTSConfig
+from tristage.model.config import PEFT_UNSET, TTSConfig
 from tristage.training import checkpoint as ck
 from tristage.training.data import Sources
 from tristage.training.presets import PRESETS
@@ -56,6 +56,12 @@ def resolve_config(stage: str, params, stage_params, src: Sources) -> tuple[TTSC
                 raise UserError(f"{init / 'config.json'}: {key}={getattr(cfg, key)} but the data has "
                                 f"{value}; rerun {preset.previous} on the current features "
                                 f"(dvc repro {preset.previous})")
+        trained = {**PEFT_UNSET, **cfg.peft}
+        for key in ("lora_rank", "vae_latent_dim", "vae_decoder"):  # the caption adapters' shapes
+            if key in trained and key in src.peft and trained[key] != src.peft[key]:
+                raise UserError(f"caption_vectors.peft.{key}: {src.peft[key]!r}, but {preset.previous} was "
+                                f"trained with {trained[key]!r} ({init / 'config.json'}), so its caption "
+                                f"adapters don't fit; rerun {preset.previous} (dvc repro {preset.previous})")
         if len(src.mapping) > cfg.n_speakers:
             raise UserError(f"{stage_params.speaker_mapping}: {len(src.mapping)} speakers but the "
                             f"{preset.previous} model has a {cfg.n_speakers}-way speaker classifier; "
