@@ -366,3 +366,57 @@ def test_serve_creates_the_gpu_limit_before_the_first_run(prefect_api, monkeypat
     assert serve.create_gpu_limit() == 2
     with get_client(sync_client=True) as client:
         assert client.read_global_concurrency_limit_by_name("gpu").limit == 2
+
+
+def _git_dvc_repo(path: Path) -> Path:
+    import os
+
+    path.mkdir()
+    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"]):
+        env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+        subprocess.run(cmd, cwd=path, check=True, capture_output=True, env=env)
+    return path
+
+
+def test_workspaces_created_at_once_and_a_failed_git_add_retried_once(tmp_path, monkeypatch, caplog):
+    """Sweep points create their worktrees at the same moment: each gets one. A `git worktree add` that
+    fails is cleaned up and tried once more (logged); failing twice raises with git's exit code."""
+    import threading
+
+    from flows.orchestration import workspace as ws
+
+    repo = _git_dvc_repo(tmp_path / "repo")
+    made, errors = [], []
+
+    def create(name):
+        try:
+            made.append(ws.create_workspace(repo, name))
+        except Exception as e:  # noqa: BLE001 - collected for the assertion
+            errors.append(e)
+
+    threads = [threading.Thread(target=create, args=(f"p{i}",)) for i in range(4)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert not errors and sorted(p.name for p in made) == ["p0", "p1", "p2", "p3"]
+    assert all((p / ".dvc" / "config.local").is_file() for p in made)
+
+    real, adds = ws._git, []
+
+    def flaky(args, cwd, check=True):
+        if args[:2] == ["worktree", "add"]:
+            adds.append(args)
+            if len(adds) <= fail_first:
+                return real(["worktree", "add", "--no-such-flag"], cwd, check)  # git exits 129
+        return real(args, cwd, check)
+
+    monkeypatch.setattr(ws, "_git", flaky)
+    fail_first = 1
+    with caplog.at_level("WARNING"):
+        path = ws.create_workspace(repo, "retried")
+    assert path.is_dir() and len(adds) == 2 and "trying once more" in caplog.text
+    adds.clear()
+    fail_first = 2
+    with pytest.raises(RuntimeError, match=r"git worktree add --no-such-flag failed in .* \(exit code 129\)"):
+        ws.create_workspace(repo, "twice")
+    assert not (repo / ".tristage" / "runs" / "twice").exists()

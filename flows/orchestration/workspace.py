@@ -7,11 +7,14 @@ Two flow runs never write into each other's outputs.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import shutil
 import subprocess
+import time
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from tristage.errors import UserError
 
@@ -37,8 +40,23 @@ EXCLUDE_TOP = {
 def _git(args: list[str], cwd: Path, check: bool = True) -> str:
     r = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
     if check and r.returncode != 0:
-        raise RuntimeError(f"git {' '.join(args)} failed in {cwd}: {r.stderr.strip()}")
+        out = " | ".join(x for x in (r.stderr.strip(), r.stdout.strip()) if x)
+        raise RuntimeError(f"git {' '.join(args)} failed in {cwd} (exit code {r.returncode}): {out}")
     return r.stdout
+
+
+@contextlib.contextmanager
+def _worktree_lock(repo: Path) -> Iterator[None]:
+    """One `git worktree` change at a time per repo (the points of a sweep start together, in threads or
+    processes): they all write the repo's shared `.git/worktrees/` records, and `prune` reads them."""
+    lock = repo / RUNS_DIR.parent / "worktrees.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def local_changes(repo: Path) -> tuple[list[str], list[str]]:
@@ -86,7 +104,17 @@ def create_workspace(repo: Path, name: str, include_local_changes: bool = True) 
         raise UserError(f"{path}: a run workspace of this name exists; pick another experiment name "
                         f"or remove it with `git worktree remove --force {path}`")
     path.parent.mkdir(parents=True, exist_ok=True)
-    _git(["worktree", "add", "--detach", str(path), "HEAD"], repo)
+    for attempt in (1, 2):  # a failed add is cleaned up and tried once more: a sweep point costs hours
+        try:
+            with _worktree_lock(repo):
+                _git(["worktree", "add", "--detach", str(path), "HEAD"], repo)
+            break
+        except RuntimeError as e:
+            remove_workspace(repo, path)
+            if attempt == 2:
+                raise
+            log.warning("%s; removed the partial workspace, trying once more", e)
+            time.sleep(1.0)
     try:
         _fill_workspace(repo, path, include_local_changes)
     except BaseException:
@@ -120,7 +148,8 @@ def untracked_outputs(workspace: Path) -> list[str]:
 
 
 def remove_workspace(repo: Path, path: Path) -> None:
-    _git(["worktree", "remove", "--force", str(path)], repo, check=False)
-    if path.exists():
-        shutil.rmtree(path, ignore_errors=True)
-    _git(["worktree", "prune"], repo, check=False)
+    with _worktree_lock(repo):
+        _git(["worktree", "remove", "--force", str(path)], repo, check=False)
+        if path.exists():
+            shutil.rmtree(path, ignore_errors=True)
+        _git(["worktree", "prune"], repo, check=False)
