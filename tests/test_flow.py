@@ -369,13 +369,12 @@ def test_serve_creates_the_gpu_limit_before_the_first_run(prefect_api, monkeypat
 
 
 def _git_dvc_repo(path: Path) -> Path:
-    import os
+    from conftest import project_env
 
     path.mkdir()
     for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["git", "add", "-A"],
                 ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"]):
-        env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
-        subprocess.run(cmd, cwd=path, check=True, capture_output=True, env=env)
+        subprocess.run(cmd, cwd=path, check=True, capture_output=True, env=project_env())
     return path
 
 
