@@ -21,16 +21,13 @@ import copy
 
 
 def per_attribute(table):
-    """A shallow copy of `table` whose attribute rows all take their attribute's VAE slot."""
-    from tristage.captions.vectors import ATTRIBUTE_KINDS
-
+    """A shallow copy of `table` whose attribute rows all take their attribute's VAE slot
+    (`table.value_attribute`)."""
     shared = copy.copy(table)
-    slots, attrs = table.adapter_ids.clone(), {}
-    for i, (base, kind) in enumerate(zip(table.bases, table.kinds)):
-        if kind in ATTRIBUTE_KINDS:  # base "<pitch:high>" -> attribute "pitch"
-            slots[i] = attrs.setdefault(base[1:].split(":")[0], len(attrs))
+    slots, rows = table.adapter_ids.clone(), table.is_attribute
+    slots[rows] = table.value_attribute[slots[rows]]
     shared.adapter_ids = slots
-    return shared, len(attrs)
+    return shared, int(table.value_attribute.max()) + 1
 
 
 def measure(name: str, batch: int, repeats: int, warmup: int) -> str:
