@@ -261,15 +261,19 @@ def reference_step(m, ids, mask, eps):
     return states.view(ids.shape + (m.dim,)), torch.stack(kls).mean(), ortho
 
 
-@pytest.mark.parametrize("table, decoder", [("toy", "value"), ("wide", "value"), ("wide", "attribute")])
-def test_train_step_matches_a_per_row_reference(table, decoder):
+@pytest.mark.parametrize("table, decoder, zdim", [("toy", "value", 128), ("wide", "value", 128),
+                                                  ("wide", "attribute", 128), ("wide", "attribute", 4)])
+def test_train_step_matches_a_per_row_reference(table, decoder, zdim):
     """The fused forward and hand-written backward (one autograd node) give the values and the
     gradients of every parameter that plain autograd gives, row by row; with the decoders shared per
-    attribute too (wide: attributes x and y, two values each)."""
+    attribute too (wide: attributes x and y, two values each), both ways the encoders run: stacked
+    per attribute in the decoders' groups (z128: 2 values x 7 inputs fit), and grouped by value with
+    z moved between the layouts (z4: they do not)."""
     t = toy_table() if table == "toy" else wide_table()
     torch.manual_seed(0)
-    m = CaptionPEFT(t, P.model_copy(update={"vae_decoder": decoder})).train()
+    m = CaptionPEFT(t, P.model_copy(update={"vae_decoder": decoder, "vae_latent_dim": zdim})).train()
     assert m.vae_dec_w.shape[0] == (2 if decoder == "attribute" else t.n_vae)
+    assert bool(m._stack_blocks) == (decoder == "attribute" and zdim == 128)
     with torch.no_grad():
         for q in m.parameters():
             q.add_(0.3 * torch.randn_like(q))

@@ -16,7 +16,10 @@
   `vae_decoder: attribute` shares the decoder matrix (z x d) among an attribute's values: dec(z) =
   z D_attr + b_value. Each value keeps its encoder, its latent distribution and its bias; the
   decoders, most of the adapter bytes a step reads and writes, shrink from one per value to one per
-  attribute.
+  attribute. Where the values' bases are small (the table's k = a few rows; not `mode: cache`), an
+  attribute's value encoders run stacked side by side in its decoder's group: a row's input is its
+  coordinates (and a 1, for the bias) in its value's block, zero in the others, so one product per
+  attribute computes each value's own encoder, and the whole VAE runs in one grouping.
 - kl: the VAE's KL divergence to N(0, I), summed over the latent, averaged over the attribute
   rows present in the batch. ortho: mean squared off-diagonal entry of the Gram matrix of the
   enhanced attribute values (mean path; a value with several rows, e.g. per token piece, is the
@@ -108,15 +111,20 @@ class Grouping:
             return W.index_select(0, self.sel)
         return W if self.extra is None else torch.cat([W, W.index_select(0, self.extra)])
 
-    def bmm(self, xp: torch.Tensor, W: torch.Tensor, base: torch.Tensor | None = None,
-            out: torch.Tensor | None = None) -> torch.Tensor:
-        """base + xp @ W per group: xp (G, C, a), W (S, a, b), base (G, C or 1, b) -> (G, C, b) (into
-        `out` if given). Direct groups read W in place; overflow groups a gathered copy of theirs."""
-        out = xp.new_empty(self.G, xp.shape[1], W.shape[2]) if out is None else out
+    def pieces(self, W: torch.Tensor) -> list[tuple[slice, torch.Tensor]]:
+        """Per-slot matrices W (S, a, b) -> [(groups, their matrices)]: direct groups read W in place,
+        overflow (or gathered) groups a gathered copy. A chain that multiplies by W again (a backward,
+        by W^T) reuses the copy: `[(sl, Ws.mT) for sl, Ws in pieces]`."""
         if self.extra is None:
-            pieces = [(slice(None), self.weights(W))]
-        else:
-            pieces = [(slice(None, self.S), W), (slice(self.S, None), W.index_select(0, self.extra))]
+            return [(slice(None), self.weights(W))]
+        return [(slice(None, self.S), W), (slice(self.S, None), W.index_select(0, self.extra))]
+
+    def bmm(self, xp: torch.Tensor, W: torch.Tensor | list, base: torch.Tensor | None = None,
+            out: torch.Tensor | None = None) -> torch.Tensor:
+        """base + xp @ W per group: xp (G, C, a), W (S, a, b) or its `pieces`, base (G, C or 1, b) ->
+        (G, C, b) (into `out` if given)."""
+        pieces = self.pieces(W) if isinstance(W, torch.Tensor) else W
+        out = xp.new_empty(self.G, xp.shape[1], pieces[0][1].shape[2]) if out is None else out
         for sl, Ws in pieces:
             if base is None:
                 torch.bmm(xp[sl], Ws, out=out[sl])
@@ -147,7 +155,10 @@ class _Plan:
     means: torch.Tensor | None = None  # (n,) the mean rows' places in the attribute groups (G * C)
     # the encoder side, grouped by value: in `att`'s layout unless the decoders are shared (`enc` set)
     enc: Grouping | None = None  # by value, (Ge, Ce); None: `att`
-    cp: torch.Tensor | None = None  # (Ge, Ce, k) attribute rows in their value's basis
+    # (Ge, Ce, k) attribute rows in their value's basis; stacked encoders: (Gv, Cv, n (k + 1))
+    cp: torch.Tensor | None = None
+    stack: torch.Tensor | None = None  # (M,) each value's block of the stacked encoders; None: not stacked
+    blocks: int = 0  # the stacked encoders' blocks, A * n
     eps: torch.Tensor | None = None  # (Ge, Ce, z) the noise of sampled rows (zero elsewhere); None: mean
     klw: torch.Tensor | None = None  # (Ge, Ce) 1 / M at the M attribute rows, 0 at mean rows and padding
     perm: torch.Tensor | None = None  # (Gv * Cv,) each decoder row's place in the encoder layout
@@ -176,6 +187,19 @@ def _ortho_backward(g: torch.Tensor, saved: tuple) -> torch.Tensor:
     return (gv - v * (v * gv).sum(-1, keepdim=True)) / norm  # through v = m / |m|
 
 
+def _stacked(w: torch.Tensor, b: torch.Tensor, at: torch.Tensor, blocks: int, A: int) -> torch.Tensor:
+    """Per-value encoders w (M, k, z), b (M, z) -> each attribute's side by side (A, n (k + 1), z), n =
+    blocks / A: value m's [w; b] is block at[m], the other blocks zero."""
+    wb = torch.cat([w, b[:, None]], 1)  # (M, k + 1, z)
+    return wb.new_zeros(blocks, *wb.shape[1:]).index_copy_(0, at, wb).view(A, -1, wb.shape[2])
+
+
+def _unstacked(gs: torch.Tensor, at: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The gradient of `_stacked`'s output (A, n (k + 1), z) -> of its w (M, k, z) and b (M, z)."""
+    gwb = gs.view(-1, k + 1, gs.shape[2]).index_select(0, at)  # (M, k + 1, z)
+    return gwb[:, :k], gwb[:, k]
+
+
 class _Adapters(torch.autograd.Function):
     """One pass of a batch's distinct rows through their adapters, the orthogonality of the values'
     mean paths, and the gather to the caption positions, forward and backward written out: one
@@ -191,17 +215,24 @@ class _Adapters(torch.autograd.Function):
     VAE:   mu = c U_mu + b_mu, logvar = c U_lv + b_lv     c (Ge, Ce, k), U (Ge, k, z)
            z = mu + exp(logvar / 2) eps,  y = v + z D + b_d        D (Gv, z, d)
            kl = sum_rows w (1/2) sum_z (mu^2 + exp(logvar) - 1 - logvar)
-    With shared decoders, the encoder side runs grouped by value (Ge, Ce) and z moves to the decoder's
-    grouping by attribute (Gv, Cv) through `plan.perm`; b_d stays per value (`plan.vslot`)."""
+    With shared decoders, b_d stays per value (`plan.vslot`), and the encoders run either stacked
+    (`plan.stack`: c is (Gv, Cv, n (k + 1)), each row's [coordinates, 1] in its value's block, and U
+    each attribute's [U; b] blocks side by side, so the encoders run in the decoders' groups), or,
+    where those blocks would be too wide (`mode: cache`), grouped by value (Ge, Ce), z moving to the
+    decoders' grouping by attribute (Gv, Cv) through `plan.perm`."""
 
     @staticmethod
     def forward(ctx, plan: _Plan, where, scaling, lora_a, lora_b, mu_w, mu_b, lv_w, lv_b, dec_w, dec_b):
+        args = (ctx, plan, where, scaling, lora_a, lora_b, mu_w, mu_b, lv_w, lv_b, dec_w, dec_b)
+        if not torch.is_autocast_enabled(lora_a.device.type):
+            return _Adapters._forward(*args)
         with torch.autocast(lora_a.device.type, enabled=False):  # fp32 under amp: small, feeds fp32 losses
-            return _Adapters._forward(ctx, plan, where, scaling, lora_a, lora_b, mu_w, mu_b, lv_w, lv_b,
-                                      dec_w, dec_b)
+            return _Adapters._forward(*args)
 
     @staticmethod
     def backward(ctx, g_states, g_kl, g_ortho):
+        if not torch.is_autocast_enabled(g_states.device.type):
+            return _Adapters._backward(ctx, g_states, g_kl, g_ortho)
         with torch.autocast(g_states.device.type, enabled=False):
             return _Adapters._backward(ctx, g_states, g_kl, g_ortho)
 
@@ -215,14 +246,19 @@ class _Adapters(torch.autograd.Function):
             g = plan.tok
             n_tok = g.G * g.C
             h = g.bmm(plan.xp, lora_a).mul_(scaling)  # (Gl, Cl, r): s (x A)
-            g.bmm(h, lora_b, base=plan.xp, out=packed[:n_tok].view(g.G, g.C, d))
-            saved.update(h=h)
+            pb = g.pieces(lora_b)  # kept: the backward multiplies by the same (gathered) B^T
+            g.bmm(h, pb, base=plan.xp, out=packed[:n_tok].view(g.G, g.C, d))
+            saved.update(h=h, pb=pb)
         kl = ortho = lora_a.new_zeros(())
         if plan.att is not None:
             g = plan.att
             e = g if plan.enc is None else plan.enc
-            mu = e.bmm(plan.cp, mu_w, base=e.weights(mu_b)[:, None])  # (Ge, Ce, z)
-            lv = e.bmm(plan.cp, lv_w, base=e.weights(lv_b)[:, None])
+            if plan.stack is not None:  # each attribute's value encoders side by side, biases folded in
+                mu = g.bmm(plan.cp, _stacked(mu_w, mu_b, plan.stack, plan.blocks, g.S))  # (Gv, Cv, z)
+                lv = g.bmm(plan.cp, _stacked(lv_w, lv_b, plan.stack, plan.blocks, g.S))
+            else:
+                mu = e.bmm(plan.cp, mu_w, base=e.weights(mu_b)[:, None])  # (Ge, Ce, z)
+                lv = e.bmm(plan.cp, lv_w, base=e.weights(lv_b)[:, None])
             var = lv.exp()
             std = None if plan.eps is None else var.sqrt()
             z = mu if std is None else torch.addcmul(mu, std, plan.eps)
@@ -257,14 +293,14 @@ class _Adapters(torch.autograd.Function):
             n_tok = g.G * g.C
             gy = gp[:n_tok].view(g.G, g.C, d)  # (Gl, Cl, d)
             gB = torch.bmm(h.transpose(1, 2), gy)  # (Gl, r, d)
-            gh = g.bmm(gy, lora_b.transpose(1, 2)).mul_(s)  # (Gl, Cl, r)
+            gh = g.bmm(gy, [(sl, Ws.mT) for sl, Ws in sv["pb"]]).mul_(s)  # (Gl, Cl, r)
             gA = torch.bmm(plan.xp.transpose(1, 2), gh)  # (Gl, d, r)
             grads[0], grads[1] = g.scatter(gA), g.scatter(gB)
         if plan.att is not None:
             g = plan.att
             gy = gp[n_tok:n_tok + g.G * g.C]
-            if "ortho" in sv:
-                gy = gy.index_add(0, plan.means, _ortho_backward(g_ortho, sv["ortho"]))
+            if "ortho" in sv:  # in place: gp is this backward's own buffer
+                gy.index_add_(0, plan.means, _ortho_backward(g_ortho, sv["ortho"]))
             gy = gy.view(g.G, g.C, d)  # (Gv, Cv, d)
             mu, var, std, z = sv["mu"], sv["var"], sv["std"], sv["z"]
             gD = torch.bmm(z.transpose(1, 2), gy)  # (Gv, z, d)
@@ -279,9 +315,14 @@ class _Adapters(torch.autograd.Function):
             glv = (var - 1).mul_(w * 0.5)  # d KL / d logvar = (exp(logvar) - 1) / 2
             if std is not None:
                 glv.addcmul_(gz, std * plan.eps, value=0.5)  # d z / d logvar = eps exp(logvar / 2) / 2
-            cT = plan.cp.transpose(1, 2)  # (Ge, k, Ce)
-            grads[2], grads[3] = e.scatter(torch.bmm(cT, gmu)), e.scatter(gmu.sum(1))
-            grads[4], grads[5] = e.scatter(torch.bmm(cT, glv)), e.scatter(glv.sum(1))
+            cT = plan.cp.transpose(1, 2)  # (Ge, k, Ce); stacked: (Gv, n (k + 1), Cv)
+            if plan.stack is not None:
+                k = ctx.shapes[2][1]
+                grads[2], grads[3] = _unstacked(g.scatter(torch.bmm(cT, gmu)), plan.stack, k)
+                grads[4], grads[5] = _unstacked(g.scatter(torch.bmm(cT, glv)), plan.stack, k)
+            else:
+                grads[2], grads[3] = e.scatter(torch.bmm(cT, gmu)), e.scatter(gmu.sum(1))
+                grads[4], grads[5] = e.scatter(torch.bmm(cT, glv)), e.scatter(glv.sum(1))
             grads[6] = g.scatter(gD)
             if plan.vslot is None:
                 grads[7] = g.scatter(gy.sum(1))
@@ -300,17 +341,17 @@ def _layout(counts: np.ndarray, R: int, w: int, row: int) -> tuple[int, np.ndarr
     - gathered (K chunks of the slots present): 2 S w for the gradient's zero-fill and its reads,
       2 K w for the copies and their gradients, K C rows."""
     counts = np.asarray(counts, dtype=np.int64)
-    S, cmax, n = len(counts), int(counts.max()), int((counts > 0).sum())
-    Cs = np.unique([-(-R // n), cmax] + [2 ** i for i in range(11) if 2 ** i < cmax])  # candidate C
-    chunks = -(-counts[None, :] // Cs[:, None])  # (n_C, S), 0 for absent slots
-    K = chunks.sum(1)
-    E = np.maximum(chunks - 1, 0).sum(1)
+    S, present = len(counts), counts[counts > 0]
+    n, cmax = len(present), int(present.max())
+    Cs = np.array(sorted({-(-R // n), cmax, *(2 ** i for i in range(11) if 2 ** i < cmax)}))  # candidate C
+    K = (-(-present // Cs[:, None])).sum(1)  # (n_C,) chunks of the slots present
+    E = K - n  # the overflow chunks of direct
     gathered = 2 * S * w + 2 * K * w + K * Cs * row
     direct = 2 * S * w + 2 * E * w + (S + E) * Cs * row
     i, j = int(np.argmin(gathered)), int(np.argmin(direct))
     if direct[j] <= gathered[i]:
-        return int(Cs[j]), np.maximum(chunks[j], 1), False
-    return int(Cs[i]), chunks[i], True
+        return int(Cs[j]), np.maximum(-(-counts // Cs[j]), 1), False
+    return int(Cs[i]), -(-counts // Cs[i]), True
 
 
 def value_coords(vectors: torch.Tensor, rows: torch.Tensor, slot: torch.Tensor, n: int,
@@ -396,6 +437,27 @@ class CaptionPEFT(nn.Module):
         self.register_buffer("vae_inputs", torch.cat([coords, mean(coords)]), persistent=False)
         self.register_buffer("vae_base", torch.cat([vectors[rows], mean(vectors[rows])]), persistent=False)
         self.n_attr_rows = len(rows)
+        # shared decoders and narrow bases: the encoders run stacked per attribute (module docstring). Value
+        # m is block stack_at[m] = (its attribute) * n + (its rank within it) of the A * n blocks; its rows'
+        # input (R_attr + M, n (k + 1)): [coordinates, 1] in that block, zeros elsewhere. Only where the
+        # blocks stay narrow (n (k + 1) <= 2 z: a table's few rows per value), not at `mode: cache`'s k = d
+        self._stack_blocks = 0
+        if self._dec_slot is not None:
+            rank = torch.zeros(n_vae, dtype=torch.long)
+            for a in range(n_dec):
+                vals = (dec_slot == a).nonzero().squeeze(1)
+                rank[vals] = torch.arange(len(vals))
+            n = int(rank.max()) + 1
+            if n * (k + 1) <= 2 * zdim:
+                at = dec_slot * n + rank  # (M,)
+                ones = torch.ones(len(self.vae_inputs), 1)
+                inp = torch.cat([self.vae_inputs, ones], 1)  # (R_attr + M, k + 1)
+                block = rank[torch.cat([slot[rows], torch.arange(n_vae)])]  # (R_attr + M,) each row's block
+                stacked = torch.zeros(len(inp), n, k + 1)
+                stacked[torch.arange(len(inp)), block] = inp
+                self.register_buffer("stack_at", at, persistent=False)
+                self.register_buffer("vae_inputs_stacked", stacked.view(len(inp), -1), persistent=False)
+                self._stack_blocks = n_dec * n
         # LoRA, one per token content
         self.lora_a = nn.Parameter(torch.randn(n_lora, d, r) / math.sqrt(d))  # (K, d, r)
         self.lora_b = nn.Parameter(torch.zeros(n_lora, r, d))  # (K, r, d): zero -> identity at init
@@ -494,7 +556,7 @@ class CaptionPEFT(nn.Module):
         (the mean of its rows through the VAE's mean) as one more row of its value's group."""
         d, z, dev = self.dim, self.zdim, self.vectors.device
         is_attr, slot, attr_pos = self._index
-        to = lambda a: torch.from_numpy(a).to(dev)  # noqa: E731
+        to = torch.from_numpy if dev.type == "cpu" else lambda a: torch.from_numpy(a).to(dev)  # noqa: E731
         r = rows if isinstance(rows, np.ndarray) else rows.cpu().numpy()
         attr = is_attr[r]
         tok_i, att_i = np.flatnonzero(~attr), np.flatnonzero(attr)
@@ -513,9 +575,18 @@ class CaptionPEFT(nn.Module):
             if with_means:  # the mean paths are the last n rows of vae_inputs and vae_base
                 inp = np.concatenate([inp, self.n_attr_rows + np.arange(n)])
                 s = np.concatenate([s, np.arange(n)])
-            k = self.vae_inputs.shape[1]
+            inputs = self.vae_inputs
+            k = inputs.shape[1]
             if self._dec_slot is None:  # a decoder per value: one grouping for the whole VAE
                 g = e = Grouping(s, n, 2 * k * z + z * d, k + 3 * z + 2 * d, dev)
+            elif self._stack_blocks:  # encoders stacked per attribute: one grouping, by attribute
+                inputs = self.vae_inputs_stacked
+                k = inputs.shape[1]
+                g = e = Grouping(self._dec_slot[s], self.vae_dec_w.shape[0], 2 * k * z + z * d,
+                                 k + 3 * z + 2 * d, dev)
+                vslot = np.zeros(g.G * g.C, dtype=np.int64)
+                vslot[g.flat] = s
+                plan.vslot, plan.stack, plan.blocks = to(vslot), self.stack_at, self._stack_blocks
             else:  # encoders grouped by value, decoders by attribute; z moves between the two layouts
                 e = Grouping(s, n, 2 * k * z, k + 3 * z, dev)
                 g = Grouping(self._dec_slot[s], self.vae_dec_w.shape[0], z * d, z + 2 * d, dev)
@@ -523,7 +594,7 @@ class CaptionPEFT(nn.Module):
                 perm[g.flat], vslot[g.flat] = e.flat, s
                 plan.enc, plan.perm, plan.vslot = e, to(perm), to(vslot)
             at = to(e.gather_index(inp))  # (G * C,) padded rows read any row: never read back
-            plan.cp = self.vae_inputs.index_select(0, at).view(e.G, e.C, k)
+            plan.cp = inputs.index_select(0, at).view(e.G, e.C, k)
             at = at if e is g else to(g.gather_index(inp))
             plan.att = g
             plan.base = self.vae_base.index_select(0, at).view(g.G, g.C, d)
