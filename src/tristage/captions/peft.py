@@ -195,9 +195,10 @@ def _stacked(w: torch.Tensor, b: torch.Tensor, at: torch.Tensor, blocks: int, A:
 
 
 def _unstacked(gs: torch.Tensor, at: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The gradient of `_stacked`'s output (A, n (k + 1), z) -> of its w (M, k, z) and b (M, z)."""
-    gwb = gs.view(-1, k + 1, gs.shape[2]).index_select(0, at)  # (M, k + 1, z)
-    return gwb[:, :k], gwb[:, k]
+    """The gradient of `_stacked`'s output (A, n (k + 1), z) -> of its w (M, k, z) and b (M, z), each
+    gathered into a tensor of its own (contiguous, as the parameter: autograd then keeps it uncopied)."""
+    gwb = gs.view(-1, k + 1, gs.shape[2])  # (A * n, k + 1, z)
+    return gwb[:, :k].index_select(0, at), gwb[:, k].index_select(0, at)
 
 
 class _Adapters(torch.autograd.Function):
