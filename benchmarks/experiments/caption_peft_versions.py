@@ -14,7 +14,6 @@ pair of neighbouring calls.
 """
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import subprocess
 import sys
@@ -22,6 +21,8 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from benchmarks.experiments import caption_step_args, caption_step_setup
 
 PEFT = "src/tristage/captions/peft.py"
 
@@ -68,26 +69,14 @@ def measure(name: str, old_mod, old: str, batch: int, repeats: int, warmup: int)
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = caption_step_args(__doc__)
     ap.add_argument("--old", required=True, help="the commit to compare with")
-    ap.add_argument("--sizes", default="t5-base")
-    ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--repeats", type=int, default=20)
-    ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args(argv)
-    import torch
-
-    from tristage.environment import tune_malloc
-
-    tune_malloc()  # as every stage and the caption_vectors benchmark do
-    torch.set_num_threads(a.threads)
+    options = caption_step_setup(a)
     old_mod = load_old(a.old)
     for name in a.sizes.split(","):
         print(measure(name, old_mod, a.old, a.batch, a.repeats, a.warmup), flush=True)
-    print(f"command: python -m benchmarks.experiments.caption_peft_versions --old {a.old} --sizes {a.sizes} "
-          f"--batch {a.batch} --repeats {a.repeats} --warmup {a.warmup} --threads {a.threads}")
-
+    print(f"command: python -m benchmarks.experiments.caption_peft_versions --old {a.old} {options}")
 
 if __name__ == "__main__":
     main()

@@ -16,8 +16,9 @@ and its round robin: per repeat, the frozen encoder's forward, then train-mode f
 """
 from __future__ import annotations
 
-import argparse
 import copy
+
+from benchmarks.experiments import caption_step_args, caption_step_setup
 
 
 def per_attribute(table):
@@ -59,24 +60,11 @@ def measure(name: str, batch: int, repeats: int, warmup: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", default="t5-base")
-    ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--repeats", type=int, default=20)
-    ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=2)
-    a = ap.parse_args(argv)
-    import torch
-
-    from tristage.environment import tune_malloc
-
-    tune_malloc()  # as every stage and the caption_vectors benchmark do
-    torch.set_num_threads(a.threads)
+    a = caption_step_args(__doc__).parse_args(argv)
+    options = caption_step_setup(a)
     for name in a.sizes.split(","):
         print(measure(name, a.batch, a.repeats, a.warmup), flush=True)
-    print(f"command: python -m benchmarks.experiments.caption_vae_sharing --sizes {a.sizes} "
-          f"--batch {a.batch} --repeats {a.repeats} --warmup {a.warmup} --threads {a.threads}")
-
+    print(f"command: python -m benchmarks.experiments.caption_vae_sharing {options}")
 
 if __name__ == "__main__":
     main()
