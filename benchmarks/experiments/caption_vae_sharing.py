@@ -66,5 +66,6 @@ def main(argv: list[str] | None = None) -> None:
         print(measure(name, a.batch, a.repeats, a.warmup), flush=True)
     print(f"command: python -m benchmarks.experiments.caption_vae_sharing {options}")
 
+
 if __name__ == "__main__":
     main()
