@@ -78,5 +78,6 @@ def main(argv: list[str] | None = None) -> None:
         print(measure(name, old_mod, a.old, a.batch, a.repeats, a.warmup), flush=True)
     print(f"command: python -m benchmarks.experiments.caption_peft_versions --old {a.old} {options}")
 
+
 if __name__ == "__main__":
     main()
