@@ -585,15 +585,17 @@ class CaptionPEFT(nn.Module):
                 k = inputs.shape[1]
                 g = e = Grouping(self._dec_slot[s], self.vae_dec_w.shape[0], 2 * k * z + z * d,
                                  k + 3 * z + 2 * d, dev)
-                vslot = np.zeros(g.G * g.C, dtype=np.int64)
-                vslot[g.flat] = s
-                plan.vslot, plan.stack, plan.blocks = to(vslot), self.stack_at, self._stack_blocks
+                plan.stack, plan.blocks = self.stack_at, self._stack_blocks
             else:  # encoders grouped by value, decoders by attribute; z moves between the two layouts
                 e = Grouping(s, n, 2 * k * z, k + 3 * z, dev)
                 g = Grouping(self._dec_slot[s], self.vae_dec_w.shape[0], z * d, z + 2 * d, dev)
-                perm, vslot = np.zeros((2, g.G * g.C), dtype=np.int64)  # padding: any row, never read back
-                perm[g.flat], vslot[g.flat] = e.flat, s
-                plan.enc, plan.perm, plan.vslot = e, to(perm), to(vslot)
+                perm = np.zeros(g.G * g.C, dtype=np.int64)  # padding: any row, never read back
+                perm[g.flat] = e.flat
+                plan.enc, plan.perm = e, to(perm)
+            if self._dec_slot is not None:  # shared decoders: each decoder row's value (its output bias)
+                vslot = np.zeros(g.G * g.C, dtype=np.int64)
+                vslot[g.flat] = s
+                plan.vslot = to(vslot)
             at = to(e.gather_index(inp))  # (G * C,) padded rows read any row: never read back
             plan.cp = inputs.index_select(0, at).view(e.G, e.C, k)
             at = at if e is g else to(g.gather_index(inp))
