@@ -4,7 +4,7 @@ of an earlier commit, side by side in one process.
     python -m benchmarks.experiments.caption_peft_versions --old 167ea3a
     python -m benchmarks.experiments.caption_peft_versions --old 167ea3a --sizes t5-base,flan-t5-large
 
-The old `src/tristage/captions/peft.py` is read with `git show <old>:...` and loaded as a module of its
+The old `src/tristage/captions/peft.py` is read with `git show <old>:...` and run as a module of its
 own (it imports nothing of the package's own that this checkout lacks); both build their `CaptionPEFT`
 from the same table with the same `PeftParams()`. `benchmarks/caption_vectors.py`'s batch, encoder and
 timed training step (`timed_calls`) and its round robin: per repeat the frozen encoder's forward, then
@@ -14,10 +14,9 @@ pair of neighbouring calls.
 """
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
-import tempfile
+import types
 from pathlib import Path
 
 import numpy as np
@@ -28,19 +27,15 @@ PEFT = "src/tristage/captions/peft.py"
 
 
 def load_old(commit: str):
-    """The module `peft.py` of `commit`, loaded under its own name."""
+    """The module `peft.py` of `commit`, loaded under its own name (from git, no file written)."""
     root = Path(__file__).resolve().parents[2]
     try:
         src = subprocess.run(["git", "show", f"{commit}:{PEFT}"], cwd=root, check=True, capture_output=True,
                              text=True).stdout
     except subprocess.CalledProcessError as e:
         raise SystemExit(f"--old {commit}: git show failed: {e.stderr.strip()}") from None
-    path = Path(tempfile.mkdtemp()) / "peft_old.py"
-    path.write_text(src)
-    spec = importlib.util.spec_from_file_location("peft_old", path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["peft_old"] = mod
-    spec.loader.exec_module(mod)
+    mod = sys.modules["peft_old"] = types.ModuleType("peft_old")  # its dataclasses look themselves up there
+    exec(compile(src, f"{commit}:{PEFT}", "exec"), mod.__dict__)
     return mod
 
 
