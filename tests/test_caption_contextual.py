@@ -120,6 +120,14 @@ def test_cached_corrections_are_the_computed_ones_and_do_not_depend_on_the_order
             assert m._cached(ids.numpy(), mask.numpy()) is not None
             torch.testing.assert_close(m(ids, mask).states, expect)
         m.cache_context(corpus[:2], max_mb=1)
+    # room for the corrections but not for each position's whole state: eval mode then gathers the baked
+    # row and the correction, two rows a position, to the same states
+    need = (len(m.vectors) + 10 + 2) * m.dim * 4 / 2**20
+    for max_mb, whole in ((need * 1.5, False), (need * 2.5, True)):
+        assert m.cache_context(corpus, max_mb=max_mb)["skipped"] is None
+        with torch.inference_mode():
+            torch.testing.assert_close(m(ids, mask).states, expect)
+        assert (m._baked()[3] is not None) == whole
     m.train()
     # a batch with a caption that is not cached (or not left-aligned) computes the whole batch
     assert m._cached(np.array([[1, 4, 2, 5, 3], [6, 6, 0, 0, 0]]), mask.numpy()) is None

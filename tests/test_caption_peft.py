@@ -319,6 +319,16 @@ def test_inference_cache_matches_and_follows_updates():
         m.lora_b.add_(1.0)  # an optimizer step: the cache must not go stale
         torch.testing.assert_close(m(ids, mask).states, m.enhanced_rows(ids[mask])[0].new_zeros(2, 5, 8)
                                    .masked_scatter(mask[..., None], m.enhanced_rows(ids[mask])[0]))
+    # inference computes the KL when it is read: of the batch and the parameters it was given, even when
+    # both change before the read
+    with torch.inference_mode():
+        late = m(ids, mask)
+    want = m(ids, mask).kl.detach()
+    ids[0, 1] = 3  # the batch, in place: its first caption loses attribute row 4
+    with torch.no_grad():
+        m.vae_mu_b.add_(1.0)
+    torch.testing.assert_close(late.kl, want)
+    assert late.kl.item() != pytest.approx(m(ids, mask).kl.item())
 
 
 def test_orthogonality_uses_the_mean_row_of_each_value():

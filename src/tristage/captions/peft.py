@@ -379,12 +379,24 @@ def value_coords(vectors: torch.Tensor, rows: torch.Tensor, slot: torch.Tensor, 
     return torch.einsum("rd,rdk->rk", X, Q[slot]).float()
 
 
-@dataclasses.dataclass
 class CaptionStates:
-    states: torch.Tensor  # (B, L, dim), zero at masked positions
-    mask: torch.Tensor  # (B, L) bool
-    kl: torch.Tensor  # () unweighted
-    ortho: torch.Tensor  # () unweighted
+    """A caption batch's states and the PEFT's two losses. `kl` may be given as a function that computes
+    it: it then runs on the first read (inference computes it only for a caller that reads it, such as
+    validation's loss; synthesis never does)."""
+
+    __slots__ = ("states", "mask", "ortho", "_kl")
+
+    def __init__(self, states: torch.Tensor, mask: torch.Tensor, kl, ortho: torch.Tensor):
+        self.states = states  # (B, L, dim), zero at masked positions
+        self.mask = mask  # (B, L) bool
+        self.ortho = ortho  # () unweighted
+        self._kl = kl  # () unweighted, or a function -> it
+
+    @property
+    def kl(self) -> torch.Tensor:
+        if callable(self._kl):
+            self._kl = self._kl()
+        return self._kl
 
 
 class CaptionPEFT(nn.Module):
@@ -476,6 +488,9 @@ class CaptionPEFT(nn.Module):
         # table, a zero row last
         self.register_buffer("context_cache", None, persistent=False)
         self._context_at: dict[bytes, int] = {}  # a cached caption's rows (int64 bytes) -> its first row
+        self._context_whole = False  # whether eval mode keeps each cached position's whole state (`_baked`)
+        # (T,) the table row at each cached position: eval mode bakes each cached position's whole state
+        self.register_buffer("context_rows", None, persistent=False)
 
     @torch.no_grad()
     def context_delta(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -517,12 +532,15 @@ class CaptionPEFT(nn.Module):
         cached values depend on the set of captions alone, not on the order a run meets them: a resumed
         run rebuilds the same cache, bit for bit. Not built without a contextualiser, or where it would
         take more than `max_mb` MiB (fp32, the corrections and room for the baked table): batches then
-        compute the correction, as without a cache.
+        compute the correction, as without a cache. Where the cache fits twice over, eval mode also keeps
+        each cached position's whole state (its baked row plus the correction: one gather a batch instead
+        of two rows a position)
         -> {"captions", "rows", "mib", "seconds", "skipped": why not built, or None}."""
         from tristage.captions.contextual import pad_rows
 
         t0 = time.perf_counter()
-        self.context_cache, self._context_at = None, {}
+        self.context_cache, self.context_rows, self._context_at, self._context_whole = None, None, {}, False
+        self._context_builds = self.__dict__.get("_context_builds", 0) + 1  # a new bake follows each build
         if self.context is None:
             return dict(captions=0, rows=0, mib=0.0, seconds=0.0, skipped="no contextualiser")
         keys = sorted({np.asarray(c, dtype=np.int64).tobytes() for c in captions},
@@ -549,6 +567,8 @@ class CaptionPEFT(nn.Module):
                 self._context_at[k] = at
                 at += len(r)
         self.context_cache = cache
+        self._context_whole = mib + (T + 1) * self.dim * 4 / 2**20 <= max_mb
+        self.context_rows = torch.from_numpy(np.concatenate(rows) if rows else np.zeros(0, np.int64)).to(dev)
         return dict(info, seconds=round(time.perf_counter() - t0, 3))
 
     def plan(self, rows: torch.Tensor | np.ndarray, sample: bool = False, with_means: bool = False) -> _Plan:
@@ -637,31 +657,38 @@ class CaptionPEFT(nn.Module):
         out, kl, ortho = self.adapters(plan, torch.from_numpy(plan.place).to(self.vectors.device))
         return out, kl, (ortho if with_ortho else None)
 
-    def _baked(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Eval-mode outputs of every row (and ortho), cached until a parameter changes in place
-        (optimizer step, load_state_dict), the module moves or the context cache is rebuilt: inference is
-        then a gather. The table is (N + 1, d), row N zero (padding); with a context cache it is the
-        cache itself, whose first N + 1 rows are kept for it, so one gather reads both."""
-        params = (self.lora_a, self.lora_b, self.vae_mu_w, self.vae_mu_b, self.vae_logvar_w,
-                  self.vae_logvar_b, self.vae_dec_w, self.vae_dec_b)  # all (the contextualiser has none)
+    def _baked(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Eval-mode outputs of every row (and ortho, and each row's KL), cached until a parameter changes
+        in place (optimizer step, load_state_dict), the module moves or the context cache is rebuilt:
+        inference is then a gather. The table is (N + 1, d), row N zero (padding); with a context cache
+        it is the cache itself, whose first N + 1 rows are kept for it, so one gather of two rows a
+        position reads both. Where the cache has room for it (`cache_context`), also (T + 1, d): each
+        cached position's whole state (its row's output plus its caption's correction), a zero row last,
+        so a batch of cached captions is a gather of one row a position."""
+        params = self._parameters.values()  # all of them (the contextualiser has none)
         cache = self.context_cache
-        key = (tuple(p._version for p in params) + tuple(p.data_ptr() for p in params)
-               + (None if cache is None else cache.data_ptr(),))
-        if getattr(self, "_bake_key", None) != key:
+        key = (*((p._version, p.data_ptr()) for p in params), self.__dict__.get("_context_builds"),
+               None if cache is None else cache.data_ptr())
+        if self.__dict__.get("_bake_key") != key:
             N = len(self.vectors)
             every = torch.arange(N, device=self.vectors.device)
             rows, _, self._bake_ortho = self.enhanced_rows(every, with_ortho=True)
+            self._bake_context = None
             if cache is None:
                 self._bake = torch.cat([rows, rows.new_zeros(1, self.dim)])
             else:
                 cache[:N] = rows
                 self._bake = cache
+                if self._context_whole:
+                    whole = cache[N + 1:].clone()  # (T + 1, d): the corrections, the zero row last
+                    whole[:-1] += rows[self.context_rows]
+                    self._bake_context = whole
             rows = self.is_attr.nonzero().squeeze(1)
             self._bake_kl = self.vectors.new_zeros(N)  # (N,) KL per row, 0 for token rows
             if len(rows):
                 self._bake_kl[rows] = self.kl_per_row(rows)
             self._bake_key = key
-        return self._bake, self._bake_ortho, self._bake_kl
+        return self._bake, self._bake_ortho, self._bake_kl, self._bake_context
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor, context: bool = True) -> CaptionStates:
         B, L = ids.shape
@@ -670,18 +697,28 @@ class CaptionPEFT(nn.Module):
         ids_np, mask_np = ids.cpu().numpy(), mask.cpu().numpy()
         cached = self._cached(ids_np, mask_np) if context else None  # cache rows of the corrections
         if not self.training and not torch.is_grad_enabled():  # inference: the cached enhanced table
-            table, ortho, kl_rows = self._baked()
-            present = np.unique(ids_np[mask_np])
-            present = torch.from_numpy(present[self._index[0][present]]).to(ids.device)  # attribute rows
-            kl = kl_rows[present].mean() if len(present) else table.new_zeros(())
-            rows = np.where(mask_np, ids_np, len(self.vectors)).ravel()  # row N: zero, for padding
-            if cached is not None:  # each position's row plus its caption's cached correction, one pass
-                bags = torch.from_numpy(np.stack([rows, cached], 1)).to(ids.device)
-                states = F.embedding_bag(bags, table, mode="sum")
+            table, ortho, kl_rows, whole = self._baked()
+            N = len(self.vectors)
+            if cached is not None and whole is not None:  # each position's state, its correction included
+                states = whole.index_select(0, torch.from_numpy(cached - (N + 1)).to(ids.device))
             else:
-                states = table.index_select(0, torch.from_numpy(rows).to(ids.device))
-                if context:
-                    states = states + self._correction(ids, mask, None).view(B * L, self.dim)
+                rows = np.where(mask_np, ids_np, N).ravel()  # row N: zero, for padding
+                if cached is not None:  # each position's baked row plus its caption's cached correction
+                    bags = torch.from_numpy(np.stack([rows, cached], 1)).to(ids.device)
+                    states = F.embedding_bag(bags, table, mode="sum")
+                else:
+                    states = table.index_select(0, torch.from_numpy(rows).to(ids.device))
+                    if context:
+                        states = states + self._correction(ids, mask, None).view(B * L, self.dim)
+
+            present = ids_np[mask_np]  # a copy: the KL is the batch's even if its ids change before the read
+
+            def kl() -> torch.Tensor:  # the mean over the distinct attribute rows present
+                rows = np.unique(present[self._index[0][present]])
+                if not len(rows):
+                    return table.new_zeros(())
+                return kl_rows[torch.from_numpy(rows).to(ids.device)].mean()
+
             return CaptionStates(states=states.view(B, L, self.dim), mask=mask, kl=kl, ortho=ortho)
         delta = self._correction(ids, mask, cached) if context else None
         valid = mask_np.ravel()
