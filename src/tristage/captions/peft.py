@@ -488,9 +488,12 @@ class CaptionPEFT(nn.Module):
         # table, a zero row last
         self.register_buffer("context_cache", None, persistent=False)
         self._context_at: dict[bytes, int] = {}  # a cached caption's rows (int64 bytes) -> its first row
-        self._context_whole = False  # whether eval mode keeps each cached position's whole state (`_baked`)
-        # (T,) the table row at each cached position: eval mode bakes each cached position's whole state
+        # (T,) the table row at each cached position, and whether eval mode keeps each cached position's
+        # whole state (`_baked`)
         self.register_buffer("context_rows", None, persistent=False)
+        self._context_whole = False
+        self._context_builds = 0  # a new bake follows each build of the cache
+        self._bake_key = None
 
     @torch.no_grad()
     def context_delta(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -532,15 +535,15 @@ class CaptionPEFT(nn.Module):
         cached values depend on the set of captions alone, not on the order a run meets them: a resumed
         run rebuilds the same cache, bit for bit. Not built without a contextualiser, or where it would
         take more than `max_mb` MiB (fp32, the corrections and room for the baked table): batches then
-        compute the correction, as without a cache. Where the cache fits twice over, eval mode also keeps
-        each cached position's whole state (its baked row plus the correction: one gather a batch instead
-        of two rows a position)
+        compute the correction, as without a cache. Where `max_mb` has room for them as well, eval mode
+        also keeps each cached position's whole state (its baked row plus the correction), so that a batch
+        gathers one row a position instead of two.
         -> {"captions", "rows", "mib", "seconds", "skipped": why not built, or None}."""
         from tristage.captions.contextual import pad_rows
 
         t0 = time.perf_counter()
         self.context_cache, self.context_rows, self._context_at, self._context_whole = None, None, {}, False
-        self._context_builds = self.__dict__.get("_context_builds", 0) + 1  # a new bake follows each build
+        self._context_builds += 1
         if self.context is None:
             return dict(captions=0, rows=0, mib=0.0, seconds=0.0, skipped="no contextualiser")
         keys = sorted({np.asarray(c, dtype=np.int64).tobytes() for c in captions},
@@ -667,9 +670,9 @@ class CaptionPEFT(nn.Module):
         so a batch of cached captions is a gather of one row a position."""
         params = self._parameters.values()  # all of them (the contextualiser has none)
         cache = self.context_cache
-        key = (*((p._version, p.data_ptr()) for p in params), self.__dict__.get("_context_builds"),
+        key = (*((p._version, p.data_ptr()) for p in params), self._context_builds,
                None if cache is None else cache.data_ptr())
-        if self.__dict__.get("_bake_key") != key:
+        if self._bake_key != key:
             N = len(self.vectors)
             every = torch.arange(N, device=self.vectors.device)
             rows, _, self._bake_ortho = self.enhanced_rows(every, with_ortho=True)
