@@ -488,10 +488,9 @@ class CaptionPEFT(nn.Module):
         # table, a zero row last
         self.register_buffer("context_cache", None, persistent=False)
         self._context_at: dict[bytes, int] = {}  # a cached caption's rows (int64 bytes) -> its first row
-        # (T,) the table row at each cached position, and whether eval mode keeps each cached position's
-        # whole state (`_baked`)
+        # (T,) the table row at each cached position, where eval mode keeps each cached position's whole
+        # state (`_baked`; None: it does not)
         self.register_buffer("context_rows", None, persistent=False)
-        self._context_whole = False
         self._context_builds = 0  # a new bake follows each build of the cache
         self._bake_key = None
 
@@ -542,7 +541,7 @@ class CaptionPEFT(nn.Module):
         from tristage.captions.contextual import pad_rows
 
         t0 = time.perf_counter()
-        self.context_cache, self.context_rows, self._context_at, self._context_whole = None, None, {}, False
+        self.context_cache, self.context_rows, self._context_at = None, None, {}
         self._context_builds += 1
         if self.context is None:
             return dict(captions=0, rows=0, mib=0.0, seconds=0.0, skipped="no contextualiser")
@@ -570,8 +569,8 @@ class CaptionPEFT(nn.Module):
                 self._context_at[k] = at
                 at += len(r)
         self.context_cache = cache
-        self._context_whole = mib + (T + 1) * self.dim * 4 / 2**20 <= max_mb
-        self.context_rows = torch.from_numpy(np.concatenate(rows) if rows else np.zeros(0, np.int64)).to(dev)
+        if mib + (T + 1) * self.dim * 4 / 2**20 <= max_mb:  # room for the whole states too
+            self.context_rows = torch.from_numpy(np.concatenate([np.zeros(0, np.int64), *rows])).to(dev)
         return dict(info, seconds=round(time.perf_counter() - t0, 3))
 
     def plan(self, rows: torch.Tensor | np.ndarray, sample: bool = False, with_means: bool = False) -> _Plan:
@@ -682,7 +681,7 @@ class CaptionPEFT(nn.Module):
             else:
                 cache[:N] = rows
                 self._bake = cache
-                if self._context_whole:
+                if self.context_rows is not None:
                     whole = cache[N + 1:].clone()  # (T + 1, d): the corrections, the zero row last
                     whole[:-1] += rows[self.context_rows]
                     self._bake_context = whole
