@@ -138,11 +138,16 @@ def spread(x: np.ndarray) -> str:
 
 def timed_calls(name: str, batch: int, device: str):
     """The random-init T5 encoder of size `name`, the benchmark table and a batch of `batch` captions, and
-    the two calls every comparison here times:
+    the calls every comparison here times:
     - encoder(): the frozen encoder's forward on the batch (T5-length token ids);
     - training(module): a train-mode caption module's forward and backward, from a fixed gradient of the
-      caption states plus the KL and orthogonality terms, then its gradients dropped.
-    -> a namespace (cfg, enc, table, ids, mask, encoder, training); ids and mask on `device`."""
+      caption states plus the KL and orthogonality terms, then its gradients dropped;
+    - inference(module, kl=False): an eval-mode module's call under inference mode, its KL read if `kl`
+      (as validation does; generation reads the states alone);
+    - corpus(): the captions (table rows) a training stage would cache the contextualiser's corrections
+      of: 1,000 more demo captions and the batch's.
+    -> a namespace (cfg, enc, table, ids, mask, encoder, training, inference, corpus); ids and mask on
+    `device`."""
     from types import SimpleNamespace
 
     import torch
@@ -169,8 +174,18 @@ def timed_calls(name: str, batch: int, device: str):
         torch.autograd.backward([out.states, out.kl, out.ortho], [g_states, one, one])
         module.zero_grad(set_to_none=True)
 
+    def inference(module, kl=False):
+        with torch.inference_mode():
+            out = module(ids, mask)
+            if kl:
+                out.kl.item()
+
+    def corpus():
+        rows = [table.encode(c) for c in demo_captions(1000, seed=2)]
+        return rows + [r[m].tolist() for r, m in zip(ids.cpu(), mask.cpu())]
+
     return SimpleNamespace(cfg=cfg, enc=enc, table=table, ids=ids, mask=mask, encoder=encoder,
-                           training=training)
+                           training=training, inference=inference, corpus=corpus)
 
 
 def measure(name: str, batch: int, repeats: int, warmup: int, device: str) -> dict:
@@ -195,24 +210,19 @@ def measure(name: str, batch: int, repeats: int, warmup: int, device: str) -> di
     sync()
     t_bake = time.perf_counter() - t0
     # the corrections of a corpus's captions, computed once per run (here 1,000 more demo captions)
-    corpus = [table.encode(c) for c in demo_captions(1000, seed=2)]
-    rows = [r[m].tolist() for r, m in zip(ids.cpu(), mask.cpu())]
+    corpus = run.corpus()
     sync()
     t0 = time.perf_counter()
-    ctx_train.cache_context(corpus + rows, max_mb=1e9)
+    ctx_train.cache_context(corpus, max_mb=1e9)
     sync()
     t_cache = time.perf_counter() - t0
-    ctx_eval.cache_context(corpus + rows, max_mb=1e9)
+    ctx_eval.cache_context(corpus, max_mb=1e9)
     with torch.inference_mode():
         ctx_eval(ids, mask), batch_eval(ids, mask)
+    inference = run.inference
 
-    def inference(module=peft_eval, kl=False):
-        with torch.inference_mode():
-            out = module(ids, mask)
-            if kl:
-                out.kl.item()
-
-    fns = dict(encoder=run.encoder, inference=inference, inference_kl=lambda: inference(kl=True),
+    fns = dict(encoder=run.encoder, inference=lambda: inference(peft_eval),
+               inference_kl=lambda: inference(peft_eval, kl=True),
                training=lambda: run.training(peft_train),
                inference_ctx=lambda: inference(ctx_eval), training_ctx=lambda: run.training(ctx_train),
                inference_ctx_batch=lambda: inference(batch_eval),
@@ -237,7 +247,7 @@ def measure(name: str, batch: int, repeats: int, warmup: int, device: str) -> di
         ratio_inference_ctx_batch=t["encoder"] / t["inference_ctx_batch"],
         ratio_training_ctx_batch=t["encoder"] / t["training_ctx_batch"],
         bake_ms=1e3 * t_bake,
-        cache_ms_per_1000=1e3 * t_cache / (len(corpus) + len(rows)) * 1000,
+        cache_ms_per_1000=1e3 * t_cache / len(corpus) * 1000,
         encoder_mb=nbytes(enc.parameters()) / 2**20,
         table_mb=table.vectors.numel() * 4 / 2**20,
         adapters_mb=nbytes(peft_train.parameters()) / 2**20,

@@ -49,7 +49,6 @@ def measure(name: str, old_mod, old: str, batch: int, repeats: int, warmup: int,
 
     from benchmarks.caption_vectors import (
         bench_contextualiser,
-        demo_captions,
         round_robin,
         spread,
         timed_calls,
@@ -63,19 +62,13 @@ def measure(name: str, old_mod, old: str, batch: int, repeats: int, warmup: int,
     mods = {"old": old_mod.CaptionPEFT(run.table, PeftParams()).train(not inference),
             "new": CaptionPEFT(run.table, PeftParams()).train(not inference)}
     if context:
-        corpus = [run.table.encode(c) for c in demo_captions(1000, seed=2)]
-        corpus += [r[m].tolist() for r, m in zip(run.ids, run.mask)]
+        corpus = run.corpus()
         for m in mods.values():
             m.cache_context(corpus, max_mb=1e9)
-
-    def infer(m):
-        with torch.inference_mode():
-            m(run.ids, run.mask)
-
-    call = infer if inference else run.training
+    call = run.inference if inference else run.training
     if inference:
         for m in mods.values():
-            infer(m)  # bakes the adapters (once per weight update)
+            call(m)  # bakes the adapters (once per weight update)
     step = {k: (lambda m=m: call(m)) for k, m in mods.items()}
     fns = dict(encoder=run.encoder, old=step["old"], new=step["new"], encoder2=run.encoder, new2=step["new"],
                old2=step["old"])
