@@ -669,8 +669,8 @@ class CaptionPEFT(nn.Module):
         so a batch of cached captions is a gather of one row a position."""
         params = self._parameters.values()  # all of them (the contextualiser has none)
         cache = self.context_cache
-        key = (*((p._version, p.data_ptr()) for p in params), self._context_builds,
-               None if cache is None else cache.data_ptr())
+        # a move (`.to`) moves the parameters too, and every cache build counts
+        key = (*((p._version, p.data_ptr()) for p in params), self._context_builds)
         if self._bake_key != key:
             N = len(self.vectors)
             every = torch.arange(N, device=self.vectors.device)
