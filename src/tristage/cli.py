@@ -50,8 +50,9 @@ def _import(args) -> int:
     summary = import_corpus(args.format, args.src, args.out, columns=args.columns, speaker=args.speaker,
                             text=args.text, language=args.language)
     print(json.dumps(summary))
+    name = args.format if summary["format"] == args.format else f"{args.format} ({summary['format']})"
     print(
-        f"import {args.format}: {summary['rows']} rows -> {summary['manifest']}; {summary['rejected']} "
+        f"import {name}: {summary['rows']} rows -> {summary['manifest']}; {summary['rejected']} "
         f"rejected -> {summary['rejects']}. Next: set prepare.manifest to it, then dvc repro",
         file=sys.stderr,
     )
@@ -88,10 +89,12 @@ def _parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser(
         "import",
-        help="convert a corpus (ljspeech, libritts, hf-parquet, lhotse) into a manifest "
-        "that `prepare` reads; bad entries go to DIR/rejects.jsonl",
+        help="convert a corpus (ljspeech, libritts, librispeech, hf-parquet, lhotse, or auto) into a "
+        "manifest that `prepare` reads; bad entries and stray files go to DIR/rejects.jsonl",
     )
-    i.add_argument("format", choices=("ljspeech", "libritts", "hf-parquet", "lhotse"))
+    i.add_argument("format", choices=("ljspeech", "libritts", "librispeech", "hf-parquet", "lhotse", "auto"),
+                   help="auto: ljspeech, libritts or librispeech told by the layout, or a plain folder of "
+                   "name.<audio> + name.txt")
     i.add_argument(
         "src", help="the corpus folder (or file: metadata.csv, a .parquet shard, a lhotse .jsonl[.gz])"
     )
@@ -99,7 +102,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="output folder: manifest.jsonl, rejects.jsonl, wavs/ when audio must be written")
     i.add_argument("--columns", action="append", default=[], metavar="SOURCE=CONTRACT",
                    help="hf-parquet: map a column, e.g. --columns sentence=text --columns client_id=speaker")
-    i.add_argument("--speaker", default=None, help="speaker for rows without one (ljspeech default: LJ)")
+    i.add_argument("--speaker", default=None, help="speaker for rows without one (ljspeech default: LJ; "
+                   "a plain folder of pairs: the folder's name)")
     i.add_argument("--text", choices=("normalized", "original"), default="normalized",
                    help="ljspeech/libritts: which transcript to use")
     i.add_argument("--language", default=None, help="language code for every row, e.g. en")

@@ -24,7 +24,7 @@ from typing import Any
 from tristage.data.manifest import OPTIONAL_COLUMNS
 
 REASONS = ("bad_line", "missing_text", "missing_speaker", "audio_not_found", "unreadable_audio", "bad_layout",
-           "unsupported_source", "unknown_recording", "duplicate_id")
+           "unsupported_source", "unknown_recording", "duplicate_id", "unsupported_audio", "not_audio")
 CONTRACT = ("id", "audio", "text", "speaker", *[c for c in OPTIONAL_COLUMNS if c != "id"])
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 

@@ -1,11 +1,11 @@
 """Importers: a corpus as it comes -> `<out>/manifest.jsonl` (+ audio when it must be written) for `prepare`.
 
     import_corpus("ljspeech", "LJSpeech-1.1", "data/imported")   -> {"rows": ..., "rejected": ...}
+    import_corpus("auto", "my_voice", "data/imported")           -> {..., "format": "pairs"}  (layout used)
 
-- `ljspeech`: `metadata.csv` (`id|text|normalized text`) + `wavs/<id>.wav`; one speaker
-  (`speaker`, default "LJ"); the normalised text unless `text="original"`.
-- `libritts`: `<speaker>/<chapter>/<id>.wav` with `<id>.normalized.txt` / `<id>.original.txt`
-  beside it; genders from a `speakers.tsv` (READER, GENDER, ...) in SRC or its parent if present.
+- `ljspeech`, `libritts`, `librispeech`, and `auto` (one of them, or a plain folder of `name.<audio>` +
+  `name.txt`, told by its layout): audio files + transcripts in a folder, any audio format soundfile
+  decodes; every other file under the folder gets a reject line with its reason (see folders.py).
 - `hf-parquet`: Hugging Face `datasets` Parquet shards (a file or a folder of them), read in
   record batches; the audio column is a struct of `bytes` + `path` (or `array` +
   `sampling_rate`): the bytes are written once to `<out>/wavs/<id><suffix>` (kept when a rerun
@@ -33,8 +33,15 @@ from typing import Any
 
 from tristage.errors import UserError
 from tristage.importers.common import CONTRACT, ImportWriter, parse_columns, safe_name
+from tristage.importers.folders import (
+    detect_layout,
+    import_librispeech,
+    import_libritts,
+    import_ljspeech,
+    import_pairs,
+)
 
-FORMATS = ("ljspeech", "libritts", "hf-parquet", "lhotse")
+FORMATS = ("ljspeech", "libritts", "librispeech", "hf-parquet", "lhotse", "auto")
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".opus")
 
 
@@ -50,61 +57,29 @@ def import_corpus(fmt: str, src: str | os.PathLike, out: str | os.PathLike, colu
         raise UserError(f"import {fmt}: {exc}") from None
     if text not in ("normalized", "original"):
         raise UserError(f"import {fmt}: --text must be normalized or original, got {text!r}")
+    if fmt not in FORMATS:
+        raise UserError(f"import: unknown format {fmt!r}; formats: {', '.join(FORMATS)}")
+    # checked before the writer opens, so that a wrong SRC leaves an earlier import's files as they were
+    layout = detect_layout(src) if fmt == "auto" else fmt
+    name = fmt if layout == fmt else f"{fmt} ({layout})"
     with ImportWriter(out) as w:
-        if fmt == "ljspeech":
+        if layout == "ljspeech":
             import_ljspeech(src, w, speaker or "LJ", text, language)
-        elif fmt == "libritts":
+        elif layout == "libritts":
             import_libritts(src, w, text, language)
-        elif fmt == "hf-parquet":
+        elif layout == "librispeech":
+            import_librispeech(src, w, language)
+        elif layout == "pairs":
+            import_pairs(src, w, speaker or src.name, language)
+        elif layout == "hf-parquet":
             import_hf_parquet(src, w, mapping, speaker, language)
-        elif fmt == "lhotse":
-            import_lhotse(src, w, speaker, language)
         else:
-            raise UserError(f"import: unknown format {fmt!r}; formats: {', '.join(FORMATS)}")
+            import_lhotse(src, w, speaker, language)
         if w.rows == 0:
-            raise UserError(f"import {fmt}: no usable entry in {src} (see {w.out / 'rejects.jsonl'})")
-    return w.summary
+            raise UserError(f"import {name}: no usable entry in {src} (see {w.out / 'rejects.jsonl'}: "
+                            f"{', '.join(f'{k} {v}' for k, v in sorted(w.reasons.items())) or 'empty'})")
+    return {**w.summary, "format": layout}
 
-
-# -- LJSpeech ------------------------------------------------------------------------------------
-
-def import_ljspeech(src: Path, w: ImportWriter, speaker: str, text: str, language: str | None) -> None:
-    meta = src / "metadata.csv" if src.is_dir() else src
-    if not meta.is_file():
-        raise UserError(f"import ljspeech: {meta} not found (expected metadata.csv with id|text|normalized)")
-    wavs = meta.parent / "wavs"
-    with open(meta, encoding="utf-8", errors="replace") as f:
-        for n, line in enumerate(f, 1):
-            line = line.rstrip("\r\n")
-            if not line.strip():
-                continue
-            where = f"{meta.name}:{n}"
-            parts = line.split("|")
-            if len(parts) < 2 or not parts[0].strip():
-                w.reject(where, "bad_line", line)
-                continue
-            uid = parts[0].strip()
-            said = parts[2] if text == "normalized" and len(parts) > 2 and parts[2].strip() else parts[1]
-            if not said.strip():
-                w.reject(where, "missing_text", uid)
-                continue
-            audio = wavs / f"{uid}.wav"
-            if not audio.is_file():
-                w.reject(where, "audio_not_found", str(audio))
-                continue
-            w.add(
-                {
-                    "id": uid,
-                    "audio": str(audio),
-                    "text": said.strip(),
-                    "speaker": speaker,
-                    "language": language,
-                },
-                where,
-            )
-
-
-# -- LibriTTS ------------------------------------------------------------------------------------
 
 def _walk_sorted(root: Path) -> Iterator[Path]:
     """Files under `root` in sorted order, one folder listing in memory at a time."""
@@ -115,47 +90,6 @@ def _walk_sorted(root: Path) -> Iterator[Path]:
             yield from _walk_sorted(Path(e.path))
         elif e.is_file():
             yield Path(e.path)
-
-
-def _libritts_genders(src: Path) -> dict[str, str]:
-    for folder in (src, src.parent):
-        path = folder / "speakers.tsv"
-        if path.is_file():
-            genders = {}
-            for line in path.read_text(encoding="utf-8", errors="replace").splitlines()[1:]:
-                cols = line.split("\t")
-                if len(cols) >= 2 and cols[1].strip().upper() in ("F", "M"):
-                    genders[cols[0].strip()] = "female" if cols[1].strip().upper() == "F" else "male"
-            return genders
-    return {}
-
-
-def import_libritts(src: Path, w: ImportWriter, text: str, language: str | None) -> None:
-    if not src.is_dir():
-        raise UserError(f"import libritts: {src} is not a folder of <speaker>/<chapter>/<id>.wav")
-    genders = _libritts_genders(src)
-    other = "original" if text == "normalized" else "normalized"
-    for path in _walk_sorted(src):
-        if path.suffix.lower() != ".wav":
-            continue
-        rel = path.relative_to(src)
-        where = str(rel)
-        if len(rel.parts) != 3:
-            w.reject(where, "bad_layout", "expected <speaker>/<chapter>/<id>.wav")
-            continue
-        spk = rel.parts[0]
-        said = None
-        for kind in (text, other):
-            txt = path.with_name(f"{path.stem}.{kind}.txt")
-            if txt.is_file():
-                said = txt.read_text(encoding="utf-8", errors="replace").strip()
-                if said:
-                    break
-        if not said:
-            w.reject(where, "missing_text", f"no {path.stem}.{text}.txt")
-            continue
-        w.add({"id": path.stem, "audio": str(path), "text": said, "speaker": spk, "gender": genders.get(spk),
-               "language": language}, where)
 
 
 # -- Hugging Face datasets Parquet ---------------------------------------------------------------
