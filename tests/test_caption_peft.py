@@ -1,4 +1,5 @@
-"""CaptionPEFT: identity at init, gradients to every adapter kind, KL / orthogonality values, checkpoints."""
+"""CaptionPEFT: identity at init, gradients to every adapter kind, KL / orthogonality values, checkpoints;
+the fused path held to the reference (values and gradients), its inference bake following weight updates."""
 from __future__ import annotations
 
 import math
@@ -8,10 +9,16 @@ import pytest
 import torch
 
 from tristage.captions.config import PeftParams
-from tristage.captions.peft import CaptionPEFT
+from tristage.captions.contextual import Contextualiser, frozen
+from tristage.captions.peft import CaptionPEFT, FusedPEFT, ReferencePEFT
 from tristage.captions.vectors import CaptionVectorTable
 
 P = PeftParams(lora_rank=4, lora_alpha=8.0, vae_latent_dim=6)
+IMPLS = ["fused", "reference"]
+
+
+def peft(impl, **update) -> PeftParams:
+    return P.model_copy(update={"impl": impl, **update})
 
 
 def toy_table(vectors=None, kinds=None, dim=8, seed=0):
@@ -39,10 +46,11 @@ def test_adapter_slots_fixed_from_vocabulary():
     assert "vectors" not in m.state_dict()  # the table is not part of the checkpoint
 
 
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("train", [True, False])
-def test_identity_at_init(train):
+def test_identity_at_init(train, impl):
     t = toy_table()
-    m = CaptionPEFT(t, P).train(train)
+    m = CaptionPEFT(t, peft(impl)).train(train)
     ids, mask = batch()
     out = m(ids, mask)
     assert out.states.shape == (2, 5, 8) and out.mask.dtype == torch.bool
@@ -50,9 +58,10 @@ def test_identity_at_init(train):
     assert torch.all(out.states[~mask] == 0)
 
 
-def test_gradients_reach_each_adapter_kind():
+@pytest.mark.parametrize("impl", IMPLS)
+def test_gradients_reach_each_adapter_kind(impl):
     t = toy_table()
-    m = CaptionPEFT(t, P).train()
+    m = CaptionPEFT(t, peft(impl)).train()
     ids, mask = batch()
     target = torch.randn(2, 5, 8)
     out = m(ids, mask)
@@ -74,9 +83,10 @@ def test_gradients_reach_each_adapter_kind():
     assert m.vae_logvar_w.grad.abs().sum() > 0
 
 
-def test_kl_known_value():
+@pytest.mark.parametrize("impl", IMPLS)
+def test_kl_known_value(impl):
     t = toy_table()
-    m = CaptionPEFT(t, P).eval()
+    m = CaptionPEFT(t, peft(impl)).eval()
     with torch.no_grad():
         m.vae_mu_w.zero_()
         m.vae_mu_b.fill_(0.5)
@@ -93,23 +103,26 @@ def test_kl_known_value():
     assert m(ids, mask).kl.item() == 0.0
 
 
-def test_orthogonality_known_values():
+@pytest.mark.parametrize("impl", IMPLS)
+def test_orthogonality_known_values(impl):
     v = np.zeros((7, 4), dtype=np.float32)
     v[:, 0] = 1.0
     v[4] = [3, 0, 0, 0]
     v[5] = [0, 2, 0, 0]
-    m = CaptionPEFT(toy_table(v, dim=4), P)
+    m = CaptionPEFT(toy_table(v, dim=4), peft(impl))
     ids, mask = batch()
-    assert m(ids, mask).ortho.item() == pytest.approx(0.0, abs=1e-7)  # orthogonal (any norms)
+    approx = pytest.approx
+    assert m(ids, mask).ortho.item() == approx(0.0, abs=1e-7)  # orthogonal (any norms)
     v[5] = [1, 1, 0, 0]  # cosine 1/sqrt(2) -> squared 0.5 on both off-diagonal entries
-    assert CaptionPEFT(toy_table(v, dim=4), P)(ids, mask).ortho.item() == pytest.approx(0.5, rel=1e-5)
+    assert CaptionPEFT(toy_table(v, dim=4), peft(impl))(ids, mask).ortho.item() == approx(0.5, rel=1e-5)
     v[5] = [-2, 0, 0, 0]
-    assert CaptionPEFT(toy_table(v, dim=4), P)(ids, mask).ortho.item() == pytest.approx(1.0, rel=1e-5)
+    assert CaptionPEFT(toy_table(v, dim=4), peft(impl))(ids, mask).ortho.item() == approx(1.0, rel=1e-5)
 
 
-def test_eval_is_deterministic_and_train_samples():
+@pytest.mark.parametrize("impl", IMPLS)
+def test_eval_is_deterministic_and_train_samples(impl):
     t = toy_table()
-    m = CaptionPEFT(t, P)
+    m = CaptionPEFT(t, peft(impl))
     with torch.no_grad():
         m.vae_dec_w.normal_()
     ids, mask = batch()
@@ -192,7 +205,8 @@ def test_grouping_matches_per_row_products(counts, w, row, layout):
 
 def wide_table(dim=6, seed=0):
     """A table whose batches use every layout: a token with many context rows, tokens with one,
-    attribute values with 1-5 rows (pieces)."""
+    attribute values with 1-5 rows (pieces). dim 6: a value has more rows than dim / 2, so the VAE
+    encoders read the identity basis (k = d); dim 16: each value's SVD basis (k = 5 < d)."""
     tokens = ["<unk>", "a", "b", "c", "d", "</s>"]
     kinds, bases = ["unk"] + ["token"] * 5, list(tokens)
     for i in range(12):  # context rows of "a"
@@ -226,83 +240,193 @@ def test_attribute_decoders_are_shared_within_an_attribute():
         CaptionPEFT(t, P.model_copy(update={"vae_decoder": "token"}))
 
 
-def reference_step(m, ids, mask, eps):
-    """CaptionPEFT's train-mode outputs written row by row with plain autograd: LoRA, the VAE with
-    the given noise (one row per distinct attribute row, ascending), the KL mean, the orthogonality of
-    the values' mean paths (the VAE mean on the mean of the value's coordinates, plus its rows' mean)."""
-    p = dict(m.named_parameters())
-    uniq = torch.unique(ids[mask])
-    attr_rows = uniq[m.is_attr[uniq]].tolist()
-
-    def vae(c, base, s, e):
-        mu = c @ p["vae_mu_w"][s] + p["vae_mu_b"][s]
-        logvar = c @ p["vae_logvar_w"][s] + p["vae_logvar_b"][s]
-        z = mu if e is None else mu + torch.exp(0.5 * logvar) * e
-        kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum()
-        return base + z @ p["vae_dec_w"][m.dec_slot[s]] + p["vae_dec_b"][s], kl
-
-    out, kls = {}, []
-    for r in uniq.tolist():
-        v, s = m.vectors[r], int(m.slot[r])
-        if m.is_attr[r]:
-            i = int(m.attr_pos[r])
-            out[r], kl = vae(m.vae_inputs[i], m.vae_base[i], s, eps[attr_rows.index(r)])
-            kls.append(kl)
-        else:
-            out[r] = v + m.scaling * (v @ p["lora_a"][s]) @ p["lora_b"][s]
-    states = torch.stack([out[r] if ok else torch.zeros(m.dim) for r, ok in zip(ids.view(-1).tolist(),
-                                                                                mask.view(-1).tolist())])
-    n = m.vae_dec_b.shape[0]
-    means = torch.stack([vae(m.vae_inputs[m.n_attr_rows + s], m.vae_base[m.n_attr_rows + s], s, None)[0]
-                         for s in range(n)])
-    v = torch.nn.functional.normalize(means, dim=-1)
-    gram = v @ v.T
-    ortho = (gram - torch.diag(torch.diagonal(gram))).pow(2).sum() / (n * (n - 1))
-    return states.view(ids.shape + (m.dim,)), torch.stack(kls).mean(), ortho
-
-
-@pytest.mark.parametrize("table, decoder, zdim", [("toy", "value", 128), ("wide", "value", 128),
-                                                  ("wide", "attribute", 128), ("wide", "attribute", 4)])
-def test_train_step_matches_a_per_row_reference(table, decoder, zdim):
-    """The fused forward and hand-written backward (one autograd node) give the values and the
-    gradients of every parameter that plain autograd gives, row by row; with the decoders shared per
-    attribute too (wide: attributes x and y, two values each), both ways the encoders run: stacked
-    per attribute in the decoders' groups (z128: 2 values x 7 inputs fit), and grouped by value with
-    z moved between the layouts (z4: they do not)."""
-    t = toy_table() if table == "toy" else wide_table()
-    torch.manual_seed(0)
-    m = CaptionPEFT(t, P.model_copy(update={"vae_decoder": decoder, "vae_latent_dim": zdim})).train()
-    assert m.vae_dec_w.shape[0] == (2 if decoder == "attribute" else t.n_vae)
-    assert bool(m._stack_blocks) == (decoder == "attribute" and zdim == 128)
+def with_contextualiser(t, seed=0):
+    """The table with a (frozen) contextualiser whose correction is not zero, as if trained."""
+    torch.manual_seed(seed)
+    ctx = Contextualiser(t.dim, width=16, layers=1, heads=2, max_len=4)
     with torch.no_grad():
-        for q in m.parameters():
+        ctx.out.weight.normal_(0, 0.5)
+    t.contextualiser = frozen(ctx)
+    return t
+
+
+def twins(t, **update) -> tuple[FusedPEFT, ReferencePEFT]:
+    """Both implementations with one state dict (moved away from the identity, so that every parameter
+    gets a gradient): the fused one's, loaded strictly into the reference."""
+    torch.manual_seed(0)
+    fused = CaptionPEFT(t, peft("fused", **update))
+    with torch.no_grad():
+        for q in fused.parameters():
             q.add_(0.3 * torch.randn_like(q))
-    if table == "toy":
-        ids, mask = batch()
-    else:
-        rng = np.random.default_rng(1)
-        ids = torch.from_numpy(rng.integers(0, len(t.tokens), (4, 9)))
-        mask = torch.from_numpy(rng.random((4, 9)) < 0.8)
-    n_attr = int(m.is_attr[torch.unique(ids[mask])].sum())
-    g_states, g_kl, g_ortho = torch.randn(ids.shape + (m.dim,)), torch.tensor(0.7), torch.tensor(1.3)
-    torch.manual_seed(5)
-    out = m(ids, mask)
-    torch.autograd.backward([out.states, out.kl, out.ortho], [g_states, g_kl, g_ortho])
-    got = {k: q.grad.clone() for k, q in m.named_parameters()}
+    ref = CaptionPEFT(t, peft("reference", **update))
+    ref.load_state_dict(fused.state_dict())
+    return fused, ref
+
+
+def wide_batch(t, aligned: bool):
+    """(4, 9) rows of the wide table; padding anywhere, or (aligned) after each caption, as a cache needs."""
+    rng = np.random.default_rng(1)
+    ids = torch.from_numpy(rng.integers(0, len(t.tokens), (4, 9)))
+    if aligned:
+        return ids, torch.arange(9) < torch.tensor([9, 3, 6, 7])[:, None]
+    return ids, torch.from_numpy(rng.random((4, 9)) < 0.8)
+
+
+def run(m, ids, mask, grads):
+    """One forward (noise from seed 5) and backward -> states, kl, ortho and each parameter's gradient."""
     m.zero_grad()
     torch.manual_seed(5)
-    eps = torch.randn(n_attr, m.zdim)  # the noise the module draws: one row per distinct attribute row
-    states, kl, ortho = reference_step(m, ids, mask, eps)
-    torch.autograd.backward([states, kl, ortho], [g_states, g_kl, g_ortho])
-    torch.testing.assert_close(out.states, states)
-    torch.testing.assert_close(out.kl, kl)
-    torch.testing.assert_close(out.ortho, ortho)
-    for k, q in m.named_parameters():
-        torch.testing.assert_close(got[k], q.grad, msg=lambda e, k=k: f"{k}: {e}")
-        assert got[k].abs().sum() > 0, k  # every kind of parameter is exercised
+    out = m(ids, mask)
+    torch.autograd.backward([out.states, out.kl, out.ortho], list(grads))
+    return out, {k: q.grad.clone() for k, q in m.named_parameters()}
 
 
-def test_inference_cache_matches_and_follows_updates():
+@pytest.mark.parametrize("context", [False, True])
+@pytest.mark.parametrize("train", [True, False])
+@pytest.mark.parametrize("decoder, zdim", [("value", 128), ("attribute", 128), ("attribute", 4)])
+@pytest.mark.parametrize("table", ["toy", "wide", "wide-svd"])
+def test_fused_path_computes_the_reference(table, decoder, zdim, train, context):
+    """The fused forward and hand-written backward give the reference's states, KL and orthogonality and
+    the same gradient of every parameter, in train mode (the same noise) and eval mode, and without
+    gradients (the baked table) the same values. Over the VAE's bases (toy: one row per value, k = 1;
+    wide: the identity, k = d; wide-svd: each value's SVD basis, 1 < k < d), one decoder per value or per
+    attribute (wide: attributes x and y, two values each) both ways the fused encoders run with shared
+    decoders (z128: stacked per attribute in the decoders' groups; z4: grouped by value, z moved between
+    the layouts), and with a contextualiser (its corrections cached by the fused module) or without."""
+    t = toy_table() if table == "toy" else wide_table(dim=16 if table == "wide-svd" else 6)
+    if context:
+        t = with_contextualiser(t)
+    fused, ref = twins(t, vae_decoder=decoder, vae_latent_dim=zdim)
+    k = fused.vae_mu_w.shape[1]
+    assert k == {"toy": 1, "wide": t.dim, "wide-svd": 5}[table]
+    assert fused.vae_dec_w.shape[0] == (2 if decoder == "attribute" or table == "toy" else t.n_vae)
+    assert bool(fused._stack_blocks) == (decoder == "attribute" and zdim == 128 and table != "toy")
+    assert list(fused.state_dict()) == list(ref.state_dict())
+    ids, mask = batch() if table == "toy" else wide_batch(t, aligned=context)
+    if context:
+        assert fused.cache_context([r[m].tolist() for r, m in zip(ids, mask)], max_mb=10)["skipped"] is None
+        assert fused._cached(ids.numpy(), mask.numpy()) is not None
+    fused.train(train), ref.train(train)
+    grads = torch.randn(ids.shape + (t.dim,)), torch.tensor(0.7), torch.tensor(1.3)
+    got, got_grads = run(fused, ids, mask, grads)
+    want, want_grads = run(ref, ids, mask, grads)
+    torch.testing.assert_close(got.states, want.states)
+    torch.testing.assert_close(got.kl, want.kl)
+    torch.testing.assert_close(got.ortho, want.ortho)
+    assert got.kl > 0 and got.ortho > 0
+    for name, g in want_grads.items():
+        torch.testing.assert_close(got_grads[name], g, msg=lambda e, name=name: f"{name}: {e}")
+        assert g.abs().sum() > 0, name  # every kind of parameter is exercised
+    if not train:
+        with torch.no_grad():
+            baked, plain = fused(ids, mask), ref(ids, mask)
+        torch.testing.assert_close(baked.states, plain.states)
+        torch.testing.assert_close(baked.kl, plain.kl)
+        torch.testing.assert_close(baked.ortho, plain.ortho)
+
+
+def test_impl_picks_the_class_and_both_hold_the_same_parameters(tmp_path):
+    """`peft.impl` picks the class (the default: fused), also through the name saved model configs hold;
+    under one seed both start from the same parameters, and a checkpoint of one loads into the other."""
+    import types
+
+    from safetensors.torch import load_file, save_file
+
+    from tristage.model.tts import build_caption_module
+
+    t = toy_table()
+    assert type(CaptionPEFT(t, P)) is FusedPEFT and type(CaptionPEFT(t)) is FusedPEFT
+    torch.manual_seed(0)
+    fused = CaptionPEFT(t, peft("fused"))
+    torch.manual_seed(0)
+    ref = CaptionPEFT(t, peft("reference"))
+    assert type(ref) is ReferencePEFT and isinstance(ref, CaptionPEFT) and isinstance(fused, CaptionPEFT)
+    a, b = fused.state_dict(), ref.state_dict()
+    assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
+    cfg = types.SimpleNamespace(caption_module="tristage.captions.peft:CaptionPEFT",
+                                peft=peft("reference").model_dump())
+    assert type(build_caption_module(cfg, t)) is ReferencePEFT
+    with pytest.raises(ValueError, match="impl"):
+        PeftParams(impl="fast")
+    with pytest.raises(ValueError, match="impl"):
+        CaptionPEFT(t, types.SimpleNamespace(impl="fast"))
+    with torch.no_grad():
+        for p in fused.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    save_file(fused.state_dict(), str(tmp_path / "peft.safetensors"))
+    ref.load_state_dict(load_file(str(tmp_path / "peft.safetensors")))
+    ids, mask = batch()
+    fused.eval(), ref.eval()
+    torch.testing.assert_close(ref(ids, mask).states, fused(ids, mask).states)
+
+
+def fresh(m, ids, mask):
+    """States computed now, from m's current weights (the reference, loaded with them): no cache."""
+    ref = CaptionPEFT(toy_table(), peft("reference")).eval()
+    ref.load_state_dict(m.state_dict())
+    with torch.no_grad():
+        return ref(ids, mask).states
+
+
+@pytest.mark.parametrize("opt", ["sgd", "adamw"])
+def test_inference_bake_follows_an_in_place_optimizer_step(opt):
+    """In eval mode, an optimizer updates the weights in place (no mode switch, no new tensors); the next
+    inference call gives the states of the new weights, not the baked ones of the old."""
+    t = toy_table()
+    m = CaptionPEFT(t, P).eval()
+    ids, mask = batch()
+    with torch.no_grad():
+        before = m(ids, mask).states  # bakes
+    torch.testing.assert_close(before, fresh(m, ids, mask))
+    make = dict(sgd=lambda ps: torch.optim.SGD(ps, lr=0.5), adamw=lambda ps: torch.optim.AdamW(ps, lr=0.1))
+    optimizer = make[opt](m.parameters())
+    out = m(ids, mask)  # grad enabled: the direct path
+    (out.states.square().sum() + out.kl + out.ortho).backward()
+    optimizer.step()
+    with torch.no_grad():
+        after = m(ids, mask).states
+    assert not torch.allclose(after, before)
+    torch.testing.assert_close(after, fresh(m, ids, mask))
+
+
+def test_inference_bake_follows_loads_moves_and_hand_edits():
+    """load_state_dict (of the module, or of a model holding it), a switch to eval mode after weights were
+    edited in train mode, and `invalidate_bake()` after a hand edit in eval mode: each re-bakes."""
+    t = toy_table()
+    m = CaptionPEFT(t, P).eval()
+    ids, mask = batch()
+
+    def check():
+        with torch.inference_mode():
+            states = m(ids, mask).states
+        torch.testing.assert_close(states, fresh(m, ids, mask))
+        return states
+
+    first = check()
+    other = CaptionPEFT(t, P)
+    with torch.no_grad():
+        other.lora_b.normal_()
+    m.load_state_dict(other.state_dict())
+    assert not torch.allclose(check(), first)
+    with torch.no_grad():
+        other.vae_dec_w.normal_()
+    torch.nn.ModuleDict({"caption_peft": m}).load_state_dict(
+        {f"caption_peft.{k}": v for k, v in other.state_dict().items()})
+    second = check()
+    m.train()
+    with torch.no_grad():
+        m.lora_b.add_(1.0)
+    m.eval()
+    third = check()
+    with torch.no_grad():
+        m.vae_dec_b.add_(1.0)
+    m.invalidate_bake()
+    assert not torch.allclose(check(), third) and not torch.allclose(third, second)
+
+
+def test_inference_kl_is_computed_when_read():
+    """Inference computes the KL when it is read: of the batch and the parameters it was given, even when
+    both change before the read; it matches the direct path's."""
     t = toy_table()
     m = CaptionPEFT(t, P).eval()
     with torch.no_grad():
@@ -315,12 +439,6 @@ def test_inference_cache_matches_and_follows_updates():
     torch.testing.assert_close(fast.states, ref.states.detach())
     torch.testing.assert_close(fast.kl, ref.kl.detach())
     torch.testing.assert_close(fast.ortho, ref.ortho.detach())
-    with torch.no_grad():
-        m.lora_b.add_(1.0)  # an optimizer step: the cache must not go stale
-        torch.testing.assert_close(m(ids, mask).states, m.enhanced_rows(ids[mask])[0].new_zeros(2, 5, 8)
-                                   .masked_scatter(mask[..., None], m.enhanced_rows(ids[mask])[0]))
-    # inference computes the KL when it is read: of the batch and the parameters it was given, even when
-    # both change before the read
     with torch.inference_mode():
         late = m(ids, mask)
     want = m(ids, mask).kl.detach()
@@ -331,7 +449,8 @@ def test_inference_cache_matches_and_follows_updates():
     assert late.kl.item() != pytest.approx(m(ids, mask).kl.item())
 
 
-def test_orthogonality_uses_the_mean_row_of_each_value():
+@pytest.mark.parametrize("impl", IMPLS)
+def test_orthogonality_uses_the_mean_row_of_each_value(impl):
     v = np.zeros((7, 4), dtype=np.float32)
     v[:, 0] = 1.0
     v[4], v[5], v[6] = (
@@ -344,14 +463,15 @@ def test_orthogonality_uses_the_mean_row_of_each_value():
     t.bases[:] = ["<unk>", "a", "b", "</s>", "<x:a>", "<x:a>", "<x:b>"]
     t = CaptionVectorTable(t.tokens, kinds, t.bases, v, t.meta)
     assert t.n_vae == 2 and t.adapter_ids[4:].tolist() == [0, 0, 1]
-    m = CaptionPEFT(t, P)
+    m = CaptionPEFT(t, peft(impl))
     assert m(*batch()).ortho.item() == pytest.approx(0.0, abs=1e-7)
 
 
-def test_train_step_is_fp32_under_autocast():
+@pytest.mark.parametrize("impl", IMPLS)
+def test_train_step_is_fp32_under_autocast(impl):
     """The trainer's amp (bf16 autocast) leaves the adapters' pass in fp32: the same states, KL and
     orthogonality as without it, and fp32 gradients."""
-    m = CaptionPEFT(wide_table(), P).train()
+    m = CaptionPEFT(wide_table(), peft(impl)).train()
     with torch.no_grad():
         for q in m.parameters():
             q.add_(0.3 * torch.randn_like(q))

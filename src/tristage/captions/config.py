@@ -18,6 +18,8 @@ class PeftParams(Section):
     # encoder, latent distribution and output bias; 1.15x faster training step at T5-base size, see
     # benchmarks/RESULTS.md), or one per attribute value (the seed's design)
     vae_decoder: Literal["value", "attribute"] = "attribute"
+    # the adapters' code (captions/peft): the seed's math in plain PyTorch, or the same function fast
+    impl: Literal["reference", "fused"] = "fused"
 
 
 class TinyEncoderParams(Section):
