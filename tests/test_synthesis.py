@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -86,10 +87,11 @@ def test_stop_loss_targets_positions_past_the_end():
 
 
 def test_edit_caption_replaces_adds_and_lists_valid_values():
+    """(Every lexicon value on realistic captions: tests/test_caption_edit.py.)"""
     assert edit_caption("A woman with a high-pitched voice speaks quickly.", {"pitch": "low"}, LEX) == \
         "A woman with a low-pitched voice speaks quickly."
-    assert edit_caption("A woman speaks.", {"speed": "slow"}, LEX) == "A woman speaks, slowly."
-    assert edit_caption("", {"speed": "Fast"}, LEX) == "Quickly."
+    assert edit_caption("A woman speaks.", {"speed": "slow"}, LEX) == "A woman speaks slowly."
+    assert edit_caption("", {"speed": "Fast"}, LEX) == "The speaker talks quickly."
     with pytest.raises(UserError, match="valid: high, low"):
         edit_caption("x", {"pitch": "loud"}, LEX)
     with pytest.raises(UserError, match="unknown attribute 'accent'; valid: pitch, speed"):
@@ -204,7 +206,8 @@ def test_cli_single_and_requests_with_bad_rows(trained, tmp_path, capsys):
     assert rc == 0 and out.is_file() and "NOT speech" in printed
     info = json.loads(printed.splitlines()[1])
     assert (
-        sf.info(out).frames == round(info["duration"] * 16000) and info["caption"] == "a happy voice, slowly."
+        sf.info(out).frames == round(info["duration"] * 16000)
+        and info["caption"] == "A happy voice. The speaker talks slowly."
     )
     rows = [dict(text="first good", speaker_ref="ref.wav", name="a"),
             "{not json",
@@ -242,6 +245,162 @@ def test_cli_single_and_requests_with_bad_rows(trained, tmp_path, capsys):
         assert sf.info(tmp_path / "out" / r["wav"]).duration == pytest.approx(r["duration"], abs=1e-3)
         assert r["rtf"] > 0 and r["seconds_taken"] > 0 and r["n_frames"] >= 1
     assert f"{req}:2:" in err
+
+
+def _spy_captions(monkeypatch, tts) -> list[str]:
+    """The captions the model is conditioned on (every TTS of this folder's caption table class)."""
+    seen: list[str] = []
+    cls = type(tts.table)
+    encode = cls.encode
+
+    def spy(self, caption):
+        seen.append(caption)
+        return encode(self, caption)
+
+    monkeypatch.setattr(cls, "encode", spy)
+    return seen
+
+
+@pytest.mark.slow
+def test_api_cli_and_page_build_the_same_caption(trained, tmp_path, monkeypatch, capsys):
+    pytest.importorskip("gradio")
+    from tristage.cli import main
+    from tristage.synthesis.app import KEEP, _generate_fn
+
+    _, stage3 = trained
+    tts = TTS.from_pretrained(stage3)
+    seen = _spy_captions(monkeypatch, tts)
+    caption = "A man with a low voice speaks quickly."
+    edits = {"pitch": "very low", "speed": "moderate"}
+    expected = "A man with a very deep voice speaks at a moderate pace."
+    assert edit_caption(caption, edits, tts.lexicon) == expected
+
+    tts.synthesize("hello there", caption=caption, speaker_ref=tts.speakers[0], attributes=edits,
+                   max_seconds=0.2)
+    api = seen[-1]
+    rc = main(["synthesize", "--model", str(stage3), "--text", "hello there", "--caption", caption,
+               "--speaker-ref", tts.speakers[0], "--set", "pitch=very low", "--set", "speed=moderate",
+               "--out", str(tmp_path / "cli.wav"), "--max-seconds", "0.2"])
+    assert rc == 0
+    cli = seen[-1]
+    printed = json.loads([line for line in capsys.readouterr().out.splitlines() if line.startswith("{")][0])
+    page = _generate_fn(tts, tmp_path)
+    dropdowns = [edits.get(a, KEEP) for a in tts.lexicon]
+    _, details = page("hello there", caption, None, tts.speakers[0], None, 0.8, 50, 1.0, 0.2, 0, *dropdowns)
+    assert api == cli == printed["caption"] == seen[-1] == expected
+    assert details.endswith(f"caption used: {expected}")
+
+
+@pytest.mark.slow
+def test_no_caption_or_no_reference_warns_and_uses_a_neutral_caption(trained, monkeypatch):
+    from tristage.captions.lexicon import Matcher
+    from tristage.synthesis.api import Request, SynthesisWarning
+
+    _, stage3 = trained
+    tts = TTS.from_pretrained(stage3)
+    seen = _spy_captions(monkeypatch, tts)
+    with pytest.warns(SynthesisWarning, match="caption: none given") as got:
+        tts.synthesize("hello there", speaker_ref=tts.speakers[0], max_seconds=0.2)
+    assert len(got) == 1 and seen[-1] == tts.default_caption  # the model is never given an empty caption
+    stated = Matcher(tts.lexicon).attributes(tts.default_caption)
+    assert {k: stated.get(k) for k in ("pitch", "speed", "emotion")} == \
+        {"pitch": "moderate", "speed": "moderate", "emotion": "neutral"}
+    voice = tts.speakers[0]
+    with pytest.warns(SynthesisWarning, match=f"speaker_ref: none given; the stored voice '{voice}'"):
+        tts.synthesize("hello there", caption="A woman speaks.", max_seconds=0.2)
+    # a caption and a voice: no warning; the same through the batch API, told in Result.warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SynthesisWarning)
+        tts.synthesize("hello there", caption="A woman speaks.", speaker_ref=tts.speakers[0], max_seconds=0.2)
+        res = tts.synthesize_batch([Request("hello", caption="  ", max_seconds=0.2)], warn=False)[0]
+    assert [w.split(":")[0] for w in res.warnings] == ["caption", "speaker_ref"]
+    assert res.caption == tts.default_caption
+    # a clip the model ends at once is not silent about it
+    head = tts.model.decoder.stop_head
+    monkeypatch.setattr(head.bias, "data", torch.full_like(head.bias, 10.0))
+    monkeypatch.setattr(head.weight, "data", torch.zeros_like(head.weight))
+    with pytest.warns(SynthesisWarning, match=r"ended the speech after 1 frame\(s\) \(0\.03 s\)"):
+        wav, sr = tts.synthesize("hello", caption="A woman speaks.", speaker_ref=tts.speakers[0])
+    assert len(wav) / sr < 0.05
+
+
+@pytest.mark.slow
+def test_user_errors_are_one_line_without_a_traceback(trained, tmp_path, capsys):
+    import subprocess
+    import sys
+
+    from tristage.cli import main
+
+    _, stage3 = trained
+    base = ["synthesize", "--model", str(stage3), "--text", "hi", "--max-seconds", "0.2"]
+    (tmp_path / "notaudio.wav").write_text("not audio")
+    (tmp_path / "reqs.jsonl").write_text(json.dumps({"text": "a", "seed": "x"}) + "\n")
+    bad = {
+        "unknown value 'purple' for pitch": ["--set", "pitch=purple", "--out", str(tmp_path / "a.wav")],
+        "--batch-size: 0": ["--requests", str(tmp_path / "reqs.jsonl"), "--out-dir", str(tmp_path / "o"),
+                            "--batch-size", "0"],
+        "--threads: -1": ["--threads", "-1", "--out", str(tmp_path / "a.wav")],
+        "--device: 'tpu'": ["--device", "tpu", "--out", str(tmp_path / "a.wav")],
+        "seed: 18446744073709551616": ["--seed", str(2**64), "--out", str(tmp_path / "a.wav")],
+        "cannot read audio": ["--speaker-ref", str(tmp_path / "notaudio.wav"), "--out",
+                              str(tmp_path / "a.wav")],
+        "cannot write the wav": ["--caption", "A woman speaks.", "--out", str(tmp_path)],  # a folder
+    }
+    for message, args in bad.items():
+        assert main(base + args) == 2, message
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1].startswith("synthesize: error: ") and message in err[-1], (message, err)
+        assert not [line for line in err[:-1] if not line.startswith("synthesize: warning: ")], err
+    row = main(base[:3] + ["--requests", str(tmp_path / "reqs.jsonl"), "--out-dir", str(tmp_path / "o")])
+    assert row == 1 and "reqs.jsonl:1: seed: 'x'" in capsys.readouterr().err  # a bad row: its line
+    # the terminal of a real run: one line on stderr, no traceback
+    proc = subprocess.run([sys.executable, "-m", "tristage.cli", *base, "--set", "pitch=purple", "--out",
+                           str(tmp_path / "a.wav")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert [line for line in proc.stderr.splitlines() if "synthesize:" in line] == \
+        [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(proc.stderr.strip().splitlines()) == 1 and "unknown value 'purple'" in proc.stderr
+
+
+@pytest.mark.slow
+def test_page_shows_user_errors_and_warnings_without_a_traceback(
+    trained, tmp_path, monkeypatch, caplog, capsys
+):
+    import logging
+
+    gr = pytest.importorskip("gradio")
+    from tristage.synthesis.app import KEEP, _generate_fn
+
+    _, stage3 = trained
+    tts = TTS.from_pretrained(stage3)
+    page = _generate_fn(tts, tmp_path)
+    keep = [KEEP] * len(tts.lexicon)
+    (tmp_path / "notaudio.wav").write_text("not audio")
+    caplog.set_level(logging.INFO, logger="tristage")
+    for form, message in [
+        (("hi", "A woman speaks.", None, tts.speakers[0], None, 0.8, 50, 1.0, 0.2, None), "seed: None"),
+        (("hi", "A woman speaks.", None, tts.speakers[0], None, -1, 50, 1.0, 0.2, 0), "temperature: -1"),
+        (("hi", "A woman speaks.", str(tmp_path / "notaudio.wav"), None, None, 0.8, 50, 1.0, 0.2, 0),
+         "cannot read audio"),
+        (("", "A woman speaks.", None, tts.speakers[0], None, 0.8, 50, 1.0, 0.2, 0), "text: empty"),
+    ]:
+        caplog.clear()
+        with pytest.raises(gr.Error) as got:
+            page(*form, *keep)
+        assert got.value.print_exception is False and message in got.value.message  # no traceback from gradio
+        assert len(got.value.message.splitlines()) == 1 and got.value.__suppress_context__
+        assert [(r.levelno, r.exc_info) for r in caplog.records] == [(logging.ERROR, None)]
+        assert message in caplog.records[0].getMessage()
+    assert "Traceback" not in capsys.readouterr().err
+    # no caption, no voice: served, with the warnings on the page, in the log and in the details
+    shown: list[str] = []
+    monkeypatch.setattr(gr, "Warning", lambda message, *a, **k: shown.append(message))
+    caplog.clear()
+    wav, details = page("hi", "", None, None, None, 0.8, 50, 1.0, 0.2, 0, *keep)
+    assert Path(wav).is_file() and details.startswith("duration")
+    assert [m.split(":")[0] for m in shown] == ["caption", "speaker_ref"]
+    assert [r.levelno for r in caplog.records] == [logging.WARNING, logging.WARNING]
+    assert "caption used: " + tts.default_caption in details and "\nwarning: caption: none given" in details
 
 
 @pytest.mark.slow

@@ -11,9 +11,16 @@
   speaker). A reference longer than the training references (`max_ref_frames` mel frames, about
   2.6 s at the demo's settings) is centre-cropped to that length; a shorter one is used whole (no
   padding); under 0.1 s is an error. `emotion_ref=None`: the speaker reference carries the emotion.
-- `attributes` edits the caption with the lexicon the caption table was built with: the phrase that
-  states an attribute is replaced by the first phrase of the new value, or the phrase is appended
-  when the caption states none. An unknown attribute or value is an error listing the valid ones.
+- `attributes` edits the caption with the lexicon the caption table was built with, keeping it a
+  well-formed sentence (`tristage.captions.edit`): the phrase that states an attribute is replaced by
+  a phrase of the new value that fits the same slot ("a low voice" -> "a very deep voice"), and a value
+  the caption does not state is said after its verb ("speaks slowly") or in a sentence of its own. An
+  unknown attribute or value is an error listing the valid ones. The web page and `tristage synthesize
+  --set` edit with the same code.
+- No caption: the model never trained on one (it tends to end the speech at once), so a neutral caption
+  written from the lexicon (`default_caption`) is used, with a `SynthesisWarning`; so is no speaker
+  reference (the first stored voice is used), and a clip the model ended within `SHORT_SECONDS`.
+  `Result.warnings` holds them; `synthesize_batch(..., warn=False)` leaves the telling to the caller.
 - The length is the model's: its end-of-speech head stops generation; `max_seconds` caps it.
 - With a random-init codec (`tts.is_speech` False) the audio is not speech: `tts.note` says so.
 """
@@ -22,25 +29,48 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import os
 import re
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
+from tristage.captions.edit import CaptionEditor, edit_caption
 from tristage.errors import UserError
 from tristage.synthesis.folder import load_codec_from_folder, load_folder, load_references
 
+__all__ = ["TTS", "Request", "Result", "SynthesisWarning", "default_caption", "edit_caption", "parse_set",
+           "write_wav"]
+
 MIN_REF_SECONDS = 0.1
+SHORT_SECONDS = 0.25  # a clip the model ends sooner than this gets a warning
+# the values of a caption that states nothing in particular (those the lexicon has)
+NEUTRAL = {"pitch": "moderate", "speed": "moderate", "modulation": "moderate", "emotion": "neutral",
+           "quality": "clean"}
 RANDOM_CODEC_NOTE = (
     "the codec is random-init: the audio is NOT speech, only proof that the synthesis path runs "
     "(train with official DAC weights, features.codec.weights, for speech)"
 )
 
 Reference = str | os.PathLike | tuple[np.ndarray, int] | None
+
+
+class SynthesisWarning(UserWarning):
+    """A request served, but not quite as asked: no caption, no speaker reference, a near-empty clip."""
+
+
+def default_caption(lexicon: dict[str, dict[str, list[str]]]) -> str:
+    """The caption used for a request without one: the `NEUTRAL` values the lexicon has, written by the
+    annotate stage's own caption writer (the style of the captions the model trained on), seeded."""
+    from tristage.annotation.captions import CaptionWriter
+
+    attrs = {a: v for a, v in NEUTRAL.items() if v in lexicon.get(a, {})}
+    return CaptionWriter(lexicon).write(attrs, np.random.default_rng(0))
 
 
 @dataclasses.dataclass
@@ -70,6 +100,7 @@ class Result:
     stopped: bool  # True: the end-of-speech head ended it; False: max_seconds did
     caption: str  # the caption after attribute edits
     seconds_taken: float  # this request's share of its batch's wall time
+    warnings: list[str] = dataclasses.field(default_factory=list)  # one line each (see SynthesisWarning)
 
     @property
     def duration(self) -> float:
@@ -79,31 +110,6 @@ class Result:
     def rtf(self) -> float:
         """Real-time factor: seconds of compute per second of audio (< 1 is faster than real time)."""
         return self.seconds_taken / max(self.duration, 1e-9)
-
-
-def edit_caption(
-    caption: str, attributes: dict[str, str] | None, lexicon: dict[str, dict[str, list[str]]]
-) -> str:
-    """Replace (or add) attribute values in a caption with the lexicon's phrases."""
-    from tristage.captions.lexicon import Matcher
-
-    caption = " ".join(str(caption or "").split())
-    for attr, value in (attributes or {}).items():
-        if attr not in lexicon:
-            raise UserError(f"unknown attribute {attr!r}; valid: {', '.join(sorted(lexicon))}")
-        values = lexicon[attr]
-        match = {v.lower(): v for v in values}.get(str(value).lower())
-        if match is None:
-            raise UserError(f"unknown value {value!r} for {attr}; valid: {', '.join(values)}")
-        phrase = values[match][0]
-        spans = [s for s in Matcher(lexicon).spans(caption) if s[2] == attr]
-        if spans:
-            for start, end, _, _ in reversed(spans):  # every phrase stating this attribute
-                caption = caption[:start] + phrase + caption[end:]
-        else:
-            body = caption.rstrip(" .")
-            caption = f"{body}, {phrase}." if body else f"{phrase[:1].upper()}{phrase[1:]}."
-    return caption
 
 
 def load_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
@@ -128,6 +134,8 @@ class TTS:
 
         self.mel_params = MelParams(**info["mel"])
         self.lexicon: dict[str, dict[str, list[str]]] = info.get("lexicon") or {}
+        self.caption_editor = CaptionEditor(self.lexicon)
+        self.default_caption = default_caption(self.lexicon)  # for a request without a caption
         self.frames_per_second = float(info["frames_per_second"])
         self.max_ref_frames = int(info["max_ref_frames"])
 
@@ -175,7 +183,7 @@ class TTS:
         """A reference (path, (samples, rate) or stored name) -> log-mel (T, n_mels), centre-cropped."""
         from tristage.features.mel import log_mel
 
-        if ref is None:
+        if ref is None or (isinstance(ref, str) and not ref.strip()):
             if not self.references:
                 raise UserError(f"{what}: required (this model folder stores no reference voices)")
             ref = self.speakers[0]
@@ -211,17 +219,39 @@ class TTS:
 
     def check(self, req: Request) -> str:
         """Validate one request before any work; return its edited caption."""
+        return self.prepare(req)[0]
+
+    def prepare(self, req: Request) -> tuple[str, list[str]]:
+        """Validate one request before any work: (its caption, edited and defaulted, and the warnings
+        the request earns: no caption, no speaker reference). A bad value is a UserError naming it."""
         if not isinstance(req.text, str) or not req.text.strip():
             raise UserError("text: empty")
-        if not (isinstance(req.max_seconds, (int, float)) and req.max_seconds > 0):
-            raise UserError(f"max_seconds: {req.max_seconds!r} (must be > 0)")
-        if req.temperature is None or req.temperature < 0:
-            raise UserError(f"temperature: {req.temperature!r} (must be >= 0; 0 = greedy)")
-        if req.top_k is not None and req.top_k < 1:
-            raise UserError(f"top_k: {req.top_k!r} (must be >= 1 or null)")
-        if req.top_p is not None and not 0 < req.top_p <= 1:
-            raise UserError(f"top_p: {req.top_p!r} (must be in (0, 1] or null)")
-        return edit_caption(req.caption, req.attributes, self.lexicon)
+        _check_number("max_seconds", req.max_seconds, "must be > 0", lambda v: v > 0)
+        _check_number("temperature", req.temperature, "must be >= 0; 0 = greedy", lambda v: v >= 0)
+        _check_number("top_k", req.top_k, "must be an integer >= 1 or null", lambda v: v >= 1, integer=True,
+                      optional=True)
+        _check_number("top_p", req.top_p, "must be in (0, 1] or null", lambda v: 0 < v <= 1, optional=True)
+        _check_number("seed", req.seed, "must be an integer from -2**63 to 2**64 - 1",
+                      lambda v: -(2**63) <= v < 2**64, integer=True)
+        if req.caption is not None and not isinstance(req.caption, str):
+            raise UserError(f"caption: {req.caption!r} (must be text)")
+        if req.attributes is not None and not isinstance(req.attributes, dict):
+            raise UserError(f'attributes: {req.attributes!r} (must be a mapping, e.g. {{"pitch": "high"}})')
+        notes = []
+        caption = " ".join((req.caption or "").split())
+        if not caption:
+            caption = self.default_caption
+            notes.append(
+                "caption: none given; the model was trained with one and may end the speech at once "
+                f"without it, so a neutral one is used: {caption!r}"
+            )
+        if req.speaker_ref is None or (isinstance(req.speaker_ref, str) and not req.speaker_ref.strip()):
+            if self.references:
+                notes.append(
+                    f"speaker_ref: none given; the stored voice {self.speakers[0]!r} is used "
+                    f"(stored: {', '.join(self.speakers)}; or pass an audio file)"
+                )
+        return self.caption_editor.edit(caption, req.attributes), notes
 
     # synthesis ----------------------------------------------------------------------------
     def synthesize(
@@ -237,38 +267,33 @@ class TTS:
         top_p: float | None = None,
         max_seconds: float = 10.0,
     ) -> tuple[np.ndarray, int]:
-        """One request -> (wav float32 (N,), sample rate)."""
-        res = self.synthesize_batch(
-            [
-                Request(
-                    text,
-                    caption,
-                    speaker_ref,
-                    emotion_ref,
-                    dict(attributes or {}),
-                    seed,
-                    temperature,
-                    top_k,
-                    top_p,
-                    max_seconds,
-                )
-            ]
-        )[0]
+        """One request -> (wav float32 (N,), sample rate); its warnings as `SynthesisWarning`s."""
+        req = Request(
+            text, caption, speaker_ref, emotion_ref, dict(attributes or {}), seed, temperature, top_k, top_p,
+            max_seconds,
+        )
+        res = self.synthesize_batch([req], warn=False)[0]
+        _warn(res.warnings, stacklevel=3)
         return res.wav, res.sample_rate
 
-    def synthesize_batch(self, requests: Sequence[Request], batch_size: int = 8) -> list[Result]:
+    def synthesize_batch(
+        self, requests: Sequence[Request], batch_size: int = 8, warn: bool = True
+    ) -> list[Result]:
         """Many requests, batched on the device: requests with the same sampling settings (seed,
         temperature, top_k, top_p) share a batch and a random generator, so a batch's output is
-        reproducible. Raises UserError on the first bad request (check them first to skip bad ones)."""
+        reproducible. Raises UserError on the first bad request (check them first to skip bad ones).
+        Each result's `warnings` are also issued as `SynthesisWarning`s, unless `warn` is False."""
         if self.codec is None:
             raise UserError(f"{self.folder}: this model folder has no codec to decode audio with")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise UserError(f"batch_size: {batch_size!r} (must be an integer >= 1)")
         prepared = []
         for req in requests:
-            caption = self.check(req)
+            caption, notes = self.prepare(req)
             spk = self.reference_mel(req.speaker_ref, "speaker_ref")
             emo = None if req.emotion_ref is None else self.reference_mel(req.emotion_ref, "emotion_ref")
             frames = max(1, min(self.cfg.max_frames, math.ceil(req.max_seconds * self.frames_per_second)))
-            prepared.append((req, caption, spk, emo, frames))
+            prepared.append((req, caption, spk, emo, frames, notes))
         results: list[Result | None] = [None] * len(prepared)
         groups: dict[tuple, list[int]] = {}
         for i, (req, *_rest) in enumerate(prepared):
@@ -284,23 +309,33 @@ class TTS:
                     [prepared[i][2] for i in chunk],
                     [prepared[i][3] for i in chunk],
                     max_frames=[prepared[i][4] for i in chunk],
-                    temperature=temperature,
-                    top_k=top_k,
-                    top_p=top_p,
+                    temperature=float(temperature),
+                    top_k=None if top_k is None else int(top_k),
+                    top_p=None if top_p is None else float(top_p),
                     greedy=temperature == 0,
                     generator=gen,
                 )
                 wavs = [self.decode(c) for c in codes]
                 share = (time.perf_counter() - t0) / len(chunk)
                 for i, c, (wav, sr) in zip(chunk, codes, wavs):
-                    results[i] = Result(
+                    n, cap = int(c.shape[1]), prepared[i][4]
+                    res = Result(
                         wav=wav,
                         sample_rate=sr,
-                        n_frames=int(c.shape[1]),
-                        stopped=int(c.shape[1]) < prepared[i][4],
+                        n_frames=n,
+                        stopped=n < cap,
                         caption=prepared[i][1],
                         seconds_taken=share,
+                        warnings=list(prepared[i][5]),
                     )
+                    if res.stopped and res.duration < SHORT_SECONDS:
+                        res.warnings.append(
+                            f"the model ended the speech after {n} frame(s) ({res.duration:.2f} s); try "
+                            "another seed or caption, or check that the model was trained long enough"
+                        )
+                    results[i] = res
+        if warn:
+            _warn([w for r in results for w in r.warnings], stacklevel=3)  # type: ignore[union-attr]
         return results  # type: ignore[return-value]
 
     def decode(self, codes: torch.Tensor) -> tuple[np.ndarray, int]:
@@ -308,6 +343,23 @@ class TTS:
 
         wav, sr = decode_codes(self.codec, codes)
         return np.clip(wav, -1.0, 1.0).astype(np.float32), sr
+
+
+def _warn(messages: Sequence[str], stacklevel: int) -> None:
+    for msg in messages:
+        warnings.warn(msg, SynthesisWarning, stacklevel=stacklevel)
+
+
+def _check_number(
+    name: str, value: Any, rule: str, ok, integer: bool = False, optional: bool = False
+) -> None:
+    """UserError naming `name` unless `value` is a number (an integer where `integer`) that passes `ok`."""
+    if value is None and optional:
+        return
+    kind = numbers.Integral if integer else numbers.Real
+    bad = isinstance(value, bool) or not isinstance(value, kind) or (not integer and math.isnan(value))
+    if bad or not ok(value):
+        raise UserError(f"{name}: {value!r} ({rule})")
 
 
 def parse_set(items: Sequence[str]) -> dict[str, str]:
@@ -322,12 +374,16 @@ def parse_set(items: Sequence[str]) -> dict[str, str]:
 
 
 def write_wav(path: str | os.PathLike, wav: np.ndarray, sample_rate: int) -> Path:
+    """Write a 16-bit wav atomically; a path that cannot be written is a UserError naming it."""
     import soundfile as sf
 
     from tristage.fsio import atomic_path
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path, suffix=".wav") as tmp:
-        sf.write(tmp, np.clip(wav, -1.0, 1.0), sample_rate, format="WAV", subtype="PCM_16")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path, suffix=".wav") as tmp:
+            sf.write(tmp, np.clip(wav, -1.0, 1.0), sample_rate, format="WAV", subtype="PCM_16")
+    except OSError as exc:
+        raise UserError(f"{path}: cannot write the wav ({exc.strerror or exc})") from None
     return path

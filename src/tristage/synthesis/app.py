@@ -11,12 +11,14 @@ codec: not speech) is shown at the top of the page.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 KEEP = "(as in the caption)"
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -43,48 +45,85 @@ class _Sampling:
         return [self.temperature, self.top_k, self.top_p, self.max_seconds, self.seed]
 
 
+def _number(name: str, value) -> float:
+    """A form value as a finite float; anything else is a UserError naming the field."""
+    import math
+
+    from tristage.errors import UserError
+
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{name}: {value!r} is not a number") from None
+    if not math.isfinite(out):
+        raise UserError(f"{name}: {value!r} is not a finite number")
+    return out
+
+
+def _form_request(text, caption, upload, picked, emotion, temperature, top_k, top_p, max_seconds, seed,
+                  attributes: dict[str, str]):
+    """The form's values -> a `Request` (the API checks the ranges); a value that is not a number is a
+    UserError naming its field."""
+    from tristage.errors import UserError
+    from tristage.synthesis.api import Request
+
+    seed, top_k, top_p = _number("seed", seed), _number("top_k", top_k), _number("top_p", top_p)
+    if seed != int(seed):
+        raise UserError(f"seed: {seed!r} (must be a whole number)")
+    return Request(
+        text=text or "",
+        caption=caption or "",
+        speaker_ref=upload or picked or None,
+        emotion_ref=emotion or None,
+        attributes=attributes,
+        seed=int(seed),
+        temperature=_number("temperature", temperature),
+        top_k=int(top_k) or None,
+        top_p=top_p if top_p < 1 else None,
+        max_seconds=_number("max seconds", max_seconds),
+    )
+
+
 def _generate_fn(tts, out_dir: Path):
-    """The button's callback: the form's values -> (path of the written wav, a details line)."""
+    """The button's callback: the form's values -> (path of the written wav, a details line).
+
+    A user error (a bad value, an unreadable upload, an unknown attribute) is one line: a `gr.Error` on the
+    page and one logged line in the terminal, no traceback. A warning (no caption: a neutral default is
+    used; no voice: a stored one is used; a near-empty clip) is a `gr.Warning` on the page, a logged line,
+    and a line of the details."""
+    import html
+
     import gradio as gr
 
     from tristage.errors import UserError
-    from tristage.synthesis.api import Request, write_wav
+    from tristage.synthesis.api import write_wav
 
     def generate(
         text, caption, upload, picked, emotion, temperature, top_k, top_p, max_seconds, seed, *attrs
     ):
         attributes = {a: v for a, v in zip(tts.lexicon, attrs) if v and v != KEEP}
-        speaker = upload or picked or None
         try:
-            res = tts.synthesize_batch(
-                [
-                    Request(
-                        text=text or "",
-                        caption=caption or "",
-                        speaker_ref=speaker,
-                        emotion_ref=emotion or None,
-                        attributes=attributes,
-                        seed=int(seed),
-                        temperature=float(temperature),
-                        top_k=int(top_k) or None,
-                        top_p=float(top_p) if top_p < 1 else None,
-                        max_seconds=float(max_seconds),
-                    )
-                ]
-            )[0]
+            req = _form_request(text, caption, upload, picked, emotion, temperature, top_k, top_p,
+                                max_seconds, seed, attributes)
+            res = tts.synthesize_batch([req], warn=False)[0]
+            path = write_wav(
+                out_dir / f"tristage-{abs(hash((text, caption, str(attributes), seed))) % 10**8}.wav",
+                res.wav,
+                res.sample_rate,
+            )
         except UserError as exc:
-            raise gr.Error(str(exc)) from None
-        path = write_wav(
-            out_dir / f"tristage-{abs(hash((text, caption, str(attributes), seed))) % 10**8}.wav",
-            res.wav,
-            res.sample_rate,
-        )
+            log.error("generate: %s", exc)  # the terminal's one line
+            raise gr.Error(html.escape(str(exc), quote=False), title="Cannot generate",
+                           print_exception=False) from None
+        for w in res.warnings:
+            log.warning("generate: %s", w)
+            gr.Warning(html.escape(w, quote=False))
         how = "the model's end-of-speech" if res.stopped else "the max-seconds cap"
         info = (
             f"duration {res.duration:.3f} s ({res.n_frames} frames, length set by {how}); "
             f"took {res.seconds_taken:.2f} s, RTF {res.rtf:.2f}; caption used: {res.caption}"
         )
-        return str(path), info
+        return str(path), "\n".join([info, *(f"warning: {w}" for w in res.warnings)])
 
     return generate
 
@@ -192,15 +231,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (0 = torch's default)")
     a = ap.parse_args(argv)
-    if a.threads:
-        import torch
-
-        torch.set_num_threads(a.threads)
+    handler = logging.StreamHandler()  # the page's warnings and user errors, one line each
+    handler.setFormatter(logging.Formatter("app: %(levelname)s: %(message)s"))
+    logging.getLogger("tristage").addHandler(handler)
+    logging.getLogger("tristage").setLevel(logging.INFO)
+    from tristage.device import resolve_device
     from tristage.errors import UserError
     from tristage.synthesis.api import TTS
 
     try:
-        tts = TTS.from_pretrained(a.model, device=a.device)
+        if a.threads < 0:
+            raise UserError(f"--threads: {a.threads} (must be >= 0; 0 = torch's default)")
+        if a.threads:
+            import torch
+
+            torch.set_num_threads(a.threads)
+        tts = TTS.from_pretrained(a.model, device=resolve_device(a.device, "device"))
     except UserError as exc:
         print(f"app: error: {exc}", file=sys.stderr)
         return 2

@@ -4,8 +4,9 @@ One JSON object per line: `text` (required), `caption`, `speaker_ref` (a path, r
 JSONL's folder, or a stored reference name), `emotion_ref`, `attributes` ({"pitch": "high"}),
 `seed`, `temperature`, `top_k`, `top_p`, `max_seconds`, `name` (the wav's name; default the
 line number). Writes `<out-dir>/<name>.wav` per good row and `<out-dir>/results.jsonl` with,
-per row, either `wav`, `duration`, `seconds_taken`, `rtf`, `n_frames`, `stopped`, `caption`, or
-`error` with the line and the reason. Bad rows never stop the good ones.
+per row, either `wav`, `duration`, `seconds_taken`, `rtf`, `n_frames`, `stopped`, `caption` (and
+`warnings`, one line each, where the row earned any: no caption, no speaker reference, a near-empty
+clip), or `error` with the line and the reason. Bad rows never stop the good ones.
 """
 
 from __future__ import annotations
@@ -71,6 +72,8 @@ def run_requests(
     from tristage.fsio import write_text
 
     path, out_dir = Path(path), Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"{out_dir}: not a folder (--out-dir takes a folder for the wavs and results.jsonl)")
     good, bad = parse_requests(path, defaults)
     records = {b["line"]: b for b in bad}
     checked = []
@@ -84,7 +87,8 @@ def run_requests(
             records[no] = dict(line=no, name=name, error=str(exc))
             continue
         checked.append((no, name, req))
-    results = tts.synthesize_batch([r for _, _, r in checked], batch_size=batch_size) if checked else []
+    reqs = [r for _, _, r in checked]
+    results = tts.synthesize_batch(reqs, batch_size=batch_size, warn=False) if checked else []
     for (no, name, _), res in zip(checked, results):
         wav = write_wav(out_dir / f"{name}.wav", res.wav, res.sample_rate)
         records[no] = dict(
@@ -99,6 +103,8 @@ def run_requests(
             caption=res.caption,
             sample_rate=res.sample_rate,
         )
+        if res.warnings:
+            records[no]["warnings"] = list(res.warnings)
     ordered = [records[k] for k in sorted(records)]
     out_dir.mkdir(parents=True, exist_ok=True)
     write_text(out_dir / "results.jsonl", "".join(json.dumps(r) + "\n" for r in ordered))

@@ -1,9 +1,15 @@
 """`tristage synthesize`: the command line of the synthesis API
-(argument parsing lives in tristage/cli.py)."""
+(argument parsing lives in tristage/cli.py).
+
+A user error (a bad value, a missing file, an unknown attribute) is one line on stderr and exit 2, never
+a traceback; a request served with a warning (no caption, no speaker reference, a near-empty clip) says
+so on stderr, one line each (`synthesize: warning: ...`, or `FILE:LINE: warning: ...` for --requests).
+"""
 
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -24,17 +30,32 @@ def synthesize_command(args, parser) -> int:
         return 2
 
 
+def _check_args(args) -> str:
+    """The options the parser cannot check alone; the device to use."""
+    import torch
+
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size: {args.batch_size} (must be >= 1)")
+    if args.threads < 0:
+        raise UserError(f"--threads: {args.threads} (must be >= 0; 0 = torch's default)")
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", args.device):
+        raise UserError(f"--device: {args.device!r} (cpu, cuda, cuda:N or auto)")
+    if args.device == "cpu" or (args.device == "auto" and not torch.cuda.is_available()):
+        return "cpu"
+    if not torch.cuda.is_available():
+        raise UserError(f"--device {args.device}: no CUDA device is visible here; use --device cpu or auto")
+    return "cuda" if args.device == "auto" else args.device
+
+
 def _run(args) -> int:
     import torch
 
     from tristage.synthesis.api import TTS, Request, parse_set, write_wav
     from tristage.synthesis.batch import run_requests
 
-    device = args.device
+    device = _check_args(args)
     if args.threads:
         torch.set_num_threads(args.threads)
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
     t0 = time.perf_counter()
     tts = TTS.from_pretrained(args.model, device=device, codec_weights=args.codec_weights)
     if args.list_speakers:
@@ -53,8 +74,11 @@ def _run(args) -> int:
     if args.requests is not None:
         records = run_requests(tts, Path(args.requests), Path(args.out_dir), defaults, args.batch_size)
         bad = [r for r in records if "error" in r]
-        for r in bad:
-            print(f"{args.requests}:{r['line']}: {r['error']}", file=sys.stderr)
+        for r in records:
+            if "error" in r:
+                print(f"{args.requests}:{r['line']}: {r['error']}", file=sys.stderr)
+            for w in r.get("warnings", []):
+                print(f"{args.requests}:{r['line']}: warning: {w}", file=sys.stderr)
         print(
             f"{len(records) - len(bad)} wav(s) in {args.out_dir}, {len(bad)} bad row(s); "
             f"results: {Path(args.out_dir) / 'results.jsonl'}"
@@ -63,7 +87,9 @@ def _run(args) -> int:
     req = Request(
         args.text, args.caption, args.speaker_ref, args.emotion_ref, parse_set(args.attributes), **defaults
     )
-    res = tts.synthesize_batch([req])[0]
+    res = tts.synthesize_batch([req], warn=False)[0]
+    for w in res.warnings:
+        print(f"synthesize: warning: {w}", file=sys.stderr)
     out = write_wav(args.out, res.wav, res.sample_rate)
     how = "the model's end-of-speech" if res.stopped else f"the --max-seconds cap ({args.max_seconds} s)"
     print(
@@ -76,6 +102,7 @@ def _run(args) -> int:
                 seconds_taken=round(res.seconds_taken, 3),
                 rtf=round(res.rtf, 3),
                 caption=res.caption,
+                warnings=res.warnings,
                 load_seconds=round(time.perf_counter() - t0 - res.seconds_taken, 3),
             )
         )
