@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # stage, the flows and the tests apply them; DVC's own analytics are off in .dvc/config.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install demo summary test test-all lint test-fast bench serve dag clean-outputs app
+.PHONY: install demo summary test test-all lint test-fast bench serve dag clean-outputs app exp-show
 
 install: $(STAMP)
 
@@ -59,3 +59,10 @@ app: install
 
 dag: install
 	$(VENV)/bin/dvc dag
+
+# `dvc exp show` in 120 columns: the workspace, HEAD and its experiments, a row each, with the columns of
+# `tristage compare` and the params each changed (tristage.compare.exp_show). ARGS: --columns NAME,...,
+# --all, --format csv|json, and any `dvc exp show` option (-A, -n 3, --rev REV), e.g. ARGS="-n 3".
+ARGS ?=
+exp-show: install
+	$(PY) -c 'import sys; from tristage.compare import exp_show_main; sys.exit(exp_show_main(sys.argv[1:]))' $(ARGS)

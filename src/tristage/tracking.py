@@ -139,6 +139,7 @@ class Tracker:
         self._mlflow = None
         self._run = None
         self.run_id: str | None = None
+        self.last_step: int | None = None  # the latest step given to log_metrics
 
     # -- lifecycle ---------------------------------------------------------------------
     def start(self) -> "Tracker":
@@ -249,6 +250,17 @@ class Tracker:
             self._fail("log_params", exc)
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        """Numbers only (booleans, strings, None and non-finite values are left out, never logged as 0).
+
+        Each name is one curve at its own steps: a training stage logs its train-window figures
+        (`mel_loss`, ...) at its log steps and its validation figures (`val_mel_loss`, ...) at its
+        evaluations. Without `step`, figures go at the latest step logged so far (a stage's final
+        figures at its last training step, where its curves end, not at step 0 where they begin);
+        at step 0 where nothing was stepped."""
+        if step is None:
+            step = self.last_step
+        elif self.last_step is None or step > self.last_step:
+            self.last_step = step
         if not self.active:
             return
         clean = {}

@@ -1,7 +1,8 @@
 """What a finished training stage leaves behind: its metrics and its files.
 
 `models/<stage>/` (model.safetensors, config.json, trainer_state.pt, training.json),
-`metrics/<stage>.json` and `plots/<stage>/` (train.tsv, losses.png, speaker_acc.png).
+`metrics/<stage>.json` and `plots/<stage>/` (train.tsv and val.tsv for `dvc plots`, losses.png,
+speaker_acc.png).
 Every output says where its figures come from (`provenance`: codec and caption encoder,
 random-init or pretrained).
 """
@@ -18,7 +19,7 @@ import torch
 from tristage.fsio import atomic_path, write_json
 from tristage.model.config import TTSConfig
 from tristage.training.band import band_status
-from tristage.training.plots import plot_losses, plot_speaker_acc, write_tsv
+from tristage.training.plots import plot_losses, plot_speaker_acc, write_logs
 from tristage.training.state import TrainState
 
 log = logging.getLogger("tristage.training")
@@ -67,11 +68,12 @@ def write_model(out: Path, model, trainer_state: dict, stage: str, fingerprint: 
 
 def write_reports(stage: str, stage_params, history: list[dict], metrics: dict, cfg: TTSConfig, speaker: bool,
                   tracker=None) -> None:
-    """metrics/<stage>.json, plots/<stage>/ (train.tsv and charts), and the same to the tracker."""
+    """metrics/<stage>.json, plots/<stage>/ (train.tsv: the train rows, val.tsv: the validation rows; the
+    charts), and the same to the tracker."""
     sp = stage_params
     write_json(sp.metrics, metrics)
     plots = Path(sp.plots_dir)
-    write_tsv(history, plots / "train.tsv")
+    write_logs(history, plots)
     title = f"{stage} ({provenance(cfg)})"
     plot_losses(history, plots / "losses.png", title)
     if speaker:

@@ -1,4 +1,16 @@
-"""Per-step log (TSV that `dvc plots` reads) and PNG plots (matplotlib Agg)."""
+"""Per-step logs that `dvc plots` reads (train.tsv, val.tsv) and PNG charts (matplotlib Agg).
+
+A history row is what the trainer logged at one step: train-window figures (`mel_loss`, `mel_top1`, ...) at a
+log step, validation figures (`val_*`; stage 2 also `band_status`) at an evaluation or band check, or both.
+The two kinds go to two files, so that no plotted cell is blank (DVC and Vega draw a blank cell as 0):
+
+- `train.tsv`: a row per log step (train-window means; lr, grl_lambda and speaker_loss_weight as in effect);
+- `val.tsv`: a row per validation pass (step 0 = before training; stage 2's band checks are passes too).
+
+Each file ends with its headline column (`mel_loss`, `val_mel_loss`): DVC's default chart of a file in a
+stage's `plots:` folder (dvc.yaml, `x: step`) draws the last column. dvc.yaml's top-level `plots:` draw the
+curves by name; `band_status` (text) is never plotted.
+"""
 from __future__ import annotations
 
 import math
@@ -7,9 +19,8 @@ from pathlib import Path
 
 from tristage.fsio import save_figure, write_text
 
-COLUMNS = (
+TRAIN_COLUMNS = (
     "step",
-    "mel_loss",
     "mel_top1",
     "kl",
     "ortho",
@@ -18,28 +29,59 @@ COLUMNS = (
     "lr",
     "grl_lambda",
     "speaker_loss_weight",
-    "samples_per_s",
-    "val_mel_loss",
-    "val_mel_top1",
-    "val_speaker_acc",
-    "band_status",
+    "samples_per_s",  # moved to timings/<stage>/train.tsv after the stage (tristage.timings)
+    "mel_loss",  # the headline: last
 )
+VAL_COLUMNS = (
+    "step",
+    "val_mel_top1",
+    "val_speaker_loss",
+    "val_speaker_acc",
+    "band_status",  # text: in / below / above (stage 2's band check); never plotted
+    "val_mel_loss",  # the headline: last
+)
+TEXT_COLUMNS = frozenset({"band_status"})
+# file name -> (its columns; a row goes into the file when it has the file's headline, the last column)
+LOGS = {"train.tsv": TRAIN_COLUMNS, "val.tsv": VAL_COLUMNS}
+
+
+def _present(v) -> bool:
+    return v is not None and not (isinstance(v, float) and math.isnan(v))
 
 
 def _fmt(v) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
+    if not _present(v):
         return ""
     return f"{v:.6g}" if isinstance(v, float) else str(v)
 
 
-def write_tsv(history: list[dict], path: Path) -> None:
-    cols = [c for c in COLUMNS if any(c in row for row in history)] or ["step"]
-    lines = ["\t".join(cols)] + ["\t".join(_fmt(row.get(c)) for c in cols) for row in history]
+def log_rows(history: list[dict], columns: tuple[str, ...]) -> tuple[list[str], list[dict]]:
+    """(header, rows) of one log: the history rows that carry its headline (the last column), and the columns
+    that any of them fills, in `columns` order (`step` and the headline always)."""
+    headline = columns[-1]
+    rows = [r for r in history if _present(r.get(headline))]
+    cols = [c for c in columns if c in ("step", headline) or any(_present(r.get(c)) for r in rows)]
+    return cols, rows
+
+
+def write_tsv(history: list[dict], path: Path, columns: tuple[str, ...] = TRAIN_COLUMNS) -> None:
+    """One log of `history` (the train rows by default; `VAL_COLUMNS` for the validation rows) as a TSV."""
+    cols, rows = log_rows(history, columns)
+    lines = ["\t".join(cols)] + ["\t".join(_fmt(r.get(c)) for c in cols) for r in rows]
     write_text(path, "\n".join(lines) + "\n")
 
 
+def write_logs(history: list[dict], folder: Path) -> list[Path]:
+    """`folder`/train.tsv and `folder`/val.tsv from one mixed history; returns their paths."""
+    paths = []
+    for name, columns in LOGS.items():
+        write_tsv(history, Path(folder) / name, columns)
+        paths.append(Path(folder) / name)
+    return paths
+
+
 def _series(history: list[dict], key: str):
-    pts = [(r["step"], r[key]) for r in history if r.get(key) is not None and not math.isnan(r[key])]
+    pts = [(r["step"], r[key]) for r in history if _present(r.get(key))]
     return [p[0] for p in pts], [p[1] for p in pts]
 
 
