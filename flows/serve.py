@@ -8,7 +8,7 @@ Starts `prefect server start --host 127.0.0.1` in the background unless a server
 answers at PREFECT_API_URL (default http://127.0.0.1:4200/api), waits until it is healthy,
 creates the global concurrency limit `gpu` (one slot per visible GPU) if it is missing,
 then serves the flow (blocks; Ctrl-C stops serving and the server it started).
-MLflow UI, in another shell:  mlflow ui --host 127.0.0.1 --backend-store-uri sqlite:///mlflow.db
+MLflow UI, in another shell:  make mlflow   (flows/mlflow_ui.py: one worker, prints the link to the runs)
 """
 from __future__ import annotations
 
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `kill` stops the server we started too
     server = None if a.no_server else start_server(api, REPO / ".tristage" / "prefect-server.log")
     create_gpu_limit()
-    print("MLflow UI:  mlflow ui --host 127.0.0.1 --backend-store-uri sqlite:///mlflow.db", file=sys.stderr)
+    print("MLflow UI:  make mlflow  (in another shell; it prints the link to the runs)", file=sys.stderr)
     try:
         # issue 18: the sweep deployment beside the pipeline's
         from flows import sweep as sweep_flow

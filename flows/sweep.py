@@ -32,7 +32,7 @@ import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -40,7 +40,7 @@ from prefect.runtime import flow_run as current_flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.orchestration import dvc, gpu, runs, workspace
-from flows.pipeline import StageName, _example
+from flows.pipeline import StageName, Text, _example, _or, user_errors_in_one_line
 from tristage import sweep as sw
 from tristage.config import check_overrides, load_params
 from tristage.errors import UserError
@@ -312,19 +312,26 @@ def run_point(
 
 
 # -- the flow ---------------------------------------------------------------------------------
+# The run form's types: each parameter a plain type with a default (no None/value toggles); None from an
+# older caller still means "not given".
+Grid = Annotated[dict[str, list[Any]], _or({})]
+ParamValues = Annotated[dict[str, Any], _or({})]
+Count = Annotated[int, _or(0)]
+
+
 @flow(name="tristage-sweep", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=MAX_WORKERS))
+@user_errors_in_one_line
 def sweep(
-    grid: dict[str, list[Any]] | None = _example({"stage2.grl_lambda": [0.3, 1, 3],
-                                                  "stage2.speaker_loss_weight": [0.1, 0.3]}),
+    grid: Grid = _example({}, {"stage2.grl_lambda": [0.3, 1, 3], "stage2.speaker_loss_weight": [0.1, 0.3]}),
     random: int = 0,
-    ranges: dict[str, Any] | None = _example({"stage2.grl_lambda": "0.1:3:log"}),
-    overrides: dict[str, Any] | None = _example({"stage2.steps": 100}),
+    ranges: ParamValues = _example({}, {"stage2.grl_lambda": "0.1:3:log"}),
+    overrides: ParamValues = _example({}, {"stage2.steps": 100}),
     target: StageName = "evaluate",
-    name: str | None = _example("lam-w"),
-    cpu_slots: int | None = _example(2),
+    name: Text = _example("", "lam-w"),
+    cpu_slots: Count = _example(0, 2),
     seed: int = 0,
     include_local_changes: bool = True,
-    repo: str | None = _example("/path/to/tristage"),
+    repo: Text = _example("", "/path/to/tristage"),
 ) -> dict:
     """Sweep params as DVC experiments: shared stages once, then each point's stages, points concurrently.
 
@@ -337,7 +344,7 @@ def sweep(
         target: the last stage each point runs (default evaluate: the probes and the band).
         name: the sweep's name: `sweeps/<name>/`, the experiments' prefix; run it again to resume.
         cpu_slots: points at once on a machine without GPU (sets the Prefect limit `cpu`;
-            empty: the limit in force, else 1). With GPUs the `gpu` limit decides.
+            0: the limit in force, else 1). With GPUs the `gpu` limit decides.
         seed: the seed of the random points.
         include_local_changes: start from HEAD plus the checkout's uncommitted files.
         repo: the project checkout; empty: the one this flow file lives in.
@@ -349,8 +356,8 @@ def sweep(
                                                                            int(random or 0), seed))
     if not points:
         raise UserError("sweep: no points; give --grid KEY=V1,V2 and/or --random N --range KEY=LOW:HIGH")
-    if cpu_slots is not None and int(cpu_slots) < 1:
-        raise UserError(f"cpu_slots: must be >= 1, got {cpu_slots}")
+    if int(cpu_slots or 0) < 0:
+        raise UserError(f"cpu_slots: must be >= 1 (0: the limit in force), got {cpu_slots}")
     keys = list(dict.fromkeys(k for p in points for k in p))
     clash = [k for k in keys if k in overrides]
     if clash:
@@ -386,7 +393,7 @@ def sweep(
     if devices:
         kind, n_slots = "gpu", gpu.ensure_gpu_limit(gpu.n_slots(devices))
     else:
-        kind, n_slots = "cpu", ensure_limit(CPU_LIMIT, int(cpu_slots or 1), force=cpu_slots is not None)
+        kind, n_slots = "cpu", ensure_limit(CPU_LIMIT, int(cpu_slots or 1), force=bool(cpu_slots))
     threads = max(1, len(os.sched_getaffinity(0)) // max(1, min(n_slots, len(points))))
     slot = (kind, devices, repo_dir / ".tristage" / "locks")
     print(f"sweep {name}: {n_slots} {kind} slot(s){' on devices ' + ','.join(devices) if devices else ''}, "
@@ -462,7 +469,7 @@ def sweep(
             for (point, _, _), fut in zip(todo, futures):
                 records[point] = fut.result()
         rows = [sw.result_row(point, p, records[point], band) for point, p, _, _ in named]
-        rec = sw.recommend(rows, band)
+        rec = sw.recommend(rows, band, _adversary(params_file, overrides))
         meta = {"sweep": name, "target": target, "shared_stages": shared, "point_stages": per_point,
                 "slots": n_slots, "slot_kind": kind, "threads_per_point": threads, "overrides": overrides,
                 "mlflow_parent_run_id": parent}
@@ -483,6 +490,10 @@ def sweep(
 def _band(params_file: Path, overrides: dict[str, Any]) -> tuple[float, float]:
     lo, hi = load_params(params_file, check_overrides(params_file, overrides)).stage2.speaker_acc_band
     return float(lo), float(hi)
+
+
+def _adversary(params_file: Path, overrides: dict[str, Any]) -> str:
+    return load_params(params_file, check_overrides(params_file, overrides)).stage2.adversary
 
 
 def _log_results(

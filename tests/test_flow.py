@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import re
 import subprocess
 import sys
 import time
@@ -183,10 +185,11 @@ def test_transient_stage_failure_is_retried_bad_input_is_not(prefect_api, monkey
     monkeypatch.setattr(fp.dvc, "run", flaky)
 
     @flow
-    def one_stage(stage: str):
-        fp.cpu_stage.with_options(retry_delay_seconds=0)(stage, tmp_path, {})
+    def one_stage(stage: str):  # as the pipeline calls a stage task: its state, then what DVC did
+        state = fp.cpu_stage.with_options(retry_delay_seconds=0)(stage, tmp_path, {}, return_state=True)
+        return state.result()
 
-    one_stage("prepare")
+    assert one_stage("prepare") == "unchanged"
     assert len(calls) == 2 and calls[0][-1] == "prepare"
 
     calls.clear()
@@ -419,3 +422,191 @@ def test_workspaces_created_at_once_and_a_failed_git_add_retried_once(tmp_path, 
     with pytest.raises(RuntimeError, match=r"git worktree add --no-such-flag failed in .* \(exit code 129\)"):
         ws.create_workspace(repo, "twice")
     assert not (repo / ".tristage" / "runs" / "twice").exists()
+
+
+# -- what a person sees of a flow run: task states, run graph, logs, artifact, one-line errors ---------------
+_FAKE_DAG = """stages:
+  corpus:
+    cmd: python -c pass
+    outs: [data/raw]
+  prepare:
+    cmd: python -c pass
+    deps: [data/raw]
+    params: [prepare.min_duration]
+    outs: [data/prepared]
+    metrics:
+    - metrics/prepare.json:
+        cache: false
+  annotate:
+    cmd: python -c pass
+    deps: [data/prepared]
+    outs: [data/annotated]
+  features:
+    cmd: python -c pass
+    deps: [data/prepared]
+    outs: [data/features]
+"""
+# what `dvc repro --single-item <stage>` prints, per stage (a glued warning and DVC's advice in prepare's)
+_FAKE_LOGS = {
+    "corpus": "Stage 'corpus' didn't change, skipping\n",
+    "prepare": ("Running stage 'prepare':\n> python -c pass\n\r 50%|#####     | 1/2 [00:01<00:01,  1.00it/s]"
+                "12:00:01 prepare WARNING speaker_acc below the band\n\rdone\n"
+                "\nTo track the changes with git, run:\n\n\tgit add dvc.lock metrics/prepare.json\n"
+                "Use `dvc push` to send your updates to remote storage.\n"),
+    "annotate": "Stage 'annotate' is cached - skipping run, checking out outputs\n",
+    "features": "Running stage 'features':\n> python -c pass\n",
+}
+
+
+def _fake_dag_repo(path: Path) -> Path:
+    from conftest import project_env
+
+    (path / "metrics").mkdir(parents=True)
+    (path / "dvc.yaml").write_text(_FAKE_DAG)
+    (path / "params.yaml").write_text("prepare:\n  min_duration: 0.5\n")
+    (path / "metrics" / "prepare.json").write_text('{"rows_in": 20, "rows_kept": 20}')
+    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"]):
+        subprocess.run(cmd, cwd=path, check=True, capture_output=True, env=project_env())
+    return path
+
+
+def _read_logs(client, log_filter, until: str, timeout_s: float = 20.0) -> list:
+    """The logs that match `log_filter` once one of them holds `until` (logs reach the API in batches)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        logs = client.read_logs(log_filter=log_filter)
+        if any(until in e.message for e in logs) or time.monotonic() > deadline:
+            return logs
+        time.sleep(0.5)
+
+
+def _fake_dvc(fail: dict[str, str] | None = None):
+    """`dvc.run` that runs nothing: a stage's log comes from _FAKE_LOGS; `fail` = {stage: its error line}
+    makes that stage exit with code 2, as a stage's UserError does."""
+    def run(cmd, cwd, env=None, log_to=None, on_line=None):
+        text = ""
+        if cmd[1] == "repro":
+            stage = cmd[-1]
+            text = _FAKE_LOGS[stage]
+            if stage == "prepare":
+                (Path(cwd) / "metrics" / "prepare.json").write_text('{"rows_in": 24, "rows_kept": 20}')
+        for line in text.splitlines(keepends=True):
+            on_line(line)
+        if on_line is not None and hasattr(on_line, "close"):
+            on_line.close()
+        if cmd[1] == "repro" and cmd[-1] in (fail or {}):
+            on_line(fail[cmd[-1]] + "\n")
+            message = f"{' '.join(cmd)} failed with exit code 2 in {cwd}:\n{fail[cmd[-1]]}\n"
+            raise dvc.CommandFailed(message, 2)
+        return text
+    return run
+
+
+@pytest.mark.slow
+def test_flow_run_as_seen_in_the_ui_states_graph_logs_artifact(prefect_api, tmp_path, monkeypatch):
+    """A skipped stage ends in a Completed state named after what DVC did; each stage task waits on the
+    stages it reads from (the run graph is the DAG, not a star around the workspace task); a warning
+    glued to a progress bar is a WARNING record and DVC's git/push advice is dropped; the artifact starts
+    with what ran; MLflow has every stage under the flow's parent run, tagged with its outcome."""
+    from mlflow.tracking import MlflowClient
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        LogFilter,
+        LogFilterTaskRunId,
+        TaskRunFilter,
+        TaskRunFilterFlowRunId,
+    )
+
+    import flows.pipeline as fp
+
+    repo = _fake_dag_repo(tmp_path / "repo")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setattr(fp.dvc, "run", _fake_dvc())
+    result = fp.pipeline(exp_name="fake", repo=str(repo))
+    assert result["outcomes"] == {"corpus": "unchanged", "prepare": "ran", "annotate": "restored",
+                                  "features": "ran"}
+
+    with get_client(sync_client=True) as client:
+        runs_ = client.read_task_runs(task_run_filter=TaskRunFilter(
+            flow_run_id=TaskRunFilterFlowRunId(any_=[result["flow_run_id"]])))
+        by_name = {re.sub(r"-[0-9a-f]{3}$", "", t.name): t for t in runs_}  # `workspace-de7`: workspace
+        by_id = {str(t.id): n for n, t in by_name.items()}
+        states = {n: (t.state.type.value, t.state.name) for n, t in by_name.items()}
+        assert states["corpus"] == ("COMPLETED", "Unchanged")
+        assert states["annotate"] == ("COMPLETED", "Restored")
+        assert states["prepare"] == ("COMPLETED", "Completed")
+
+        def upstream(name):
+            return {by_id[str(i.id)] for inputs in by_name[name].task_inputs.values() for i in inputs
+                    if getattr(i, "id", None) is not None}
+
+        assert upstream("corpus") == {"workspace"}
+        assert upstream("prepare") == {"corpus"}
+        assert upstream("annotate") == upstream("features (gpu slot)") == {"prepare"}
+        assert upstream("exp-save") == {"annotate", "features (gpu slot)"}
+
+        logs = _read_logs(client, LogFilter(task_run_id=LogFilterTaskRunId(any_=[by_name["prepare"].id])),
+                          "below the band")
+        warned = [e for e in logs if "below the band" in e.message]
+        assert [e.level for e in warned] == [logging.WARNING], [(e.level, e.message) for e in logs]
+        assert not any("git add" in e.message or "dvc push" in e.message for e in logs)
+        artifact = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[result["flow_run_id"]])))[0].data
+    lines = artifact.splitlines()
+    assert lines[0] == "# tristage run `fake`: FINISHED" and lines[2] == "- **Ran:** prepare, features"
+    assert "| prepare.rows_in | 20 | 24 | +4 |" in artifact
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("tristage")
+    parent = result["mlflow_parent_run_id"]
+    children = client.search_runs([exp.experiment_id],
+                                  filter_string=f"tags.`mlflow.parentRunId` = '{parent}'")
+    assert {(r.data.tags["stage"], r.data.tags["dvc_outcome"], r.info.status) for r in children} == {
+        ("corpus", "unchanged", "FINISHED"), ("prepare", "ran", "FINISHED"),
+        ("annotate", "restored", "FINISHED"), ("features", "ran", "FINISHED")}
+    assert {r.info.run_name for r in children} >= {"corpus (unchanged)", "annotate (restored)"}
+    assert next(r for r in children if r.data.tags["stage"] == "prepare").data.metrics["rows_in"] == 24
+
+
+@pytest.mark.slow
+def test_user_errors_fail_a_flow_in_one_line_without_traceback(prefect_api, tmp_path, monkeypatch):
+    """A misspelt override key, and a stage that exits with code 2 (a GPU stage, which is not retried): the
+    flow run ends Failed with the one-line message, no traceback anywhere in its logs; a Python caller
+    still gets the exception."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterFlowRunId
+
+    import flows.pipeline as fp
+
+    repo = _fake_dag_repo(tmp_path / "repo")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    error = "features: error: features.manifest: x.jsonl not found"
+    monkeypatch.setattr(fp.dvc, "run", _fake_dvc({"features": error}))
+
+    def logs_of(state):
+        flow_run_id = state.state_details.flow_run_id
+        with get_client(sync_client=True) as client:
+            runs_ = client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+            assert runs_[0].state.is_failed()
+            logs = _read_logs(client, LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])),
+                              "Finished in state Failed")
+            return "\n".join(e.message for e in logs)
+
+    misspelt = fp.pipeline(overrides={"prepare.min_duratoin": 1.0}, exp_name="bad-key", repo=str(repo),
+                           return_state=True)
+    assert misspelt.is_failed() and "\n" not in misspelt.message
+    assert "did you mean prepare.min_duration?" in misspelt.message
+    text = logs_of(misspelt)
+    assert "Traceback" not in text and "did you mean prepare.min_duration?" in text
+    with pytest.raises(UserError, match="did you mean prepare.min_duration"):
+        fp.pipeline(overrides={"prepare.min_duratoin": 1.0}, exp_name="bad-key2", repo=str(repo))
+
+    stage_failed = fp.pipeline(exp_name="bad-input", repo=str(repo), return_state=True)
+    assert stage_failed.message == error
+    text = logs_of(stage_failed)
+    assert "Traceback" not in text and "NoneType: None" not in text  # (Prefect's empty traceback)

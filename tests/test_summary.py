@@ -65,3 +65,36 @@ def test_summary_cli_before_any_run(tmp_path):
     )
     assert r.returncode == 0, r.stderr
     assert "run `dvc repro` first" in r.stdout
+
+
+def _below_band_project(tmp_path):
+    (tmp_path / "params.yaml").write_text("stage2:\n  speaker_acc_band: [0.3, 0.6]\n")
+    _write(tmp_path / "metrics/stage2.json",
+           dict(steps=300, trainable_fraction=0.9, val_speaker_acc=0.2, speaker_acc=0.14,
+                speaker_acc_band="below", band_warnings=4, grl_lambda=1.0, speaker_loss_weight=0.1))
+    return load_params(tmp_path / "params.yaml")
+
+
+def test_summary_gives_the_band_advice_when_stage2_ended_below_the_band(tmp_path):
+    params = _below_band_project(tmp_path)
+    text = summary(params)
+    flat = " ".join(text[text.index("band advice"):].split())
+    assert flat.startswith("band advice (4 band warnings in stage2's training): speaker_acc 0.200 below ")
+    assert "[0.30, 0.60] at the end of training" in flat and "lower stage2.grl_lambda (now 1)" in flat
+    assert max(map(len, text.splitlines())) <= 110
+    # the trainer's own last warning, when the model folder has it
+    _write(tmp_path / "models/stage2/training.json", dict(band_log=[
+        dict(step=100, status="below", message="speaker_acc 0.250 below the band: first"),
+        dict(step=300, status="below", message="speaker_acc 0.200 below the band: last")]))
+    flat = " ".join(summary(params).split())
+    assert "band advice (4 band warnings in stage2's training): speaker_acc 0.200 below the band: last " \
+           "(training step 300)" in flat
+
+
+def test_summary_has_no_band_advice_in_the_band_and_links_the_mlflow_runs(tmp_path, monkeypatch):
+    params = _below_band_project(tmp_path)
+    _write(tmp_path / "metrics/stage2.json", dict(steps=300, val_speaker_acc=0.4, speaker_acc_band="in"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    text = summary(params)
+    assert "band advice" not in text
+    assert "make mlflow" in text and text.splitlines()[-1].strip() == "http://127.0.0.1:5000/#/experiments"

@@ -127,3 +127,73 @@ def test_one_parent_run_per_dvc_invocation_in_a_model_training_experiment(repo_c
                 for p in parents}
     assert [children[p.info.run_id] for p in parents] == [["corpus", "prepare"], ["prepare"]]
     assert parents[0].info.run_name.startswith("repro@")
+
+
+# -- the MLflow UI: the saved view of the runs, the link, the figures on a `dvc repro` parent ---------------
+def test_runs_link_opens_the_model_training_runs_with_the_saved_view(tmp_path):
+    from tristage.tracking import RUNS_VIEW_COLUMNS, experiment_id, runs_link, runs_url, runs_view_state
+
+    assert runs_url("7") == ("http://127.0.0.1:5000/#/experiments/7/runs"
+                             "?workflowType=machine_learning&viewStateShareKey=tristage")
+    assert runs_url(None, "http://h:1/") == "http://h:1/#/experiments"
+    assert experiment_id(f"sqlite:///{tmp_path / 'none.db'}") is None  # no store yet: no id, no error
+    assert runs_link(f"sqlite:///{tmp_path / 'none.db'}") == "http://127.0.0.1:5000/#/experiments"
+    state = runs_view_state()
+    assert state["selectedColumns"] == state["columnOrder"] == [f"{k}.`{n}`" for k, n in RUNS_VIEW_COLUMNS]
+    assert "metrics.`stage2/val_speaker_acc`" in state["selectedColumns"]
+    assert "tags.`dvc_outcome`" in state["selectedColumns"]
+    assert state["orderByKey"] == "attributes.start_time"  # children stay next to their parent
+
+
+@pytest.mark.slow
+def test_experiment_gets_the_saved_view_and_a_users_own_view_is_kept(tmp_path):
+    import json
+
+    from mlflow.tracking import MlflowClient
+
+    from tristage.tracking import RUNS_VIEW_TAG, ensure_experiment, experiment_id, runs_view_state
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp_id = ensure_experiment(client)
+    assert experiment_id(uri) == exp_id  # read without mlflow (summary, make mlflow)
+    envelope = json.loads(client.get_experiment(exp_id).tags[RUNS_VIEW_TAG])
+    assert envelope["name"].startswith("tristage") and isinstance(envelope["createdAt"], int)
+    assert json.loads(envelope["state"]) == runs_view_state()
+    old = {**runs_view_state(), "tristageView": 0, "selectedColumns": []}  # ours, an older version: updated
+    client.set_experiment_tag(exp_id, RUNS_VIEW_TAG, json.dumps({**envelope, "state": json.dumps(old)}))
+    ensure_experiment(client)
+    tag = client.get_experiment(exp_id).tags[RUNS_VIEW_TAG]
+    assert json.loads(json.loads(tag)["state"]) == runs_view_state()
+    mine = json.dumps({**envelope, "state": json.dumps({"selectedColumns": ["metrics.`x`"]})})  # the user's
+    client.set_experiment_tag(exp_id, RUNS_VIEW_TAG, mine)
+    ensure_experiment(client)
+    assert client.get_experiment(exp_id).tags[RUNS_VIEW_TAG] == mine
+
+
+@pytest.mark.slow
+def test_dvc_parent_run_gets_the_stage_final_figures(monkeypatch, tmp_path):
+    """A stage under `dvc repro` copies its final figures (not its stepped curves, not its timings) to the
+    invocation's parent run as `<stage>/<key>`, and a `*_band` status as a tag, as a flow's parent has."""
+    from mlflow.tracking import MlflowClient
+
+    import tristage.tracking as tr
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv("TRISTAGE_TRACKING", raising=False)
+    monkeypatch.delenv("TRISTAGE_PARENT_RUN_ID", raising=False)
+    monkeypatch.setattr(tr, "dvc_invocation", lambda *a, **k: "boot-123-456")
+    with tr.Tracker("stage2", tmp_path) as t:
+        for step in (1, 2):
+            t.log_metrics({"mel_loss": 3.0 - step}, step=step)
+        t.log_metrics({"val_speaker_acc": 0.2, "speaker_acc_band": "below", "grl_lambda": 1.0})
+        t.log_metrics({"timing/elapsed_s": 12.0})
+        child = t.run_id
+    client = MlflowClient(uri)
+    parent_id = client.get_run(child).data.tags["mlflow.parentRunId"]
+    parent = client.get_run(parent_id)
+    assert parent.data.tags["tristage.role"] == "dvc" and parent.info.status == "FINISHED"
+    assert parent.data.metrics == {"stage2/val_speaker_acc": 0.2, "stage2/grl_lambda": 1.0}
+    assert parent.data.tags["stage2/speaker_acc_band"] == "below"
+    assert client.get_run(child).data.tags["speaker_acc_band"] == "below"

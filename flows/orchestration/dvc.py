@@ -83,6 +83,12 @@ def apply_overrides(params_file: Path, overrides: Mapping[str, Any] | None) -> N
 
 def pipeline_stages(repo: Path, target: str | None = None) -> list[str]:
     """The DAG's stages in run order (dependencies first); with `target`, only it and its ancestors."""
+    return list(pipeline_graph(repo, target))
+
+
+def pipeline_graph(repo: Path, target: str | None = None) -> dict[str, list[str]]:
+    """`pipeline_stages` in run order, each with the stages it reads outputs of (its direct upstream
+    stages in dvc.yaml): the edges the flow hands Prefect, so its run graph is the DAG."""
     import networkx as nx
     from dvc.repo import Repo
 
@@ -100,7 +106,9 @@ def pipeline_stages(repo: Path, target: str | None = None) -> list[str]:
                 graph.reverse(copy=True), key=lambda s: _dvc_yaml_rank(repo, names[s])
             )
         )
-    return [names[s] for s in order if s in keep]
+        rank = {s: i for i, s in enumerate(order)}
+        return {names[s]: [names[u] for u in sorted(graph.successors(s), key=rank.get) if u in keep]
+                for s in order if s in keep}
 
 
 def _dvc_yaml_rank(repo: Path, name: str) -> str:
@@ -159,13 +167,42 @@ class CommandFailed(RuntimeError):
         return self.returncode != 2
 
 
+def is_user_error(exc: BaseException) -> bool:
+    """Bad input, not a bug: a `UserError` (a misspelt override key, a bad value, an unknown target) or a
+    stage that exited with code 2 (its own `UserError`). Retrying can't help; the message says it all."""
+    return isinstance(exc, UserError) or (isinstance(exc, CommandFailed) and exc.returncode == 2)
+
+
+_STAGE_ERROR = re.compile(r"^\S+: error: .+")
+
+
+def failure_line(exc: BaseException) -> str:
+    """One line for a user error: its message; for a stage that exited with code 2, the line the stage
+    printed (`<stage>: error: ...`), else the command's first line."""
+    text = str(exc)
+    if isinstance(exc, CommandFailed):
+        found = [m.group(0) for m in map(_STAGE_ERROR.match, text.splitlines()[1:]) if m]
+        return found[-1].strip() if found else text.splitlines()[0].rstrip(":")
+    return " ".join(text.split())
+
+
 class LogForwarder:
     """A stage's output, line by line, to a logger (the Prefect task's run logger, so it shows in
     the task's Logs tab). Progress-bar lines (tqdm) go out at most once per `every_s` seconds, and
-    the last one when the command ends; every other line at once, warnings and errors as such."""
+    the last one when the command ends; every other line at once, warnings as WARNING and errors as
+    ERROR records. A line printed while a bar is drawn comes glued to the bar (tqdm redraws with `\\r`
+    and never ends its line): it is cut off the bar and forwarded as a line of its own. DVC's advice
+    to `git add dvc.lock` / `dvc push`, which a run workspace doesn't follow, is left out."""
 
     PROGRESS = re.compile(r"\d+%\||\|\s*\d+/\d+\s*\[")
-    PROBLEM = re.compile(r"\b(WARNING|ERROR|CRITICAL|Traceback|error:)")
+    # the end of a tqdm bar: `| 4/10 [00:01<00:02, 3.2it/s]` (postfix and all, up to its `]`)
+    BAR_END = re.compile(r"\|\s*[\d.]+[kMG]?/[\d.?]+[kMG]?\s*\[[^\]\r\n]*\]")
+    ERROR = re.compile(r"\b(ERROR|CRITICAL|Traceback \(most recent call last\)|[A-Za-z_]*Error:|error:)")
+    WARNING = re.compile(r"\b(WARNING|WARN|[A-Za-z]*Warning:)")
+    # where a log record or warning glued to a bar starts: a `%H:%M:%S` time, or the marker itself
+    RECORD = re.compile(r"\d\d:\d\d:\d\d |(WARNING|ERROR|CRITICAL|Traceback)\b")
+    ADVICE = re.compile(r"^(To track the changes with git, run:|To enable auto staging, run:|git add \S|"
+                        r"dvc config core\.autostage|Use `dvc push` to send your updates)")
 
     def __init__(self, logger: logging.Logger | logging.LoggerAdapter, every_s: float = 15.0,
                  clock: Callable[[], float] = time.monotonic):
@@ -176,18 +213,41 @@ class LogForwarder:
         self._pending: str | None = None
 
     def __call__(self, line: str) -> None:
-        text = line.rstrip()
-        if not text.strip():
+        for part in line.replace("\r", "\n").split("\n"):
+            self._line(part.rstrip())
+
+    def _line(self, text: str) -> None:
+        if not text.strip() or self.ADVICE.match(text.strip()):
             return
         if self.PROGRESS.search(text):
-            now = self.clock()
-            if self._last_progress is None or now - self._last_progress >= self.every_s:
-                self.logger.info(text)
-                self._last_progress, self._pending = now, None
-            else:
-                self._pending = text
+            bar, rest = self.split_progress(text)
+            self._progress(bar)
+            if rest:
+                self._line(rest)
             return
-        self.logger.log(logging.WARNING if self.PROBLEM.search(text) else logging.INFO, text)
+        level = (logging.ERROR if self.ERROR.search(text) else
+                 logging.WARNING if self.WARNING.search(text) else logging.INFO)
+        self.logger.log(level, text)
+
+    @classmethod
+    def split_progress(cls, text: str) -> tuple[str, str]:
+        """(the bar, what follows it on the same line): what a line printed during a bar leaves."""
+        end = cls.BAR_END.search(text)
+        if end is not None:
+            return text[: end.end()], text[end.end():].strip()
+        start = cls.PROGRESS.search(text)
+        mark = cls.RECORD.search(text, start.end() if start else 0)
+        if mark is not None:  # a bar cut short (no `]` yet) with a record after it
+            return text[: mark.start()].rstrip(), text[mark.start():]
+        return text, ""
+
+    def _progress(self, text: str) -> None:
+        now = self.clock()
+        if self._last_progress is None or now - self._last_progress >= self.every_s:
+            self.logger.info(text)
+            self._last_progress, self._pending = now, None
+        else:
+            self._pending = text
 
     def close(self) -> None:
         if self._pending is not None:

@@ -3,15 +3,16 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import time
 import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
 from tristage.environment import apply_quiet_env
-from tristage.tracking import ROLE_TAG, ensure_experiment, flatten
+from tristage.tracking import OUTCOME_TAG, ROLE_TAG, ensure_experiment, flatten
 
 log = logging.getLogger(__name__)
-
 
 
 def _client(uri: str):
@@ -59,6 +60,56 @@ def read_stage_metrics(workspace: Path, stages: list[str]) -> dict[str, float]:
     return out
 
 
+def read_stage_bands(workspace: Path, stages: list[str]) -> dict[str, str]:
+    """The `*_band` statuses of the run's metrics (`below` / `in` / `above`) as `<stage>/<key>` tags."""
+    out: dict[str, str] = {}
+    for stage in stages:
+        try:
+            data = json.loads((workspace / "metrics" / f"{stage}.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict):
+            out.update({f"{stage}/{k}": v for k, v in flatten(data).items()
+                        if k.endswith("_band") and isinstance(v, str)})
+    return out
+
+
+def record_stage_outcomes(uri: str, parent: str | None, workspace: Path, outcomes: Mapping[str, str],
+                          tags: Mapping[str, str]) -> None:
+    """Every stage of a flow run under its parent run, tagged with what DVC did (OUTCOME_TAG): the runs
+    the stages logged themselves ("ran") get the tag; a stage DVC skipped ("unchanged", or "restored"
+    from its run cache) logs nothing itself, so it gets a finished child run `<stage> (<outcome>)`
+    holding the figures of its outputs in this run (metrics/<stage>.json). Best effort."""
+    if parent is None or not outcomes:
+        return
+    try:
+        from mlflow.entities import Metric, RunTag
+
+        client = _client(uri)
+        exp_id = client.get_run(parent).info.experiment_id
+        logged: dict[str, list[str]] = {}  # a stage retried after a transient failure has two runs
+        for r in client.search_runs([exp_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent}'",
+                                    max_results=1000):
+            logged.setdefault(r.data.tags.get("stage"), []).append(r.info.run_id)
+        for stage, outcome in outcomes.items():
+            if stage in logged:
+                for run_id in logged[stage]:
+                    client.set_tag(run_id, OUTCOME_TAG, outcome)
+                continue
+            run = client.create_run(exp_id, run_name=stage if outcome == "ran" else f"{stage} ({outcome})",
+                                    tags={**tags, "stage": stage, OUTCOME_TAG: outcome,
+                                          "mlflow.parentRunId": parent})
+            values = read_stage_metrics(workspace, [stage])
+            now = int(time.time() * 1000)
+            ms = [Metric(k.split(".", 1)[1], v, now, 0) for k, v in values.items() if math.isfinite(v)]
+            bands = [RunTag(k.split("/", 1)[1], v) for k, v in read_stage_bands(workspace, [stage]).items()]
+            for i in range(0, max(len(ms), 1), 500):
+                client.log_batch(run.info.run_id, metrics=ms[i : i + 500], tags=bands if i == 0 else [])
+            client.set_terminated(run.info.run_id, "FINISHED")
+    except Exception as exc:
+        log.warning("MLflow: stage outcomes not recorded under parent run %s (%s)", parent, exc)
+
+
 def finish_parent_run(uri: str, run_id: str | None, status: str, metrics: Mapping[str, float] | None = None,
                       tags: Mapping[str, str] | None = None) -> None:
     """End the parent run; `metrics` (`stage.key` -> value) are logged as `stage/key`, which the
@@ -67,9 +118,6 @@ def finish_parent_run(uri: str, run_id: str | None, status: str, metrics: Mappin
         return
     try:
         client = _client(uri)
-        import math
-        import time
-
         from mlflow.entities import Metric, RunTag
 
         now = int(time.time() * 1000)

@@ -1,15 +1,19 @@
 """One private workspace per flow run: a git worktree of the project under `.tristage/runs/<name>/`.
 
-It starts from HEAD plus the main working tree's uncommitted changes (as `dvc exp run --temp`
-does), shares the main repo's DVC cache (so outputs already computed are checked out, not
-recomputed) and its git refs (so `dvc exp save` there shows up in `dvc exp show` here).
-Two flow runs never write into each other's outputs.
+It starts from HEAD plus the main working tree's uncommitted changes to the pipeline's inputs
+(code, params.yaml, dvc.yaml, ...), shares the main repo's DVC cache (so outputs already computed
+are checked out, not recomputed) and its git refs (so `dvc exp save` there shows up in `dvc exp
+show` here). The working tree's DVC outputs (metrics, plots, models: whatever a stage of dvc.yaml
+writes) and its dvc.lock are never copied: they may be stale, left by an earlier `dvc repro` with
+other params, and would show up in `dvc metrics diff HEAD <run>` as changes the run never made.
+The stages that don't rerun keep HEAD's outputs. Two flow runs never write into each other's outputs.
 """
 from __future__ import annotations
 
 import contextlib
 import fcntl
 import logging
+import os
 import shutil
 import subprocess
 import time
@@ -71,6 +75,32 @@ def local_changes(repo: Path) -> tuple[list[str], list[str]]:
     return keep, [p for p in deleted if p]
 
 
+def dvc_outputs(repo: Path) -> list[str]:
+    """What the stages of `repo`'s dvc.yaml write (`outs`, `metrics`, `plots`; files or folders,
+    relative to the repo), and dvc.lock, which records them."""
+    import yaml
+
+    try:
+        stages = (yaml.safe_load((repo / "dvc.yaml").read_text()) or {}).get("stages", {}) or {}
+    except (OSError, yaml.YAMLError):
+        stages = {}
+    found = ["dvc.lock"]
+    for stage in stages.values():
+        if not isinstance(stage, dict):
+            continue
+        for field in ("outs", "metrics", "plots"):
+            for out in stage.get(field) or []:
+                path = next(iter(out)) if isinstance(out, dict) else out
+                if isinstance(path, str) and "${" not in path:
+                    found.append(os.path.normpath(path))
+    return list(dict.fromkeys(found))
+
+
+def is_output(path: str, outputs: Iterable[str]) -> bool:
+    """`path` is one of `outputs` or inside one of them (an output folder)."""
+    return any(path == o or path.startswith(o.rstrip("/") + "/") for o in outputs)
+
+
 def _copy_files(src: Path, dst: Path, files: Iterable[str]) -> int:
     n = 0
     for rel in files:
@@ -92,8 +122,11 @@ def dvc_cache_dir(repo: Path) -> Path:
         return Path(r.cache.local_cache_dir)
 
 
-def create_workspace(repo: Path, name: str, include_local_changes: bool = True) -> Path:
-    """`git worktree add` at `<repo>/.tristage/runs/<name>` (detached at HEAD), sharing the DVC cache."""
+def create_workspace(repo: Path, name: str, include_local_changes: bool = True,
+                     changes: dict[str, list[str]] | None = None) -> Path:
+    """`git worktree add` at `<repo>/.tristage/runs/<name>` (detached at HEAD), sharing the DVC cache.
+    `changes`, if given, is filled with what came from the working tree: `copied` and `deleted` files,
+    and the changed DVC outputs `not_copied` (see the module's docstring)."""
     repo = repo.resolve()
     if not (repo / ".git").exists() or not (repo / ".dvc").is_dir():
         raise UserError(f"{repo}: not a git + DVC project (run from the tristage repository)")
@@ -116,22 +149,30 @@ def create_workspace(repo: Path, name: str, include_local_changes: bool = True) 
             log.warning("%s; removed the partial workspace, trying once more", e)
             time.sleep(1.0)
     try:
-        _fill_workspace(repo, path, include_local_changes)
+        _fill_workspace(repo, path, include_local_changes, {} if changes is None else changes)
     except BaseException:
         remove_workspace(repo, path)
         raise
     return path
 
 
-def _fill_workspace(repo: Path, path: Path, include_local_changes: bool) -> None:
+def _fill_workspace(repo: Path, path: Path, include_local_changes: bool,
+                    changes: dict[str, list[str]]) -> None:
     if include_local_changes:
         changed, deleted = local_changes(repo)
+        # the run's own dvc.yaml says what is an output (a working-tree edit of it is copied first)
+        if "dvc.yaml" in changed:
+            _copy_files(repo, path, ["dvc.yaml"])
+        outputs = dvc_outputs(path)
+        stale = [p for p in changed + deleted if is_output(p, outputs)]
+        changed = [p for p in changed if not is_output(p, outputs)]
+        deleted = [p for p in deleted if not is_output(p, outputs)]
         n = _copy_files(repo, path, changed)
         for rel in deleted:
             (path / rel).unlink(missing_ok=True)
-        log.info(
-            "workspace %s: HEAD + %d changed and %d deleted file(s) from %s", path, n, len(deleted), repo
-        )
+        changes.update(copied=changed, deleted=deleted, not_copied=stale)
+        log.info("workspace %s: HEAD + %d changed and %d deleted file(s) from %s; %d changed DVC output(s) "
+                 "of the working tree not copied", path, n, len(deleted), repo, len(stale))
     cache = dvc_cache_dir(repo)
     cache.mkdir(parents=True, exist_ok=True)
     from dvc.config import Config

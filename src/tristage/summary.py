@@ -5,9 +5,11 @@
 One row per training stage: steps, trainable %, validation mel_loss and mel_top1, the GRL speaker
 classifier's accuracy with its band, the fresh speaker / emotion probes on the emotion vector and
 the caption cosine of the stage's own caption adapters (all from metrics/evaluate.json, measured
-on the validation split; steps and trainable % from metrics/<stage>.json). Then where the plots
-and audio samples are, and the commands to look further. Reads the metrics files named in params;
-a stage not run yet shows "-". `dvc metrics show --md` still prints every metric.
+on the validation split; steps and trainable % from metrics/<stage>.json). When stage 2's
+speaker_acc ended outside its band, the advice the trainer gave (models/stage2/training.json),
+else the same advice made from metrics/stage2.json. Then where the plots and audio samples are,
+the commands to look further and the MLflow UI's link to the runs. Reads the metrics files named
+in params; a stage not run yet shows "-". `dvc metrics show --md` still prints every metric.
 """
 
 from __future__ import annotations
@@ -77,6 +79,43 @@ def render(rows: list[list[str]], header=COLUMNS) -> str:
     return "\n".join([line(header), "  ".join("-" * w for w in widths), *map(line, rows)])
 
 
+def band_advice(stage2: dict, band, training_json: Path | None = None) -> str | None:
+    """What to do when stage 2's speaker_acc ended outside `band` (metrics/stage2.json's
+    `speaker_acc_band` is "below" or "above"), else None: the trainer's last band warning
+    (`band_log` in models/stage2/training.json) when it is there, else the same advice
+    (`training.band`) made from the final figures in `stage2`."""
+    status = stage2.get("speaker_acc_band")
+    if status not in ("below", "above"):
+        return None
+    log = _read(training_json).get("band_log") if training_json else None
+    last = next((e for e in reversed(log) if isinstance(e, dict) and e.get("status") == status
+                 and e.get("message")), None) if isinstance(log, list) else None
+    if last is not None:
+        return f"{last['message']} (training step {last.get('step', '?')})"
+    from tristage.training.band import SpeakerAccBand
+
+    acc = next((stage2[k] for k in ("val_speaker_acc", "speaker_acc") if _is_num(stage2.get(k))), None)
+    lam = next((stage2[k] for k in ("grl_lambda_final", "grl_lambda") if _is_num(stage2.get(k))), 1.0)
+    weight = next((stage2[k] for k in ("speaker_loss_weight_final", "speaker_loss_weight")
+                   if _is_num(stage2.get(k))), 0.1)
+    low, high = (float(x) for x in band)
+    if acc is None:
+        acc = low - 1e-9 if status == "below" else high + 1e-9
+    decision = SpeakerAccBand(low, high, patience=1, control="warn").update(acc, lam, weight)
+    return decision.warning.replace(" for 1 checks", " at the end of training") if decision.warning else None
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def mlflow_link(params) -> str:
+    """The MLflow UI's link to the runs of the experiment `tristage` (tristage.tracking.runs_link)."""
+    from tristage.tracking import runs_link, tracking_uri
+
+    return runs_link(tracking_uri(Path(params.base_dir or ".")))
+
+
 def summary(params) -> str:
     ev = _read(params.evaluate.metrics)
     rows = stage_rows(params)
@@ -88,6 +127,14 @@ def summary(params) -> str:
         "stage's own caption adapters vs the caption encoder, on the held-out captions."
     )
     out.append(textwrap.fill(legend, WIDTH, break_on_hyphens=False))
+    stage2 = _read(params.stage2.metrics)
+    advice = band_advice(stage2, band, Path(params.stage2.out_dir) / "training.json")
+    if advice:
+        n = stage2.get("band_warnings")
+        head = "band advice" + (f" ({n:g} band warning{'s' * (n != 1)} in stage2's training)"
+                                if _is_num(n) and n else "")
+        out.append(textwrap.fill(f"{head}: {advice}", WIDTH, break_on_hyphens=False,
+                                 subsequent_indent="  "))
     if ev.get("note"):
         out.append(textwrap.fill(f"note: {ev['note']}", WIDTH, break_on_hyphens=False))
     base = Path(params.base_dir or ".")
@@ -99,9 +146,10 @@ def summary(params) -> str:
         f"samples: {rel(params.evaluate.samples_dir)}/ (wavs; samples.json says what each is)",
         "more:    dvc metrics show --md      every metric of every stage",
         "         dvc plots show             training curves (HTML)",
-        "         mlflow ui --host 127.0.0.1 --backend-store-uri sqlite:///mlflow.db   (runs, artifacts)",
         "         tristage compare           recent pipeline runs side by side (MLflow)",
         "         make serve                 Prefect UI on 127.0.0.1:4200, runs with overrides",
+        "         make mlflow                MLflow UI (mlflow ui on 127.0.0.1:5000), then open the runs:",
+        f"  {mlflow_link(params)}",
     ]
     return "\n".join(out)
 

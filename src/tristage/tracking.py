@@ -13,15 +13,25 @@ Grouping: the stage runs of one `dvc repro` / `dvc exp run` are children of one 
 invocation (tag `tristage.role=dvc`, named after the DVC experiment, else `repro@<rev>`); the
 invocation is the `dvc` process the stage runs under. A Prefect flow run makes its own parent
 (`tristage.role=flow`). A stage run outside DVC (`python -m steps.X`) stays a top-level run.
-The experiment `tristage` is tagged as a model-training experiment, so the MLflow 3 UI opens
-on its runs (not on the GenAI Traces page).
+Final figures go to the parent as `<stage>/<key>` too (the flow writes them for a flow run; the
+stage itself for a `dvc repro` / `dvc exp run` parent), so a parent row shows the run's key figures.
+
+The MLflow UI: the experiment `tristage` is tagged `mlflow.experimentKind=custom_model_development`,
+but MLflow 3.17's UI lays an experiment out by its own GenAI / Model training switch (top left,
+remembered per browser, GenAI by default) and ignores that tag. `runs_url()` is a link that opens the
+runs table in the Model-training layout (`workflowType=machine_learning`) with the saved view
+`tristage` (`viewStateShareKey=tristage`: an experiment tag the UI also lists under "Views"), whose
+columns are the key figures (`RUNS_VIEW_COLUMNS`). `tristage summary` and `make mlflow` print it.
 """
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import math
 import os
 import subprocess
+import time
 import warnings
 from pathlib import Path
 from typing import Any, Mapping
@@ -33,8 +43,37 @@ log = logging.getLogger(__name__)
 EXPERIMENT = "tristage"
 ROLE_TAG = "tristage.role"  # "flow" (a Prefect flow run's parent), "dvc" (one dvc repro / exp run)
 INVOCATION_TAG = "tristage.invocation"
-# MLflow 3's experiment type: the UI opens a "custom_model_development" experiment on its runs.
+# MLflow 3's experiment type (its API, older UIs; the 3.17 UI goes by `workflowType`: see runs_url).
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+OUTCOME_TAG = "dvc_outcome"  # on a flow's stage runs: "ran", "restored" (DVC's run cache) or "unchanged"
+UI_URL = "http://127.0.0.1:5000"  # `make mlflow`
+# The saved view of the runs table: MLflow's shared-view experiment tag (`mlflow.sharedViewState.<id>`),
+# whose value is the envelope the UI's "Views" menu writes ({name, createdAt, updatedAt, state}; `state`
+# the view as JSON). The UI never changes a view by itself; "Override saved view" rewrites the tag (then
+# it lacks VIEW_MARK and stays the user's).
+RUNS_VIEW_ID = "tristage"
+RUNS_VIEW_TAG = f"mlflow.sharedViewState.{RUNS_VIEW_ID}"
+RUNS_VIEW_NAME = "tristage: pipeline runs and key figures"
+VIEW_MARK, VIEW_VERSION = "tristageView", 1
+# (column type, key): a parent run's figures (`<stage>/<key>`), then a stage run's own.
+RUNS_VIEW_COLUMNS = (
+    ("tags", OUTCOME_TAG),
+    ("tags", "stage2/speaker_acc_band"),
+    ("metrics", "stage2/grl_lambda"),
+    ("metrics", "stage2/speaker_loss_weight"),
+    ("metrics", "stage2/val_speaker_acc"),
+    ("metrics", "stage2/speaker_acc"),
+    ("metrics", "stage1/val_mel_loss"),
+    ("metrics", "stage2/val_mel_loss"),
+    ("metrics", "stage3/val_mel_loss"),
+    ("metrics", "evaluate/stage1.speaker_probe_acc"),
+    ("metrics", "evaluate/stage2.speaker_probe_acc"),
+    ("metrics", "evaluate/speaker_probe_acc"),
+    ("metrics", "evaluate/emotion_probe_acc"),
+    ("metrics", "evaluate/caption_cosine_mean"),
+    ("metrics", "val_mel_loss"),
+    ("metrics", "val_speaker_acc"),
+)
 _DVC_TEMP_MARK = os.sep + os.path.join(".dvc", "tmp", "exps") + os.sep
 _FLOW_RUN_MARK = os.sep + os.path.join(".tristage", "runs") + os.sep  # the Prefect flow's run workspaces
 
@@ -70,19 +109,106 @@ def tracking_uri(root: Path) -> str:
 
 
 def ensure_experiment(client, artifact_root: Path | None = None) -> str:
-    """The id of the `tristage` experiment, created if missing, tagged as model training."""
+    """The id of the `tristage` experiment, created if missing, tagged as model training, with the saved
+    view of its runs (RUNS_VIEW_TAG; an older view of ours is updated, a view the user saved over it kept)."""
     exp = client.get_experiment_by_name(EXPERIMENT)
     if exp is None:
         location = artifact_root.resolve().as_uri() if artifact_root else None
         try:
             return client.create_experiment(EXPERIMENT, artifact_location=location,
-                                            tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+                                            tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND,
+                                                  RUNS_VIEW_TAG: runs_view_tag_value()})
         except Exception:  # created concurrently
             exp = client.get_experiment_by_name(EXPERIMENT)
     kind = exp.tags.get(EXPERIMENT_KIND_TAG, "")
     if not kind or kind.endswith("_inferred") or kind == "no_inferred_type":  # a user's explicit choice stays
         client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    if _view_outdated(exp.tags.get(RUNS_VIEW_TAG)):
+        client.set_experiment_tag(exp.experiment_id, RUNS_VIEW_TAG, runs_view_tag_value())
     return exp.experiment_id
+
+
+def _column_id(kind: str, key: str) -> str:
+    return f"{kind}.`{key}`"  # the UI's column ids (its "canonical sort keys")
+
+
+
+def runs_view_state() -> dict[str, Any]:
+    """The saved view: every active run, newest first (child stage runs under their parent), the key
+    figures as columns in RUNS_VIEW_COLUMNS order, wide enough for their names."""
+    cols = [_column_id(kind, key) for kind, key in RUNS_VIEW_COLUMNS]
+    return {
+        "searchFilter": "", "orderByKey": "attributes.start_time", "orderByAsc": False, "startTime": "ALL",
+        "lifecycleFilter": "Active", "modelVersionFilter": "All Runs", "datasetsFilter": [],
+        "selectedColumns": cols, "columnOrder": cols,
+        "columnWidths": {c: max(90, 7 * len(key) + 30) for c, (_, key) in zip(cols, RUNS_VIEW_COLUMNS)},
+        VIEW_MARK: VIEW_VERSION,
+    }
+
+
+def runs_view_tag_value(now_ms: int | None = None) -> str:
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    return json.dumps({"name": RUNS_VIEW_NAME, "createdAt": now_ms, "updatedAt": now_ms,
+                       "state": json.dumps(runs_view_state())})
+
+
+def _view_outdated(value: str | None) -> bool:
+    """No view yet, or one this module wrote at an older VIEW_VERSION (a user's own view is kept)."""
+    if not value:
+        return True
+    try:
+        state = json.loads(json.loads(value)["state"])
+    except (ValueError, KeyError, TypeError):
+        return False  # not ours (e.g. compressed by the UI): the user's
+    mark = state.get(VIEW_MARK) if isinstance(state, dict) else None
+    return isinstance(mark, int) and mark < VIEW_VERSION
+
+
+def runs_url(experiment_id: str | None, ui: str = UI_URL) -> str:
+    """The MLflow UI link to the experiment's runs in the Model-training layout with the saved view (the
+    experiments list when the id is unknown)."""
+    if not experiment_id:
+        return f"{ui.rstrip('/')}/#/experiments"
+    return (f"{ui.rstrip('/')}/#/experiments/{experiment_id}/runs"
+            f"?workflowType=machine_learning&viewStateShareKey={RUNS_VIEW_ID}")
+
+
+def runs_link(uri: str) -> str:
+    """runs_url() for the store at `uri`: its tracking server's UI, else the one `make mlflow` starts."""
+    ui = uri if uri.startswith(("http://", "https://")) else UI_URL
+    return runs_url(experiment_id(uri), ui)
+
+
+def experiment_id(uri: str, timeout_s: float = 2.0) -> str | None:
+    """The `tristage` experiment's id in the store at `uri`, without importing mlflow (a SQLite file is
+    read directly, a tracking server asked over HTTP); None if there is none or it can't be read."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix):
+        import sqlite3
+
+        path = Path(uri[len(prefix):])
+        if not path.is_file():
+            return None
+        try:
+            with contextlib.closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True,
+                                                    timeout=timeout_s)) as db:
+                row = db.execute("SELECT experiment_id FROM experiments WHERE name = ? "
+                                 "AND lifecycle_stage = 'active'", (EXPERIMENT,)).fetchone()
+        except sqlite3.Error:
+            return None
+        return str(row[0]) if row else None
+    if uri.startswith(("http://", "https://")):
+        import urllib.parse
+        import urllib.request
+
+        q = urllib.parse.urlencode({"experiment_name": EXPERIMENT})
+        try:
+            with urllib.request.urlopen(f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/get-by-name?{q}",
+                                        timeout=timeout_s) as r:
+                return str(json.loads(r.read())["experiment"]["experiment_id"])
+        except (OSError, ValueError, KeyError):
+            return None
+    return None
 
 
 def dvc_invocation(pid: int | None = None, max_depth: int = 8) -> str | None:
@@ -140,6 +266,9 @@ class Tracker:
         self._run = None
         self.run_id: str | None = None
         self.last_step: int | None = None  # the latest step given to log_metrics
+        # the stage's final figures (log_metrics without a step; numbers, and `*_band` statuses): what
+        # end() copies to a `dvc repro` / `dvc exp run` parent run as `<stage>/<key>`
+        self.final: dict[str, Any] = {}
 
     # -- lifecycle ---------------------------------------------------------------------
     def start(self) -> "Tracker":
@@ -216,7 +345,9 @@ class Tracker:
                 if parent:  # the invocation's parent ends with its latest stage (FAILED if that failed)
                     from mlflow.tracking import MlflowClient
 
-                    MlflowClient(tracking_uri=self._mlflow.get_tracking_uri()).set_terminated(parent, status)
+                    client = MlflowClient(tracking_uri=self._mlflow.get_tracking_uri())
+                    log_to_parent(client, parent, self.stage, self.final)
+                    client.set_terminated(parent, status)
             except Exception as exc:
                 self._fail("end", exc)
         self._mlflow = None
@@ -258,6 +389,7 @@ class Tracker:
         figures at its last training step, where its curves end, not at step 0 where they begin);
         at step 0 where nothing was stepped."""
         if step is None:
+            self._keep_final(metrics)
             step = self.last_step
         elif self.last_step is None or step > self.last_step:
             self.last_step = step
@@ -275,6 +407,19 @@ class Tracker:
             self._mlflow.log_metrics(clean, step=step)
         except Exception as exc:
             self._fail("log_metrics", exc)
+
+    def _keep_final(self, metrics: Mapping[str, Any]) -> None:
+        """Remember final figures for the parent; a `*_band` status (a string) also tags this run."""
+        bands = {}
+        for k, v in flatten(metrics).items():
+            if k.startswith("timing/"):
+                continue
+            if isinstance(v, str) and k.endswith("_band"):
+                self.final[k] = bands[k] = v
+            elif isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v)):
+                self.final[k] = float(v)
+        if bands:
+            self.set_tags(bands)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         if not self.active:
@@ -305,6 +450,18 @@ class Tracker:
             self._mlflow.log_table(pd.DataFrame(rows), artifact_file=artifact_file)
         except Exception as exc:
             self._fail("log_table", exc)
+
+
+def log_to_parent(client, run_id: str, stage: str, final: Mapping[str, Any]) -> None:
+    """A stage's final figures on its parent run as `<stage>/<key>`: numbers as metrics, `*_band`
+    statuses as tags (the names the flow's parent runs use, and the saved view's columns)."""
+    from mlflow.entities import Metric, RunTag
+
+    now = int(time.time() * 1000)
+    metrics = [Metric(f"{stage}/{k}", float(v), now, 0) for k, v in final.items() if not isinstance(v, str)]
+    tags = [RunTag(f"{stage}/{k}", v) for k, v in final.items() if isinstance(v, str)]
+    for i in range(0, max(len(metrics), 1), 500):
+        client.log_batch(run_id, metrics=metrics[i : i + 500], tags=tags if i == 0 else [])
 
 
 class NullTracker(Tracker):
