@@ -22,7 +22,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def params(tmp: Path, manifest: Path, **kw) -> FeaturesParams:
+    """The stage's params on the seeded random-init DAC (the mel VQ codec: tests/test_melvq.py)."""
     kw.setdefault("num_workers", 0)
+    kw.setdefault("codec", CodecParams(kind="dac"))
     return FeaturesParams(manifest=manifest, out_dir=tmp / "features", metrics=tmp / "metrics.json", **kw)
 
 
@@ -113,7 +115,7 @@ def test_store_frames_codec_roundtrip_and_rerun_skips(tmp_path, corpus):
     # load_codec gives exactly the saved weights, which are the seeded init
     model = load_codec(fp.out_dir)
     saved = load_file(str(Path(fp.out_dir) / "codec.safetensors"))
-    fresh = random_init(CodecParams().dac_kwargs(), CodecParams().seed).state_dict()
+    fresh = random_init(CodecParams().dac.dac_kwargs(), CodecParams().seed).state_dict()
     for k, v in model.state_dict().items():
         assert torch.equal(v, saved[k]) and torch.equal(v, fresh[k])
     wav, sr = decode_codes(model, store.load(store.ids[0])[1])
@@ -143,8 +145,8 @@ def test_official_weights_file_is_used_and_recorded(tmp_path, corpus):
                   n_codebooks=3, codebook_size=64, sample_rate=24000)
     official = random_init(kwargs, seed=7)
     weights = tmp_path / "weights.pth"
-    torch.save({"state_dict": official.state_dict(), "metadata": {"kwargs": kwargs}}, weights)
-    m = run_features(params(tmp_path, corpus, codec=CodecParams(weights=weights)))
+    official.save(str(weights), package=False)  # DAC's own format, as the official weights files are
+    m = run_features(params(tmp_path, corpus, codec=CodecParams(kind="dac", weights=weights)))
     assert m["codec"] == str(weights.resolve()) and m["codec_pretrained"] is True
     assert (m["frames_per_second"], m["n_codebooks"], m["codebook_size"]) == (75.0, 3, 64)
     store = FeatureStore(tmp_path / "features")
@@ -163,7 +165,7 @@ def test_bad_weights_file_is_a_user_error(tmp_path, corpus):
     bad = tmp_path / "bad.pth"
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(UserError, match="bad.pth"):
-        run_features(params(tmp_path, corpus, codec=CodecParams(weights=bad)))
+        run_features(params(tmp_path, corpus, codec=CodecParams(kind="dac", weights=bad)))
 
 
 # -- the stage's CLI, in a subprocess --------------------------------------------------------

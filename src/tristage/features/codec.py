@@ -1,15 +1,24 @@
-"""The DAC codec: build it (official weights or a seeded small random-init one), save it,
-load exactly the weights used to encode, encode batches, decode codes back to audio.
+"""The codec behind the decoder's targets: build or fit it, save it, load exactly the weights used
+to encode, encode batches, decode codes back to audio. `features.codec.kind` picks it:
 
-Official weights (`features.codec.weights`): a torch file holding {"state_dict", "metadata":
-{"kwargs"}}; read with torch.load(weights_only=True), the features meta records the path
-and its sha256. No path: `dac.DAC(**config)` after torch.manual_seed(seed); its weights
-are written once into the features folder (codec.safetensors + codec.json).
+- `melvq` (default): a codec fitted on the corpus's training split (`features/melvq.py`: residual
+  k-means over log-mel frames, Griffin-Lim back to audio). No download, and its audio is speech.
+  Written once into the features folder (codec.safetensors + codec.json) and refitted only when
+  its config, seed or training utterances change.
+- `dac` with official weights (`features.codec.weights`): a torch file holding {"state_dict",
+  "metadata": {"kwargs"}}; read with torch.load(weights_only=True), the features meta records the
+  path and its sha256. The production codec.
+- `dac` without weights: `dac.DAC(**features.codec.dac)` after torch.manual_seed(seed), written
+  once into the features folder. Its decoder turns any codes into noise: for tests and timing only.
+
+`meta["codec"]["speech"]` says whether decoded codes are speech (False only for random-init DAC).
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -17,6 +26,7 @@ import numpy as np
 
 from tristage.errors import UserError
 
+log = logging.getLogger(__name__)
 CODEC_WEIGHTS = "codec.safetensors"
 CODEC_CONFIG = "codec.json"
 
@@ -27,6 +37,11 @@ def sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while b := f.read(chunk):
             h.update(b)
     return h.hexdigest()
+
+
+def codec_speaks(info: dict) -> bool:
+    """Whether a codec's decoded codes are speech (its meta's `speech`; older metas: `pretrained`)."""
+    return bool(info.get("speech", info.get("pretrained", False)))
 
 
 def _dac(kwargs: dict):
@@ -75,53 +90,98 @@ def save_random_init(model, kwargs: dict, seed: int, out_dir: Path) -> None:
         save_file(
             state, str(tmp), metadata={"codec": json.dumps({"kwargs": kwargs, "seed": seed}, sort_keys=True)}
         )
-    write_json(out_dir / CODEC_CONFIG, {"kwargs": kwargs, "seed": seed})
+    write_json(out_dir / CODEC_CONFIG, {"kind": "dac", "kwargs": kwargs, "seed": seed})
 
 
 def load_saved(out_dir: Path):
+    """(codec, its config) saved in a folder by this module: a fitted mel VQ codec or a random-init DAC."""
     from safetensors.torch import load_file
 
     from tristage.fsio import read_json
 
-    cfg = read_json(out_dir / CODEC_CONFIG)
+    cfg = read_json(Path(out_dir) / CODEC_CONFIG)
+    if cfg.get("kind") == "melvq":
+        from tristage.features.melvq import MelVQCodec
+
+        return MelVQCodec.load(out_dir), cfg["config"]
     model = _dac(cfg["kwargs"])
     model.load_state_dict(load_file(str(out_dir / CODEC_WEIGHTS)))
     return model.eval(), cfg["kwargs"]
 
 
-def prepare_codec(cp, out_dir: Path):
-    """(model, info) for the stage: info is meta["codec"] (name, path, pretrained, sha256, kwargs, ...)."""
-    if cp.weights is not None:
-        model, kwargs = load_official(cp.weights)
-        info = dict(name=f"dac {Path(cp.weights).name}", path=str(Path(cp.weights).resolve()),
-                    sha256=sha256(cp.weights), pretrained=True)
-    else:
-        kwargs = cp.dac_kwargs()
-        saved = out_dir / CODEC_CONFIG
-        reuse = saved.is_file() and (out_dir / CODEC_WEIGHTS).is_file()
-        if reuse:
-            from tristage.fsio import read_json
+def _reusable(out_dir: Path, state: dict) -> bool:
+    """The codec saved in `out_dir` was made from exactly `state` (config, seed, what it was fitted on)."""
+    from tristage.fsio import read_json
 
-            cfg = read_json(saved)
-            reuse = cfg.get("kwargs") == kwargs and cfg.get("seed") == cp.seed
-        if reuse:  # written once: decode/encode with exactly those bytes
+    if not ((out_dir / CODEC_CONFIG).is_file() and (out_dir / CODEC_WEIGHTS).is_file()):
+        return False
+    saved = read_json(out_dir / CODEC_CONFIG)
+    return all(saved.get(k) == v for k, v in state.items())
+
+
+def _prepare_melvq(cp, out_dir: Path, training_audio):
+    from tristage.features.melvq import MelVQCodec
+
+    if cp.fitted is not None:  # a codec fitted elsewhere (a model folder's): copied as it is, never refitted
+        folder = Path(cp.fitted)
+        if not ((folder / CODEC_CONFIG).is_file() and (folder / CODEC_WEIGHTS).is_file()):
+            raise UserError(f"features.codec.fitted: {folder} has no {CODEC_CONFIG} + {CODEC_WEIGHTS}")
+        codec = MelVQCodec.load(folder)
+        if Path(out_dir).resolve() != folder.resolve():
+            codec.save(out_dir, extra=dict(copied_from=str(folder.resolve()),
+                                           sha256=sha256(folder / CODEC_WEIGHTS)))
+        return codec, False
+    cfg = cp.melvq.config()
+    ids, load = training_audio(cfg.sample_rate)
+    fitted_on = hashlib.sha256("\0".join(ids).encode()).hexdigest()[:32]
+    state = dict(kind="melvq", config=dataclasses.asdict(cfg), seed=cp.seed, fitted_on=fitted_on)
+    if _reusable(out_dir, state):  # fitted once: encode/decode with exactly those bytes
+        return MelVQCodec.load(out_dir), False
+    log.info("features: fitting the mel VQ codec (%d x %d) on %d training utterances",
+             cfg.n_codebooks, cfg.codebook_size, len(ids))
+    codec = MelVQCodec.fit(load(), cfg, cp.seed, progress=lambda k, rms: log.info(
+        "features: codebook %d/%d fitted (residual rms %.3f)", k, cfg.n_codebooks, rms))
+    codec.save(out_dir, extra=dict(fitted_on=fitted_on, n_fit_utterances=len(ids)))
+    return codec, True
+
+
+def prepare_codec(cp, out_dir: Path, training_audio=None):
+    """(codec, info) for the stage: info is meta["codec"] (name, kind, path, pretrained, speech, sha256, ...).
+
+    `training_audio(sample_rate) -> (ids, load)`: the training split's utterance ids and a function
+    returning their audio at that rate; called only when a mel VQ codec must be (re)fitted."""
+    out_dir = Path(out_dir)
+    if cp.kind == "melvq":
+        if training_audio is None and cp.fitted is None:
+            raise UserError("features.codec.kind melvq: the codec is fitted on the training audio, "
+                            "which the caller did not give")
+        model, _ = _prepare_melvq(cp, out_dir, training_audio)
+        kwargs = dataclasses.asdict(model.cfg)
+        books = f"{model.n_codebooks}x{model.codebook_size}"
+        info = dict(name=f"mel VQ {books} + Griffin-Lim (fitted, seed {cp.seed})",
+                    kind="melvq", path=None, sha256=sha256(out_dir / CODEC_WEIGHTS), pretrained=False,
+                    speech=True)
+    elif cp.weights is not None:
+        model, kwargs = load_official(cp.weights)
+        info = dict(name=f"dac {Path(cp.weights).name}", kind="dac", path=str(Path(cp.weights).resolve()),
+                    sha256=sha256(cp.weights), pretrained=True, speech=True)
+    else:
+        kwargs = cp.dac.dac_kwargs()
+        state = dict(kwargs=kwargs, seed=cp.seed)
+        if _reusable(out_dir, state):  # written once: decode/encode with exactly those bytes
             model, _ = load_saved(out_dir)
         else:
             model = random_init(kwargs, cp.seed)
             save_random_init(model, kwargs, cp.seed, out_dir)
-        info = dict(
-            name=f"random-init dac (seed {cp.seed})",
-            path=None,
-            sha256=sha256(out_dir / CODEC_WEIGHTS),
-            pretrained=False,
-        )
+        info = dict(name=f"random-init dac (seed {cp.seed})", kind="dac", path=None,
+                    sha256=sha256(out_dir / CODEC_WEIGHTS), pretrained=False, speech=False)
     info.update(sample_rate=int(model.sample_rate), hop_length=int(model.hop_length),
                 n_codebooks=int(model.n_codebooks), codebook_size=int(model.codebook_size), kwargs=kwargs)
     return model, info
 
 
 def load_codec(features_dir_or_meta, device: str = "cpu"):
-    """The DAC model that encoded a features folder (or its meta dict), on `device`, in eval mode."""
+    """The codec that encoded a features folder (or its meta dict), on `device`, in eval mode."""
     from tristage.fsio import read_json
 
     if isinstance(features_dir_or_meta, dict):
@@ -137,7 +197,8 @@ def load_codec(features_dir_or_meta, device: str = "cpu"):
         model, _ = load_official(info["path"])
     else:
         if folder is None:
-            raise UserError("load_codec: a random-init codec needs the features folder (meta has no 'dir')")
+            raise UserError("load_codec: a fitted or random-init codec needs the features folder "
+                            "(meta has no 'dir')")
         model, _ = load_saved(Path(folder))
     return model.to(device).eval()
 
@@ -147,6 +208,8 @@ def encode(model, wav, lengths: list[int]) -> list:
     T_i = ceil(lengths[i] / hop)."""
     import torch
 
+    if not hasattr(model, "quantizer"):  # a mel VQ codec: one utterance at a time (cheap)
+        return [model.encode(wav[i, :n].cpu()).to(torch.int16) for i, n in enumerate(lengths)]
     hop = int(model.hop_length)
     with torch.inference_mode():
         x = model.preprocess(wav[:, None, :], model.sample_rate)  # (B, 1, N') padded to a multiple of hop
@@ -158,6 +221,8 @@ def decode_codes(model, codes) -> tuple[np.ndarray, int]:
     """codes (K, T) integer -> (wav float32 (T * hop,), sample_rate)."""
     import torch
 
+    if not hasattr(model, "quantizer"):  # a mel VQ codec
+        return model.decode(codes)
     device = next(model.parameters()).device
     c = torch.as_tensor(codes).long().to(device)[None]  # (1, K, T)
     with torch.inference_mode():

@@ -16,10 +16,12 @@ import logging
 import math
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from tristage.device import resolve_device
+from tristage.environment import deterministic_torch
 from tristage.errors import UserError
 from tristage.features import store as st
 from tristage.features.config import FeaturesParams
@@ -138,9 +140,32 @@ def load_rows(fp: FeaturesParams) -> list[dict]:
         raise UserError(f"{fp.manifest}: duplicate id {dup.iloc[0]!r}; rerun `prepare`")
     df = df.sort_values("id", kind="stable")
     dur = df["duration"] if "duration" in df.columns else [None] * len(df)
+    spk = df["speaker"].astype(str) if "speaker" in df.columns else [""] * len(df)
     return [dict(id=str(u), audio=str(resolve_audio(fp.manifest, a)), audio_rel=str(a),
-                 duration=None if d is None or d != d else float(d))
-            for u, a, d in zip(df["id"], df["audio"], dur)]
+                 duration=None if d is None or d != d else float(d), speaker=s)
+            for u, a, d, s in zip(df["id"], df["audio"], dur, spk)]
+
+
+def training_audio(rows: list[dict], split) -> Callable:
+    """For fitting a codec: `(sample_rate) -> (ids, load)`, the training split's ids (`data.split` with the
+    training stages' seed, val_fraction and held-out speakers) and a function reading their audio."""
+    from tristage.data.split import TRAIN, split_ids
+
+    which = split_ids([r["id"] for r in rows], [r["speaker"] for r in rows], split.val_fraction,
+                      split.heldout_speakers, split.seed)
+    train = [r for r in rows if which[r["id"]] == TRAIN]
+
+    def audio(sample_rate: int):
+        def load() -> list[np.ndarray]:
+            out = []
+            for r in train:
+                try:
+                    out.append(read_audio(r["audio"], None, sample_rate, sample_rate)[1])
+                except (OSError, ValueError, RuntimeError):  # unreadable: the encoding pass records it
+                    continue
+            return out
+        return [r["id"] for r in train], load
+    return audio
 
 
 def _store_config(fp: FeaturesParams, info: dict, device: str) -> dict:
@@ -201,21 +226,21 @@ def _features_metrics(meta: dict, index, n_manifest: int, plan: st.ShardPlan, au
     )
 
 
-def run_features(fp: FeaturesParams, tracker=None) -> dict:
-    """The stage: encode the shards not already stored, write the index, meta.json and the metrics."""
-    import torch
+def run_features(fp: FeaturesParams, tracker=None, split=None) -> dict:
+    """The stage: encode the shards not already stored, write the index, meta.json and the metrics.
+    `split`: the training stages' split settings (seed, val_fraction, heldout_speakers; stage1's params),
+    whose training utterances a `melvq` codec is fitted on."""
 
     from tristage.features.codec import prepare_codec
     from tristage.fsio import write_json
 
-    if fp.threads:
-        torch.set_num_threads(fp.threads)
+    deterministic_torch(fp.threads)
     rows = load_rows(fp)
     if not rows:
         raise UserError(f"{fp.manifest}: no rows")
     out = Path(fp.out_dir)
     device = resolve_device(fp.device, "features.device")
-    model, info = prepare_codec(fp.codec, out)
+    model, info = prepare_codec(fp.codec, out, training_audio(rows, split) if split is not None else None)
     model = model.to(device).eval()
     config = _store_config(fp, info, device)
     plan = st.plan_shards(out, rows, fp.shard_size, lambda shard_rows: fingerprint(config, shard_rows))
