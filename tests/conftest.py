@@ -71,7 +71,7 @@ TINY = {
     "stage1": {**_TRAIN, "model": {"preset": "toy", "max_text_len": 128, "max_frames": 256}},
     "stage2": _TRAIN,
     "stage3": _TRAIN,
-    "evaluate": {"n_samples": 1, "max_sample_frames": 8, "n_audio_samples": 1},
+    "evaluate": {"n_samples": 2, "n_cross": 1, "n_unseen": 1, "max_sample_frames": 8},
     "caption_vectors": {"contextualiser": {"steps": 20, "recombined": 40}},
 }
 

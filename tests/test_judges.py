@@ -160,9 +160,10 @@ def test_summary_emotion_transfer_counts_cross_requests_of_a_stage_and_all_clips
 
 
 def test_heldout_speakers_are_fixed_by_seed_capped_and_never_trained_on():
+    from tristage.data.split import heldout_speakers
     from tristage.testing.fakes import fake_sources
     from tristage.training.config import Stage1Params
-    from tristage.training.data import TrainData, heldout_speakers
+    from tristage.training.data import TrainData
 
     names = [f"s{i}" for i in range(12)]
     assert heldout_speakers(names, 2, 1) == heldout_speakers(list(reversed(names)), 2, 1)
@@ -233,7 +234,7 @@ def test_audio_judges_rows_table_and_plot_on_espeak_recordings(tmp_path, speech)
     ep = params.evaluate
     ep.prepared, ep.samples_dir = tmp_path / "manifest.parquet", tmp_path / "samples"
     ep.plots_dir, ep.utterances = tmp_path / "plots", tmp_path / "utterances.csv"
-    ep.n_samples, ep.n_audio_samples = 2, 1
+    ep.n_samples, ep.n_cross, ep.n_unseen = 2, 1, 1
     ep.audio_metrics.intelligibility = ep.audio_metrics.dnsmos = ep.audio_metrics.emotion_transfer = False
     noise = lambda n: np.random.default_rng(n).standard_normal(8000).astype(np.float32) * 0.1  # noqa: E731
     data = SimpleNamespace(examples=examples, val_idx=[0, 1, 4, 5, 8, 9], heldout_idx=[12, 13, 14, 15],
@@ -242,16 +243,16 @@ def test_audio_judges_rows_table_and_plot_on_espeak_recordings(tmp_path, speech)
     judges = AudioJudges(params, SimpleNamespace(manifest=pd.DataFrame(rows)), vocoder, {"pretrained": False})
     plan = judges.plan(data)
     judged = [r["name"] for r in plan if r["judged"]]
-    assert judged == ["matched_00", "cross_00", "unseen_matched_00"]
+    assert judged == ["matched_00", "matched_01", "cross_00", "unseen_matched_00"]
     judges.add_stage("stage1", None, data, plan, [noise(i) for i in range(len(plan))], 16000, 32, "cpu")
     out = judges.finish()
     gt, stage = out["ground_truth"], out["stage1"]
-    assert gt["label"] == "speech" and stage["label"].startswith("not speech") and gt["n_clips"] == 2
-    assert stage["n_clips"] == 3 and out["resynthesis"]["n_clips"] == 2
+    assert gt["label"] == "speech" and stage["label"].startswith("not speech") and gt["n_clips"] == 3
+    assert stage["n_clips"] == 4 and out["resynthesis"]["n_clips"] == 3
     assert gt["speaker_sim"] > gt["speaker_sim_other"] and gt["speaker_sim"] > stage["speaker_sim"]
-    assert gt["wer"] is None and gt["unseen_speakers"]["n_clips"] == 1 and gt["seen_speakers"]["n_clips"] == 1
+    assert gt["wer"] is None and gt["unseen_speakers"]["n_clips"] == 1 and gt["seen_speakers"]["n_clips"] == 2
     assert gt["pitch_agreement"] is not None and stage["pitch_agreement"] is None  # noise has no voiced frame
     table = pd.read_csv(ep.utterances)
-    assert len(table) == 7 and set(table["row"]) == {"ground_truth", "resynthesis", "stage1"}
+    assert len(table) == 10 and set(table["row"]) == {"ground_truth", "resynthesis", "stage1"}
     assert (ep.samples_dir / "ground_truth/matched_00.wav").is_file()
     assert (ep.plots_dir / "audio_judges.png").is_file()

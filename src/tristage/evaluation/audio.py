@@ -41,7 +41,9 @@ import numpy as np
 
 from tristage.errors import UserError
 from tristage.evaluation.judges.text import normalize
+from tristage.evaluation.metrics import EXTRA_KEYS, SUMMARY_KEYS
 from tristage.evaluation.samples import sample_plan
+from tristage.features.codec import codec_speaks
 
 log = logging.getLogger("tristage.evaluate")
 
@@ -49,25 +51,6 @@ SR = 16000  # every judge listens at 16 kHz
 GROUND_TRUTH, RESYNTHESIS = "ground_truth", "resynthesis"
 # training recordings measured to fit the attribute bins when the manifest is not annotated
 BIN_RECORDINGS = 200
-SUMMARY_KEYS = (
-    "wer",
-    "cer",
-    "speaker_sim",
-    "dnsmos_ovrl",
-    "pitch_agreement",
-    "speed_agreement",
-    "emotion_transfer_acc",
-)
-EXTRA_KEYS = (
-    "speaker_sim_other",
-    "dnsmos_sig",
-    "dnsmos_bak",
-    "pitch_agreement_coarse",
-    "speed_agreement_coarse",
-    "emotion_acc_matched",
-)
-
-
 @dataclasses.dataclass
 class Clip:
     row: str  # ground_truth | resynthesis | <stage>
@@ -101,6 +84,16 @@ def _mean(values: Sequence[Any]) -> float | None:
     return float(np.mean(v)) if v else None
 
 
+def _spread(key: str, values: Sequence[Any]) -> dict[str, Any]:
+    """Standard error of a clip mean (sample sd / sqrt(n)) and its 95% interval; n = clips measured."""
+    v = np.array([float(x) for x in values if x is not None and np.isfinite(float(x))])
+    if len(v) < 2:
+        return {f"{key}_se": None, f"{key}_ci95": None, f"{key}_n": int(len(v))}
+    mean, se = float(v.mean()), float(v.std(ddof=1) / math.sqrt(len(v)))
+    ci = [round(mean - 1.96 * se, 4), round(mean + 1.96 * se, 4)]
+    return {f"{key}_se": round(se, 4), f"{key}_ci95": ci, f"{key}_n": int(len(v))}
+
+
 def _text(v) -> str | None:
     return None if v is None or (isinstance(v, float) and math.isnan(v)) or str(v) == "" else str(v)
 
@@ -109,13 +102,13 @@ class AudioJudges:
     def __init__(self, params, src, vocoder, codec_info: dict, device: str = "cpu"):
         self.params, self.ep, self.src = params, params.evaluate, src
         self.am = self.ep.audio_metrics
-        self.enabled = self.ep.n_audio_samples > 0 and "audio" in src.manifest.columns
-        if self.ep.n_audio_samples > 0 and not self.enabled:
+        self.enabled = self.ep.audio_judges and "audio" in src.manifest.columns
+        if self.ep.audio_judges and not self.enabled:
             log.warning(
                 "audio judges off: the manifest %s has no `audio` column to judge against", self.ep.prepared
             )
         self.vocoder, self.device = vocoder, device
-        self.pretrained_codec = bool(codec_info.get("pretrained", False))
+        self.codec_speaks = codec_speaks(codec_info)
         self.by_id = src.manifest.drop_duplicates("id").set_index("id")
         self.clips: list[Clip] = []
         self.probe_stage: str | None = None
@@ -141,16 +134,16 @@ class AudioJudges:
         return out
 
     def plan(self, data) -> list[dict]:
-        """The seen plan (`n_samples` matched + cross, as before) and an unseen-speaker plan of
-        `n_audio_samples`; a request is `judged` when its index is below `n_audio_samples`."""
-        ep, n_audio = self.ep, self.ep.n_audio_samples
-        plan = sample_plan(self.rows(data, data.val_idx), ep.n_samples, ep.seed)
+        """The seen plan (`n_samples` matched + `n_cross` cross requests) and `n_unseen` matched requests of
+        the held-out speakers; every request is judged when the judges are on."""
+        ep = self.ep
+        plan = sample_plan(self.rows(data, data.val_idx), ep.n_samples, ep.seed, ep.n_cross)
         for req in plan:
-            req.update(split="seen", judged=self.enabled and int(req["name"].rsplit("_", 1)[1]) < n_audio)
+            req.update(split="seen", judged=self.enabled)
         heldout = getattr(data, "heldout_idx", [])
-        if self.enabled and heldout:
-            for req in sample_plan(self.rows(data, heldout), n_audio, ep.seed):
-                req.update(name=f"unseen_{req['name']}", split="unseen", judged=True)
+        if heldout and ep.n_unseen:
+            for req in sample_plan(self.rows(data, heldout), ep.n_unseen, ep.seed, 0):
+                req.update(name=f"unseen_{req['name']}", split="unseen", judged=self.enabled)
                 plan.append(req)
         return plan
 
@@ -204,7 +197,7 @@ class AudioJudges:
                     req,
                     to_16k(wav, sr),
                     f"{RESYNTHESIS}/{req['name']}.wav",
-                    self.pretrained_codec,
+                    self.codec_speaks,
                 )
             )
         self._anchored = True
@@ -236,7 +229,7 @@ class AudioJudges:
                 req,
                 to_16k(w, sample_rate),
                 f"{stage}/{req['name']}.wav",
-                self.pretrained_codec,
+                self.codec_speaks,
                 length_source=length_source,
             )
             for req, w in zip(plan, wavs)
@@ -257,7 +250,7 @@ class AudioJudges:
 
     def _emotion_predictions(self, model, data, wavs, max_ref: int, device: str) -> list[str] | None:
         from tristage.evaluation.judges.emotion import EmotionProbe, audio_emotion_vectors
-        from tristage.evaluation.run import emotion_vectors, probe_subset
+        from tristage.evaluation.probes import emotion_vectors, probe_subset
 
         if "emotion" not in self.by_id.columns:
             return None
@@ -297,14 +290,16 @@ class AudioJudges:
     def judge_clips(self) -> None:
         am, ep = self.am, self.ep
         if am.intelligibility:
-            from tristage.evaluation.judges.asr import build_lm, load_asr
+            from tristage.evaluation.judges.asr import build_lm, bundled_whisper, load_asr
             from tristage.evaluation.judges.text import error_rates
 
             with tempfile.TemporaryDirectory() as tmp:
                 lm = None
-                if ep.asr is None and am.asr_lm == "train_texts" and getattr(self, "lm_texts", None):
+                sphinx = ep.asr is None and (am.asr_judge == "pocketsphinx"
+                                             or (am.asr_judge == "auto" and bundled_whisper() is None))
+                if sphinx and am.asr_lm == "train_texts" and getattr(self, "lm_texts", None):
                     lm = self._timed("asr_load", build_lm, self.lm_texts, Path(tmp) / "train_texts.arpa")
-                asr = self._timed("asr_load", load_asr, ep.asr, self.device, lm)
+                asr = self._timed("asr_load", load_asr, ep.asr, self.device, lm, am.asr_judge)
             self.asr_name = getattr(asr, "name", str(ep.asr))
             for c in self.clips:
                 hyp = self._timed("asr", asr, c.wav)
@@ -394,6 +389,7 @@ class AudioJudges:
         out.update({k: _mean(get(k)) for k in EXTRA_KEYS if k != "emotion_acc_matched"})
         out["emotion_acc_matched"] = _mean(get("emotion_hit", [c for c in clips if c.kind == "matched"]))
         out["n_clips"] = len(clips)
+        out.update(_spread("wer", get("wer")))
         return out
 
     def finish(self, tracker=None) -> dict[str, dict]:
@@ -408,6 +404,7 @@ class AudioJudges:
             s = self.summarize(clips, row)
             s["is_speech"] = clips[0].is_speech
             s["label"] = "speech" if clips[0].is_speech else "not speech (random-init codec)"
+            s["asr"] = getattr(self, "asr_name", None)  # the judge behind wer / cer
             for split in ("seen", "unseen"):
                 part = [c for c in clips if c.split == split]
                 if part:
@@ -454,7 +451,7 @@ class AudioJudges:
             "generated audio; WER of pocketsphinx is high even on clean synthetic speech: read it against "
             "the ground_truth row"
         ]
-        if not self.pretrained_codec:
+        if not self.codec_speaks:
             parts.append(
                 "the codec is random-init (features.codec.weights unset): its decoder turns any codes into "
                 "noise, so the resynthesis and stage rows are NOT speech and their scores only show what "
@@ -506,4 +503,4 @@ class AudioJudges:
     def _plot(self, rows: dict[str, dict]) -> Path:
         from tristage.evaluation.judges.plot import audio_judges_plot
 
-        return audio_judges_plot(Path(self.ep.plots_dir) / "audio_judges.png", rows, self.pretrained_codec)
+        return audio_judges_plot(Path(self.ep.plots_dir) / "audio_judges.png", rows, self.codec_speaks)

@@ -18,12 +18,18 @@ class EvaluateParams(TrainingInputs):
     # is the training stages' own: same seed and val_fraction), and the caption_vectors stage's metrics
     caption_metrics: Path = Path("metrics/caption_vectors.json")
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # torch CPU threads: fixed, so float sums are the same on any host (0 = every core)
+    threads: NonNegInt = 2
     batch_size: PosInt = 16
     # probes: logistic regression on the frozen emotion vectors of every utterance, fixed split
     probe_test_fraction: Fraction = Field(0.3, gt=0, lt=1)
     max_probe_utterances: PosInt = 2000  # a fixed subset (by seed) above this
-    # synthesis: n matched (speaker + emotion from one utterance) + n cross (speaker A, emotion B)
-    n_samples: PosInt = 4
+    # synthesis: `n_samples` matched requests (speaker + emotion reference from one validation utterance of a
+    # seen speaker), `n_cross` cross requests (speaker A, emotion reference of B) and `n_unseen` matched
+    # requests of the speakers held out of training (zero-shot); every stage speaks the same plan
+    n_samples: PosInt = 40
+    n_cross: NonNegInt = 12
+    n_unseen: NonNegInt = 12
     max_sample_frames: PosInt = 200  # codec frames generated per sample, at most
     temperature: float = Field(0.8, ge=0)  # 0 = greedy
     top_k: PosInt = 50
@@ -33,7 +39,7 @@ class EvaluateParams(TrainingInputs):
     register_model: str | None = None
 
     # audio judges (issue 16): ground truth, codec resynthesis and each stage, seen and unseen speakers
-    n_audio_samples: NonNegInt = 2  # matched requests judged per speaker group (+ their cross); 0 = off
+    audio_judges: bool = True  # judge every request of the plan (ground truth, resynthesis, each stage)
     utterances: Path = Path("metrics/evaluate_utterances.csv")  # one row per judged clip
     asr: Path | None = None  # a local Hugging Face ASR folder; None = pocketsphinx (offline)
     speaker_encoder: Path | None = None  # a local HF speaker-embedding folder; None = resemblyzer GE2E

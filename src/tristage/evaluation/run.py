@@ -32,11 +32,14 @@ import numpy as np
 import torch
 
 from tristage.device import resolve_device
+from tristage.environment import deterministic_torch
 from tristage.errors import UserError
 from tristage.evaluation.captions import caption_cosine, heldout_states
+from tristage.evaluation.criteria import seed_criteria
 from tristage.evaluation.metrics import evaluate_document, stage_metrics
-from tristage.evaluation.probes import probe_accuracy
+from tristage.evaluation.probes import center_crop, run_probes
 from tristage.evaluation.samples import write_samples
+from tristage.features.codec import codec_speaks
 
 log = logging.getLogger("tristage.evaluate")
 
@@ -55,53 +58,6 @@ def classifier_trained(stage: str) -> bool:
     return False
 
 
-def _center_crop(mel: torch.Tensor, n: int) -> torch.Tensor:
-    s = max(0, (mel.shape[0] - n) // 2)
-    return mel[s:s + n]
-
-
-@torch.no_grad()
-def emotion_vectors(
-    model, data, indices: list[int], max_frames: int, device: str, batch: int = 32
-) -> np.ndarray:
-    """The emotion vector of each utterance from its own mel (center crop) -> (N, d_model)."""
-    from tristage.features.mel import pad_mels
-
-    model.eval()
-    out = []
-    for i in range(0, len(indices), batch):
-        mels = [_center_crop(data.features(j)[0], max_frames) for j in indices[i:i + batch]]
-        mel, mask = pad_mels(mels)
-        out.append(model.emotion_vector(mel.to(device), mask.to(device)).float().cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, model.cfg.d_model), np.float32)
-
-
-def probe_subset(n: int, limit: int, seed: int) -> list[int]:
-    if n <= limit:
-        return list(range(n))
-    return sorted(np.random.default_rng(seed).choice(n, limit, replace=False).tolist())
-
-
-def run_probes(model, data, manifest, ep, max_frames: int, device: str) -> dict[str, Any]:
-    idx = probe_subset(len(data.examples), ep.max_probe_utterances, ep.seed)
-    vecs = emotion_vectors(model, data, idx, max_frames, device)
-    speakers = [data.examples[i].speaker for i in idx]
-    res: dict[str, Any] = {}
-    sp = probe_accuracy(vecs, speakers, seed=ep.seed, test_fraction=ep.probe_test_fraction)
-    res.update(speaker_probe_acc=sp and sp.accuracy, speaker_probe_chance=sp and sp.chance)
-    emo = None
-    if "emotion" in manifest.columns:
-        by_id = manifest.drop_duplicates("id").set_index("id")["emotion"]
-        labels = [by_id.get(data.examples[i].id) for i in idx]
-        keep = [k for k, lab in enumerate(labels) if isinstance(lab, str) and lab]
-        if keep:
-            emo = probe_accuracy(vecs[keep], [labels[k] for k in keep], seed=ep.seed,
-                                 test_fraction=ep.probe_test_fraction)
-    res.update(emotion_probe_acc=emo and emo.accuracy, emotion_probe_chance=emo and emo.chance,
-               n_probe_utterances=len(idx))
-    return res
-
-
 def synthesize(model, data, table, plan: list[dict], ep, max_ref: int, device: str) -> list[torch.Tensor]:
     """Codes (K, T) for each request of the plan; the model's stop head decides T (capped at
     `max_sample_frames`); sampling seeded per request."""
@@ -111,8 +67,8 @@ def synthesize(model, data, table, plan: list[dict], ep, max_ref: int, device: s
         spk_i, emo_i = pos[req["speaker_ref"]["id"]], pos[req["emotion_ref"]["id"]]
         gen = torch.Generator(device=device).manual_seed(ep.seed + r)
         codes = model.generate(req["text"], table.encode(req["caption"]),
-                               _center_crop(data.features(spk_i)[0], max_ref),
-                               _center_crop(data.features(emo_i)[0], max_ref), n_frames=ep.max_sample_frames,
+                               center_crop(data.features(spk_i)[0], max_ref),
+                               center_crop(data.features(emo_i)[0], max_ref), n_frames=ep.max_sample_frames,
                                temperature=ep.temperature, top_k=ep.top_k, greedy=ep.temperature == 0,
                                generator=gen)
         out.append(codes.cpu())
@@ -139,7 +95,7 @@ def default_vocoder(features_dir: Path, device: str) -> tuple[Vocoder, dict]:
     codec = load_codec(features_dir, device=device)
     info = read_json(Path(features_dir) / "meta.json")["codec"]  # name, path, pretrained, sample_rate, ...
     return (lambda codes: decode_codes(codec, codes)), {
-        k: info.get(k) for k in ("name", "path", "pretrained")
+        k: info.get(k) for k in ("name", "kind", "path", "pretrained", "speech")
     }
 
 
@@ -190,10 +146,12 @@ def _stage_values(run: _Run, stage: str, model, data) -> dict[str, Any]:
     val = validate(model, data.val_batches(ep.batch_size), run.device, speaker=trained)
     values: dict[str, Any] = dict(mel_loss=val.get("val_mel_loss"), mel_top1=val.get("val_mel_top1"),
                                   speaker_acc=val.get("val_speaker_acc") if trained else None,
+                                  speaker_acc_n=val.get("val_speaker_n") if trained else None,
                                   speaker_loss=val.get("val_speaker_loss") if trained else None)
     values.update(run_probes(model, data, run.src.manifest, ep, sp.max_ref_frames, run.device))
     values.update(n_val_utterances=len(data.val_idx), speaker_classifier_trained=trained,
-                  n_skipped_too_long=data.n_skipped_too_long)
+                  n_skipped_too_long=data.n_skipped_too_long,
+                  n_skipped_text_too_long=data.n_skipped_text_too_long)
     return values
 
 
@@ -229,7 +187,8 @@ def _evaluate_stage(run: _Run, stage: str) -> dict[str, Any]:
     from tristage.training.data import TrainData
 
     model, cfg = load_model(Path(run.ep.models_dir) / stage, run.device, table=run.src.table)
-    data = TrainData(run.src, run.params.stage(stage), cfg.max_text_len, cfg.max_frames)
+    data = TrainData(run.src, run.params.stage(stage), cfg.max_text_len, cfg.max_frames,
+                     frontend=cfg.text_frontend, voice=cfg.phoneme_voice)
     values = _stage_values(run, stage, model, data)
     values["duration_ratio"] = _stage_samples(run, stage, model, data)
     metrics = stage_metrics(values, run.band, caption_cosine(model.caption_peft, run.src.table, run.held))
@@ -257,6 +216,7 @@ def run_evaluate(
     from tristage.training.data import load_sources
 
     ep = params.evaluate
+    deterministic_torch(ep.threads)
     band = tuple(params.stage2.speaker_acc_band)
     device = resolve_device(ep.device, "evaluate.device")
     _check_models(ep)
@@ -264,7 +224,7 @@ def run_evaluate(
     table_cos = _caption_cosine(ep.caption_metrics)
     held = heldout_states(src.table)
     voc, codec_info = vocoder if vocoder is not None else default_vocoder(ep.features, device)
-    pretrained_codec = bool(codec_info.get("pretrained", False))
+    pretrained_codec = codec_speaks(codec_info)
     # audio judges (evaluation/audio.py): collect per stage, judge once at the end
     judges = AudioJudges(params, src, voc, codec_info, device)
     run = _Run(params, src, device, band, held, voc, codec_info, judges)
@@ -274,7 +234,9 @@ def run_evaluate(
         per_stage[stage].update(audio_rows.get(stage, {}))
     note = _note(src, pretrained_codec)
     write_json(Path(ep.samples_dir) / "samples.json", dict(note=note, samples=run.entries))
+    trainable = {s: _trainable_fraction(Path(ep.models_dir) / s) for s in ep.stages}
     doc = evaluate_document(per_stage, ep.stages[-1], band, extra=dict(
+        seed_criteria=seed_criteria(per_stage, trainable, band),
         codec=src.codec, caption_encoder=src.caption_encoder, audio_is_speech=pretrained_codec, note=note,
         n_samples=len(run.entries), audio_judges=judges.info(), table_caption_cosine_mean=table_cos,
         n_heldout_captions=len(held.captions) if held else 0,
@@ -302,22 +264,12 @@ def log_model(tracker, folder: Path, register_as: str | None) -> None:
         )
 
 
-def _val_rows(manifest, data) -> list[dict]:
-    """The validation utterances as dicts (id, speaker, text, caption, emotion) for the sample plan;
-    the manifest is indexed once (a scan per row would be quadratic at corpus scale)."""
-    by_id = manifest.drop_duplicates("id").set_index("id")
+def _trainable_fraction(folder: Path) -> float | None:
+    """The stage's trainable fraction, as its training run recorded it (models/<stage>/training.json)."""
+    from tristage.fsio import read_json
 
-    def get(r, k):
-        v = r.get(k)
-        return None if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
-
-    rows = []
-    for i in data.val_idx:
-        ex = data.examples[i]
-        r = by_id.loc[ex.id]
-        rows.append(dict(id=ex.id, speaker=ex.speaker, text=get(r, "text") or "", caption=ex.caption_text,
-                         emotion=get(r, "emotion")))
-    return rows
+    p = folder / "training.json"
+    return read_json(p).get("trainable_fraction") if p.is_file() else None
 
 
 def _fmt(v) -> str:

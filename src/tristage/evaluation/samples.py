@@ -13,13 +13,17 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from tristage.features.codec import codec_speaks
+
 
 def _ref(row: Mapping[str, Any]) -> dict[str, Any]:
     return {"id": row["id"], "speaker": row["speaker"], "emotion": row.get("emotion") or None}
 
 
-def sample_plan(rows: Sequence[Mapping[str, Any]], n: int, seed: int) -> list[dict[str, Any]]:
-    """`n` matched requests (distinct speakers where possible) + up to `n` cross requests.
+def sample_plan(rows: Sequence[Mapping[str, Any]], n: int, seed: int,
+                n_cross: int | None = None) -> list[dict[str, Any]]:
+    """`n` matched requests (speakers in turn, so as many distinct speakers as possible) + cross requests
+    for the first `n_cross` of them (default `n`).
 
     rows: dicts with id, text, speaker, caption, emotion (the validation split)."""
     if not rows:
@@ -47,7 +51,7 @@ def sample_plan(rows: Sequence[Mapping[str, Any]], n: int, seed: int) -> list[di
                 "emotion_ref": _ref(r),
             }
         )
-    for i, a in enumerate(chosen):
+    for i, a in enumerate(chosen[: n if n_cross is None else n_cross]):
         # the emotion of the next chosen utterance from another speaker (prefer another emotion)
         others = [b for b in chosen if b["speaker"] != a["speaker"]]
         if not others:
@@ -89,7 +93,7 @@ def write_samples(
             sf.write(tmp, np.clip(wav, -1.0, 1.0), sample_rate, format="WAV", subtype="PCM_16")
         entry = {**req, "stage": stage, "wav": f"{stage}/{req['name']}.wav", "sample_rate": sample_rate,
                  "seconds": round(len(wav) / sample_rate, 3), "codec": dict(codec),
-                 "is_speech": bool(codec.get("pretrained", False))}
+                 "is_speech": codec_speaks(codec)}
         if extra:
             entry.update(extra[i])
         entries.append(entry)

