@@ -135,8 +135,8 @@ def test_run_form_documents_every_parameter_with_examples():
     for name, prop in props.items():
         assert prop.get("description"), f"{name} has no description in the run form"
     assert {"stage2.grl_lambda": 2.0} in props["overrides"]["examples"]
-    target_enum = next(a["enum"] for a in props["target"]["anyOf"] if "enum" in a)
-    assert target_enum[0] == "corpus" and "stage2" in target_enum and target_enum[-1] == "evaluate"
+    target_enum = props["target"]["enum"]  # a plain drop-down: no "None" toggle before it can be filled
+    assert target_enum[:2] == ["all", "corpus"] and "stage2" in target_enum and target_enum[-1] == "evaluate"
     assert "advanced" in props["repo"]["description"]
     assert fp.cpu_stage.task_run_name == "{stage}" and fp.gpu_stage.task_run_name.startswith("{stage}")
 

@@ -1,13 +1,16 @@
 """Model: shapes, the delay pattern round trip, GRL sign, generation, load_model."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 from tristage.model.config import PRESETS, ModelParams, TTSConfig
 from tristage.model.decoder import delay_codes, undelay_codes
 from tristage.model.grl import grad_reverse
-from tristage.model.tts import MODULE_NAMES, TTS, encode_text
+from tristage.model.text import encode_text
+from tristage.model.tts import MODULE_NAMES, TTS
 from tristage.testing.fakes import TINY_MODEL, FakeCaptionPEFT, fake_sources, write_tiny_params
 from tristage.training.data import TrainData
 
@@ -55,7 +58,7 @@ def test_forward_shapes_and_losses(tiny):
     n_targets = int(batch["code_lengths"].sum()) * cfg.n_codebooks
     assert out["mel_count"].item() == n_targets  # pads (delay gaps and padding) are ignored
     assert out["speaker_count"].item() == 3
-    logits, stop = model.decoder(
+    logits, stop, log_frames = model.decoder(
         torch.zeros(2, 3, cfg.d_model),
         batch["text"][:2],
         batch["text_mask"][:2],
@@ -63,8 +66,10 @@ def test_forward_shapes_and_losses(tiny):
         torch.ones(2, 7, dtype=torch.bool),
         torch.zeros(2, 4, cfg.caption_dim),
         torch.ones(2, 4, dtype=torch.bool),
+        frames=torch.tensor([5, 6]),
     )
     assert logits.shape == (2, cfg.n_codebooks, 7, cfg.codebook_size) and stop.shape == (2, 7)
+    assert log_frames.shape == (2,) and out["len_loss"].ndim == 0  # the length head (alignment prior)
 
 
 def test_top_level_module_names(tiny):
@@ -120,6 +125,11 @@ def test_grl_gradient_at_emotion_perceiver_is_reversed(tiny):
 def test_generate_returns_codes(tiny):
     model, cfg, data = tiny
     mel, _ = data.features(0)
+    # the alignment prior reads the true length in training and the length head's prediction in generation:
+    # make the head predict the true length (5 frames), so both see the same prior
+    with torch.no_grad():
+        model.decoder.len_head.weight.zero_()
+        model.decoder.len_head.bias.fill_(math.log(5))
     codes = model.generate("hello", [1, 2, 3], mel.float(), n_frames=5, greedy=True)
     assert codes.shape == (cfg.n_codebooks, 5)
     # greedy decoding under the delay pattern = the argmax of the teacher-forced forward pass at every

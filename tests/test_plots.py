@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import project_env
 
 from tristage.training import plots
 from tristage.training.plots import LOGS, TEXT_COLUMNS, log_rows, write_logs
@@ -134,7 +134,7 @@ def test_dvc_plots_show_draws_every_curve_from_values_at_logged_steps(tmp_path):
     for stage in TRAINING_STAGES:
         write_logs(HISTORIES[stage], tmp_path / "plots" / stage)
     dvc = str(Path(sys.executable).parent / "dvc")
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    env = project_env()
     subprocess.run([dvc, "init", "--no-scm", "-q"], cwd=tmp_path, check=True, env=env)
     r = subprocess.run([dvc, "plots", "show", "--json"], cwd=tmp_path, capture_output=True, text=True,
                        env=env)

@@ -168,11 +168,14 @@ def test_auto_band_checks_between_evaluations_never_at_the_last_step_and_reports
         3,
     )
     assert m["best_step"] == 8  # band checks between evaluations don't pick the best checkpoint
-    rows = [line.split("\t") for line in (tmp_path / "plots/stage2/train.tsv").read_text().splitlines()]
-    table = [dict(zip(rows[0], r)) for r in rows[1:]]
-    assert [(r["step"], r["band_status"]) for r in table if r["band_status"]] == [
+    def tsv(name):
+        rows = [line.split("\t") for line in (tmp_path / "plots/stage2" / name).read_text().splitlines()]
+        return [dict(zip(rows[0], r)) for r in rows[1:]]
+
+    assert [(r["step"], r["band_status"]) for r in tsv("val.tsv") if r["band_status"]] == [
         (s, "above") for s in ("2", "4", "6", "8")
     ]
+    table = tsv("train.tsv")
     assert float(table[-1]["grl_lambda"]) == m["grl_lambda"]
     assert float(table[-1]["speaker_loss_weight"]) == m["speaker_loss_weight"]
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from tristage.environment import apply_quiet_env
-from tristage.evaluation.metrics import band_status
+from tristage.training.band import band_status
 
 DEFAULT_BAND = (0.3, 0.6)
 

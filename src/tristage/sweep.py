@@ -33,6 +33,7 @@ import yaml
 
 from tristage.errors import UserError
 from tristage.fsio import write_text
+from tristage.training.band import REMEDIES, band_advice, band_status
 
 SWEEPS_DIR = Path("sweeps")
 RESULTS_CSV = "results.csv"
@@ -219,12 +220,6 @@ def _num(v: Any) -> float | None:
     return f if math.isfinite(f) else None
 
 
-def band_status(acc: float | None, band: Sequence[float]) -> str | None:
-    if acc is None:
-        return None
-    return "below" if acc < band[0] else "above" if acc > band[1] else "in"
-
-
 def point_metrics(workspace: Path) -> dict[str, Any]:
     """The sweep's figures of one finished point, read from its workspace's metrics/*.json.
 
@@ -339,36 +334,17 @@ def _between(done: list[dict], band: Sequence[float], best: dict, head: str) -> 
     )
 
 
-def _all_above(best: dict, head: str) -> Recommendation:
-    """Every point above the band: the seed's advice (a stronger reversal) and a grid of larger lambdas."""
-    lam = best.get("stage2.grl_lambda")
-    text = (
-        head + "All points above the band: the emotion vector still carries the speaker (the GRL has too "
-        "little effect). Seed's advice: raise stage2.grl_lambda (1.0 -> 2.0-3.0)."
-    )
-    grid = ["stage2.grl_lambda=" + ",".join(_scaled(lam, (2, 3, 4)))] if _scaled(lam, (2,)) else []
+def _all_out(best: dict, head: str, side: str, adversary: str) -> Recommendation:
+    """Every point on one side of the band: the band's one remedy (training/band.py REMEDIES) as a
+    sentence and as a next grid around the closest point."""
+    param, _direction, factors = REMEDIES[adversary][side]
+    text = head + f"All points {side} the band: " + band_advice(side, adversary) + "."
+    values = _scaled(best.get(param), factors)
+    grid = [f"{param}=" + ",".join(values)] if values else []
     return Recommendation(best["point"], False, text, grid)
 
 
-def _all_below(best: dict, head: str) -> Recommendation:
-    """Every point below the band: the seed's advice (a heavier speaker loss, a weaker reversal) as a grid."""
-    lam, wgt = best.get("stage2.grl_lambda"), best.get("stage2.speaker_loss_weight")
-    text = (
-        head + "All points below the band: the GRL classifier can't find the speaker in the emotion vector. "
-        "Seed's advice: raise stage2.speaker_loss_weight (0.1 -> 0.2); a weaker reversal (lower "
-        "stage2.grl_lambda) or more classifier updates (stage2.classifier_steps) also raise it. On a "
-        "random-init codec the decoder barely uses the emotion vector, so the band may be out of reach "
-        "(README, stage2)."
-    )
-    grid = []
-    if _scaled(wgt, (2,)):
-        grid.append("stage2.speaker_loss_weight=" + ",".join(_scaled(wgt, (2, 4))))
-    if _scaled(lam, (1,)):
-        grid.append("stage2.grl_lambda=" + ",".join(_scaled(lam, (0.25, 0.5))))
-    return Recommendation(best["point"], False, text, grid)
-
-
-def recommend(rows: Sequence[dict], band: Sequence[float]) -> Recommendation:
+def recommend(rows: Sequence[dict], band: Sequence[float], adversary: str = "project") -> Recommendation:
     """Inside the band with the best (lowest) val mel_loss; else the closest to the band, with the
     seed's advice turned into a next grid around that point. Marks the chosen row `recommended`."""
     lo, hi = band
@@ -397,8 +373,8 @@ def recommend(rows: Sequence[dict], band: Sequence[float]) -> Recommendation:
     if sides == {"below", "above"}:
         return _between(done, band, best, head)
     if sides == {"above"}:
-        return _all_above(best, head)
-    return _all_below(best, head)
+        return _all_out(best, head, "above", adversary)
+    return _all_out(best, head, "below", adversary)
 
 
 # -- the table, files and charts -------------------------------------------------------------

@@ -25,6 +25,7 @@ import numpy as np
 
 from tristage.captions.tokenize import CAPTION_ATTRIBUTES, CaptionParser, Unit, clean_caption, row_captions
 from tristage.captions.vectors import ATTRIBUTE_KINDS, CACHE, UNK, VOCAB, CaptionVectorTable, context_keys
+from tristage.environment import deterministic_torch
 from tristage.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -452,12 +453,11 @@ def caption_metrics(r: dict, table, info: dict, n: dict, extra: dict) -> dict:
 
 
 def run_caption_vectors(cp, tracker=None, progress: bool = True) -> dict:
-    import torch
 
     from tristage.fsio import atomic_dir, write_json
 
     t0 = time.perf_counter()
-    torch.set_num_threads(max(1, min(torch.get_num_threads(), 8)))
+    deterministic_torch(cp.threads)
     build, held, paraphrases, (agreement, n_cells) = load_inputs(cp)
     cached = cp.mode == "cache"
     with atomic_dir(cp.out_dir) as tmp:

@@ -63,6 +63,8 @@ class CaptionVectorsParams(Section):
     batch_size: PosInt = 64
     max_length: PosInt = 128  # tokens per caption (longer captions are truncated)
     seed: int = 1234
+    # torch CPU threads: fixed, so float sums are the same on any host (0 = every core)
+    threads: NonNegInt = 2
     # vectors keyed by (previous unit, token, next unit), backing off to (prev, token), (token, next), token;
     # a context key needs at least `context_min_count` occurrences in the build captions.
     # false: one per token.

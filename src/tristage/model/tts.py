@@ -28,17 +28,13 @@ from tristage.model.config import PEFT_UNSET, TTSConfig
 from tristage.model.decoder import Decoder, DecoderConfig, code_loss, delay_codes, stop_loss, undelay_codes
 from tristage.model.grl import GradientReversal
 from tristage.model.perceiver import ConditioningEncoder, EncoderConfig, PerceiverConfig, PerceiverResampler
+from tristage.model.text import encode_text
 
 # the config's default caption module / table (TTSConfig.caption_module / caption_table), imported statically
 DEFAULT_CLASSES = {"tristage.captions.peft:CaptionPEFT": CaptionPEFT,
                    "tristage.captions.vectors:CaptionVectorTable": CaptionVectorTable}
 MODULE_NAMES = ("decoder", "caption_peft", "speaker_encoder", "speaker_perceiver", "emotion_encoder",
                 "emotion_perceiver", "emovec_layer", "emo_layer", "speaker_classifier")
-
-
-def encode_text(text: str, max_len: int) -> list[int]:
-    """Transcript -> UTF-8 bytes (the decoder's text tokens), truncated to max_len."""
-    return list(text.encode("utf-8"))[:max_len] or [32]
 
 
 class TTS(nn.Module):
@@ -49,7 +45,8 @@ class TTS(nn.Module):
         self.decoder = Decoder(DecoderConfig(
             n_codebooks=cfg.n_codebooks, codebook_size=cfg.codebook_size, d_model=C, n_layer=cfg.n_layer,
             n_head=cfg.n_head, caption_dim=cfg.caption_dim, max_text_len=cfg.max_text_len,
-            max_frames=cfg.max_frames, dropout=cfg.dropout, text_vocab=cfg.text_vocab))
+            max_frames=cfg.max_frames, dropout=cfg.dropout, text_vocab=cfg.text_vocab,
+            align_sigma=cfg.align_sigma))
         self.caption_peft = caption_peft
         enc = EncoderConfig(n_mels=cfg.n_mels, d_model=D, n_layer=cfg.cond_layers, n_head=cfg.cond_heads,
                             dropout=cfg.dropout)
@@ -63,10 +60,17 @@ class TTS(nn.Module):
             dropout=cfg.dropout))
         self.emovec_layer = nn.Linear(D, cfg.emo_dim)
         self.emo_layer = nn.Linear(cfg.emo_dim, C)
-        self.speaker_classifier = SpeakerClassifier(C, cfg.classifier_hidden, cfg.n_speakers)
+        self.speaker_classifier = SpeakerClassifier(C, cfg.classifier_hidden, cfg.n_speakers,
+                                                    cfg.classifier_standardize)
         self.grl = GradientReversal()  # no parameters
 
     # conditioning -------------------------------------------------------------------
+    def text_ids(self, text: str) -> list[int]:
+        """The decoder's text tokens for a transcript (this model's front-end); TextTooLong past
+        max_text_len (synthesis splits long texts first: synthesis/api.py)."""
+        cfg = self.cfg
+        return encode_text(text, cfg.max_text_len, cfg.text_frontend, cfg.phoneme_voice)
+
     def speaker_prefix(self, mel: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         # mel (B, T, n_mels), mask (B, T) -> (B, speaker_latents, d_model)
         h, m = self.speaker_encoder(mel, mask)
@@ -86,7 +90,8 @@ class TTS(nn.Module):
                 grl_lambda: float = 0.0) -> dict[str, torch.Tensor]:
         """Losses of one batch. With `speaker_head`, the speaker classifier reads the emotion vector
         through the gradient reversal layer, whose strength is `grl_lambda` (0: a plain forward,
-        no gradient reaches the emotion vector from the classifier)."""
+        no gradient reaches the emotion vector from the classifier). `len_loss`: the length head's squared
+        error in log frames (0 without the alignment prior, model/decoder.py)."""
         spk = self.speaker_prefix(batch["spk_mel"], batch["spk_mask"])  # (B, Ns, C)
         emo = self.emotion_vector(batch["emo_mel"], batch["emo_mask"])  # (B, C)
         prefix = torch.cat([spk, emo[:, None]], dim=1)  # (B, Ns + 1, C)
@@ -97,11 +102,13 @@ class TTS(nn.Module):
         bos = target.new_full((B, K, 1), self.cfg.bos_id)
         audio_in = torch.cat([bos, target[:, :, :-1]], dim=2)  # (B, K, S)
         audio_mask = torch.arange(S, device=codes.device)[None] < (lengths + K - 1)[:, None]  # (B, S)
-        logits, stop = self.decoder(prefix, batch["text"], batch["text_mask"], audio_in, audio_mask,
-                                    cap.states, cap.mask)  # (B, K, S, V), (B, S)
+        logits, stop, log_frames = self.decoder(prefix, batch["text"], batch["text_mask"], audio_in,
+                                                audio_mask, cap.states, cap.mask, frames=lengths)
         mel_loss, correct, count = code_loss(logits, target, self.cfg.pad_id)
+        len_loss = (mel_loss.new_zeros(()) if log_frames is None
+                    else F.mse_loss(log_frames, lengths.float().clamp(min=1).log()))
         out = dict(mel_loss=mel_loss, mel_correct=correct, mel_count=count,
-                   stop_loss=stop_loss(stop, lengths, audio_mask),
+                   stop_loss=stop_loss(stop, lengths, audio_mask), len_loss=len_loss,
                    kl=_scalar(cap.kl, mel_loss), ortho=_scalar(cap.ortho, mel_loss), emo_vec=emo)
         if speaker_head:
             logits_s = self.speaker_classifier(self.grl(emo, grl_lambda))  # (B, n_speakers)
@@ -166,17 +173,14 @@ class TTS(nn.Module):
         k_idx = torch.arange(K, device=dev)
         bos = torch.full((B, K, 1), cfg.bos_id, dtype=torch.long, device=dev)
         seq = bos
-        state = None
+        # the cache's first pass also predicts each row's length (the alignment prior's T)
+        logits, stop_logits, state = self.decoder.prefill(prefix, text, text_mask, bos, cap_states, cap_mask)
         for s in range(int(caps.max()) + K - 1):
-            if not use_cache:
-                logits, stop_logits = self.decoder(prefix, text, text_mask, seq, torch.ones(B, seq.shape[2],
-                                                   dtype=torch.bool, device=dev), cap_states, cap_mask)
+            if s > 0 and not use_cache:  # the reference the cache is tested against: the whole sequence again
+                logits, stop_logits, _ = self.decoder(prefix, text, text_mask, seq, torch.ones(
+                    B, seq.shape[2], dtype=torch.bool, device=dev), cap_states, cap_mask, frames=state.frames)
                 logits, stop_logits = logits[:, :, -1], stop_logits[:, -1]  # (B, K, V), (B,)
-            elif state is None:
-                logits, stop_logits, state = self.decoder.prefill(
-                    prefix, text, text_mask, bos, cap_states, cap_mask
-                )
-            else:
+            elif s > 0:
                 logits, stop_logits = self.decoder.step(seq[:, :, -1:], state)
             if stop and s >= 1:  # codebook 0's frame s is past the end: the row has s frames
                 now = ~ended & (torch.sigmoid(stop_logits.float()) > 0.5) & (s < caps)
@@ -201,7 +205,7 @@ class TTS(nn.Module):
         from tristage.features.mel import pad_mels
 
         cfg, B = self.cfg, len(texts)
-        ids = [encode_text(t, cfg.max_text_len) for t in texts]
+        ids = [self.text_ids(t) for t in texts]
         text = torch.full((B, max(map(len, ids))), cfg.text_pad_id, dtype=torch.long)
         for b, row in enumerate(ids):
             text[b, :len(row)] = torch.tensor(row)

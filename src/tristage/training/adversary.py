@@ -63,11 +63,14 @@ class SpeakerAdversary:
         sp = stage_params
         low, high = sp.speaker_acc_band
         band = SpeakerAccBand(low, high, sp.band_patience, sp.band_control, sp.band_factor, sp.grl_lambda_max,
-                              sp.grl_lambda_min)
+                              sp.grl_lambda_min, adversary=sp.adversary)
+        seed = sp.adversary == "seed"  # the seed's plain GRL: the classifier learns only from the joint loss
+        model.speaker_classifier.standardize = not seed
         return cls(model.speaker_classifier, dist, grl_lambda=sp.grl_lambda,
                    speaker_loss_weight=sp.speaker_loss_weight, warmup=sp.grl_warmup, total_steps=sp.steps,
                    band=band, band_check_every=sp.band_check_every or sp.eval_every,
-                   classifier_steps=sp.classifier_steps, classifier_lr_scale=sp.classifier_lr_scale,
+                   classifier_steps=0 if seed else sp.classifier_steps,
+                   classifier_lr_scale=sp.classifier_lr_scale,
                    lr=sp.lr * sp.lr_scale, weight_decay=sp.weight_decay)
 
     # --- the values in effect ---------------------------------------------------------
@@ -126,10 +129,10 @@ class SpeakerAdversary:
     def band_due(self, step: int) -> bool:
         """A band check (validation pass) after training step `step`, besides the evaluations."""
         return step % self.band_check_every == 0
-    def check_band(self, step: int, acc: float, last: bool = False) -> BandDecision:
-        """Ask the band monitor; apply its proposed changes (auto control), except at the `last` step,
-        where a change could not be used any more."""
-        decision = self.band.update(acc, self.grl_lambda, self.speaker_loss_weight)
+    def check_band(self, step: int, acc: float, last: bool = False, n: int | None = None) -> BandDecision:
+        """Ask the band monitor (`acc` measured on `n` utterances); apply its proposed changes (auto
+        control), except at the `last` step, where a change could not be used any more."""
+        decision = self.band.update(acc, self.grl_lambda, self.speaker_loss_weight, n)
         if decision.changes and last:
             decision.warning += " (not applied: this was the stage's last step)"
             decision.changes = {}
@@ -157,7 +160,8 @@ class SpeakerAdversary:
                     grl_lambda_final=used["grl_lambda"],
                     speaker_loss_weight_configured=self.configured["speaker_loss_weight"],
                     speaker_loss_weight_final=used["speaker_loss_weight"],
-                    band_changes=self.n_changes)
+                    band_changes=self.n_changes, adversary=self.band.adversary,
+                    classifier_steps=self.classifier_steps)
 
     def state_dict(self) -> dict:
         return dict(grl_lambda=self.grl_lambda, speaker_loss_weight=self.speaker_loss_weight,

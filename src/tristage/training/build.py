@@ -66,6 +66,8 @@ def resolve_config(stage: str, params, stage_params, src: Sources) -> tuple[TTSC
             raise UserError(f"{stage_params.speaker_mapping}: {len(src.mapping)} speakers but the "
                             f"{preset.previous} model has a {cfg.n_speakers}-way speaker classifier; "
                             f"rerun {preset.previous}")
+    if getattr(stage_params, "adversary", None) is not None:  # stage2 decides how its classifier reads
+        cfg.classifier_standardize = stage_params.adversary != "seed"
     cfg.caption_module, cfg.caption_table = src.caption_module, src.caption_table
     cfg.caption_vectors, cfg.peft = src.caption_vectors, dict(src.peft)
     cfg.codec, cfg.caption_encoder = src.codec, src.caption_encoder

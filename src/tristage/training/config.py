@@ -32,6 +32,10 @@ class StageParams(TrainingInputs):
     lr: PosFloat = 2e-4
     lr_scale: PosFloat = 1.0
     steps: PosInt = 300
+    epochs: PosFloat | None = None  # passes over the training split instead of `steps` (epochs x batches)
+    patience: PosInt | None = None  # stop after this many evaluations without a better val mel_loss
+    # the weights the next stage starts from (and models/<stage>/ holds): the best val mel_loss's, or the last
+    handover: Literal["best", "last"] = "best"
     batch_size: PosInt = 16
     seed: int = 1234
     # optimisation
@@ -41,7 +45,13 @@ class StageParams(TrainingInputs):
     weight_decay: NonNegFloat = 0.01
     grad_clip: PosFloat = 1.0
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # torch CPU threads: fixed, so float sums are the same on any host (0 = every core)
+    threads: NonNegInt = 2
     amp: bool = True  # bf16 autocast, on CUDA only
+    # modules this stage's preset freezes that train anyway (training/presets.py), e.g. stage3: [caption_peft]
+    unfreeze: list[Literal["decoder", "caption_peft", "speaker_encoder", "speaker_perceiver",
+                           "emotion_encoder", "emotion_perceiver", "emovec_layer", "emo_layer",
+                           "speaker_classifier"]] = []
     # data
     val_fraction: Fraction = 0.05  # held-out utterances (split fixed by seed)
     heldout_speakers: NonNegInt = 2  # speakers never trained on (zero-shot eval; at most a third of them)
@@ -71,6 +81,10 @@ class Stage2Params(StageParams):
     init_from: Path | None = Path("models/stage1")
     metrics: Path = Path("metrics/stage2.json")
     plots_dir: Path = Path("plots/stage2")
+    # project: the classifier's own updates (classifier_steps) on a standardised emotion vector, the band's
+    # advice below it is a weaker reversal; seed: the seed's plain GRL exactly (no classifier updates, no
+    # standardisation, its 20% / 80% warning thresholds and advice). training/band.py REMEDIES
+    adversary: Literal["project", "seed"] = "project"
     grl_lambda: NonNegFloat = 1.0
     speaker_loss_weight: NonNegFloat = 0.1
     speaker_acc_band: tuple[float, float] = (0.3, 0.6)

@@ -10,7 +10,10 @@
   (`row_captions`: the same text the caption_vectors table was built from);
 - an utterance whose target is longer than `max_frames` codec frames is SKIPPED, never cut (a cut
   target would keep its whole transcript): counted in `n_skipped_too_long` (stage metrics) and
-  warned once with the count and the param to raise (`stage1.model.max_frames`);
+  warned once with the count and the param to raise (`stage1.model.max_frames`); likewise a
+  transcript longer than `max_text_len` text tokens (`n_skipped_text_too_long`; a cut transcript
+  would leave audio the text no longer says);
+- text tokens come from the model's front-end (`model/text.py`: bytes or espeak-ng phonemes);
 - `BucketSampler`: length-bucketed global batches, an epoch order fixed by (seed, epoch), each
   DDP rank taking its slice; its position is part of the trainer state (exact resume). Every
   random choice for an example (crops, references) comes from a generator seeded by (seed,
@@ -29,10 +32,11 @@ import numpy as np
 import torch
 
 from tristage.captions.tokenize import row_captions
+from tristage.data.split import HELDOUT, TRAIN, VAL, split_ids
 from tristage.errors import UserError
 from tristage.features.mel import pad_mels
 from tristage.model.config import TEXT_PAD_ID
-from tristage.model.tts import encode_text
+from tristage.model.text import TextTooLong, encode_text
 
 log = logging.getLogger(__name__)
 CACHE_UTTERANCES = 8192  # decoded utterances kept in memory (about 40 KB each at the demo's sizes)
@@ -77,6 +81,8 @@ def _describe(info: Any) -> str:
     if isinstance(info, dict):
         name = info.get("name") or info.get("model") or info.get("kind") or info.get("encoder") or "?"
         pre, name = info.get("pretrained"), str(name)
+        if info.get("kind") == "melvq":  # fitted on the corpus: neither random-init nor pretrained
+            return name
         if pre is None or ("random-init" if pre is False else "pretrained") in name:
             return name
         return f"random-init {name}" if pre is False else f"pretrained {name}"
@@ -247,40 +253,60 @@ def _usable_ids(src: Sources, man, sp, max_frames: int) -> _Usable:
     return _Usable(sorted(ids), n_frames, len(too_long))
 
 
-def _examples(usable: _Usable, man, src: Sources, max_text_len: int) -> list[Example]:
-    """One `Example` per usable id: encoded text and caption, speaker label (-100 outside the mapping)."""
-    examples = []
+def _examples(usable: _Usable, man, src: Sources, encode) -> tuple[list[Example], list[tuple[str, int]]]:
+    """One `Example` per usable id (encoded text and caption, speaker label: -100 outside the mapping),
+    and the (id, tokens) of transcripts longer than max_text_len, which are skipped, never cut."""
+    examples, too_long = [], []
     for uid in usable.ids:
         row = man.loc[uid]
         spk = str(row["speaker"])
+        try:
+            text = encode(str(row["text"]))
+        except TextTooLong as exc:
+            too_long.append((uid, exc.n_tokens))
+            continue
         examples.append(Example(
-            id=uid, text=encode_text(str(row["text"]), max_text_len), speaker=spk,
+            id=uid, text=text, speaker=spk,
             label=int(src.mapping.get(spk, -100)), caption=list(src.table.encode(row["caption"])) or [0],
             n_frames=usable.n_frames[uid], caption_text=row["caption"]))
-    return examples
+    return examples, too_long
+
+
+def _warn_text_too_long(sp, too_long: list[tuple[str, int]], n_kept: int, max_text_len: int) -> None:
+    key = (str(sp.prepared), -max_text_len, len(too_long))
+    if key in _WARNED:
+        return
+    _WARNED.add(key)
+    uid, longest = max(too_long, key=lambda t: t[1])
+    log.warning("%d of %d utterances have transcripts longer than max_text_len=%d text tokens (longest "
+                "%d, %s); skipped, not truncated. Raise stage1.model.max_text_len to keep them",
+                len(too_long), len(too_long) + n_kept, max_text_len, longest, uid)
 
 
 def _split(examples: list[Example], sp) -> _Split:
-    """Train / validation by utterance (fixed by `seed`); the held-out speakers leave both splits."""
-    rng = np.random.default_rng(sp.seed)
-    perm = rng.permutation(len(examples))
-    n_val = int(round(sp.val_fraction * len(perm)))
-    n_val = min(n_val, len(perm) - 1)
-    val_idx = sorted(perm[:n_val].tolist())
-    train_idx = sorted(perm[n_val:].tolist())
-    held = heldout_speakers([ex.speaker for ex in examples], sp.heldout_speakers, sp.seed)
-    return _Split(train_idx=[i for i in train_idx if examples[i].speaker not in held],
-                  val_idx=[i for i in val_idx if examples[i].speaker not in held],
-                  heldout_idx=[i for i, ex in enumerate(examples) if ex.speaker in held])
+    """Train / validation / held-out speakers by `data.split` (by id and seed, never by length)."""
+    split = split_ids([ex.id for ex in examples], [ex.speaker for ex in examples], sp.val_fraction,
+                      sp.heldout_speakers, sp.seed)
+    by = {name: [i for i, ex in enumerate(examples) if split[ex.id] == name]
+          for name in (TRAIN, VAL, HELDOUT)}
+    return _Split(train_idx=by[TRAIN], val_idx=by[VAL], heldout_idx=by[HELDOUT])
 
 
 class TrainData:
-    def __init__(self, src: Sources, sp, max_text_len: int, max_frames: int, rank: int = 0, world: int = 1):
+    def __init__(self, src: Sources, sp, max_text_len: int, max_frames: int, rank: int = 0, world: int = 1,
+                 frontend: str = "bytes", voice: str = "en-us"):
         self.src, self.sp, self.max_frames, self.rank, self.world = src, sp, max_frames, rank, world
         man = _indexed_manifest(src, sp)
         usable = _usable_ids(src, man, sp, max_frames)
         self.n_skipped_too_long = usable.n_skipped_too_long
-        self.examples: list[Example] = _examples(usable, man, src, max_text_len)
+        self.examples, too_long = _examples(usable, man, src,
+                                            lambda t: encode_text(t, max_text_len, frontend, voice))
+        self.n_skipped_text_too_long = len(too_long)
+        if too_long:
+            _warn_text_too_long(sp, too_long, len(self.examples), max_text_len)
+        if len(self.examples) < 2:
+            raise UserError(f"{sp.prepared}: only {len(self.examples)} utterance(s) with a transcript of at "
+                            f"most max_text_len={max_text_len} text tokens; raise stage1.model.max_text_len")
         split = _split(self.examples, sp)
         self.train_idx, self.val_idx, self.heldout_idx = split.train_idx, split.val_idx, split.heldout_idx
         # (speaker, in validation) -> example indices: the pool a speaker reference is drawn from
@@ -366,15 +392,6 @@ class TrainData:
         order = sorted(self.val_idx, key=lambda i: self.examples[i].n_frames)
         return [self.collate(order[i:i + batch_size], [self.sp.seed, 999_983], val=True)
                 for i in range(0, len(order), batch_size)]
-
-
-def heldout_speakers(speakers: list[str], n: int, seed: int) -> set[str]:
-    """`n` speakers (at most a third of them) chosen by `seed` alone, never trained on by any stage."""
-    names = sorted(set(speakers))
-    n = min(n, len(names) // 3)
-    if n <= 0:
-        return set()
-    return set(np.random.default_rng([seed, 7919]).choice(names, n, replace=False).tolist())
 
 
 def to_device(batch: dict[str, torch.Tensor], device: str) -> dict[str, torch.Tensor]:

@@ -18,7 +18,7 @@ import torch
 
 from tristage.fsio import atomic_path, write_json
 from tristage.model.config import TTSConfig
-from tristage.training.band import band_status
+from tristage.training.band import band_advice, band_status
 from tristage.training.plots import plot_losses, plot_speaker_acc, write_logs
 from tristage.training.state import TrainState
 
@@ -45,9 +45,13 @@ def final_metrics(state: TrainState, counts: dict, world: int, cfg: TTSConfig, a
     if adversary is not None:
         acc = mean("speaker_acc")
         val_acc = last_eval.get("val_speaker_acc")
+        n = last_eval.get("val_speaker_n") if val_acc is not None else None
         metrics.update(speaker_loss=mean("speaker_loss"), speaker_acc=acc, val_speaker_acc=val_acc,
-                       speaker_acc_band=band_status(val_acc if val_acc is not None else acc, band),
+                       val_speaker_n=n,
+                       speaker_acc_band=band_status(val_acc if val_acc is not None else acc, band, n),
                        band_warnings=len(state.band_log), **adversary.metrics())
+        metrics["band_advice"] = band_advice(metrics["speaker_acc_band"], adversary.band.adversary,
+                                             metrics["grl_lambda"], metrics["speaker_loss_weight"])
     metrics = {k: float(v) if isinstance(v, (float, np.floating)) else v for k, v in metrics.items()}
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
 

@@ -5,8 +5,15 @@
 - stage2: speaker_encoder + speaker_perceiver frozen; the emotion vector is computed in the
   forward pass (never cached) and feeds the speaker classifier through the GRL
   (`grl_lambda`, `speaker_loss_weight`); the classifier trains.
-- stage3: speaker and emotion conditioners frozen (and the classifier); GRL off; lr x0.5
-  (the params value `stage3.lr_scale`, default 0.5: the one place it is set).
+- stage3: every conditioner frozen (speaker, emotion, the caption adapters, and the classifier): the
+  decoder alone trains, as the seed has it (~40-50% of the parameters at its scale); GRL off;
+  lr x0.5 (the params value `stage3.lr_scale`, default 0.5: the one place it is set).
+- finetune (`tristage finetune`, not a DAG stage): a trained model folder on a new voice's recordings,
+  split as stage 3: the decoder alone trains (the speaker and emotion conditioners, the classifier and
+  the caption module stay as trained; the caption module is the folder's adapter-baked table, so
+  nothing could train there anyway); its lr and steps are `finetune.train` (finetune/config.py).
+A stage's `unfreeze` param trains some of its preset's frozen modules anyway (`stage3.unfreeze:
+[caption_peft]` is stage 3 as it was before the caption adapters counted as conditioners).
 Frozen modules run in eval mode, so their outputs do not drift (no dropout noise either).
 """
 from __future__ import annotations
@@ -29,9 +36,20 @@ PRESETS: dict[str, StagePreset] = {
     "stage1": StagePreset(frozen=("speaker_classifier",), grl=False, needs_init=False, previous=None),
     "stage2": StagePreset(frozen=("speaker_encoder", "speaker_perceiver"), grl=True, needs_init=True,
                           previous="stage1"),
-    "stage3": StagePreset(frozen=CONDITIONERS + ("speaker_classifier",), grl=False, needs_init=True,
-                          previous="stage2"),
+    "stage3": StagePreset(frozen=CONDITIONERS + ("caption_peft", "speaker_classifier"), grl=False,
+                          needs_init=True, previous="stage2"),
+    "finetune": StagePreset(frozen=CONDITIONERS + ("caption_peft", "speaker_classifier"), grl=False,
+                            needs_init=True, previous="stage3"),
 }
+
+
+def stage_preset(stage: str, stage_params=None) -> StagePreset:
+    """The stage's preset, with the modules its params' `unfreeze` names trained after all."""
+    preset = PRESETS[stage]
+    unfreeze = set(getattr(stage_params, "unfreeze", None) or ())
+    if not unfreeze:
+        return preset
+    return dataclasses.replace(preset, frozen=tuple(m for m in preset.frozen if m not in unfreeze))
 
 
 def apply_preset(model, preset: StagePreset) -> dict[str, int]:

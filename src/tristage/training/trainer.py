@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from tristage.environment import deterministic_torch
 from tristage.errors import UserError
 from tristage.model.tts import build_model
 from tristage.synthesis.folder import export_model_folder
@@ -37,7 +38,7 @@ from tristage.training.data import Sources, TrainData, load_sources, to_device
 from tristage.training.fingerprint import combine, data_fingerprint, run_fingerprint_parts
 from tristage.training.optim import build_optimizer
 from tristage.training.outputs import final_metrics, provenance, write_model, write_reports
-from tristage.training.presets import PRESETS, apply_preset, set_train_mode
+from tristage.training.presets import apply_preset, set_train_mode, stage_preset
 from tristage.training.resume import RunCheckpoints
 from tristage.training.state import StepSums, TrainState, plain
 from tristage.training.validation import validate
@@ -58,6 +59,7 @@ def _seed_all(seed: int) -> None:
 def train_stage(stage: str, params, tracker=None, sources: Sources | None = None) -> dict[str, Any]:
     stage_params = params.stage(stage)
     check_init(stage, stage_params, params.base_dir)
+    deterministic_torch(stage_params.threads)
     dist = ddp.init(stage_params.device, f"{stage}.device")
     try:
         return _Trainer(stage, params, stage_params, dist, tracker, sources).run()
@@ -68,7 +70,7 @@ def train_stage(stage: str, params, tracker=None, sources: Sources | None = None
 class _Trainer:
     def __init__(self, stage, params, sp, dist: ddp.Dist, tracker, sources):
         self.stage, self.params, self.sp, self.dist, self.tracker = stage, params, sp, dist, tracker
-        self.preset = PRESETS[stage]
+        self.preset = stage_preset(stage, sp)
         self.base = params.base_dir
         if dist.is_main:
             log.info(
@@ -101,7 +103,14 @@ class _Trainer:
         self.ddp_model = self.model
         if dist.enabled:
             self.ddp_model = ddp.wrap(self.model, dist)
-        self.data = TrainData(self.src, sp, self.cfg.max_text_len, self.cfg.max_frames, dist.rank, dist.world)
+        self.data = TrainData(self.src, sp, self.cfg.max_text_len, self.cfg.max_frames, dist.rank, dist.world,
+                              self.cfg.text_frontend, self.cfg.phoneme_voice)
+        if sp.epochs is not None:  # passes over the training split -> steps (every later use reads sp.steps)
+            steps = max(1, round(sp.epochs * len(self.data.sampler)))
+            self.sp = sp = sp.model_copy(update=dict(steps=steps))
+            if dist.is_main:
+                log.info("%s: %g epochs of %d batches = %d steps", stage, sp.epochs, len(self.data.sampler),
+                         steps)
         self.val = self.data.val_batches(sp.batch_size)
         self.cache_captions()
         self.adversary = SpeakerAdversary.from_params(sp, model, dist, grl=self.preset.grl)
@@ -196,7 +205,7 @@ class _Trainer:
         loss = (
             out["mel_loss"] + self.peft.kl_weight * out["kl"] + self.peft.orthogonality_weight * out["ortho"]
         )
-        loss = loss + out["stop_loss"]  # end-of-speech head (model/decoder.py stop_loss)
+        loss = loss + out["stop_loss"] + out["len_loss"]  # end-of-speech and length heads (model/decoder.py)
         if self.adversary:
             loss = loss + self.adversary.speaker_term(out)
         return loss
@@ -277,7 +286,8 @@ class _Trainer:
         if self.adversary:
             acc = ev.get("val_speaker_acc", state.window_mean("speaker_acc"))
             if acc is not None:
-                dec = self.adversary.check_band(state.step, acc, last=state.step == self.sp.steps)
+                dec = self.adversary.check_band(state.step, acc, last=state.step == self.sp.steps,
+                                                n=ev.get("val_speaker_n"))
                 row["band_status"] = dec.status
                 if dec.warning and self.dist.is_main:
                     log.warning("%s step %d: %s", self.stage, state.step, dec.warning)
@@ -302,6 +312,33 @@ class _Trainer:
             row = dict(row or dict(step=step), **self.on_eval(self.evaluate(), band_only=not evaluation))
         return row
 
+    def plateau(self) -> bool:
+        """`patience` evaluations in a row without a better val mel_loss (derived from the history, so a
+        resumed run counts the same)."""
+        if not self.sp.patience:
+            return False
+        best = self.state.best["step"]
+        evals = [r["step"] for r in self.state.history if "val_mel_loss" in r and r["step"] > 0]
+        return len([s for s in evals if s > best]) >= self.sp.patience
+
+    def hand_over(self) -> dict[str, Any]:
+        """The weights the next stage starts from: the best validation step's (handover: best, loaded from
+        its checkpoint) or the last step's. -> the metrics that say which."""
+        sp, state = self.sp, self.state
+        best = state.best["step"]
+        step = state.step
+        if sp.handover == "best" and 0 < best != state.step:
+            folder = ck.step_dir(self.checkpoints.root, best)
+            model_state, _ = ck.load_checkpoint(folder, self.dist.device)
+            self.model.load_state_dict(model_state, strict=True)
+            step = best
+            if self.dist.is_main:
+                log.info("%s: handing over step %d (best val mel_loss %.4f), not the last step %d",
+                         self.stage, best, state.best["val_mel_loss"], state.step)
+        val = state.best["val_mel_loss"] if step == best else next(
+            (r["val_mel_loss"] for r in reversed(state.history) if "val_mel_loss" in r), None)
+        return dict(handover=sp.handover, handover_step=step, handover_val_mel_loss=val)
+
     # --- the loop -------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         from tqdm import tqdm
@@ -321,19 +358,32 @@ class _Trainer:
             state.window.append(rec)
             state.initial.setdefault("initial_train_mel_loss", rec["mel_loss"])
             bar.update(1)
+            best_before = state.best["step"]
             row = self.step_row(rec)
             if row is not None:
                 if "mel_loss" in row:
                     bar.set_postfix(mel_loss=f"{row['mel_loss']:.3f}", top1=f"{row['mel_top1']:.3f}")
                 self.log_row(row)
-            if state.step % sp.checkpoint_every == 0 or state.step == sp.steps:
+            plateau = self.plateau()
+            # a new best is always checkpointed, so it can be handed over (handover: best) after a resume too
+            if (state.step % sp.checkpoint_every == 0 or state.step == sp.steps or plateau
+                    or state.best["step"] != best_before):
                 self.save_checkpoint()
+            if plateau:
+                if self.dist.is_main:
+                    log.info("%s: stopping at step %d of %d: val mel_loss has not improved for %d "
+                             "evaluations (patience; best %.4f at step %d)", self.stage, state.step, sp.steps,
+                             sp.patience, state.best["val_mel_loss"], state.best["step"])
+                break
         bar.close()
+        handed = self.hand_over()
         metrics = final_metrics(state, self.counts, self.dist.world, self.cfg, self.adversary,
                                 tuple(sp.speaker_acc_band) if self.adversary else None)
+        metrics.update(handed, stopped_early=state.step < sp.steps)
         # the PEFT losses (unweighted, moving window) and the utterances skipped for exceeding max_frames
         metrics.update(kl=state.window_mean("kl"), ortho=state.window_mean("ortho"),
-                       n_skipped_too_long=self.data.n_skipped_too_long)
+                       n_skipped_too_long=self.data.n_skipped_too_long,
+                       n_skipped_text_too_long=self.data.n_skipped_text_too_long)
         if self.dist.is_main:
             self.write_outputs(metrics)
         ddp.barrier(self.dist)
@@ -343,6 +393,7 @@ class _Trainer:
         best = self.state.best["step"]
         info = dict(stage=self.stage, fingerprint=self.fingerprint, frozen=list(self.preset.frozen),
                     grl=self.preset.grl, best_checkpoint=f"checkpoints/step-{best:06d}" if best > 0 else None,
+                    **self.counts,
                     band_log=self.state.band_log, grl_log=self.adversary.changes if self.adversary else [],
                     note=provenance(self.cfg))
         write_model(self.out, self.model, self.trainer_state(), self.stage, self.fingerprint, info)

@@ -49,5 +49,6 @@ def validate(model, batches: list[dict], device: str, speaker: bool,
     res = dict(val_mel_loss=tot.mel_loss / n_tokens, val_mel_top1=tot.mel_correct / n_tokens)
     if speaker and tot.speaker_count > 0:
         res.update(val_speaker_acc=tot.speaker_correct / tot.speaker_count,
-                   val_speaker_loss=tot.speaker_loss / tot.speaker_count)
+                   val_speaker_loss=tot.speaker_loss / tot.speaker_count,
+                   val_speaker_n=int(tot.speaker_count))
     return res
