@@ -42,6 +42,7 @@ import torch
 
 from tristage.captions.edit import CaptionEditor, edit_caption
 from tristage.errors import UserError
+from tristage.features.codec import codec_speaks
 from tristage.synthesis.folder import load_codec_from_folder, load_folder, load_references
 
 __all__ = ["TTS", "Request", "Result", "SynthesisWarning", "default_caption", "edit_caption", "parse_set",
@@ -112,6 +113,9 @@ class Result:
         return self.seconds_taken / max(self.duration, 1e-9)
 
 
+PIECE_GAP = 0.15  # seconds of silence between the pieces of a long text
+
+
 def load_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
     """(samples float32 (N,) mono, sample rate) from any file soundfile reads; channels averaged."""
     import soundfile as sf
@@ -166,7 +170,7 @@ class TTS:
 
     @property
     def is_speech(self) -> bool:
-        return bool(self.info["codec"].get("pretrained"))
+        return codec_speaks(self.info["codec"])
 
     @property
     def note(self) -> str:
@@ -294,49 +298,92 @@ class TTS:
             emo = None if req.emotion_ref is None else self.reference_mel(req.emotion_ref, "emotion_ref")
             frames = max(1, min(self.cfg.max_frames, math.ceil(req.max_seconds * self.frames_per_second)))
             prepared.append((req, caption, spk, emo, frames, notes))
-        results: list[Result | None] = [None] * len(prepared)
+        # a text longer than the model's max_text_len is spoken piece by piece (split at sentence, then
+        # clause, then word boundaries; model/text.py split_text) and the pieces' audio joined: never cut
+        jobs = [(i, piece) for i, p in enumerate(prepared) for piece in self.text_pieces(p[0].text)]
+        out: list[list] = [[] for _ in prepared]  # per request: (codes, wav, sr, seconds) of its pieces
         groups: dict[tuple, list[int]] = {}
-        for i, (req, *_rest) in enumerate(prepared):
-            groups.setdefault(req.sampling_key(), []).append(i)
+        for j, (i, _piece) in enumerate(jobs):
+            groups.setdefault(prepared[i][0].sampling_key(), []).append(j)
         for (seed, temperature, top_k, top_p), idx in groups.items():
             for start in range(0, len(idx), batch_size):
-                chunk = idx[start : start + batch_size]
+                chunk = [jobs[j] for j in idx[start : start + batch_size]]
                 t0 = time.perf_counter()
                 gen = torch.Generator(device=self.device).manual_seed(int(seed))
                 codes = self.model.generate_batch(
-                    [prepared[i][0].text for i in chunk],
-                    [self.table.encode(prepared[i][1]) for i in chunk],
-                    [prepared[i][2] for i in chunk],
-                    [prepared[i][3] for i in chunk],
-                    max_frames=[prepared[i][4] for i in chunk],
+                    [piece for _i, piece in chunk],
+                    [self.table.encode(prepared[i][1]) for i, _p in chunk],
+                    [prepared[i][2] for i, _p in chunk],
+                    [prepared[i][3] for i, _p in chunk],
+                    max_frames=[prepared[i][4] for i, _p in chunk],
                     temperature=float(temperature),
                     top_k=None if top_k is None else int(top_k),
                     top_p=None if top_p is None else float(top_p),
                     greedy=temperature == 0,
                     generator=gen,
                 )
-                wavs = [self.decode(c) for c in codes]
                 share = (time.perf_counter() - t0) / len(chunk)
-                for i, c, (wav, sr) in zip(chunk, codes, wavs):
-                    n, cap = int(c.shape[1]), prepared[i][4]
-                    res = Result(
-                        wav=wav,
-                        sample_rate=sr,
-                        n_frames=n,
-                        stopped=n < cap,
-                        caption=prepared[i][1],
-                        seconds_taken=share,
-                        warnings=list(prepared[i][5]),
-                    )
-                    if res.stopped and res.duration < SHORT_SECONDS:
-                        res.warnings.append(
-                            f"the model ended the speech after {n} frame(s) ({res.duration:.2f} s); try "
-                            "another seed or caption, or check that the model was trained long enough"
-                        )
-                    results[i] = res
+                for (i, _p), c in zip(chunk, codes):
+                    out[i].append((c, *self.decode(c), share))
+        results = [self._result(p, parts) for p, parts in zip(prepared, out)]
         if warn:
             _warn([w for r in results for w in r.warnings], stacklevel=3)  # type: ignore[union-attr]
         return results  # type: ignore[return-value]
+
+    def text_pieces(self, text: str) -> list[str]:
+        """`text` as one piece, or as several when it is longer than the model's max_text_len."""
+        from tristage.model.text import TextTooLong, split_text
+
+        def fits(piece: str) -> bool:
+            try:
+                self.model.text_ids(piece)
+                return True
+            except TextTooLong:
+                return False
+
+        return split_text(text, fits)
+
+    def _result(self, prepared: tuple, parts: list[tuple]) -> Result:
+        """One request's Result from its pieces' (codes, wav, sample rate, seconds), joined by PIECE_GAP s."""
+        _req, caption, _spk, _emo, cap, notes = prepared
+        sr = parts[0][2]
+        gap = np.zeros(int(PIECE_GAP * sr), np.float32)
+        wav = np.concatenate([x for k, (_c, w, *_r) in enumerate(parts) for x in ((gap, w) if k else (w,))])
+        frames = [int(c.shape[1]) for c, *_r in parts]
+        res = Result(wav=wav, sample_rate=sr, n_frames=sum(frames), stopped=all(n < cap for n in frames),
+                     caption=caption, seconds_taken=sum(p[3] for p in parts), warnings=list(notes))
+        if len(parts) > 1:
+            res.warnings.append(f"text: longer than the model's max_text_len ({self.cfg.max_text_len} "
+                                f"tokens); spoken in {len(parts)} pieces split at sentence and clause "
+                                "boundaries")
+        if res.stopped and res.duration < SHORT_SECONDS:
+            res.warnings.append(
+                f"the model ended the speech after {res.n_frames} frame(s) ({res.duration:.2f} s); try "
+                "another seed or caption, or check that the model was trained long enough"
+            )
+        return res
+
+    def resynthesize(self, wav: np.ndarray | str | os.PathLike, sample_rate: int | None = None
+                     ) -> tuple[np.ndarray, int]:
+        """Audio through this model's own codec, encoded and decoded: what the codec keeps of it (the
+        ceiling of anything the model can say). `wav`: samples (N,) or (N, channels) at `sample_rate`, any
+        rate, or an audio file's path -> (wav float32, the codec's sample rate)."""
+        from tristage.features.codec import encode
+        from tristage.features.extract import resample
+
+        if self.codec is None:
+            raise UserError(f"{self.folder}: this model folder has no codec to resynthesize with")
+        if isinstance(wav, (str, os.PathLike)):
+            wav, sample_rate = load_audio(wav)
+        x = np.asarray(wav, dtype=np.float32)
+        x = x.mean(axis=1) if x.ndim == 2 else x.reshape(-1)
+        if sample_rate is None or int(sample_rate) <= 0:
+            raise UserError(f"sample_rate: {sample_rate!r} (the rate of the samples given; must be > 0)")
+        if not len(x) or not np.isfinite(x).all():
+            raise UserError("wav: empty or not finite")
+        x = resample(x, int(sample_rate), self.sample_rate)
+        codes = encode(self.codec, torch.from_numpy(x)[None].to(self.device), [len(x)])[0]
+        return self.decode(codes)
 
     def decode(self, codes: torch.Tensor) -> tuple[np.ndarray, int]:
         from tristage.features.codec import decode_codes
