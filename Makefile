@@ -63,6 +63,13 @@ MODEL ?= models/stage3
 app: install
 	$(PY) -m tristage.synthesis.app --model $(MODEL)
 
+# Your own voice (docs/finetune.md): make finetune DATA=my_voice SPEAKER=me [MODEL=models/stage3] [STEPS=150],
+# then make app MODEL=models/me.
+.PHONY: finetune
+finetune: install
+	$(PY) -m tristage.cli finetune --model $(MODEL) --data $(DATA) --speaker $(SPEAKER) --out models/$(SPEAKER) \
+		$(if $(STEPS),--steps $(STEPS))
+
 dag: install
 	$(VENV)/bin/dvc dag
 

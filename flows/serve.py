@@ -3,6 +3,8 @@
     python -m flows.serve                 # UI: http://127.0.0.1:4200 -> Deployments
                                           #     -> tristage-pipeline/tristage -> Run -> Custom run:
                                           #     overrides {"stage2.grl_lambda": 2.0}, target
+                                          # also tristage-sweep/sweep and tristage-finetune/finetune
+                                          # (your own voice: data folder, speaker, preset; flows/finetune.py)
 
 Starts `prefect server start --host 127.0.0.1` in the background unless a server already
 answers at PREFECT_API_URL (default http://127.0.0.1:4200/api), waits until it is healthy,
@@ -116,7 +118,8 @@ def main(argv: list[str] | None = None) -> None:
     create_gpu_limit()
     print("MLflow UI:  make mlflow  (in another shell; it prints the link to the runs)", file=sys.stderr)
     try:
-        # issue 18: the sweep deployment beside the pipeline's
+        # issue 18: the sweep deployment beside the pipeline's; the fine-tune's (your own voice) too
+        from flows import finetune as finetune_flow
         from flows import sweep as sweep_flow
         from flows.pipeline import pipeline
 
@@ -132,11 +135,16 @@ def main(argv: list[str] | None = None) -> None:
             )
             sweep_flow.sweep.from_source(source=str(REPO), entrypoint="flows/sweep.py:sweep").deploy(
                 name=sweep_flow.DEPLOYMENT, work_pool_name=a.pool, description=sweep_flow.DESCRIPTION)
+            ft = finetune_flow.finetune.from_source(source=str(REPO), entrypoint="flows/finetune.py:finetune")
+            ft.deploy(name=finetune_flow.DEPLOYMENT, work_pool_name=a.pool,
+                      description=finetune_flow.DESCRIPTION)
             return
         from prefect import serve
 
         serve(pipeline.to_deployment(name=a.name, description=DESCRIPTION),  # issue 18: two deployments
-              sweep_flow.sweep.to_deployment(name=sweep_flow.DEPLOYMENT, description=sweep_flow.DESCRIPTION))
+              sweep_flow.sweep.to_deployment(name=sweep_flow.DEPLOYMENT, description=sweep_flow.DESCRIPTION),
+              finetune_flow.finetune.to_deployment(name=finetune_flow.DEPLOYMENT,
+                                                   description=finetune_flow.DESCRIPTION))
     finally:
         stop_server(server)
 

@@ -110,7 +110,47 @@ def _parser() -> argparse.ArgumentParser:
     i.set_defaults(run=_import)
 
     _synthesize_parser(sub, p)
+    _finetune_parser(sub)
     return p
+
+
+def _finetune_parser(sub) -> None:
+    f = sub.add_parser(
+        "finetune",
+        help="fine-tune a trained model folder on a folder of one voice's recordings (docs/finetune.md)",
+        description="import -> prepare -> annotate (the base's bins) -> features (the base's codec) -> train "
+        "(the `finetune` preset) -> report (before vs after on held-out utterances) -> a new model folder; "
+        "a DVC pipeline of its own, so a rerun does only what changed.",
+    )
+    f.add_argument("--model", required=True, help="the trained model folder to start from (models/stage3)")
+    f.add_argument("--data", required=True, help="the recordings: a plain folder of name.wav + name.txt, or "
+                   "an ljspeech / libritts / librispeech folder")
+    f.add_argument("--format", choices=("ljspeech", "libritts", "librispeech", "auto"), default="auto")
+    f.add_argument("--speaker", required=True, help="the voice's name: the stored reference and the MLflow "
+                   "model name (--register)")
+    f.add_argument("--out", required=True, help="the new model folder, e.g. models/NAME")
+    f.add_argument("--steps", type=int, default=None, help="training steps (default: the preset's, 150)")
+    f.add_argument("--lr", type=float, default=None, help="learning rate before the preset's x0.5 (2e-4)")
+    f.add_argument("--preset", choices=("finetune",), default="finetune",
+                   help="what trains (src/tristage/training/presets.py): finetune = the decoder")
+    f.add_argument("--heldout", type=int, default=3, help="utterances kept out of training for the report")
+    f.add_argument("--min-utterances", type=int, default=8, help="refuse fewer utterances to train on")
+    f.add_argument("--seed", type=int, default=1234, help="which utterances are held out")
+    f.add_argument("--device", default=None, help="cpu | cuda | auto (default cpu)")
+    f.add_argument("--register", action="store_true", help="register the model in MLflow under --speaker")
+    f.add_argument("--no-track", action="store_true", help="no MLflow run")
+    f.add_argument("--work", default=None, help="the work area (default: <out's folder>/.finetune/<name>)")
+    f.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other key of the fine-tune's params (src/tristage/finetune/config.py), e.g. "
+                   "--set train.batch_size=4 --set report.dnsmos=false (repeatable)")
+    f.add_argument("--quiet", action="store_true", help="don't stream the steps' output")
+
+    def run(args) -> int:
+        from tristage.finetune.run import finetune_command
+
+        return finetune_command(args)
+
+    f.set_defaults(run=run)
 
 
 def _synthesize_parser(sub, parent: argparse.ArgumentParser) -> None:

@@ -41,6 +41,9 @@ class AnnotateParams(Section):
     # percentile of the feature (pitch: log f0 per gender; speed: words/s; modulation: f0 spread in semitones)
     levels: dict[str, list[str]] = Field(default_factory=lambda: copy.deepcopy(DEFAULT_LEVELS))
     quality: QualityParams = QualityParams()
+    # a bins.json (another corpus's, e.g. a model folder's) to bin with as it is instead of fitting bins on
+    # this corpus: `tristage finetune` keeps the base corpus's bins, so its captions mean the same
+    bins: Path | None = None
 
     @model_validator(mode="after")
     def _levels(self) -> AnnotateParams:

@@ -7,8 +7,9 @@
    is saved as `<out_dir>/measures/shard-NNNNN.parquet` with a fingerprint of its rows, so a
    rerun (or a run after kill -9) measures only what changed. Audio that does not read is
    counted (`failed.jsonl`), its row kept without measures;
-2. fit `AttributeBins` on the corpus (pitch per gender) and save them as `<out_dir>/bins.json`,
-   the bins `evaluate` uses for generated audio;
+2. fit `AttributeBins` on the corpus (pitch per gender), or read them from `bins` (another corpus's, kept
+   as they are: `tristage finetune`), and save them as `<out_dir>/bins.json`, the bins `evaluate` uses
+   for generated audio;
 3. fill the attribute columns `pitch`, `speed`, `modulation`, `quality` where empty (all of them
    with `overwrite: true`); before that, where a row already has a value, count how often the
    measured bin agrees (`metrics.agreement`, also reduced to low/moderate/high classes);
@@ -243,14 +244,31 @@ def _read_measures(shards: _Shards, ids: list[str]):
     return meas
 
 
+def _fixed_bins(path: Path):
+    """`AttributeBins` read from `annotate.bins` (UserError naming the key and the file when it won't do)."""
+    from tristage.audio.measures import AttributeBins
+    from tristage.fsio import read_json
+
+    if not Path(path).is_file():
+        raise UserError(f"annotate.bins: {path} not found (a bins.json written by `annotate`)")
+    try:
+        return AttributeBins.from_dict(read_json(path))
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise UserError(f"annotate.bins: {path}: {exc}") from None
+
+
 def _fit_bins(ap: AnnotateParams, df, ok: np.ndarray):
-    """`AttributeBins` fitted on the measured rows (pitch per gender where there is a gender column), and
-    each row's bin per attribute (None for the rows that failed) -> (bins, {attribute: [bin or None]})."""
+    """`AttributeBins` fitted on the measured rows (pitch per gender where there is a gender column), or read
+    from `annotate.bins` when set, and each row's bin per attribute (None for the rows that failed) ->
+    (bins, {attribute: [bin or None]})."""
     from tristage.audio.measures import MEASURE_COLUMNS, AttributeBins
 
-    fit_table = df.loc[ok, [*MEASURE_COLUMNS, *(["gender"] if "gender" in df.columns else [])]]
-    bins = AttributeBins.fit(fit_table, levels=ap.levels, min_group=ap.min_group,
-                             quality=ap.quality.model_dump())
+    if ap.bins is not None:
+        bins = _fixed_bins(ap.bins)
+    else:
+        fit_table = df.loc[ok, [*MEASURE_COLUMNS, *(["gender"] if "gender" in df.columns else [])]]
+        bins = AttributeBins.fit(fit_table, levels=ap.levels, min_group=ap.min_group,
+                                 quality=ap.quality.model_dump())
     assigned = bins.assign(df)
     for attr in assigned:  # failed rows have NaN measures -> None already
         assigned[attr] = [v if good else None for v, good in zip(assigned[attr], ok)]

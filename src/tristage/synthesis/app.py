@@ -1,11 +1,13 @@
 """The local web demo (`make app`): a Gradio page on 127.0.0.1 that speaks with a model folder.
 
-    python -m tristage.synthesis.app --model models/stage3 [--port 7860]
+    python -m tristage.synthesis.app --model models/stage3 [--models models] [--port 7860]
 
-Text, caption, one dropdown per lexicon attribute (edits the caption), the voice as an upload or
-a pick from the validation speakers stored in the model folder, an optional emotion reference,
-sampling settings, then an audio player with a download button. The provenance note (random-init
-codec: not speech) is shown at the top of the page.
+A model dropdown at the top picks any model folder under `--models` (default: the `--model`'s folder, so
+`models/`: the stages' folders and the fine-tuned voices of `tristage finetune`); a folder is loaded
+when first picked and kept. Text, caption, one dropdown per lexicon attribute (edits the caption), the
+voice as an upload or a pick from the validation speakers stored in the model folder, an optional
+emotion reference, sampling settings, then an audio player with a download button. The provenance
+note (random-init codec: not speech) is shown at the top of the page.
 """
 
 from __future__ import annotations
@@ -128,6 +130,62 @@ def _generate_fn(tts, out_dir: Path):
     return generate
 
 
+def model_choices(root: str | Path, current: str | Path | None = None) -> list[str]:
+    """The model folders directly under `root` (those with a synthesis.json; hidden ones left out, e.g. a
+    fine-tune's work area `.finetune/`), sorted by name, with `current` among them."""
+    root = Path(root)
+    folders = sorted(root.iterdir()) if root.is_dir() else []
+    found = [str(p) for p in folders if not p.name.startswith(".") and (p / "synthesis.json").is_file()]
+    if current is not None and str(current) not in found:
+        found.insert(0, str(current))
+    return found
+
+
+class _Models:
+    """The loaded model folders, by the dropdown's value; each loaded once, when first picked."""
+
+    def __init__(self, first, device: str = "cpu"):
+        self.loaded = {str(first.folder): first}
+        self.device = device
+
+    def get(self, folder: str):
+        from tristage.synthesis.api import TTS
+
+        if folder not in self.loaded:
+            self.loaded[folder] = TTS.from_pretrained(folder, device=self.device)
+        return self.loaded[folder]
+
+
+def _generate_with_model(models: _Models, out_dir: Path):
+    """The button's callback with the picked model folder first; the rest as `_generate_fn`'s."""
+
+    def generate(model, *rest):
+        return _generate_fn(models.get(model), out_dir)(*rest)
+
+    return generate
+
+
+def _model_changed(models: _Models):
+    """Picking a model: its stored voices in the voice dropdown, its note at the top."""
+    import html
+
+    import gradio as gr
+
+    from tristage.errors import UserError
+
+    def changed(model):
+        try:
+            tts = models.get(model)
+        except UserError as exc:
+            log.error("model: %s", exc)
+            raise gr.Error(html.escape(str(exc), quote=False), title="Cannot load the model",
+                           print_exception=False) from None
+        note = f"**Note: {tts.note}**" if not tts.is_speech else f"Note: {tts.note}"
+        return gr.update(choices=tts.speakers, value=tts.speakers[0] if tts.speakers else None), note
+
+    return changed
+
+
 def _attribute_dropdowns(lexicon: dict) -> list:
     """One dropdown per lexicon attribute; a value other than KEEP replaces or adds it in the caption."""
     import gradio as gr
@@ -185,18 +243,23 @@ def _sampling_panel(max_seconds: float) -> _Sampling:
         )
 
 
-def build_app(tts):
-    """The Gradio page for a loaded `TTS`: the input column (text, caption, attributes, voice, sampling),
-    the output column (audio, details) and the Generate button that joins them."""
+def build_app(tts, models_root: str | Path | None = None):
+    """The Gradio page for a loaded `TTS`: the model dropdown (the folders under `models_root`, default the
+    model folder's parent), the input column (text, caption, attributes, voice, sampling), the output
+    column (audio, details) and the Generate button that joins them."""
     import gradio as gr
 
     out_dir = Path(tempfile.mkdtemp(prefix="tristage-app-"))
     default_caption = "A female speaker with a high-pitched voice speaks quickly in a clean recording."
 
     with gr.Blocks(title="tristage: speak with a trained model") as app:
-        gr.Markdown(f"## tristage: speak with `{tts.folder.name}`\n\nModel folder: `{tts.folder}`")
+        gr.Markdown(f"## tristage: speak with a trained model\n\nModel folders under "
+                    f"`{models_root or tts.folder.parent}`")
+        models = _Models(tts, getattr(tts, "device", "cpu"))
+        choices = model_choices(models_root or tts.folder.parent, tts.folder)
+        model = gr.Dropdown(choices, value=str(tts.folder), label="Model folder", elem_id="model-pick")
         note_md = f"**Note: {tts.note}**" if not tts.is_speech else f"Note: {tts.note}"
-        gr.Markdown(note_md, elem_id="codec-note")
+        note = gr.Markdown(note_md, elem_id="codec-note")
         with gr.Row():
             with gr.Column():
                 text = gr.Textbox(
@@ -216,16 +279,20 @@ def build_app(tts):
                 audio = gr.Audio(type="filepath", label="Result", interactive=False, elem_id="output")
                 info = gr.Textbox(label="Details", interactive=False, elem_id="details")
         button.click(
-            _generate_fn(tts, out_dir),
-            [text, caption, voice.upload, voice.picked, voice.emotion, *sampling.components(), *dropdowns],
+            _generate_with_model(models, out_dir),
+            [model, text, caption, voice.upload, voice.picked, voice.emotion, *sampling.components(),
+             *dropdowns],
             [audio, info],
         )
+        model.change(_model_changed(models), [model], [voice.picked, note])
     return app
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tristage.synthesis.app", description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="models/stage3", help="model folder (default models/stage3)")
+    ap.add_argument("--models", default=None,
+                    help="the folder of model folders the page's dropdown offers (default: --model's folder)")
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=7860)
     ap.add_argument("--device", default="cpu")
@@ -252,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if not tts.is_speech:
         print(f"note: {tts.note}", flush=True)
-    build_app(tts).launch(server_name=a.host, server_port=a.port, share=False, show_error=True)
+    build_app(tts, a.models).launch(server_name=a.host, server_port=a.port, share=False, show_error=True)
     return 0
 
 

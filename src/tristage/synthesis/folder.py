@@ -17,6 +17,9 @@ Layout (every JSON path is relative to the folder; copy the folder anywhere and 
     references.safetensors   one reference log-mel per validation speaker (pick a voice by name)
     codec/                   the random-init codec's weights + config, or codec.json naming the
                              official weights (path relative to the folder, and their sha256)
+    bins.json                the annotate stage's attribute bins of the training corpus (what "high
+                             pitch" means), when the stage's manifest has them beside it: a fine-tune
+                             (`tristage finetune`) bins its data with them, so its captions mean the same
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ SPEAKERS = "speakers.json"
 REFERENCES = "references.safetensors"
 CODEC = "codec"
 MAX_REFERENCES = 16  # validation speakers stored as named references
+BINS = "bins.json"
 
 
 def _save_caption(folder: Path, table: Any, baked: torch.Tensor) -> None:
@@ -76,6 +80,16 @@ def _codec_entry(out: Path, meta: dict) -> dict:
                 shutil.copy2(Path(meta["dir"]) / name, tmp / name)
         entry["dir"] = CODEC
     return entry
+
+
+def _copy_bins(out: Path, data) -> str | None:
+    """The annotate stage's bins.json beside the training manifest, copied into the folder -> its name."""
+    prepared = getattr(getattr(data, "sp", None), "prepared", None)
+    bins = Path(prepared).parent / BINS if prepared else None
+    if bins is None or not bins.is_file():
+        return None
+    write_text(out / BINS, bins.read_text(encoding="utf-8"))
+    return BINS
 
 
 def export_model_folder(out: Path, stage: str, model, cfg: TTSConfig, src, data, max_ref_frames: int) -> None:
@@ -127,6 +141,7 @@ def export_model_folder(out: Path, stage: str, model, cfg: TTSConfig, src, data,
             max_ref_frames=max_ref_frames,
             lexicon=lexicon,
             caption_encoder=cfg.caption_encoder,
+            bins=_copy_bins(out, data),
             note=f"codec: {cfg.codec}; caption encoder: {cfg.caption_encoder}",
         ),
     )
