@@ -1,6 +1,7 @@
 """The `tristage` console script: one small function per subcommand, heavy imports inside them.
 
-    tristage params | summary | compare [--sweep NAME] | import FORMAT SRC --out DIR | synthesize ...
+    tristage params | summary | compare [--sweep NAME] | results [--write|--check]
+    tristage import FORMAT SRC --out DIR | synthesize ... | finetune ...
 """
 from __future__ import annotations
 
@@ -38,8 +39,16 @@ def _compare(args) -> int:
         return 0
     from tristage.compare import compare
 
-    compare(args.uri, args.limit, args.format)
+    compare(args.uri, args.limit, args.format, columns="all" if args.all else args.columns)
     return 0
+
+
+def _results(args) -> int:
+    from tristage.results import main as results_main
+
+    argv = [*(["--write"] if args.write else []), *(["--check"] if args.check else []), "--root", args.root,
+            *(["--samples", args.samples] if args.samples else [])]
+    return results_main(argv)
 
 
 def _import(args) -> int:
@@ -85,7 +94,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     c.add_argument("--sweep", default=None, metavar="NAME",
                    help="the table of sweep NAME (sweeps/NAME/) and the recommended point")
+    c.add_argument("--columns", default=None, metavar="NAME,...",
+                   help="the columns to show (comma-separated); default: the key ones, fitting 120 columns")
+    c.add_argument("--all", action="store_true", help="every column (wider than a terminal)")
     c.set_defaults(run=_compare)
+
+    r = sub.add_parser("results", help="the README's and docs' results tables, generated from metrics/")
+    r.add_argument("--write", action="store_true", help="rewrite the generated tables (and docs/samples/)")
+    r.add_argument("--check", action="store_true", help="exit 1 if a generated table differs from metrics/")
+    r.add_argument("--root", default=".", help="the project folder (default: here)")
+    r.add_argument("--samples", default=None, help="evaluate's samples folder (default data/samples)")
+    r.set_defaults(run=_results)
 
     i = sub.add_parser(
         "import",
