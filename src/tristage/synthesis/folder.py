@@ -35,6 +35,7 @@ from typing import Any
 import torch
 
 from tristage.errors import UserError
+from tristage.features.codec import codec_speaks
 from tristage.fsio import atomic_dir, atomic_path, read_json, write_json, write_text
 from tristage.model.config import TTSConfig
 
@@ -65,6 +66,8 @@ def _codec_entry(out: Path, meta: dict) -> dict:
     entry = dict(
         name=info.get("name", "unknown"),
         pretrained=bool(info.get("pretrained", False)),
+        speech=codec_speaks(info),
+        kind=info.get("kind", "dac"),
         sample_rate=info.get("sample_rate", meta.get("sample_rate")),
         hop_length=info.get("hop_length", meta.get("hop_length")),
         dir=None,
