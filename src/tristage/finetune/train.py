@@ -147,7 +147,7 @@ class _Loop:
         set_train_mode(self.model, self.preset)
         out = self.model(to_device(self.data.next_batch(), self.device))
         # the stages' loss without the caption adapters' terms (the baked table has none)
-        loss = out["mel_loss"] + out["stop_loss"] + out["len_loss"]
+        loss = out["mel_loss"] + out["stop_loss"]
         if not torch.isfinite(loss):
             raise UserError(f"finetune: non-finite loss ({loss.item()}) at step {step}; lower --lr "
                             "(finetune.train.lr) or raise finetune.train.warmup_steps")

@@ -34,16 +34,16 @@ TEXT_VOCAB = TEXT_PAD_ID + 1
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(d_model=128, n_layer=4, n_head=4, cond_dim=96, cond_layers=1, cond_heads=4,
                  perceiver_layers=1, speaker_latents=8, emo_dim=64, classifier_hidden=128,
-                 dropout=0.0, max_text_len=160, max_frames=320, text_frontend="phonemes", align_sigma=0.1,
+                 dropout=0.0, max_text_len=160, max_frames=320, text_frontend="phonemes",
                  phoneme_voice="en-us"),
     "seed": dict(d_model=1024, n_layer=16, n_head=16, cond_dim=512, cond_layers=6, cond_heads=8,
                  perceiver_layers=2, speaker_latents=32, emo_dim=1024, classifier_hidden=512,
-                 dropout=0.1, max_text_len=402, max_frames=1024, text_frontend="phonemes", align_sigma=0.1,
+                 dropout=0.1, max_text_len=402, max_frames=1024, text_frontend="phonemes",
                  phoneme_voice="en-us"),
     # toy: the tests' model (seconds on a CPU; the one place its sizes are written)
     "toy": dict(d_model=32, n_layer=1, n_head=2, cond_dim=16, cond_layers=1, cond_heads=2,
                 perceiver_layers=1, speaker_latents=2, emo_dim=8, classifier_hidden=16,
-                dropout=0.0, max_text_len=32, max_frames=64, text_frontend="bytes", align_sigma=0.1,
+                dropout=0.0, max_text_len=32, max_frames=64, text_frontend="bytes",
                 phoneme_voice="en-us"),
 }
 
@@ -66,7 +66,6 @@ class ModelParams(Section):
     max_text_len: PosInt | None = None  # text tokens (bytes of the front-end's string); longer: skipped
     max_frames: PosInt | None = None  # codec frames of target; longer: skipped
     text_frontend: Literal["bytes", "phonemes"] | None = None  # model/text.py
-    align_sigma: float | None = Field(None, ge=0, le=1)  # the decoder's alignment prior (model/decoder.py)
     phoneme_voice: str | None = None  # espeak-ng voice of the `phonemes` front-end (en-us, en-gb, de, ko...)
 
     def resolved(self) -> dict[str, Any]:
@@ -109,7 +108,6 @@ class TTSConfig:
     max_frames: int = 256
     text_frontend: str = "bytes"  # model/text.py; a config written before front-ends existed read bytes
     classifier_standardize: bool = True  # the speaker classifier standardises its input (model/classifier.py)
-    align_sigma: float = 0.0  # the decoder's alignment prior (model/decoder.py); 0 = none (configs before it)
     phoneme_voice: str = "en-us"
     preset: str = "tiny"
     # the caption module (import path "module:Class"; built by model.tts.build_caption_module)

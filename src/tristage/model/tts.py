@@ -45,8 +45,7 @@ class TTS(nn.Module):
         self.decoder = Decoder(DecoderConfig(
             n_codebooks=cfg.n_codebooks, codebook_size=cfg.codebook_size, d_model=C, n_layer=cfg.n_layer,
             n_head=cfg.n_head, caption_dim=cfg.caption_dim, max_text_len=cfg.max_text_len,
-            max_frames=cfg.max_frames, dropout=cfg.dropout, text_vocab=cfg.text_vocab,
-            align_sigma=cfg.align_sigma))
+            max_frames=cfg.max_frames, dropout=cfg.dropout, text_vocab=cfg.text_vocab))
         self.caption_peft = caption_peft
         enc = EncoderConfig(n_mels=cfg.n_mels, d_model=D, n_layer=cfg.cond_layers, n_head=cfg.cond_heads,
                             dropout=cfg.dropout)
@@ -90,8 +89,7 @@ class TTS(nn.Module):
                 grl_lambda: float = 0.0) -> dict[str, torch.Tensor]:
         """Losses of one batch. With `speaker_head`, the speaker classifier reads the emotion vector
         through the gradient reversal layer, whose strength is `grl_lambda` (0: a plain forward,
-        no gradient reaches the emotion vector from the classifier). `len_loss`: the length head's squared
-        error in log frames (0 without the alignment prior, model/decoder.py)."""
+        no gradient reaches the emotion vector from the classifier)."""
         spk = self.speaker_prefix(batch["spk_mel"], batch["spk_mask"])  # (B, Ns, C)
         emo = self.emotion_vector(batch["emo_mel"], batch["emo_mask"])  # (B, C)
         prefix = torch.cat([spk, emo[:, None]], dim=1)  # (B, Ns + 1, C)
@@ -102,13 +100,11 @@ class TTS(nn.Module):
         bos = target.new_full((B, K, 1), self.cfg.bos_id)
         audio_in = torch.cat([bos, target[:, :, :-1]], dim=2)  # (B, K, S)
         audio_mask = torch.arange(S, device=codes.device)[None] < (lengths + K - 1)[:, None]  # (B, S)
-        logits, stop, log_frames = self.decoder(prefix, batch["text"], batch["text_mask"], audio_in,
-                                                audio_mask, cap.states, cap.mask, frames=lengths)
+        logits, stop = self.decoder(prefix, batch["text"], batch["text_mask"], audio_in, audio_mask,
+                                    cap.states, cap.mask)  # (B, K, S, V), (B, S)
         mel_loss, correct, count = code_loss(logits, target, self.cfg.pad_id)
-        len_loss = (mel_loss.new_zeros(()) if log_frames is None
-                    else F.mse_loss(log_frames, lengths.float().clamp(min=1).log()))
         out = dict(mel_loss=mel_loss, mel_correct=correct, mel_count=count,
-                   stop_loss=stop_loss(stop, lengths, audio_mask), len_loss=len_loss,
+                   stop_loss=stop_loss(stop, lengths, audio_mask),
                    kl=_scalar(cap.kl, mel_loss), ortho=_scalar(cap.ortho, mel_loss), emo_vec=emo)
         if speaker_head:
             logits_s = self.speaker_classifier(self.grl(emo, grl_lambda))  # (B, n_speakers)
@@ -173,14 +169,17 @@ class TTS(nn.Module):
         k_idx = torch.arange(K, device=dev)
         bos = torch.full((B, K, 1), cfg.bos_id, dtype=torch.long, device=dev)
         seq = bos
-        # the cache's first pass also predicts each row's length (the alignment prior's T)
-        logits, stop_logits, state = self.decoder.prefill(prefix, text, text_mask, bos, cap_states, cap_mask)
+        state = None
         for s in range(int(caps.max()) + K - 1):
-            if s > 0 and not use_cache:  # the reference the cache is tested against: the whole sequence again
-                logits, stop_logits, _ = self.decoder(prefix, text, text_mask, seq, torch.ones(
-                    B, seq.shape[2], dtype=torch.bool, device=dev), cap_states, cap_mask, frames=state.frames)
+            if not use_cache:  # the reference the cache is tested against: the whole sequence again
+                logits, stop_logits = self.decoder(prefix, text, text_mask, seq, torch.ones(B, seq.shape[2],
+                                                   dtype=torch.bool, device=dev), cap_states, cap_mask)
                 logits, stop_logits = logits[:, :, -1], stop_logits[:, -1]  # (B, K, V), (B,)
-            elif s > 0:
+            elif state is None:
+                logits, stop_logits, state = self.decoder.prefill(
+                    prefix, text, text_mask, bos, cap_states, cap_mask
+                )
+            else:
                 logits, stop_logits = self.decoder.step(seq[:, :, -1:], state)
             if stop and s >= 1:  # codebook 0's frame s is past the end: the row has s frames
                 now = ~ended & (torch.sigmoid(stop_logits.float()) > 0.5) & (s < caps)

@@ -205,7 +205,7 @@ class _Trainer:
         loss = (
             out["mel_loss"] + self.peft.kl_weight * out["kl"] + self.peft.orthogonality_weight * out["ortho"]
         )
-        loss = loss + out["stop_loss"] + out["len_loss"]  # end-of-speech and length heads (model/decoder.py)
+        loss = loss + out["stop_loss"]  # end-of-speech head (model/decoder.py stop_loss)
         if self.adversary:
             loss = loss + self.adversary.speaker_term(out)
         return loss
