@@ -228,7 +228,7 @@ def measure(name: str, batch: int, repeats: int, warmup: int, device: str) -> di
                inference_ctx_batch=lambda: inference(batch_eval),
                training_ctx_batch=lambda: run.training(batch_train))
     t, c = round_robin(fns, repeats, warmup, sync)
-    nbytes = lambda ts: sum(x.numel() * x.element_size() for x in ts)  # noqa: E731
+    nbytes = lambda ts: sum(x.numel() * x.element_size() for x in ts)
     uniq = torch.unique(ids[mask])
     return dict(
         encoder=name,
@@ -259,7 +259,7 @@ def measure(name: str, batch: int, repeats: int, warmup: int, device: str) -> di
 
 def report(r: dict, threads: int) -> str:
     ms = {k: v * 1e3 for k, v in r["times"].items()}
-    ok = lambda ratio, goal: "ok" if np.median(ratio) >= goal else "MISSED"  # noqa: E731
+    ok = lambda ratio, goal: "ok" if np.median(ratio) >= goal else "MISSED"
     return (
         f"caption_vectors [{r['encoder']} size, d={r['d']}, {r['device']}, {threads} threads, vae_decoder: "
         f"{r['vae_decoder']}]: batch of "

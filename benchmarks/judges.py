@@ -49,7 +49,7 @@ def main(argv=None) -> int:
     rng.shuffle(speakers)
     picked = [rng.choice(by_speaker[s]) for s in (speakers * args.n)[: args.n]]
     picked_ids = {r["id"] for r in picked}
-    load = lambda r: to_16k(*sf.read(str(folder / r["audio"]), dtype="float32"))  # noqa: E731
+    load = lambda r: to_16k(*sf.read(str(folder / r["audio"]), dtype="float32"))
     cost: dict[str, float] = {}
 
     def timed(key, fn, *a):
@@ -103,7 +103,7 @@ def main(argv=None) -> int:
           "| speed_agreement |")
     print("|---|---|---|---|---|---|---|---|")
     for row, res in results.items():
-        mean = lambda k: np.mean([x[k] for x in res if x[k] is not None] or [np.nan])  # noqa: E731
+        mean = lambda k: np.mean([x[k] for x in res if x[k] is not None] or [np.nan])
         print(
             f"| {row} | {mean('wer'):.3f} | {mean('cer'):.3f} | {mean('sim'):.3f} | {mean('sim_other'):.3f} "
             "| "

@@ -66,7 +66,7 @@ def cache_ratio(frames: int, device: str) -> str:
         list(range(1, 20)),
         mel,
         n_frames=frames,
-        greedy=True,  # noqa: E731
+        greedy=True,
         use_cache=cache,
         stop=False,
     )

@@ -289,7 +289,7 @@ def run_point(
                     raise
                 time.sleep(2 + 3 * attempt)
         record["status"] = "finished"
-    except Exception as exc:  # noqa: BLE001 - any failure is recorded with its reason; the other points go on
+    except Exception as exc:  # any failure is recorded with its reason; the other points go on
         record["reason"] = failure_reason(exc)
         logger.warning("sweep point %s failed: %s", point, record["reason"])
     record["seconds"] = round(time.time() - started, 1)
@@ -510,7 +510,7 @@ def _log_results(
         client.set_tag(run_id, "recommendation", rec.text[:5000])
         client.log_metric(run_id, "points_finished", sum(r["status"] == "finished" for r in rows))
         client.log_metric(run_id, "points_failed", sum(r["status"] == "failed" for r in rows))
-    except Exception as exc:  # noqa: BLE001 - tracking is best effort, the files are in sweeps/<name>/
+    except Exception as exc:  # tracking is best effort, the files are in sweeps/<name>/
         log.warning("MLflow: sweep results not logged to run %s (%s)", run_id, exc)
 
 

@@ -120,7 +120,7 @@ def copy_repo(dest: Path) -> Path:
         dst = dest / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(src, dst)
-    run = lambda *a: subprocess.run(a, cwd=dest, check=True, capture_output=True)  # noqa: E731
+    run = lambda *a: subprocess.run(a, cwd=dest, check=True, capture_output=True)
     run("git", "init", "-q")
     run("git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A")
     run("git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "copy")

@@ -178,7 +178,7 @@ def test_distil_learns_a_correction_that_depends_on_the_caption():
     ctx, info = distil(t, [str(i) for i in range(64)], [target(s) for s in seqs], cp)
     assert info["steps"] == 150 and info["loss_end"] < 0.5 * info["loss_start"]
     t.contextualiser = ctx
-    cos = lambda a, b: (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))  # noqa: E731
+    cos = lambda a, b: (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
     held = [list(rng.integers(1, 4, size=5)) for _ in range(16)]
     delta = t.context_delta(held)
     with_ctx = np.mean([cos(V[s] + d, target(s)).mean() for s, d in zip(held, delta)])

@@ -100,7 +100,7 @@ def _context_states(units_list, dim=8):
     (prev, token, next) keys can."""
     rng = np.random.default_rng(0)
     emb: dict[str, np.ndarray] = {}
-    get = lambda k: emb.setdefault(k, rng.standard_normal(dim))  # noqa: E731
+    get = lambda k: emb.setdefault(k, rng.standard_normal(dim))
     out = []
     for units in units_list:
         H = np.zeros((sum(len(u.positions) for u in units), dim), dtype=np.float32)

@@ -285,7 +285,7 @@ def test_exp_show_reads_dvc_exp_show(tmp_path):
               "stage3": {"lr": 1e-4}}
     write(params, {"stage2": {"val_mel_loss": 2.2363, "val_speaker_acc": 0.2, "grl_lambda": 1.0},
                    "stage3": {"val_mel_loss": 2.1415}})
-    git = lambda *a: subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", *a], cwd=tmp_path,  # noqa: E731
+    git = lambda *a: subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", *a], cwd=tmp_path,
                                     check=True, capture_output=True)
     git("init", "-q")
     subprocess.run([str(Path(sys.executable).parent / "dvc"), "init", "-q"], cwd=tmp_path, check=True)

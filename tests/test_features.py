@@ -249,7 +249,7 @@ def test_kill_9_then_rerun_gives_identical_bytes(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     m = json.loads((tmp_path / "b" / "timings" / "features.json").read_text())  # run facts, not metrics
     assert m["shards_skipped"] >= 1 and m["shards_skipped"] + m["shards_written"] == 8
-    files = lambda d: sorted(str(f.relative_to(d)) for f in d.rglob("*") if f.is_file())  # noqa: E731
+    files = lambda d: sorted(str(f.relative_to(d)) for f in d.rglob("*") if f.is_file())
     a, b = tmp_path / "a" / "features", tmp_path / "b" / "features"
     assert files(a) == files(b)
     for rel in files(a):

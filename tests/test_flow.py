@@ -394,7 +394,7 @@ def test_workspaces_created_at_once_and_a_failed_git_add_retried_once(tmp_path, 
     def create(name):
         try:
             made.append(ws.create_workspace(repo, name))
-        except Exception as e:  # noqa: BLE001 - collected for the assertion
+        except Exception as e:  # collected for the assertion
             errors.append(e)
 
     threads = [threading.Thread(target=create, args=(f"p{i}",)) for i in range(4)]

@@ -165,7 +165,7 @@ def test_lhotse_recordings_and_supervisions(tmp_path):
             "{not json",
         ],
     )
-    sup = lambda sid, rid, start, dur, **kw: {"id": sid, "recording_id": rid, "start": start, "duration": dur,  # noqa: E731
+    sup = lambda sid, rid, start, dur, **kw: {"id": sid, "recording_id": rid, "start": start, "duration": dur,
                                               "channel": 0, "text": f"text of {sid}", "speaker": "S1", **kw}
     write_jsonl_gz(
         src / "corpus_supervisions_train.jsonl.gz",

@@ -64,7 +64,7 @@ def test_import_ljspeech_then_dvc_repro_trains_with_generated_captions(tmp_path)
 
     r = subprocess.run(["dvc", "repro", "stage3"], cwd=repo, env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    metrics = lambda s: json.loads((repo / "metrics" / f"{s}.json").read_text())  # noqa: E731
+    metrics = lambda s: json.loads((repo / "metrics" / f"{s}.json").read_text())
     assert metrics("prepare")["rows_kept"] == 24
     ann = metrics("annotate")
     assert ann["n_measured"] == 24 and ann["captions_written"] == 24 and ann["filled"]["speed"] == 24

@@ -236,10 +236,10 @@ def test_audio_judges_rows_table_and_plot_on_espeak_recordings(tmp_path, speech)
     ep.plots_dir, ep.utterances = tmp_path / "plots", tmp_path / "utterances.csv"
     ep.n_samples, ep.n_cross, ep.n_unseen = 2, 1, 1
     ep.audio_metrics.intelligibility = ep.audio_metrics.dnsmos = ep.audio_metrics.emotion_transfer = False
-    noise = lambda n: np.random.default_rng(n).standard_normal(8000).astype(np.float32) * 0.1  # noqa: E731
+    noise = lambda n: np.random.default_rng(n).standard_normal(8000).astype(np.float32) * 0.1
     data = SimpleNamespace(examples=examples, val_idx=[0, 1, 4, 5, 8, 9], heldout_idx=[12, 13, 14, 15],
                            train_idx=[2, 3, 6, 7, 10, 11], features=lambda i: (None, np.zeros((2, 10))))
-    vocoder = lambda codes: (noise(1), 16000)  # noqa: E731
+    vocoder = lambda codes: (noise(1), 16000)
     judges = AudioJudges(params, SimpleNamespace(manifest=pd.DataFrame(rows)), vocoder, {"pretrained": False})
     plan = judges.plan(data)
     judged = [r["name"] for r in plan if r["judged"]]

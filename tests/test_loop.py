@@ -183,7 +183,7 @@ def test_stages_keep_freed_tensor_memory_on_glibc():
     import sys
 
     code = "from tristage.environment import tune_malloc; print(tune_malloc())"
-    run = lambda env: subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,  # noqa: E731
+    run = lambda env: subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                                      text=True, check=True).stdout.strip()
     env = {k: v for k, v in os.environ.items() if k != "TRISTAGE_MALLOC"}
     glibc = platform.libc_ver()[0] == "glibc"

@@ -21,7 +21,7 @@ def _voice(f0: float, seconds: float = 1.0, seed: int = 0) -> np.ndarray:
     t = np.arange(int(seconds * SR)) / SR
     f = f0 * (1 + 0.1 * np.sin(2 * np.pi * 1.5 * t))
     phase = 2 * np.pi * np.cumsum(f) / SR
-    formants = lambda f: np.exp(-((f - 700) / 300) ** 2) + 0.5 * np.exp(-((f - 1800) / 400) ** 2)  # noqa: E731
+    formants = lambda f: np.exp(-((f - 700) / 300) ** 2) + 0.5 * np.exp(-((f - 1800) / 400) ** 2)
     x = sum(np.sin(k * phase) * formants(k * f0) for k in range(1, 30))
     x = x + 0.01 * np.random.default_rng(seed).standard_normal(len(t))
     return (0.3 * x / np.abs(x).max()).astype(np.float32)

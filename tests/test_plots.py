@@ -81,7 +81,7 @@ def test_a_mixed_history_becomes_a_train_log_and_a_validation_log_without_blank_
 
 def test_each_log_ends_with_its_headline_and_has_only_its_stages_columns(tmp_path):
     write_logs(HISTORIES["stage1"], tmp_path)
-    header = lambda name: (tmp_path / name).read_text().splitlines()[0].split("\t")  # noqa: E731
+    header = lambda name: (tmp_path / name).read_text().splitlines()[0].split("\t")
     assert header("train.tsv") == ["step", "mel_top1", "kl", "ortho", "lr", "samples_per_s", "mel_loss"]
     assert header("val.tsv") == ["step", "val_mel_top1", "val_mel_loss"]  # no speaker columns in stage 1
     # a history without validation (no held-out rows) still gives both files their headline column
@@ -221,7 +221,7 @@ def test_mlflow_curves_train_and_validation_at_their_own_steps(tmp_path, monkeyp
                        "speaker_acc_band": "in", "best_step": 100, "val_speaker_acc": None})  # final figures
         run_id = t.run_id
     client = MlflowClient(uri)
-    steps = lambda name: sorted({m.step for m in client.get_metric_history(run_id, name)})  # noqa: E731
+    steps = lambda name: sorted({m.step for m in client.get_metric_history(run_id, name)})
     assert steps("mel_loss") == list(range(10, 101, 10))  # no point at step 0 from the final figures
     assert steps("val_mel_loss") == [0, 25, 50, 75, 100]
     assert steps("val_speaker_acc") == [0, 25, 50, 75, 100]

@@ -50,7 +50,7 @@ def add_bad_rows(manifest: Path) -> dict[int, str]:
     sf.write(raw / "wavs" / "long.wav", 0.3 * np.sin(np.arange(16000 * 31) / 5).astype(np.float32), 16000)
     (raw / "wavs" / "garbage.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEnot really audio at all")
     (raw / "wavs" / "text.wav").write_text("just some text, not audio\n" * 50)
-    row = lambda **kw: json.dumps({**{k: g[k] for k in ("text", "speaker")}, **kw})  # noqa: E731
+    row = lambda **kw: json.dumps({**{k: g[k] for k in ("text", "speaker")}, **kw})
     bad = [
         ("bad_json", '{"audio": "wavs/x.wav", "text": "broken'),
         ("bad_json", '["a", "list"]'),

@@ -31,7 +31,7 @@ def test_stage1_twice_with_two_threads_gives_identical_weights_and_metrics(tmp_p
     assert torch.get_num_threads() == 2
     assert w1.keys() == w2.keys() and all(torch.equal(w1[k], w2[k]) for k in w1)
     # the stage command moves timings (a speed, not a result) out of the tracked metrics: tristage/timings.py
-    quality = lambda m: split_timings(m)[0]  # noqa: E731
+    quality = lambda m: split_timings(m)[0]
     assert quality(m1) == quality(m2) and quality(m1)["mel_loss"] == m1["mel_loss"]
     files = [json.loads((tmp_path / f"{r}/metrics/stage1.json").read_text()) for r in "ab"]
     assert quality(files[0]) == quality(files[1])
@@ -124,7 +124,7 @@ def test_text_is_never_cut(frontend):
     with pytest.raises(TextTooLong):
         encode_text("a" * 50, 40, frontend)
     text = "One two three. Four five, six seven eight; nine ten eleven twelve thirteen fourteen."
-    fits = lambda piece: len(encode_text(piece, 10_000, frontend)) <= (40 if frontend == "bytes" else 60)  # noqa: E731
+    fits = lambda piece: len(encode_text(piece, 10_000, frontend)) <= (40 if frontend == "bytes" else 60)
     pieces = split_text(text, fits)
     assert len(pieces) > 1 and all(fits(p) for p in pieces)
     assert " ".join(pieces).split() == text.split()  # every word, in order

@@ -60,7 +60,7 @@ def test_sigkill_then_resume_is_bitwise_identical(tmp_path, stage, kill_after):
     sa = torch.load(out_a / "trainer_state.pt", weights_only=True)
     sb = torch.load(out_b / "trainer_state.pt", weights_only=True)
     assert sa["sampler"] == sb["sampler"]
-    no_tensors = lambda adv: {k: v for k, v in adv.items() if k != "optimizer"}  # noqa: E731
+    no_tensors = lambda adv: {k: v for k, v in adv.items() if k != "optimizer"}
     assert no_tensors(sa["adversary"]) == no_tensors(sb["adversary"])
     assert [h["mel_loss"] for h in sa["history"] if "mel_loss" in h] == \
         [h["mel_loss"] for h in sb["history"] if "mel_loss" in h]

@@ -12,6 +12,7 @@ import subprocess
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from tristage.fsio import read_json
 from tristage.tracking import flatten
 
 ARTIFACT_KEY = "tristage-run-summary"  # Prefect artifact keys: lowercase letters, digits, dashes
@@ -20,12 +21,7 @@ COMPUTED = ("ran", "restored")  # outcomes whose outputs this run made (or DVC's
 
 def stage_metrics(workspace: Path, stage: str) -> dict[str, Any]:
     """`metrics/<stage>.json`, flattened (`stage1.mel_loss` inside evaluate's), or {} if absent."""
-    path = workspace / "metrics" / f"{stage}.json"
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return flatten(data) if isinstance(data, dict) else {}
+    return flatten(read_json(workspace / "metrics" / f"{stage}.json", {}))
 
 
 def baseline_metrics(workspace: Path, stage: str, rev: str = "HEAD") -> dict[str, Any]:

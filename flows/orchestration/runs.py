@@ -1,7 +1,6 @@
 """The MLflow parent run of one flow run; each stage's run (tristage.tracking) nests under it."""
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -10,6 +9,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from tristage.environment import apply_quiet_env
+from tristage.fsio import read_json
 from tristage.tracking import OUTCOME_TAG, ROLE_TAG, ensure_experiment, flatten
 
 log = logging.getLogger(__name__)
@@ -47,14 +47,7 @@ def read_stage_metrics(workspace: Path, stages: list[str]) -> dict[str, float]:
     """`metrics/<stage>.json` of the run, flattened to `<stage>.<key>` numbers."""
     out: dict[str, float] = {}
     for stage in stages:
-        path = workspace / "metrics" / f"{stage}.json"
-        if not path.is_file():
-            continue
-        try:
-            data = json.loads(path.read_text())
-        except ValueError:
-            continue
-        for k, v in flatten(data, f"{stage}.").items():
+        for k, v in flatten(read_json(workspace / "metrics" / f"{stage}.json", {}), f"{stage}.").items():
             if isinstance(v, (int, float)) and not isinstance(v, bool):
                 out[k] = float(v)
     return out
@@ -64,13 +57,9 @@ def read_stage_bands(workspace: Path, stages: list[str]) -> dict[str, str]:
     """The `*_band` statuses of the run's metrics (`below` / `in` / `above`) as `<stage>/<key>` tags."""
     out: dict[str, str] = {}
     for stage in stages:
-        try:
-            data = json.loads((workspace / "metrics" / f"{stage}.json").read_text())
-        except (OSError, ValueError):
-            continue
-        if isinstance(data, dict):
-            out.update({f"{stage}/{k}": v for k, v in flatten(data).items()
-                        if k.endswith("_band") and isinstance(v, str)})
+        data = read_json(workspace / "metrics" / f"{stage}.json", {})
+        out.update({f"{stage}/{k}": v for k, v in flatten(data).items()
+                    if k.endswith("_band") and isinstance(v, str)})
     return out
 
 

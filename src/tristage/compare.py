@@ -216,7 +216,7 @@ def table_rows(groups: Sequence[Group]) -> list[dict[str, Any]]:
             row["band"] = band_status(acc, _band(g))
         row["best"] = False
         rows.append(row)
-    final = lambda r: next((r[c] for c in ("s3_val_mel_loss", "s2_val_mel_loss", "s1_val_mel_loss")  # noqa: E731
+    final = lambda r: next((r[c] for c in ("s3_val_mel_loss", "s2_val_mel_loss", "s1_val_mel_loss")
                              if r[c] is not None), math.inf)
     in_band = [r for r in rows if r["band"] == "in"]
     if in_band:
@@ -267,7 +267,7 @@ def render_table(rows: Sequence[dict[str, Any]], columns: str | Sequence[str] | 
     group's name over its columns (one space apart inside a group, two between groups), then each column's
     short header."""
     cols = table_columns(columns, known, default)
-    cell = lambda v: "-" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))  # noqa: E731
+    cell = lambda v: "-" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))
     body = [[("*" if r.get("best") else " ") + cell(r.get("run"))] + [cell(r.get(c)) for c in cols[1:]]
             for r in rows]
     groups = [TABLE_HEADS.get(c, ("", c))[0] for c in cols]
@@ -280,7 +280,7 @@ def render_table(rows: Sequence[dict[str, Any]], columns: str | Sequence[str] | 
             spans[-1][2] = i
         elif g:
             spans.append([g, i, i])
-    span_width = lambda a, b: sum(widths[a : b + 1]) + sum(gaps[a + 1 : b + 1])  # noqa: E731
+    span_width = lambda a, b: sum(widths[a : b + 1]) + sum(gaps[a + 1 : b + 1])
     for g, a, b in spans:  # a group's name fits over its columns
         widths[b] += max(0, len(g) - span_width(a, b))
     # The run names (and a last `changed` column) take the room the other columns leave, the wider first,

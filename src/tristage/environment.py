@@ -91,7 +91,7 @@ def tune_malloc() -> bool:
 
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.gnu_get_libc_version  # noqa: B018 (not glibc: AttributeError)
+        libc.gnu_get_libc_version  # not glibc: AttributeError
         mallopt = libc.mallopt
     except (OSError, AttributeError):
         return False

@@ -1,10 +1,11 @@
-"""Atomic file writes: write to a temp file in the same folder, fsync, rename.
+"""Files: atomic writes (write to a temp file in the same folder, fsync, rename), JSON, a file's sha256.
 
 A reader (or a rerun after kill -9) sees either the old file or the new one, never half.
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -66,9 +67,31 @@ def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> Non
     write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False, sort_keys=False) + "\n")
 
 
-def read_json(path: str | os.PathLike) -> Any:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+_RAISE = object()
+
+
+def read_json(path: str | os.PathLike, default: Any = _RAISE) -> Any:
+    """The JSON document at `path`. With a `default`: that instead where the file is missing, unreadable
+    or not JSON, or holds another type than the default's (`read_json(p, {})`: an object, or {})."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+    except (OSError, ValueError):
+        if default is _RAISE:
+            raise
+        return default
+    if default is not _RAISE and default is not None and not isinstance(doc, type(default)):
+        return default
+    return doc
+
+
+def sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """The hex sha256 of a file's bytes, read `chunk` bytes at a time."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while b := f.read(chunk):
+            h.update(b)
+    return h.hexdigest()
 
 
 @contextlib.contextmanager

@@ -16,25 +16,18 @@ one generated wav per stage, copied by `--write` to docs/samples/).
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import shutil
 import sys
 from pathlib import Path
 from typing import Any, Callable
 
+from tristage.fsio import read_json
+
 STAGES = ("stage1", "stage2", "stage3")
 FILES = ("README.md", "docs/results.md")
 SAMPLES_DIR = "docs/samples"
 MARK = re.compile(r"(<!-- results:(?P<name>[a-z_]+) -->\n)(?P<body>.*?)(<!-- /results:(?P=name) -->)", re.S)
-
-
-def _read(path: Path) -> dict:
-    try:
-        doc = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return {}
-    return doc if isinstance(doc, dict) else {}
 
 
 def _f(v: Any, fmt: str = "{:.3f}") -> str:
@@ -59,7 +52,7 @@ def _adherence(row: dict) -> str:
 
 
 def table_stages(root: Path) -> str:
-    ev = _read(root / "metrics/evaluate.json")
+    ev = read_json(root / "metrics/evaluate.json", {})
     head = ["row", "steps", "trainable", "val mel_loss", "mel_top1", "speaker_acc (band)",
             "spk probe", "emo probe", "WER ± se (n)", "spk sim same / other", "pitch adh.", "speed adh."]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -69,7 +62,7 @@ def table_stages(root: Path) -> str:
             label = {"ground_truth": "ground truth (recordings)", "resynthesis": "resynthesis (codec)"}[name]
             lines.append(f"| {label} | | | | | | | | {_wer(row)} | {_sim(row)} | {_adherence(row)} |")
     for stage in STAGES:
-        em, tm = ev.get(stage) or {}, _read(root / f"metrics/{stage}.json")
+        em, tm = ev.get(stage) or {}, read_json(root / f"metrics/{stage}.json", {})
         if not em and not tm:
             continue
         acc = em.get("speaker_acc")
@@ -86,7 +79,7 @@ def table_stages(root: Path) -> str:
 
 
 def table_seed_criteria(root: Path) -> str:
-    crit = _read(root / "metrics/evaluate.json").get("seed_criteria") or {}
+    crit = read_json(root / "metrics/evaluate.json", {}).get("seed_criteria") or {}
     lines = ["| stage | criterion | target | value | pass |", "|---|---|---|---|---|"]
     for stage, rows in crit.items():
         for r in rows:

@@ -14,10 +14,11 @@ in params; a stage not run yet shows "-". `dvc metrics show --md` still prints e
 
 from __future__ import annotations
 
-import json
 import textwrap
 from pathlib import Path
 from typing import Any
+
+from tristage.fsio import read_json
 
 STAGES = ("stage1", "stage2", "stage3")
 WIDTH = 104  # the table's width: fits a 110-column terminal
@@ -34,23 +35,15 @@ COLUMNS = (
 )
 
 
-def _read(path: Path) -> dict:
-    try:
-        doc = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return {}
-    return doc if isinstance(doc, dict) else {}
-
-
 def _num(v: Any, fmt: str = "{:.3f}") -> str:
     return "-" if not isinstance(v, (int, float)) or isinstance(v, bool) else fmt.format(v)
 
 
 def stage_rows(params) -> list[list[str]]:
-    ev = _read(params.evaluate.metrics)
+    ev = read_json(params.evaluate.metrics, {})
     rows = []
     for stage in STAGES:
-        tm, em = _read(params.stage(stage).metrics), ev.get(stage) or {}
+        tm, em = read_json(params.stage(stage).metrics, {}), ev.get(stage) or {}
         if not tm and not em:
             continue
         acc, band = em.get("speaker_acc"), em.get("speaker_acc_band")
@@ -75,7 +68,7 @@ def render(rows: list[list[str]], header=COLUMNS) -> str:
     widths = [max(len(str(r[i])) for r in [list(header), *rows]) for i in range(len(header))]
     line = lambda r: "  ".join(
         str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(r, widths))
-    )  # noqa: E731
+    )
     return "\n".join([line(header), "  ".join("-" * w for w in widths), *map(line, rows)])
 
 
@@ -87,7 +80,7 @@ def band_advice(stage2: dict, band, training_json: Path | None = None) -> str | 
     status = stage2.get("speaker_acc_band")
     if status not in ("below", "above"):
         return None
-    log = _read(training_json).get("band_log") if training_json else None
+    log = read_json(training_json, {}).get("band_log") if training_json else None
     last = next((e for e in reversed(log) if isinstance(e, dict) and e.get("status") == status
                  and e.get("message")), None) if isinstance(log, list) else None
     if last is not None:
@@ -117,7 +110,7 @@ def mlflow_link(params) -> str:
 
 
 def summary(params) -> str:
-    ev = _read(params.evaluate.metrics)
+    ev = read_json(params.evaluate.metrics, {})
     rows = stage_rows(params)
     out = [render(rows) if rows else "no stage has metrics yet: run `dvc repro` first"]
     band = ev.get("speaker_acc_band_range") or list(params.stage2.speaker_acc_band)
@@ -127,7 +120,7 @@ def summary(params) -> str:
         "stage's own caption adapters vs the caption encoder, on the held-out captions."
     )
     out.append(textwrap.fill(legend, WIDTH, break_on_hyphens=False))
-    stage2 = _read(params.stage2.metrics)
+    stage2 = read_json(params.stage2.metrics, {})
     advice = band_advice(stage2, band, Path(params.stage2.out_dir) / "training.json")
     if advice:
         n = stage2.get("band_warnings")
@@ -138,7 +131,7 @@ def summary(params) -> str:
     if ev.get("note"):
         out.append(textwrap.fill(f"note: {ev['note']}", WIDTH, break_on_hyphens=False))
     base = Path(params.base_dir or ".")
-    rel = lambda p: _rel(Path(p), base)  # noqa: E731
+    rel = lambda p: _rel(Path(p), base)
     plots = [rel(params.stage(s).plots_dir) for s in STAGES] + [rel(params.evaluate.plots_dir)]
     out += [
         "",

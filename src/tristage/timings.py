@@ -12,11 +12,10 @@ timing fields move to `timings/<stage>.json` (git-ignored, beside `metrics/`) an
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Mapping
 
-from tristage.fsio import write_json, write_text
+from tristage.fsio import read_json, write_json, write_text
 
 TIMINGS_DIR = Path("timings")
 # Run facts that vary with the machine or with what an earlier (interrupted) run left behind.
@@ -58,7 +57,7 @@ def _split_tsv(text: str) -> tuple[str, str] | None:
         return None
     keep = [i for i in range(len(header)) if i not in timing_cols]
     side = ([0] if header and header[0] == "step" else []) + timing_cols
-    pick = lambda cols: "".join("\t".join(r[i] if i < len(r) else "" for i in cols) + "\n" for r in rows)  # noqa: E731
+    pick = lambda cols: "".join("\t".join(r[i] if i < len(r) else "" for i in cols) + "\n" for r in rows)
     return pick(keep), pick(side)
 
 
@@ -67,15 +66,10 @@ def separate_timings(stage: str, section: Any, root: Path) -> dict[str, Any]:
     `<root>/timings/<stage>.json` (and `<root>/timings/<stage>/<name>.tsv`); returns the timings."""
     timings: dict[str, Any] = {}
     metrics_path = getattr(section, "metrics", None)
-    if metrics_path is not None and Path(metrics_path).is_file():
-        try:
-            data = json.loads(Path(metrics_path).read_text(encoding="utf-8"))
-        except ValueError:
-            data = None
-        if isinstance(data, dict):
-            quality, timings = split_timings(data)
-            if timings:
-                write_json(metrics_path, quality)
+    if metrics_path is not None:
+        quality, timings = split_timings(read_json(metrics_path, {}))
+        if timings:
+            write_json(metrics_path, quality)
     plots_dir = getattr(section, "plots_dir", None)
     out_dir = root / TIMINGS_DIR
     if plots_dir is not None and Path(plots_dir).is_dir():

@@ -47,7 +47,7 @@ def _measure_one(audio: str, text: str | None) -> tuple[dict | None, str | None]
     try:
         x, sr = sf.read(audio, dtype="float32", always_2d=True)
         return measure(x, sr, text).to_dict(), None
-    except Exception as exc:  # noqa: BLE001 - any bad file is recorded, the rest goes on
+    except Exception as exc:  # any bad file is recorded, the rest goes on
         return None, f"{type(exc).__name__}: {exc}".strip().splitlines()[0][:300]
 
 
@@ -83,7 +83,7 @@ def _shard_fingerprint(path: Path) -> str | None:
 
     try:
         md = pq.read_schema(path).metadata or {}
-    except Exception:  # noqa: BLE001 - a damaged cache file is measured again
+    except Exception:  # a damaged cache file is measured again
         return None
     return md.get(b"fingerprint", b"").decode() or None
 

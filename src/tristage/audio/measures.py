@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from tristage.audio.levels import DEFAULT_LEVELS, DEFAULT_QUALITY, FITTED, QUALITY_LEVELS  # noqa: F401 (re-exported)
+from tristage.audio.levels import DEFAULT_LEVELS, DEFAULT_QUALITY, FITTED, QUALITY_LEVELS  # re-exported
 
 SR = 16000
 FRAME = 1024            # 64 ms F0 analysis window (at 16 kHz; YIN runs at YIN_SR)

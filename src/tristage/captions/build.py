@@ -118,7 +118,7 @@ class TableBuilder:
         n, d = len(self.kinds), vecs[0].shape[0]
         if self.sums.shape[0] < n:  # grow (doubling) to hold the new keys
             cap = max(n, 2 * self.sums.shape[0])
-            grow = lambda a: np.concatenate([a, np.zeros((cap - len(a), *a.shape[1:]), a.dtype)])  # noqa: E731
+            grow = lambda a: np.concatenate([a, np.zeros((cap - len(a), *a.shape[1:]), a.dtype)])
             self.sums = grow(self.sums if self.sums.size else np.zeros((0, d)))
             self.weights = grow(self.weights)
             self.occurrences = grow(self.occurrences)
@@ -139,7 +139,7 @@ class TableBuilder:
         kinds = dict(zip(self.index, self.kinds))
         token_rows = [j for j, k in enumerate(self.kinds) if k == "token"]
         unk = (sums[token_rows].sum(0) / weights[token_rows].sum())[None]  # mean of all token occurrences
-        pick = lambda kind, ok=lambda j: True: sorted(k for k, j in self.index.items()  # noqa: E731
+        pick = lambda kind, ok=lambda j: True: sorted(k for k, j in self.index.items()
                                                       if self.kinds[j] == kind and ok(j))
         order = pick("token") + pick("attribute") + pick("context", lambda j: occ[j] >= max(min_count, 1))
         rows = [self.index[k] for k in order]
@@ -217,7 +217,7 @@ class Fidelity:
 
     def result(self) -> dict:
         t = np.concatenate(self.tok_cos) if self.tok_cos else np.zeros(0)
-        f = lambda x: round(float(x()), 5) if len(t) else None  # noqa: E731
+        f = lambda x: round(float(x()), 5) if len(t) else None
         by_group = {g: round(float(np.concatenate(v).mean()), 5) for g, v in sorted(self.groups.items())}
         return dict(cosine_mean=f(t.mean), cosine_p05=f(lambda: np.percentile(t, 5)), cosine_min=f(t.min),
                     caption_cosine_mean=f(lambda: np.mean(self.cap_cos)), n_tokens=int(len(t)),

@@ -44,7 +44,7 @@ ATTRIBUTE_KINDS = ("attribute", "cache_attribute")  # rows refined by their attr
 
 def context_keys(units: list[Unit], i: int) -> tuple[str, ...]:
     """Keys of unit i, most specific first: two units each side, one each side, left only, right only."""
-    key = lambda j: units[j].key if 0 <= j < len(units) else (BOS if j < 0 else EOS)  # noqa: E731
+    key = lambda j: units[j].key if 0 <= j < len(units) else (BOS if j < 0 else EOS)
     p2, prev, tok, nxt, n2 = (key(j) for j in range(i - 2, i + 3))
     return (f"{p2} {prev}\t{tok}\t{nxt} {n2}", f"{prev}\t{tok}\t{nxt}", f"{prev}\t{tok}\t", f"\t{tok}\t{nxt}")
 

@@ -433,7 +433,7 @@ def run_prepare(prep: PrepareParams, tracker=None) -> dict:
             tqdm(total=total, desc="prepare", unit="row", mininterval=1.0) as bar:
         for batch in batches:
             tally.rows_in += len(batch)
-            check = lambda it: _check_item(it, prep, manifest_dir)  # noqa: E731
+            check = lambda it: _check_item(it, prep, manifest_dir)
             # file checks in threads (soundfile releases the GIL); field checks alone are cheaper inline
             checked = pool.map(check, batch) if prep.check_audio else map(check, batch)
             kept = tally.keep_or_reject(checked, out_dir, rejects)

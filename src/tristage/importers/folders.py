@@ -79,7 +79,7 @@ def probe(path: Path) -> str | None:
 
     try:
         info = sf.info(str(path))
-    except Exception as exc:  # noqa: BLE001 - any failure to open is the file's fault
+    except Exception as exc:  # any failure to open is the file's fault
         return (str(exc).splitlines() or [type(exc).__name__])[0][:300]
     if info.samplerate <= 0 or info.frames <= 0:
         return f"no samples ({info.frames} frames at {info.samplerate} Hz)"

@@ -153,7 +153,7 @@ def _write_audio(value: Any, uid: str, w: ImportWriter, src_dir: Path) -> str:
         raise ValueError("audio struct has neither bytes nor path")
     try:
         sf.info(str(target))
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         target.unlink(missing_ok=True)
         raise ValueError(f"audio bytes do not decode: {exc}".splitlines()[0]) from None
     return str(target.relative_to(w.out))
@@ -230,7 +230,7 @@ def _lhotse_files(src: Path) -> tuple[list[Path], list[Path], list[Path]]:
     files = (
         [src] if src.is_file() else [p for p in _walk_sorted(src) if p.name.endswith((".jsonl", ".jsonl.gz"))]
     )
-    pick = lambda key: [p for p in files if key in p.name]  # noqa: E731
+    pick = lambda key: [p for p in files if key in p.name]
     return pick("recordings"), pick("supervisions"), pick("cuts")
 
 
@@ -287,7 +287,7 @@ def _emit_supervision(sup: dict, rec: dict, offset: float, base: Path, w: Import
             target = w.out / "wavs" / f"{safe_name(uid)}.wav"
             sf.write(target, x, sr, subtype="PCM_16")
             audio = str(target.relative_to(w.out))
-        except Exception as exc:  # noqa: BLE001 - a bad segment is rejected, the rest goes on
+        except Exception as exc:  # a bad segment is rejected, the rest goes on
             w.reject(where, "unreadable_audio", f"{uid}: {exc}".splitlines()[0])
             return
     custom = sup.get("custom") or {}

@@ -122,7 +122,7 @@ def load_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
 
     try:
         wav, sr = sf.read(str(path), dtype="float32", always_2d=True)
-    except Exception as exc:  # noqa: BLE001 - unreadable audio is the user's input
+    except Exception as exc:  # unreadable audio is the user's input
         raise UserError(f"{path}: cannot read audio ({exc})") from None
     return wav.mean(axis=1), int(sr)
 

@@ -19,7 +19,13 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import pandas as pd  # the predict type hints, resolved by MLflow when the class is defined
+
 log = logging.getLogger(__name__)
+# The model's code (MLflow "models from code"): the file MLflow copies into the logged model and runs to get
+# the model object, so nothing is pickled (an object passed as `python_model` is pickled with CloudPickle,
+# and MLflow warns about it)
+MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")
 
 INPUT_COLUMNS = ("text", "caption", "speaker_ref", "emotion_ref")
 # what the model's environment needs besides tristage itself (listed: no slow inference at log time)
@@ -40,8 +46,8 @@ class TTSPyfunc(_Base):  # type: ignore[misc,valid-type]
 
         self.tts = TTS.from_pretrained(context.artifacts["model"])
 
-    def predict(self, context, model_input, params: dict[str, Any] | None = None):
-        import pandas as pd
+    # typed: MLflow warns about a predict without type hints (a DataFrame hint: the signature below validates)
+    def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         import soundfile as sf
 
         from tristage.synthesis.api import Request
@@ -139,7 +145,7 @@ def log_synthesis_model(folder: str | Path, artifact_path: str = "model", regist
         shutil.copytree(folder, clean, ignore=lambda d, names: [n for n in names if n in skip])
         return mlflow.pyfunc.log_model(
             name=artifact_path,
-            python_model=TTSPyfunc(),
+            python_model=str(MODEL_CODE),  # TTSPyfunc, named by the code file (not pickled)
             artifacts={"model": str(clean)},
             signature=signature(),
             input_example=input_example(clean),

@@ -199,14 +199,13 @@ def fake_sources_with_codec(folder: str | Path) -> Sources:
     """`default_fake_sources` plus a real (tiny, random-init) DAC codec matching the fake codes (2 x 16)
     saved under folder/features, so model folders trained on it can be decoded to audio."""
     from tristage.features.codec import prepare_codec
-    from tristage.features.config import CodecParams, MelParams
+    from tristage.features.config import CodecParams, DacParams, MelParams
 
     src = default_fake_sources(folder)
     codec_dir = Path(folder) / "features"
     codec_dir.mkdir(parents=True, exist_ok=True)
-    _, info = prepare_codec(
-        CodecParams(n_codebooks=src.n_codebooks, codebook_size=src.codebook_size), codec_dir
-    )
+    dac = DacParams(n_codebooks=src.n_codebooks, codebook_size=src.codebook_size)
+    _, info = prepare_codec(CodecParams(kind="dac", dac=dac), codec_dir)
     src.store.meta.update(dir=str(codec_dir), codec=info,
                           mel=MelParams(n_mels=src.n_mels).model_dump(mode="json"))
     return src

@@ -9,8 +9,8 @@ import json
 from pathlib import Path
 
 from tristage.errors import UserError
+from tristage.fsio import sha256
 from tristage.model.config import PEFT_UNSET, TTSConfig
-from tristage.training import checkpoint as ck
 from tristage.training.data import Sources
 from tristage.training.presets import PRESETS
 
@@ -81,7 +81,7 @@ def load_init_weights(model, init: Path | None, previous: str | None) -> str:
     from safetensors.torch import load_file
 
     weights = init / "model.safetensors"
-    sha = ck.sha256(weights) if weights.is_file() else ""
+    sha = sha256(weights) if weights.is_file() else ""
     missing, unexpected = model.load_state_dict(load_file(str(weights)), strict=False)
     if missing or unexpected:
         raise UserError(f"{weights}: weights don't match its config.json (missing {missing[:3]}, "

@@ -11,14 +11,13 @@
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 import shutil
 from pathlib import Path
 from typing import Any
 
-from tristage.fsio import atomic_dir, read_json, write_json
+from tristage.fsio import atomic_dir, read_json, sha256, write_json
 
 log = logging.getLogger(__name__)
 _STEP_DIR = re.compile(r"^step-(\d{6,})$")
@@ -27,14 +26,6 @@ FILES = ("model.safetensors", "trainer_state.pt")
 
 class CheckpointError(Exception):
     pass
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def step_dir(root: Path, step: int) -> Path:

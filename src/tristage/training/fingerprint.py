@@ -71,10 +71,6 @@ def combine(parts: dict) -> str:
     return _h(parts)
 
 
-def run_fingerprint(stage: str, stage_params, cfg, init_sha: str, peft, world: int, data_fp: str) -> str:
-    return combine(run_fingerprint_parts(stage, stage_params, cfg, init_sha, peft, world, data_fp)[0])
-
-
 def why_not_resumable(manifest: dict, parts: dict, code_files: dict[str, str]) -> str:
     """One phrase: what differs between the run that made a checkpoint (its `manifest`) and this one."""
     old = manifest.get("fingerprint_parts")

@@ -71,7 +71,7 @@ def make_plan(m, rows: torch.Tensor | np.ndarray, sample: bool = False, with_mea
     path (the mean of its rows through the VAE's mean) as one more row of its value's group."""
     d, dev = m.dim, m.vectors.device
     is_attr, slot, _ = m._index
-    to = torch.from_numpy if dev.type == "cpu" else lambda a: torch.from_numpy(a).to(dev)  # noqa: E731
+    to = torch.from_numpy if dev.type == "cpu" else lambda a: torch.from_numpy(a).to(dev)
     r = rows if isinstance(rows, np.ndarray) else rows.cpu().numpy()
     attr = is_attr[r]
     tok_i, att_i = np.flatnonzero(~attr), np.flatnonzero(attr)
