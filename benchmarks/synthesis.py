@@ -24,8 +24,8 @@ def _model(preset: str, max_frames: int, device: str):
     import torch
 
     from tristage.model.config import PRESETS, TTSConfig
+    from tristage.model.folder import BakedCaptions
     from tristage.model.tts import TTS
-    from tristage.synthesis.folder import BakedCaptions
 
     sizes = dict(PRESETS[preset], max_frames=max(max_frames, PRESETS[preset]["max_frames"]))
     cfg = TTSConfig(

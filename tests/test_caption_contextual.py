@@ -53,7 +53,7 @@ def test_untrained_is_the_table_and_frozen_has_no_parameters():
 
 
 def test_same_correction_in_training_eval_and_the_baked_synthesis_table(tmp_path):
-    from tristage.synthesis.folder import BakedCaptions, _save_caption
+    from tristage.model.folder import BakedCaptions, _save_caption
 
     t = toy_table()
     t.contextualiser = trained_ctx()

@@ -54,7 +54,7 @@ def attribute_only(tmp_path_factory):
 
 def test_attribute_only_rows_train_on_their_rebuilt_captions(attribute_only, caplog):
     from tristage.captions.build import manifest_captions
-    from tristage.model.tts import load_model
+    from tristage.model.folder import load_model
     from tristage.training.data import TrainData
     from tristage.training.trainer import train_stage
 

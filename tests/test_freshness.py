@@ -45,7 +45,7 @@ def test_code_edit_retrains_stage1_from_step_0(reproduced_template, tmp_path):
 
     for rel, why in (
         ("src/tristage/model/decoder.py", "model"),
-        ("src/tristage/captions/peft.py", "caption PEFT"),
+        ("src/tristage/captions/peft/reference.py", "caption PEFT"),
     ):
         _edit(repo / rel, f"_FRESHNESS_PROBE = {why!r}  # an edit of the {why} code")
         out = _dvc(repo, "repro", "stage1")

@@ -9,7 +9,8 @@ from safetensors.torch import load_file
 
 from tristage.config import load_params
 from tristage.model.config import TTSConfig
-from tristage.model.tts import MODULE_NAMES, build_model, load_model
+from tristage.model.folder import load_model
+from tristage.model.tts import MODULE_NAMES, build_model
 from tristage.testing.fakes import default_fake_sources, write_tiny_params
 from tristage.training.presets import CONDITIONERS, PRESETS
 from tristage.training.trainer import _seed_all, train_stage

@@ -14,7 +14,8 @@ import torch
 from tristage.errors import UserError
 from tristage.model.config import TTSConfig
 from tristage.model.decoder import stop_loss
-from tristage.model.tts import build_model, load_model
+from tristage.model.folder import load_model
+from tristage.model.tts import build_model
 from tristage.synthesis import TTS, edit_caption
 from tristage.testing.fakes import TINY_MODEL, fake_sources, train_fake_model
 
@@ -410,7 +411,7 @@ def test_mlflow_pyfunc_model_predicts_audio(trained, tmp_path):
     import mlflow
     import pandas as pd
 
-    from tristage.synthesis.folder import load_references, read_info
+    from tristage.model.folder import load_references, read_info
     from tristage.synthesis.pyfunc import log_synthesis_model
 
     _, stage3 = trained
@@ -507,7 +508,7 @@ def test_baked_real_caption_table_round_trip(tmp_path):
     from tristage.captions.config import PeftParams
     from tristage.captions.peft import CaptionPEFT, enhanced_table
     from tristage.captions.vectors import CaptionVectorTable
-    from tristage.synthesis.folder import BakedCaptions, _save_caption
+    from tristage.model.folder import BakedCaptions, _save_caption
 
     tokens = ["<unk>", "a", "b", "</s>", "<gender:female>", "<pitch:high>", "a\tb\t</s>"]
     kinds = ["unk", "token", "token", "token", "attribute", "attribute", "context"]

@@ -183,7 +183,7 @@ def _stage_samples(run: _Run, stage: str, model, data) -> float | None:
 
 def _evaluate_stage(run: _Run, stage: str) -> dict[str, Any]:
     """One stage's model, loaded from `models/<stage>/` -> its metrics (before the audio judges' rows)."""
-    from tristage.model.tts import load_model
+    from tristage.model.folder import load_model
     from tristage.training.data import TrainData
 
     model, cfg = load_model(Path(run.ep.models_dir) / stage, run.device, table=run.src.table)

@@ -178,7 +178,7 @@ def leakage_probe(folders: dict[str, Path], work: Path, base: Path, speaker: str
 
     from tristage.evaluation.probes import probe_accuracy
     from tristage.features.store import FeatureStore
-    from tristage.synthesis.folder import load_folder, load_references, read_info
+    from tristage.model.folder import load_folder, load_references, read_info
 
     info = read_info(base)
     width = max(8, int(info["max_ref_frames"]) // 2)
@@ -294,7 +294,7 @@ def run_report(fp: FinetuneParams, work: Path) -> dict:
     """The step -> the figures for metrics/report.json (`before/<k>`, `after/<k>`, `delta/<k>`)."""
     from tristage.environment import deterministic_torch
     from tristage.fsio import atomic_dir, read_json, write_json, write_text
-    from tristage.synthesis.folder import read_info
+    from tristage.model.folder import read_info
 
     work, t0 = Path(work), time.perf_counter()
     deterministic_torch(fp.report.threads)

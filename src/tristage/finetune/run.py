@@ -52,7 +52,7 @@ def params_from_args(args) -> FinetuneParams:
 
 def check_inputs(fp: FinetuneParams) -> dict:
     """Bad input before any work, one line each -> the base folder's synthesis.json."""
-    from tristage.synthesis.folder import read_info
+    from tristage.model.folder import read_info
 
     info = read_info(fp.model)
     if not Path(fp.data).is_dir():
@@ -121,7 +121,7 @@ def publish(work: Path, out: Path) -> bool:
     """`<work>/model/` + the report -> `out` (atomically), unless `out` holds them already -> copied."""
     from tristage.finetune.train import codec_entry
     from tristage.fsio import atomic_dir, read_json, write_json, write_text
-    from tristage.synthesis.folder import SYNTHESIS
+    from tristage.model.folder import SYNTHESIS
 
     work, out, stamp = Path(work), Path(out), _stamp(work)
     if (out / STAMP).is_file() and (out / STAMP).read_text() == stamp:

@@ -211,7 +211,7 @@ def write_folder(out: Path, fp: FinetuneParams, model, info: dict, reference: to
     from safetensors.torch import load_file, save_file
 
     from tristage.fsio import atomic_dir, write_json
-    from tristage.synthesis.folder import REFERENCES, SYNTHESIS, load_references
+    from tristage.model.folder import REFERENCES, SYNTHESIS, load_references
 
     base = Path(fp.model)
     with atomic_dir(out) as tmp:
@@ -248,7 +248,7 @@ def run_train(fp: FinetuneParams, work: Path) -> dict:
     from tristage.device import resolve_device
     from tristage.environment import deterministic_torch
     from tristage.fsio import read_json
-    from tristage.synthesis.folder import load_folder
+    from tristage.model.folder import load_folder
     from tristage.training.data import TrainData
     from tristage.training.presets import apply_preset
 

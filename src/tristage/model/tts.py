@@ -4,7 +4,7 @@ Top-level module names are part of the contract (they show in the safetensors ke
 stage froze): `decoder`, `caption_peft`, `speaker_encoder`, `speaker_perceiver`,
 `emotion_encoder`, `emotion_perceiver`, `emovec_layer`, `emo_layer`, `speaker_classifier`.
 
-    model, cfg = load_model("models/stage3")
+    model, cfg = load_model("models/stage3")          # tristage.model.folder
     codes = model.generate("Hello there.", caption_ids, spk_mel, emo_mel, n_frames=200)  # (K, T <= 200)
     batch = model.generate_batch(texts, caption_ids, spk_mels, emo_mels, max_frames=[200, 120])  # [(K, T_i)]
     emo = model.emotion_vector(mel, mask)  # (B, d_model), for probes
@@ -12,8 +12,6 @@ stage froze): `decoder`, `caption_peft`, `speaker_encoder`, `speaker_perceiver`,
 from __future__ import annotations
 
 import importlib
-import json
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,7 +20,6 @@ import torch.nn.functional as F
 
 from tristage.captions.peft import CaptionPEFT
 from tristage.captions.vectors import CaptionVectorTable
-from tristage.errors import UserError
 from tristage.model.classifier import SpeakerClassifier
 from tristage.model.config import PEFT_UNSET, TTSConfig
 from tristage.model.decoder import Decoder, DecoderConfig, code_loss, delay_codes, stop_loss, undelay_codes
@@ -250,7 +247,7 @@ def _scalar(x: Any, like: torch.Tensor) -> torch.Tensor:
     return x if torch.is_tensor(x) else like.new_tensor(float(x))
 
 
-def _import(path: str):
+def import_class(path: str):
     if path in DEFAULT_CLASSES:  # imported statically: part of the import closure (tristage/closure.py)
         return DEFAULT_CLASSES[path]
     mod, _, name = path.partition(":")
@@ -261,46 +258,8 @@ def build_caption_module(cfg: TTSConfig, table: Any) -> nn.Module:
     """The caption module named in the config, built from the caption vector table."""
     from tristage.captions.config import PeftParams
 
-    return _import(cfg.caption_module)(table, PeftParams(**{**PEFT_UNSET, **cfg.peft}))
+    return import_class(cfg.caption_module)(table, PeftParams(**{**PEFT_UNSET, **cfg.peft}))
 
 
 def build_model(cfg: TTSConfig, table: Any) -> TTS:
     return TTS(cfg, build_caption_module(cfg, table))
-
-
-def load_caption_table(cfg: TTSConfig, caption_vectors: str | Path | None = None):
-    folder = caption_vectors or cfg.caption_vectors
-    if folder is None or not Path(folder).exists():
-        raise UserError(f"{folder}: caption vector table not found; run `dvc repro caption_vectors` "
-                        "or pass caption_vectors=")
-    return _import(cfg.caption_table).load(folder)
-
-
-def load_model(stage_dir: str | Path, device: str | torch.device = "cpu", table: Any = None,
-               caption_vectors: str | Path | None = None) -> tuple[TTS, TTSConfig]:
-    """`models/<stage>/` -> (model in eval mode, its TTSConfig)."""
-    from safetensors.torch import load_file
-
-    stage_dir = Path(stage_dir)
-    weights, cfg_path = stage_dir / "model.safetensors", stage_dir / "config.json"
-    for p in (weights, cfg_path):
-        if not p.is_file():
-            raise UserError(f"{p} not found: run the stage that writes {stage_dir} first "
-                            f"(dvc repro {stage_dir.name})")
-    cfg = TTSConfig.from_dict(json.loads(cfg_path.read_text()))
-    if table is None and caption_vectors is None and (stage_dir / "synthesis.json").is_file():
-        from tristage.synthesis.folder import load_folder  # a self-contained folder: its baked caption table
-
-        return load_folder(stage_dir, device)[:2]
-    if table is None:
-        folder = caption_vectors or cfg.caption_vectors
-        if folder is not None and not Path(folder).is_absolute():
-            folder = stage_dir / folder if (stage_dir / folder).exists() else folder
-        table = load_caption_table(cfg, folder)
-    model = build_model(cfg, table)
-    missing, unexpected = model.load_state_dict(load_file(str(weights)), strict=False)
-    if missing or unexpected:
-        raise UserError(
-            f"{weights}: does not match {cfg_path} (missing {missing[:3]}, unexpected {unexpected[:3]})"
-        )
-    return model.to(device).eval(), cfg

@@ -43,7 +43,7 @@ import torch
 from tristage.captions.edit import CaptionEditor, edit_caption
 from tristage.errors import UserError
 from tristage.features.codec import codec_speaks
-from tristage.synthesis.folder import load_codec_from_folder, load_folder, load_references
+from tristage.model.folder import load_codec_from_folder, load_folder, load_references
 
 __all__ = ["TTS", "Request", "Result", "SynthesisWarning", "default_caption", "edit_caption", "parse_set",
            "write_wav"]

@@ -116,7 +116,7 @@ def signature():
 def input_example(folder: str | Path):
     import pandas as pd
 
-    from tristage.synthesis.folder import load_references, read_info
+    from tristage.model.folder import load_references, read_info
 
     refs = sorted(load_references(folder, read_info(folder)))
     return pd.DataFrame(

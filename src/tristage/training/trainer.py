@@ -28,8 +28,8 @@ import torch
 
 from tristage.environment import deterministic_torch
 from tristage.errors import UserError
+from tristage.model.folder import export_model_folder
 from tristage.model.tts import build_model
-from tristage.synthesis.folder import export_model_folder
 from tristage.training import checkpoint as ck
 from tristage.training import ddp
 from tristage.training.adversary import SpeakerAdversary

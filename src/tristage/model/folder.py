@@ -1,7 +1,8 @@
 """Self-contained model folders: `models/<stage>/` holds everything synthesis needs.
 
     export_model_folder(out, stage, model, cfg, src, data, max_ref_frames)   # the trainer, at the end
-    model, cfg, info = load_folder("models/stage3")                           # synthesis, anywhere
+    model, cfg, info, table = load_folder("models/stage3")                    # synthesis, anywhere
+    model, cfg = load_model("models/stage2", table=src.table)                 # evaluate: adapters on a table
 
 Layout (every JSON path is relative to the folder; copy the folder anywhere and it still loads):
 
@@ -38,6 +39,7 @@ from tristage.errors import UserError
 from tristage.features.codec import codec_speaks
 from tristage.fsio import atomic_dir, atomic_path, read_json, write_json, write_text
 from tristage.model.config import TTSConfig
+from tristage.model.tts import TTS, build_model, import_class
 
 FORMAT = 1
 SYNTHESIS = "synthesis.json"
@@ -195,7 +197,6 @@ def load_folder(folder: str | os.PathLike, device: str | torch.device = "cpu"):
     """(TTS model in eval mode with the baked caption table, its TTSConfig, synthesis.json, caption table)."""
     from safetensors.torch import load_file
 
-    from tristage.model.tts import TTS, _import
 
     folder = Path(folder)
     info = read_info(folder)
@@ -204,7 +205,7 @@ def load_folder(folder: str | os.PathLike, device: str | torch.device = "cpu"):
         if not p.is_file():
             raise UserError(f"{p} not found: the model folder is incomplete")
     cfg = TTSConfig.from_dict(json.loads(cfg_path.read_text()))
-    table = _import(cfg.caption_table).load(folder / info["caption"])
+    table = import_class(cfg.caption_table).load(folder / info["caption"])
     model = TTS(cfg, BakedCaptions(table))
     state = {k: v for k, v in load_file(str(weights)).items() if not k.startswith("caption_peft.")}
     missing, unexpected = model.load_state_dict(state, strict=False)
@@ -247,3 +248,40 @@ def load_codec_from_folder(
         model, _ = load_official(path)
         return model.to(device).eval()
     return None
+
+
+# the training stages' folders (a caption table to build the adapters on) ---------------------------
+def load_caption_table(cfg: TTSConfig, caption_vectors: str | Path | None = None):
+    folder = caption_vectors or cfg.caption_vectors
+    if folder is None or not Path(folder).exists():
+        raise UserError(f"{folder}: caption vector table not found; run `dvc repro caption_vectors` "
+                        "or pass caption_vectors=")
+    return import_class(cfg.caption_table).load(folder)
+
+
+def load_model(stage_dir: str | Path, device: str | torch.device = "cpu", table: Any = None,
+               caption_vectors: str | Path | None = None) -> tuple[TTS, TTSConfig]:
+    """`models/<stage>/` -> (model in eval mode, its TTSConfig)."""
+    from safetensors.torch import load_file
+
+    stage_dir = Path(stage_dir)
+    weights, cfg_path = stage_dir / "model.safetensors", stage_dir / "config.json"
+    for p in (weights, cfg_path):
+        if not p.is_file():
+            raise UserError(f"{p} not found: run the stage that writes {stage_dir} first "
+                            f"(dvc repro {stage_dir.name})")
+    cfg = TTSConfig.from_dict(json.loads(cfg_path.read_text()))
+    if table is None and caption_vectors is None and (stage_dir / "synthesis.json").is_file():
+        return load_folder(stage_dir, device)[:2]  # a self-contained folder: its baked caption table
+    if table is None:
+        folder = caption_vectors or cfg.caption_vectors
+        if folder is not None and not Path(folder).is_absolute():
+            folder = stage_dir / folder if (stage_dir / folder).exists() else folder
+        table = load_caption_table(cfg, folder)
+    model = build_model(cfg, table)
+    missing, unexpected = model.load_state_dict(load_file(str(weights)), strict=False)
+    if missing or unexpected:
+        raise UserError(
+            f"{weights}: does not match {cfg_path} (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
+    return model.to(device).eval(), cfg
