@@ -74,8 +74,8 @@ dag: install
 	$(VENV)/bin/dvc dag
 
 # `dvc exp show` in 120 columns: the workspace, HEAD and its experiments, a row each, with the columns of
-# `tristage compare` and the params each changed (tristage.compare.exp_show). ARGS: --columns NAME,...,
+# `tristage compare` and the params each changed (tristage.runs.compare.exp_show). ARGS: --columns NAME,...,
 # --all, --format csv|json, and any `dvc exp show` option (-A, -n 3, --rev REV), e.g. ARGS="-n 3".
 ARGS ?=
 exp-show: install
-	$(PY) -c 'import sys; from tristage.compare import exp_show_main; sys.exit(exp_show_main(sys.argv[1:]))' $(ARGS)
+	$(PY) -c 'import sys; from tristage.runs.compare import exp_show_main; sys.exit(exp_show_main(sys.argv[1:]))' $(ARGS)

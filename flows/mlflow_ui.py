@@ -9,7 +9,7 @@ about 2.7 GiB measured on a 2-core machine (MLflow 3.17.2), and the consumers ou
 nothing here uses those features): 2 processes, about 0.5 GiB.
 
 Before starting it makes sure the experiment `tristage` exists with its saved view of the runs,
-then prints `tristage.tracking.runs_url`: the runs table in MLflow's Model-training layout with the
+then prints `tristage.runs.tracking.runs_url`: the runs table in MLflow's Model-training layout with the
 pipeline's key figures as columns (MLflow 3.17 opens an experiment on its GenAI overview
 otherwise: its GenAI / Model training switch, top left, is remembered per browser).
 With MLFLOW_TRACKING_URI pointing at a tracking server, it prints that server's link and starts nothing.
@@ -24,7 +24,7 @@ import urllib.request
 from pathlib import Path
 
 from tristage.environment import apply_quiet_env
-from tristage.tracking import ensure_experiment, experiment_id, runs_url, tracking_uri
+from tristage.runs.tracking import ensure_experiment, experiment_id, runs_url, tracking_uri
 
 REPO = Path(__file__).resolve().parents[1]
 # The GenAI job runner off: `mlflow server` then starts no job runner and no huey consumer.

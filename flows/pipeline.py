@@ -37,7 +37,7 @@ from pydantic import BeforeValidator, Field
 
 from flows.orchestration import dvc, gpu, report, runs, workspace
 from tristage.config import override_items
-from tristage.tracking import runs_link, tracking_uri
+from tristage.runs.tracking import runs_link, tracking_uri
 
 REPO = Path(__file__).resolve().parents[1]
 log = logging.getLogger("tristage.flow")
@@ -182,12 +182,12 @@ def save_experiment(ws: Path, name: str, stages: list[str], overrides: dict[str,
 
 
 def _band_advice(ws: Path, outcomes: dict[str, str]) -> str | None:
-    """The band advice when stage2 ran in this run and ended outside its band (tristage.summary)."""
+    """The band advice when stage2 ran in this run and ended outside its band (tristage.runs.summary)."""
     if outcomes.get("stage2") not in report.COMPUTED:
         return None
     try:
         from tristage.config import load_params
-        from tristage.summary import band_advice
+        from tristage.runs.summary import band_advice
 
         params = load_params(ws / "params.yaml")
         return band_advice(report.stage_metrics(ws, "stage2"), params.stage2.speaker_acc_band,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tristage.compare import (
+from tristage.runs.compare import (
     ALL_COLUMNS,
     DVC_COLUMNS,
     DVC_LEGEND,

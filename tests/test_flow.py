@@ -272,7 +272,7 @@ def test_flow_runs_the_dag_as_a_dvc_experiment_with_mlflow_runs(prefect_api, rep
     assert parent.data.metrics["prepare/rows_in"] == 24
     assert parent.data.params["overrides.corpus.utts_per_speaker"] == "6"
 
-    from tristage.compare import compare
+    from tristage.runs.compare import compare
 
     rows = compare(f"sqlite:///{db}", fmt="json", out=open("/dev/null", "w"))
     assert [r["run"] for r in rows] == ["flowtest"] and rows[0]["stages"] == len(result["stages"])

@@ -206,7 +206,7 @@ def test_mlflow_curves_train_and_validation_at_their_own_steps(tmp_path, monkeyp
     each name's curve holds only its own steps, and nothing blank is logged as 0."""
     from mlflow.tracking import MlflowClient
 
-    from tristage.tracking import Tracker
+    from tristage.runs.tracking import Tracker
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)

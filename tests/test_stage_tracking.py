@@ -10,7 +10,7 @@ import pytest
 import yaml
 from conftest import project_env
 
-from tristage.tracking import default_tracking_uri, project_root
+from tristage.runs.tracking import default_tracking_uri, project_root
 
 
 def _speaker_manifest(tmp_path):

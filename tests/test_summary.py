@@ -9,7 +9,7 @@ import sys
 from conftest import REPO, project_env
 
 from tristage.config import load_params
-from tristage.summary import summary
+from tristage.runs.summary import summary
 
 
 def _write(path, doc):

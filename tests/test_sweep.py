@@ -1,4 +1,4 @@
-"""Sweeps: points, stage split, failure reasons, the table, the recommendation, charts, and the real flow."""
+"""Sweeps: points, stage split, the plan, failure reasons, the table, the recommendation, charts, the flow."""
 from __future__ import annotations
 
 import csv
@@ -10,76 +10,89 @@ from pathlib import Path
 
 import pytest
 
-from tristage import sweep as sw
 from tristage.errors import UserError
+from tristage.runs import sweep_charts
+from tristage.runs import sweep_points as pts
+from tristage.runs import sweep_results as res
+from tristage.runs.sweep_plan import StageGraph, SweepPlan, SweepRequest, validate_point
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 # -- points (fast) ---------------------------------------------------------------------------
 def test_grid_is_the_product_of_the_axes_with_yaml_values():
-    axes = sw.parse_grid(["stage2.grl_lambda=0.3,1,3", "stage2.speaker_loss_weight=0.1,0.3",
+    axes = pts.parse_grid(["stage2.grl_lambda=0.3,1,3", "stage2.speaker_loss_weight=0.1,0.3",
                           "stage2.speaker_acc_band=[0.2, 0.5],[0.3,0.6]", "stage2.band_control=warn,auto"])
     assert axes["stage2.grl_lambda"] == [0.3, 1, 3]
     assert axes["stage2.speaker_acc_band"] == [[0.2, 0.5], [0.3, 0.6]]  # commas inside brackets don't split
     assert axes["stage2.band_control"] == ["warn", "auto"]
-    points = sw.grid_points(axes)
+    points = pts.grid_points(axes)
     assert len(points) == 3 * 2 * 2 * 2
     assert points[0] == {"stage2.grl_lambda": 0.3, "stage2.speaker_loss_weight": 0.1,
                          "stage2.speaker_acc_band": [0.2, 0.5], "stage2.band_control": "warn"}
-    assert sw.parse_grid(["a.b=1,1,2"]) == {"a.b": [1, 2]}  # duplicates dropped
+    assert pts.parse_grid(["a.b=1,1,2"]) == {"a.b": [1, 2]}  # duplicates dropped
 
 
 @pytest.mark.parametrize("item", ["stage2.grl_lambda", "=1,2", "stage2.=1", "stage2.grl_lambda=1,,2"])
 def test_bad_grid_items_name_the_flag(item):
     with pytest.raises(UserError, match="--grid"):
-        sw.parse_grid([item])
+        pts.parse_grid([item])
 
 
 def test_random_points_respect_ranges_and_seed():
-    ranges = sw.parse_ranges(["stage2.grl_lambda=0.1:3:log", "stage2.steps=10:20",
+    ranges = pts.parse_ranges(["stage2.grl_lambda=0.1:3:log", "stage2.steps=10:20",
                               "stage2.speaker_loss_weight=0.05:0.5"])
     assert ranges["stage2.steps"].integer and ranges["stage2.grl_lambda"].log
-    a = sw.random_points(ranges, 20, seed=3)
-    assert a == sw.random_points(ranges, 20, seed=3) and a != sw.random_points(ranges, 20, seed=4)
+    a = pts.random_points(ranges, 20, seed=3)
+    assert a == pts.random_points(ranges, 20, seed=3) and a != pts.random_points(ranges, 20, seed=4)
     for p in a:
         assert 0.1 <= p["stage2.grl_lambda"] <= 3 and isinstance(p["stage2.steps"], int)
         assert 10 <= p["stage2.steps"] <= 20 and 0.05 <= p["stage2.speaker_loss_weight"] <= 0.5
-    lam = sorted(p["stage2.grl_lambda"] for p in sw.random_points(ranges, 400, seed=0))
+    lam = sorted(p["stage2.grl_lambda"] for p in pts.random_points(ranges, 400, seed=0))
     assert lam[200] < 1.0  # log-uniform: the median sits near sqrt(0.1 * 3) = 0.55, not 1.55
-    assert sw.parse_ranges({"stage2.grl_lambda": [0.1, 3, "log"]})["stage2.grl_lambda"].log  # the UI's form
+    assert pts.parse_ranges({"stage2.grl_lambda": [0.1, 3, "log"]})["stage2.grl_lambda"].log  # the UI's form
     with pytest.raises(UserError, match="--range"):
-        sw.parse_ranges(["stage2.grl_lambda=0:3:log"])
+        pts.parse_ranges(["stage2.grl_lambda=0:3:log"])
     with pytest.raises(UserError, match="--range"):
-        sw.random_points({}, 2)
+        pts.random_points({}, 2)
 
 
 def test_point_names_are_valid_experiment_names_and_stable():
     p = {"stage2.grl_lambda": 0.3, "stage2.speaker_loss_weight": 0.1}
-    assert sw.point_name("s", p) == "s-grl_lambda0.3-speaker_loss_weight0.1"
+    assert pts.point_name("s", p) == "s-grl_lambda0.3-speaker_loss_weight0.1"
     long = {f"stage2.key_number_{i}": [0.1, 0.2] for i in range(5)}
-    name = sw.point_name("s", long)
-    assert name == sw.point_name("s", dict(reversed(list(long.items())))) and len(name) < 20
+    name = pts.point_name("s", long)
+    assert name == pts.point_name("s", dict(reversed(list(long.items())))) and len(name) < 20
     with pytest.raises(UserError, match="sweep name"):
-        sw.check_sweep_name("bad name")
+        pts.check_sweep_name("bad name")
 
 
 # -- stages and failure reasons (fast; reads this repo's dvc.yaml) ----------------------------
 def test_shared_stages_are_those_no_swept_key_reaches():
-    from flows.sweep import split_stages
+    from flows.orchestration.dvc import stage_graph
 
-    shared, per_point = split_stages(REPO, "evaluate", ["stage2.grl_lambda"])
+    graph = stage_graph(REPO, "evaluate")
+    shared, per_point = graph.split(["stage2.grl_lambda"])
     assert shared[-1] == "stage1" and "features" in shared
     assert per_point == ["stage2", "stage3", "evaluate"]
-    shared, per_point = split_stages(REPO, "stage2", ["stage1.lr"])
+    shared, per_point = stage_graph(REPO, "stage2").split(["stage1.lr"])
     assert "stage1" in per_point and "stage2" in per_point and "stage3" not in per_point
-    shared, per_point = split_stages(REPO, "evaluate", ["caption_vectors.peft.rank"])  # a subkey stage1 reads
-    assert "caption_vectors" in per_point and "stage1" in per_point
+    shared, per_point = graph.split(["caption_vectors.lexicon.gender"])  # a subkey of a section it reads
+    assert "caption_vectors" in per_point and "annotate" in per_point and "prepare" in shared
+
+
+def test_stage_graph_split_follows_params_and_upstream():
+    graph = StageGraph(["a", "b", "c", "d"], {"b": ["a"], "c": ["a"], "d": ["b", "c"]},
+                       {"a": ["a"], "b": ["b", "x.y"], "c": ["c"], "d": ["d"]})
+    assert graph.split(["c.lr"]) == (["a", "b"], ["c", "d"])  # c reads section c; d runs after c
+    assert graph.split(["x"]) == (["a", "c"], ["b", "d"])  # b reads x.y, a key inside the swept one
+    assert graph.split(["x.y.z"]) == (["a", "c"], ["b", "d"])
+    assert graph.split(["x.w"]) == (["a", "b", "c", "d"], [])
 
 
 def test_failure_reason_is_the_stages_own_line():
     from flows.orchestration.dvc import CommandFailed
-    from flows.sweep import failure_reason
+    from flows.orchestration.sweeps import failure_reason
 
     tail = ("dvc repro --single-item stage2 failed with exit code 2 in /x:\nRunning stage 'stage2':\n"
             "stage2: error: step 3: mel_loss is nan (non-finite loss); lower stage2.lr\n"
@@ -90,14 +103,81 @@ def test_failure_reason_is_the_stages_own_line():
 
 
 def test_a_bad_value_is_caught_before_work_naming_the_key():
-    from flows.sweep import validate_point
-
     knobs = validate_point(REPO / "params.yaml", {"stage2.grl_lambda": 2.5})
     assert knobs == {"stage2.grl_lambda": 2.5, "stage2.speaker_loss_weight": 0.1}
     with pytest.raises(UserError, match="stage2.grl_lambda"):
         validate_point(REPO / "params.yaml", {"stage2.grl_lambda": -1})
     with pytest.raises(UserError, match="stage2.grl_lambdda"):
         validate_point(REPO / "params.yaml", {"stage2.grl_lambdda": 1})
+
+
+# -- the plan (fast; this repo's params.yaml, a small DAG) -----------------------------------
+GRAPH = StageGraph(["stage1", "stage2", "stage3"], {"stage2": ["stage1"], "stage3": ["stage2"]},
+                   {"stage1": ["stage1"], "stage2": ["stage2"], "stage3": ["stage3"]})
+
+
+def _plan(tmp_path, **request) -> SweepPlan:
+    request = {"grid": {"stage2.grl_lambda": [0.5, 2.0, -1.0]}, **request}
+    return SweepPlan.make(SweepRequest("t", **request), REPO / "params.yaml", GRAPH, tmp_path / "sweeps")
+
+
+def test_plan_names_and_checks_every_point_before_any_work(tmp_path):
+    plan = _plan(tmp_path, overrides={"stage2.steps": 5}, random=1, ranges={"stage2.grl_lambda": "0.1:3:log"})
+    assert [p.name for p in plan.points][:3] == ["t-grl_lambda0.5", "t-grl_lambda2.0", "t-grl_lambda-1.0"]
+    assert len(plan.points) == 4 and plan.out_dir == tmp_path / "sweeps" / "t" and plan.base_name == "t-base"
+    good, bad = plan.points[0], plan.points[2]
+    assert good.overrides == {"stage2.steps": 5, "stage2.grl_lambda": 0.5}
+    assert good.values == {"stage2.grl_lambda": 0.5}
+    assert good.knobs == {"stage2.grl_lambda": 0.5, "stage2.speaker_loss_weight": 0.1}
+    assert good.invalid is None
+    assert bad.knobs is None and "stage2.grl_lambda" in bad.invalid and "params.yaml" in bad.invalid
+    assert (plan.shared, plan.per_point) == (["stage1"], ["stage2", "stage3"])
+    assert plan.band == (0.3, 0.6) and plan.adversary == "project"
+    assert plan.describe() == "sweep t: 4 point(s); shared stages (once): stage1; per point: stage2, stage3"
+
+
+@pytest.mark.parametrize("request_, message", [
+    ({"grid": {}}, "no points"),
+    ({"overrides": {"stage2.grl_lambda": 1.0}}, "also swept"),
+    ({"grid": {"stage2.grl_lambda": [-1.0, -2.0]}}, "every point is invalid"),
+    ({"grid": {"stage2.grl_lambdda": [1.0]}}, "every point is invalid.*stage2.grl_lambdda"),
+    ({"overrides": {"stage2.steps": -1}}, "stage2.steps"),
+    ({"grid": {"evaluate.threads": [1, 2]}}, "no stage up to 'evaluate' reads evaluate.threads"),
+])
+def test_plan_fails_before_any_work_when_nothing_can_run(tmp_path, request_, message):
+    with pytest.raises(UserError, match=message):
+        _plan(tmp_path, **request_)
+
+
+def test_plan_slots_share_the_cores_among_the_points_at_once(tmp_path):
+    plan = _plan(tmp_path)
+    assert plan.slots("cpu", 2, [], cpus=8, lock_dir=tmp_path).threads == 4
+    assert plan.slots("cpu", 8, [], cpus=8, lock_dir=tmp_path).threads == 8 // 3  # 3 points: 3 run at once
+    slots = plan.slots("gpu", 2, ["0", "1"], cpus=1, lock_dir=tmp_path)
+    assert slots.threads == 1
+    assert slots.describe() == "2 gpu slot(s) on devices 0,1, 1 torch thread(s) per point"
+
+
+def test_plan_pending_skips_finished_points_and_records_invalid_ones(tmp_path):
+    plan = _plan(tmp_path)
+    a, b, bad = (p.name for p in plan.points)
+    plan.write_record(a, {"status": "finished", "metrics": {}})
+    plan.write_record(b, {"status": "finished", "metrics": {}})
+    records, todo = plan.pending({a})  # b finished, but its DVC experiment is gone: run again
+    assert [p.name for p in todo] == [b]
+    assert records[a]["skipped"] and records[bad]["status"] == "failed"
+    assert "grl_lambda" in records[bad]["reason"] and plan.read_record(bad) == records[bad]  # written
+    records[b] = {"status": "failed", "reason": "exit code 2: nan", "metrics": {}}
+    results = plan.finish(records, {"mlflow_parent_run_id": "r1"})
+    assert [r["status"] for r in results.rows] == ["finished", "failed", "failed"]
+    assert results.status == "FINISHED"
+    assert not plan.all_valid_done(results)  # b can be retried; the invalid point never counts
+    assert json.loads(results.paths["json"].read_text())["mlflow_parent_run_id"] == "r1"
+    summary = plan.summary(records, results, "r1")
+    assert summary["points"] == {a: "finished", b: "failed", bad: "failed"}
+    assert summary["shared_stages"] == ["stage1"] and summary["point_stages"] == ["stage2", "stage3"]
+    records[b] = {"status": "finished", "metrics": {}}
+    assert plan.all_valid_done(plan.finish(records))
 
 
 # -- results, recommendation, charts (fast) --------------------------------------------------
@@ -118,7 +198,7 @@ def _row(name, acc, mel, probe, lam=1.0, wgt=0.1, status="finished", reason=""):
     )
     record = {"status": status, "reason": reason, "metrics": metrics,
               "knobs": {"stage2.grl_lambda": lam, "stage2.speaker_loss_weight": wgt}}
-    return sw.result_row(name, {"stage2.grl_lambda": lam, "stage2.speaker_loss_weight": wgt}, record, BAND)
+    return res.result_row(name, {"stage2.grl_lambda": lam, "stage2.speaker_loss_weight": wgt}, record, BAND)
 
 
 def test_recommend_in_band_lowest_mel_loss():
@@ -129,41 +209,42 @@ def test_recommend_in_band_lowest_mel_loss():
         _row("d", 0.7, 1.8, 0.3),
         _row("e", None, None, None, status="failed", reason="exit code 2: nan"),
     ]
-    rec = sw.recommend(rows, BAND)
+    rec = res.recommend(rows, BAND)
     assert rec.point == "c" and rec.in_band and [r["point"] for r in rows if r["recommended"]] == ["c"]
     assert [r["band"] for r in rows] == ["below", "in", "in", "above", None]
 
 
 def test_recommend_out_of_band_gives_the_band_remedy_as_a_next_grid():
     rows = [_row("a", 0.10, 2.0, 0.4, lam=1.0, wgt=0.1), _row("b", 0.25, 2.1, 0.5, lam=0.3, wgt=0.3)]
-    rec = sw.recommend(rows, BAND)  # the project's adversary: one remedy below the band, a weaker reversal
+    rec = res.recommend(rows, BAND)  # the project's adversary: one remedy below the band, a weaker reversal
     assert rec.point == "b" and not rec.in_band and "below the band" in rec.text
     assert "lower stage2.grl_lambda" in rec.text and rec.next_grid == ["stage2.grl_lambda=0.15,0.075"]
-    rec = sw.recommend(rows, BAND, adversary="seed")  # the seed's: raise the speaker loss weight
+    rec = res.recommend(rows, BAND, adversary="seed")  # the seed's: raise the speaker loss weight
     assert "raise stage2.speaker_loss_weight" in rec.text
     assert rec.next_grid == ["stage2.speaker_loss_weight=0.6"]
-    rec = sw.recommend([_row("a", 0.9, 2.0, 0.8, lam=1.0), _row("b", 0.8, 2.0, 0.7, lam=2.0)], BAND)
+    rec = res.recommend([_row("a", 0.9, 2.0, 0.8, lam=1.0), _row("b", 0.8, 2.0, 0.7, lam=2.0)], BAND)
     assert (
         rec.point == "b"
         and "raise stage2.grl_lambda" in rec.text
         and rec.next_grid == ["stage2.grl_lambda=4,6"]
     )
-    rec = sw.recommend([_row("a", 0.1, 2.0, 0.8, lam=4.0), _row("b", 0.8, 2.0, 0.7, lam=1.0)], BAND)
+    rec = res.recommend([_row("a", 0.1, 2.0, 0.8, lam=4.0), _row("b", 0.8, 2.0, 0.7, lam=1.0)], BAND)
     assert "between a (below) and b (above)" in rec.text and rec.next_grid[0] == "stage2.grl_lambda=1,2,4"
-    rec = sw.recommend([_row("a", None, None, None, status="failed", reason="x")], BAND)
+    rec = res.recommend([_row("a", None, None, None, status="failed", reason="x")], BAND)
     assert rec.point is None and "1 failed" in rec.text
 
 
 def test_pareto_front():
-    assert sw.pareto_front([(2.0, 0.5), (1.9, 0.6), (2.1, 0.4), (2.2, 0.45), (1.8, 0.7)]) == [4, 1, 0, 2]
+    points = [(2.0, 0.5), (1.9, 0.6), (2.1, 0.4), (2.2, 0.45), (1.8, 0.7)]
+    assert sweep_charts.pareto_front(points) == [4, 1, 0, 2]
 
 
 def test_results_files_and_table(tmp_path, capsys):
     rows = [_row("sw-a", 0.2, 1.9, 0.5), _row("sw-b", 0.4, 2.1, 0.4),
             _row("sw-c", None, None, None, status="failed", reason="exit code 2: stage2: error: nan")]
-    rec = sw.recommend(rows, BAND)
+    rec = res.recommend(rows, BAND)
     out = tmp_path / "sweeps" / "sw"
-    paths = sw.write_results(out, rows, rec, BAND, {"sweep": "sw"})
+    paths = res.write_results(out, rows, rec, BAND, {"sweep": "sw"})
     table = list(csv.DictReader(paths["csv"].open()))
     assert [r["point"] for r in table] == ["sw-a", "sw-b", "sw-c"]
     assert table[1]["band"] == "in" and table[1]["recommended"] == "True" and table[2]["status"] == "failed"
@@ -171,19 +252,19 @@ def test_results_files_and_table(tmp_path, capsys):
             "reason"} <= set(table[0])
     for key in ("band_png", "front_png"):
         assert paths[key].stat().st_size > 10_000 and paths[key].read_bytes()[:4] == b"\x89PNG"
-    doc = sw.print_sweep(tmp_path, "sw")
+    doc = res.print_sweep(tmp_path, "sw")
     printed = capsys.readouterr().out
     assert doc["recommendation"]["point"] == "sw-b"
     assert "*sw-b" in printed and "failed sw-c: exit code 2" in printed and "recommended: sw-b" in printed
     with pytest.raises(UserError, match="sweeps here: sw"):
-        sw.print_sweep(tmp_path, "nope")
+        res.print_sweep(tmp_path, "nope")
 
 
 def test_point_metrics_read_from_a_workspace(tmp_path):
     (tmp_path / "metrics").mkdir()
     (tmp_path / "metrics" / "stage2.json").write_text(json.dumps({"val_mel_loss": 2.1, "val_speaker_acc": 0.2,
                                                                   "codec": "random-init dac"}))
-    m = sw.point_metrics(tmp_path)  # target stage2: no evaluate
+    m = res.point_metrics(tmp_path)  # target stage2: no evaluate
     assert m["val_mel_loss"] == 2.1 and m["speaker_acc"] == 0.2 and m["speaker_probe_acc"] is None
     (tmp_path / "metrics" / "evaluate.json").write_text(
         json.dumps(
@@ -198,7 +279,7 @@ def test_point_metrics_read_from_a_workspace(tmp_path):
             }
         )
     )
-    m = sw.point_metrics(tmp_path)
+    m = res.point_metrics(tmp_path)
     assert (
         m["val_mel_loss"],
         m["s2_val_mel_loss"],

@@ -8,7 +8,7 @@ from pathlib import Path
 import yaml
 
 from tristage.stage import run_stage
-from tristage.timings import split_timings
+from tristage.runs.timings import split_timings
 
 
 def test_split_timings_keeps_quality_and_nesting():

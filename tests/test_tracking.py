@@ -1,11 +1,11 @@
-"""tristage.tracking: child runs under a flow's parent run, run-workspace mapping, what gets logged."""
+"""tristage.runs.tracking: child runs under a flow's parent run, run-workspace mapping, what gets logged."""
 from __future__ import annotations
 
 import math
 
 import pytest
 
-from tristage.tracking import NullTracker, Tracker, flatten, project_root
+from tristage.runs.tracking import NullTracker, Tracker, flatten, project_root
 
 
 def test_flow_run_workspace_logs_into_the_parent_repo(tmp_path):
@@ -84,7 +84,7 @@ def test_child_run_under_parent_with_tags_params_stepped_metrics(monkeypatch, tm
 
 
 def test_tracking_uri_one_resolver_makes_relative_sqlite_absolute(monkeypatch, tmp_path):
-    from tristage.tracking import tracking_uri
+    from tristage.runs.tracking import tracking_uri
 
     ws = tmp_path / "repo" / ".tristage" / "runs" / "r1"
     ws.mkdir(parents=True)
@@ -131,7 +131,7 @@ def test_one_parent_run_per_dvc_invocation_in_a_model_training_experiment(repo_c
 
 # -- the MLflow UI: the saved view of the runs, the link, the figures on a `dvc repro` parent ---------------
 def test_runs_link_opens_the_model_training_runs_with_the_saved_view(tmp_path):
-    from tristage.tracking import RUNS_VIEW_COLUMNS, experiment_id, runs_link, runs_url, runs_view_state
+    from tristage.runs.tracking import RUNS_VIEW_COLUMNS, experiment_id, runs_link, runs_url, runs_view_state
 
     assert runs_url("7") == ("http://127.0.0.1:5000/#/experiments/7/runs"
                              "?workflowType=machine_learning&viewStateShareKey=tristage")
@@ -151,7 +151,7 @@ def test_experiment_gets_the_saved_view_and_a_users_own_view_is_kept(tmp_path):
 
     from mlflow.tracking import MlflowClient
 
-    from tristage.tracking import RUNS_VIEW_TAG, ensure_experiment, experiment_id, runs_view_state
+    from tristage.runs.tracking import RUNS_VIEW_TAG, ensure_experiment, experiment_id, runs_view_state
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
@@ -177,7 +177,7 @@ def test_dvc_parent_run_gets_the_stage_final_figures(monkeypatch, tmp_path):
     invocation's parent run as `<stage>/<key>`, and a `*_band` status as a tag, as a flow's parent has."""
     from mlflow.tracking import MlflowClient
 
-    import tristage.tracking as tr
+    import tristage.runs.tracking as tr
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)

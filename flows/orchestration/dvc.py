@@ -111,6 +111,21 @@ def pipeline_graph(repo: Path, target: str | None = None) -> dict[str, list[str]
                 for s in order if s in keep}
 
 
+def stage_graph(repo: Path, target: str | None = None):
+    """`tristage.runs.sweep_plan.StageGraph` of the DAG up to `target`: run order, direct upstream stages,
+    and the params keys each stage reads (its `params:` in dvc.yaml)."""
+    from dvc.dependency.param import ParamsDependency
+    from dvc.repo import Repo
+
+    from tristage.runs.sweep_plan import StageGraph
+
+    upstream = pipeline_graph(repo, target)
+    with Repo(str(repo)) as r:
+        reads = {s.name: [p for d in s.deps if isinstance(d, ParamsDependency) for p in (d.params or [])]
+                 for s in r.index.stages if s.name in upstream}
+    return StageGraph(list(upstream), upstream, reads)
+
+
 def _dvc_yaml_rank(repo: Path, name: str) -> str:
     # Ties broken by position in dvc.yaml, so the order reads like the file.
     try:

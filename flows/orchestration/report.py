@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from tristage.fsio import read_json
-from tristage.tracking import flatten
+from tristage.runs.tracking import flatten
 
 ARTIFACT_KEY = "tristage-run-summary"  # Prefect artifact keys: lowercase letters, digits, dashes
 COMPUTED = ("ran", "restored")  # outcomes whose outputs this run made (or DVC's run cache gave back)

@@ -1,4 +1,4 @@
-"""The MLflow parent run of one flow run; each stage's run (tristage.tracking) nests under it."""
+"""The MLflow parent run of one flow run; each stage's run (tristage.runs.tracking) nests under it."""
 from __future__ import annotations
 
 import logging
@@ -10,7 +10,7 @@ from typing import Any, Mapping
 
 from tristage.environment import apply_quiet_env
 from tristage.fsio import read_json
-from tristage.tracking import OUTCOME_TAG, ROLE_TAG, ensure_experiment, flatten
+from tristage.runs.tracking import OUTCOME_TAG, ROLE_TAG, ensure_experiment, flatten
 
 log = logging.getLogger(__name__)
 
@@ -119,3 +119,21 @@ def finish_parent_run(uri: str, run_id: str | None, status: str, metrics: Mappin
         client.set_terminated(run_id, status=status)
     except Exception as exc:
         log.warning("MLflow parent run %s not finalised (%s)", run_id, exc)
+
+
+def log_sweep_results(uri: str, run_id: str | None, results) -> None:
+    """A sweep's table and charts (`tristage.runs.sweep_plan.SweepResults`) as its run's artifacts, the
+    recommendation as tags (best effort: the files are in sweeps/<name>/)."""
+    if run_id is None:
+        return
+    try:
+        client = _client(uri)
+        for path in results.paths.values():
+            client.log_artifact(run_id, str(path), artifact_path="sweep")
+        rec = results.recommendation
+        client.set_tag(run_id, "recommended_point", rec.point or "")
+        client.set_tag(run_id, "recommendation", rec.text[:5000])
+        client.log_metric(run_id, "points_finished", sum(r["status"] == "finished" for r in results.rows))
+        client.log_metric(run_id, "points_failed", sum(r["status"] == "failed" for r in results.rows))
+    except Exception as exc:  # tracking is best effort
+        log.warning("MLflow: sweep results not logged to run %s (%s)", run_id, exc)

@@ -23,8 +23,8 @@ def _params(args) -> int:
 
 def _summary(args) -> int:
     from tristage.config import load_params
+    from tristage.runs.summary import summary
     from tristage.stage import default_params_path
-    from tristage.summary import summary
 
     print(summary(load_params(args.params or default_params_path())))
     return 0
@@ -32,12 +32,12 @@ def _summary(args) -> int:
 
 def _compare(args) -> int:
     if args.sweep:
+        from tristage.runs.sweep_results import print_sweep
         from tristage.stage import default_params_path
-        from tristage.sweep import print_sweep
 
         print_sweep(default_params_path().parent, args.sweep, args.format)
         return 0
-    from tristage.compare import compare
+    from tristage.runs.compare import compare
 
     compare(args.uri, args.limit, args.format, columns="all" if args.all else args.columns)
     return 0

@@ -55,8 +55,8 @@ def run_stage(
                         format=f"%(asctime)s {stage} %(levelname)s %(message)s", datefmt="%H:%M:%S")
     args = build_parser(stage, description).parse_args(argv)
     from tristage.config import load_params
-    from tristage.timings import separate_timings, split_timings
-    from tristage.tracking import Tracker, flatten
+    from tristage.runs.timings import separate_timings, split_timings
+    from tristage.runs.tracking import Tracker, flatten
 
     try:
         params = load_params(args.params or default_params_path(), args.overrides)

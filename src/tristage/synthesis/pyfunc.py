@@ -47,7 +47,8 @@ class TTSPyfunc(_Base):  # type: ignore[misc,valid-type]
         self.tts = TTS.from_pretrained(context.artifacts["model"])
 
     # typed: MLflow warns about a predict without type hints (a DataFrame hint: the signature below validates)
-    def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+    def predict(self, context, model_input: pd.DataFrame,
+                params: dict[str, Any] | None = None) -> pd.DataFrame:
         import soundfile as sf
 
         from tristage.synthesis.api import Request
@@ -114,8 +115,6 @@ def signature():
 
 
 def input_example(folder: str | Path):
-    import pandas as pd
-
     from tristage.model.folder import load_references, read_info
 
     refs = sorted(load_references(folder, read_info(folder)))

@@ -29,7 +29,7 @@ TRAIN_COLUMNS = (
     "lr",
     "grl_lambda",
     "speaker_loss_weight",
-    "samples_per_s",  # moved to timings/<stage>/train.tsv after the stage (tristage.timings)
+    "samples_per_s",  # moved to timings/<stage>/train.tsv after the stage (tristage.runs.timings)
     "mel_loss",  # the headline: last
 )
 VAL_COLUMNS = (

@@ -343,7 +343,7 @@ def load_runs(uri: str, limit: int = 20) -> list[RunRecord]:
         warnings.simplefilter("ignore")
         from mlflow.tracking import MlflowClient
 
-    from tristage.tracking import EXPERIMENT
+    from tristage.runs.tracking import EXPERIMENT
 
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name(EXPERIMENT)
@@ -371,8 +371,8 @@ def compare(uri: str | None = None, limit: int = 20, fmt: str = "table", out=Non
             columns: str | Sequence[str] | None = None, width: int | None = WIDTH) -> list[dict[str, Any]]:
     """Print the `limit` newest pipeline runs (`render`: `columns` and `width` shape the table); returns the
     rows (every column)."""
+    from tristage.runs.tracking import tracking_uri
     from tristage.stage import default_params_path
-    from tristage.tracking import tracking_uri
 
     cols = table_columns(columns)  # a misspelt column fails before MLflow is read
     uri = uri or tracking_uri(default_params_path().parent)
@@ -496,8 +496,8 @@ def exp_show_main(argv: Sequence[str] | None = None) -> int:
 
     from tristage.errors import UserError
 
-    p = argparse.ArgumentParser(prog="exp-show", description="dvc exp show in 120 columns (tristage.compare)",
-                                allow_abbrev=False)
+    p = argparse.ArgumentParser(prog="exp-show", allow_abbrev=False,
+                                description="dvc exp show in 120 columns (tristage.runs.compare)")
     p.add_argument("--columns", default=None, help=f"NAME,... of {', '.join(DVC_COLUMNS)}")
     p.add_argument("--all", action="store_true", help="every column")
     p.add_argument("--format", choices=("table", "csv", "json"), default="table")

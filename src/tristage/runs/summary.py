@@ -103,8 +103,8 @@ def _is_num(v: Any) -> bool:
 
 
 def mlflow_link(params) -> str:
-    """The MLflow UI's link to the runs of the experiment `tristage` (tristage.tracking.runs_link)."""
-    from tristage.tracking import runs_link, tracking_uri
+    """The MLflow UI's link to the runs of the experiment `tristage` (tristage.runs.tracking.runs_link)."""
+    from tristage.runs.tracking import runs_link, tracking_uri
 
     return runs_link(tracking_uri(Path(params.base_dir or ".")))
 
