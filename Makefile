@@ -23,6 +23,7 @@ $(STAMP): pyproject.toml
 
 demo: install
 	$(VENV)/bin/dvc repro
+	$(PY) -m tristage.cli results --write  # the README's and docs/results.md's tables, from metrics/
 	$(PY) -m tristage.cli summary  # one table; every metric: dvc metrics show --md
 
 summary: install

@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = bench_mel(n_clips, repeat)
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     for dev in devices:
-        rows.append(bench_dac("small (stage default)", CodecParams().dac_kwargs(), small_s, dev, repeat))
+        rows.append(bench_dac("small (stage default)", CodecParams().dac.dac_kwargs(), small_s, dev, repeat))
         rows.append(bench_dac("full 44.1 kHz", {}, full_s if dev == "cpu" else 4 * full_s, dev, repeat))
     print(f"features benchmark ({os.cpu_count()} cores, torch threads {torch.get_num_threads()}, "
           f"{torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'})\n")

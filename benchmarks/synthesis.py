@@ -88,11 +88,11 @@ def rtf(preset: str, frames: int, device: str, batch: int) -> str:
     import torch
 
     from tristage.features.codec import decode_codes, random_init
-    from tristage.features.config import CodecParams
+    from tristage.features.config import CodecParams, DacParams
 
     m = _model(preset, frames, device)
-    cp = CodecParams(codebook_size=m.cfg.codebook_size)
-    codec = random_init(cp.dac_kwargs(), cp.seed).to(device)
+    cp = CodecParams(kind="dac", dac=DacParams(codebook_size=m.cfg.codebook_size))
+    codec = random_init(cp.dac.dac_kwargs(), cp.seed).to(device)
     fps = cp.sample_rate / 512
     mels = [torch.randn(160, 80) for _ in range(batch)]
 

@@ -16,6 +16,7 @@ one generated wav per stage, copied by `--write` to docs/samples/).
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import sys
@@ -74,7 +75,7 @@ def table_stages(root: Path) -> str:
                  _adherence(em)]
         lines.append("| " + " | ".join(cells) + " |")
     judge = (ev.get("audio_judges") or {}).get("asr")
-    note = f"\nWER: {judge}, on the validation sentences of seen and held-out speakers." if judge else ""
+    note = f"\n\nWER: {judge}, on the validation sentences of seen and held-out speakers." if judge else ""
     return "\n".join(lines) + note + "\n"
 
 
@@ -89,17 +90,20 @@ def table_seed_criteria(root: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def table_samples(root: Path) -> str:
+def table_samples(root: Path, page: Path) -> str:
+    """Links (relative to the page that holds them) to one generated wav per stage."""
     lines = []
     for stage in STAGES:
-        wav = Path(SAMPLES_DIR) / f"{stage}.wav"
-        if (root / wav).is_file():
-            lines.append(f"- {stage}: [{wav.name}]({wav.as_posix()})")
+        wav = root / SAMPLES_DIR / f"{stage}.wav"
+        if wav.is_file():
+            rel = os.path.relpath(wav, (root / page).parent)
+            lines.append(f"- {stage}: [{wav.name}]({Path(rel).as_posix()})")
     return "\n".join(lines) + ("\n" if lines else "")
 
 
-TABLES: dict[str, Callable[[Path], str]] = {
+TABLES: dict[str, Callable[..., str]] = {
     "stages": table_stages, "seed_criteria": table_seed_criteria, "samples": table_samples}
+PAGE_AWARE = {"samples"}  # tables whose links depend on the page they sit in
 
 
 def copy_samples(root: Path, samples_dir: Path) -> list[Path]:
@@ -115,11 +119,15 @@ def copy_samples(root: Path, samples_dir: Path) -> list[Path]:
     return out
 
 
-def render(text: str, root: Path) -> str:
-    """`text` with every marked table regenerated."""
+def render(text: str, root: Path, page: Path = Path("README.md")) -> str:
+    """`text` (of `page`, relative to `root`) with every marked table regenerated."""
     def sub(m: re.Match) -> str:
-        fn = TABLES.get(m.group("name"))
-        return m.group(0) if fn is None else m.group(1) + fn(root) + m.group(4)
+        name = m.group("name")
+        fn = TABLES.get(name)
+        if fn is None:
+            return m.group(0)
+        body = fn(root, page) if name in PAGE_AWARE else fn(root)
+        return m.group(1) + body + m.group(4)
 
     return MARK.sub(sub, text)
 
@@ -132,7 +140,7 @@ def stale(root: Path) -> list[str]:
         if not path.is_file():
             continue
         text = path.read_text()
-        want = render(text, root)
+        want = render(text, root, Path(name))
         for old, new in zip(MARK.finditer(text), MARK.finditer(want)):
             if old.group(0) != new.group(0):
                 out.append(f"{name}: {old.group('name')}")
@@ -153,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in FILES:
             path = root / name
             if path.is_file():
-                path.write_text(render(path.read_text(), root))
+                path.write_text(render(path.read_text(), root, Path(name)))
         done = [n for n in FILES if (root / n).is_file()]
         print("results: tables regenerated from metrics/ in " + ", ".join(done))
     bad = stale(root)

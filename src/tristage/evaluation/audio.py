@@ -328,8 +328,11 @@ class AudioJudges:
             from tristage.evaluation.judges.quality import DNSMOS
 
             mos = self._timed("dnsmos_load", DNSMOS)
-            for c in self.clips:
-                c.scores.update(self._timed("dnsmos", mos, c.wav))
+            seen: dict[str, int] = {}
+            for c in self.clips:  # the first `dnsmos_clips` of each row (it rates 9 s windows: ~1 s a clip)
+                seen[c.row] = seen.get(c.row, 0) + 1
+                if seen[c.row] <= am.dnsmos_clips:
+                    c.scores.update(self._timed("dnsmos", mos, c.wav))
         if am.caption_adherence:
             self._judge_adherence()
         for c in self.clips:
@@ -448,15 +451,15 @@ class AudioJudges:
     def note(self) -> str:
         parts = [
             "ground_truth = the validation recordings; resynthesis = their codec codes decoded; each stage = "
-            "generated audio; WER of pocketsphinx is high even on clean synthetic speech: read it against "
-            "the ground_truth row"
+            f"generated audio; WER by {getattr(self, 'asr_name', 'the ASR judge')}: read it against the "
+            "ground_truth row (the judge's floor on this corpus) and the resynthesis row (the codec's "
+            "ceiling)"
         ]
         if not self.codec_speaks:
             parts.append(
-                "the codec is random-init (features.codec.weights unset): its decoder turns any codes into "
-                "noise, so the resynthesis and stage rows are NOT speech and their scores only show what "
-                "the judges give non-speech; the models are trained on codes of that codec, so set "
-                "features.codec.weights to the official DAC weights for meaningful stage rows"
+                "the codec is a random-init DAC: its decoder turns any codes into noise, so the resynthesis "
+                "and stage rows are NOT speech and their scores only show what the judges give non-speech; "
+                "use features.codec.kind: melvq (fitted on the corpus) or dac with official weights"
             )
         return "; ".join(parts)
 

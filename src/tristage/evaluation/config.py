@@ -41,6 +41,7 @@ class EvaluateParams(TrainingInputs):
     # audio judges (issue 16): ground truth, codec resynthesis and each stage, seen and unseen speakers
     audio_judges: bool = True  # judge every request of the plan (ground truth, resynthesis, each stage)
     utterances: Path = Path("metrics/evaluate_utterances.csv")  # one row per judged clip
-    asr: Path | None = None  # a local Hugging Face ASR folder; None = pocketsphinx (offline)
+    # a local ASR folder (CTranslate2 Whisper or Hugging Face); None = audio_metrics.asr_judge
+    asr: Path | None = None
     speaker_encoder: Path | None = None  # a local HF speaker-embedding folder; None = resemblyzer GE2E
     audio_metrics: AudioMetricsParams = AudioMetricsParams()

@@ -280,6 +280,6 @@ def _note(src, pretrained_codec: bool) -> str:
     parts = [f"codec: {src.codec}", f"caption encoder: {src.caption_encoder}"]
     if not pretrained_codec:
         parts.append(
-            "the codec is random-init: the samples are not speech, only proof that the synthesis path runs"
+            "the codec is a random-init DAC: the samples are not speech, only proof that synthesis runs"
         )
     return "; ".join(parts)

@@ -1,6 +1,6 @@
 """The trained model as an MLflow pyfunc model.
 
-    log_synthesis_model(tracker, "models/stage3", register_as="tristage-tts")   # the evaluate stage
+    log_synthesis_model("models/stage3", "model", register_as="tristage-tts")   # the evaluate stage
     model = mlflow.pyfunc.load_model("runs:/<run id>/model")
     out = model.predict(pd.DataFrame([{"text": "Hello.", "caption": "A woman speaks slowly.",
                                        "speaker_ref": "spk03"}]))

