@@ -52,3 +52,19 @@ def test_seed_criteria_pass_and_fail():
     assert len(lines) == 6 and lines[1].endswith("FAIL") and lines[0].endswith("pass")
     only3 = seed_criteria({"stage3": {"mel_loss": 2.0}}, {}, (0.3, 0.6))
     assert only3["stage3"][0]["pass"] is None and only3["stage3"][1]["pass"] is None
+
+
+def test_an_experiments_metrics_are_found_in_dvc_exp_show_json():
+    from tristage.results import _exp_metrics
+
+    seed = {"name": "adversary-seed",
+            "metrics": {"metrics/stage2.json": {"data": {"adversary": "seed"}},
+                        "metrics/evaluate.json": {"data": {"stage2": {"speaker_acc": 0.5}}}}}
+    workspace = {"metrics": {"metrics/stage2.json": {"data": {"adversary": "project"}}}}
+    show = [{"rev": "workspace", "data": workspace},
+            {"rev": "abc", "data": {}, "experiments": [{"revs": [{"rev": "def", "name": "adversary-seed",
+                                                                  "data": seed}]}]}]
+    got = _exp_metrics(show, "adversary-seed")
+    assert got["metrics/stage2.json"] == {"adversary": "seed"}
+    assert got["metrics/evaluate.json"]["stage2"]["speaker_acc"] == 0.5
+    assert _exp_metrics(show, "missing") is None

@@ -47,7 +47,8 @@ def _results(args) -> int:
     from tristage.results import main as results_main
 
     argv = [*(["--write"] if args.write else []), *(["--check"] if args.check else []), "--root", args.root,
-            *(["--samples", args.samples] if args.samples else [])]
+            *(["--samples", args.samples] if args.samples else []),
+            *(["--adversary", args.adversary] if args.adversary else [])]
     return results_main(argv)
 
 
@@ -104,6 +105,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--check", action="store_true", help="exit 1 if a generated table differs from metrics/")
     r.add_argument("--root", default=".", help="the project folder (default: here)")
     r.add_argument("--samples", default=None, help="evaluate's samples folder (default data/samples)")
+    r.add_argument("--adversary", metavar="EXP", default=None,
+                   help="record DVC experiment EXP's stage2 run (-S stage2.adversary=seed) for its table")
     r.set_defaults(run=_results)
 
     i = sub.add_parser(

@@ -101,9 +101,74 @@ def table_samples(root: Path, page: Path) -> str:
     return "\n".join(lines) + ("\n" if lines else "")
 
 
+ADVERSARY_RUNS = "docs/results/adversary"  # one JSON per stage2.adversary run: `tristage results --adversary`
+
+
+def _adversary_row(name: str, ev: dict, s2: dict) -> str:
+    em, e3 = ev.get("stage2") or {}, ev.get("stage3") or {}
+    acc, ci, verdict = em.get("speaker_acc"), em.get("speaker_acc_ci95"), em.get("speaker_acc_band")
+    interval = f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""
+    band = "–" if acc is None else f"{acc:.3f}{interval} ({verdict})"
+    cells = [name, _f(s2.get("classifier_steps"), "{:d}"), band,
+             _f((ev.get("stage1") or {}).get("speaker_probe_acc")), _f(em.get("speaker_probe_acc")),
+             _f(em.get("emotion_probe_acc")), _f(em.get("mel_loss"), "{:.4f}"),
+             _f(e3.get("mel_loss"), "{:.4f}"), s2.get("band_advice") or "–"]
+    return "| " + " | ".join(cells) + " |"
+
+
+def table_adversary(root: Path) -> str:
+    """stage2's two adversaries on the demo corpus: the project's (metrics/) beside each recorded run."""
+    head = ["stage2.adversary", "classifier steps", "speaker_acc [95% CI] (band)", "spk probe after stage1",
+            "spk probe after stage2", "emo probe", "stage2 val mel_loss", "stage3 val mel_loss", "advice"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    s2 = read_json(root / "metrics/stage2.json", {})
+    ev = read_json(root / "metrics/evaluate.json", {})
+    lines.append(_adversary_row(s2.get("adversary", "project"), ev, s2))
+    for path in sorted((root / ADVERSARY_RUNS).glob("*.json")):
+        run = read_json(path, {})
+        if run.get("stage2", {}).get("adversary") != s2.get("adversary"):
+            lines.append(_adversary_row(run["stage2"].get("adversary", path.stem), run.get("evaluate", {}),
+                                        run.get("stage2", {})))
+    return "\n".join(lines) + "\n"
+
+
 TABLES: dict[str, Callable[..., str]] = {
-    "stages": table_stages, "seed_criteria": table_seed_criteria, "samples": table_samples}
+    "stages": table_stages, "seed_criteria": table_seed_criteria, "samples": table_samples,
+    "adversary": table_adversary}
 PAGE_AWARE = {"samples"}  # tables whose links depend on the page they sit in
+
+
+def _exp_metrics(tree, name: str) -> dict | None:
+    """The metrics files of the DVC experiment `name` in `dvc exp show --json` output (any nesting)."""
+    if isinstance(tree, dict):
+        data = tree.get("data") or {}
+        if name in (tree.get("name"), data.get("name"), tree.get("rev")) and "metrics" in data:
+            return {f: (v or {}).get("data", {}) for f, v in data["metrics"].items()}
+        children = tree.values()
+    elif isinstance(tree, list):
+        children = tree
+    else:
+        return None
+    return next((m for c in children if (m := _exp_metrics(c, name)) is not None), None)
+
+
+def record_adversary(root: Path, exp: str) -> Path:
+    """Copy a DVC experiment's stage2 and evaluate metrics (`dvc exp run -S stage2.adversary=...  -n EXP`)
+    to docs/results/adversary/<adversary>.json, the committed source of the `adversary` table."""
+    import json
+    import subprocess
+
+    from tristage.fsio import write_json
+
+    out = subprocess.run(["dvc", "exp", "show", "--json", "-A"], cwd=root, capture_output=True, text=True)
+    metrics = _exp_metrics(json.loads(out.stdout or "null"), exp) if out.returncode == 0 else None
+    if not metrics:
+        raise SystemExit(f"results: no DVC experiment {exp!r} with metrics (dvc exp show): "
+                         f"{out.stderr[-300:]}")
+    s2 = metrics.get("metrics/stage2.json", {})
+    path = root / ADVERSARY_RUNS / f"{s2.get('adversary', exp)}.json"
+    write_json(path, dict(experiment=exp, stage2=s2, evaluate=metrics.get("metrics/evaluate.json", {})))
+    return path
 
 
 def copy_samples(root: Path, samples_dir: Path) -> list[Path]:
@@ -152,10 +217,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--write", action="store_true", help="rewrite the generated tables (and docs/samples/)")
     ap.add_argument("--check", action="store_true", help="exit 1 if a generated table differs from metrics/")
     ap.add_argument("--root", type=Path, default=Path("."), help="the project folder (default: here)")
+    ap.add_argument("--adversary", metavar="EXP", default=None,
+                    help="record the DVC experiment EXP's stage2 adversary run for the `adversary` table")
     ap.add_argument("--samples", type=Path, default=None,
                     help="evaluate's samples folder (default data/samples)")
     args = ap.parse_args(argv)
     root = args.root
+    if args.adversary:
+        print(f"results: recorded {record_adversary(root, args.adversary)}")
     if args.write:
         copy_samples(root, args.samples or root / "data/samples")
         for name in FILES:
