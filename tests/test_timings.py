@@ -7,8 +7,8 @@ from pathlib import Path
 
 import yaml
 
-from tristage.stage import run_stage
 from tristage.runs.timings import split_timings
+from tristage.stage import run_stage
 
 
 def test_split_timings_keeps_quality_and_nesting():
@@ -52,3 +52,12 @@ def test_a_rerun_of_unchanged_code_changes_no_tracked_file(tmp_path, monkeypatch
     assert set(timings) == {"samples_per_s", "resumed_from_step"} and timings["samples_per_s"] > 0
     side = (tmp_path / "timings" / "stage2" / "train.tsv").read_text().splitlines()
     assert side[0] == "step\tsamples_per_s" and len(side) == 3
+
+
+def test_an_object_under_a_timing_key_leaves_the_metrics_whole():
+    from tristage.runs.timings import split_timings
+
+    judges = {"asr": "whisper", "seconds": {"asr": 3.2, "dnsmos": 9.1}}
+    quality, timings = split_timings({"wer": 0.5, "audio_judges": judges})
+    assert quality == {"wer": 0.5, "audio_judges": {"asr": "whisper"}}
+    assert timings == {"audio_judges": {"seconds": {"asr": 3.2, "dnsmos": 9.1}}}

@@ -30,11 +30,14 @@ def is_timing(key: str) -> bool:
 
 
 def split_timings(metrics: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(quality metrics, timings), nested objects split the same way; key order kept."""
+    """(quality metrics, timings), nested objects split the same way; key order kept. An object under a
+    timing key (e.g. `audio_judges.seconds`: seconds per judge) is a timing as a whole."""
     quality: dict[str, Any] = {}
     timings: dict[str, Any] = {}
     for key, value in metrics.items():
-        if isinstance(value, Mapping):
+        if isinstance(value, Mapping) and is_timing(key):
+            timings[key] = dict(value)
+        elif isinstance(value, Mapping):
             q, t = split_timings(value)
             quality[key] = q
             if t:
