@@ -98,3 +98,24 @@ def test_summary_has_no_band_advice_in_the_band_and_links_the_mlflow_runs(tmp_pa
     text = summary(params)
     assert "band advice" not in text
     assert "make mlflow" in text and text.splitlines()[-1].strip() == "http://127.0.0.1:5000/#/experiments"
+
+
+def test_summary_shows_what_the_judges_heard_and_the_seed_criteria(tmp_path):
+    from tristage.evaluation.criteria import seed_criteria
+
+    (tmp_path / "params.yaml").write_text("stage1: {}\n")
+    params = load_params(tmp_path / "params.yaml")
+    heard = dict(wer=0.52, wer_se=0.04, wer_n=32, cer=0.3, speaker_sim=0.8, speaker_sim_other=0.6,
+                 dnsmos_ovrl=2.1, pitch_agreement=0.5, speed_agreement=0.4)
+    per = {"stage1": dict(mel_loss=2.5, mel_top1=0.5, **dict(heard, wer=0.97, wer_se=0.01))}
+    _write(tmp_path / "metrics/evaluate.json", dict(
+        per, ground_truth=heard, resynthesis=dict(heard, wer=0.6), audio_judges=dict(asr="whisper tiny.en"),
+        seed_criteria=seed_criteria(per, {}, (0.3, 0.6))))
+    lines = summary(params).splitlines()
+    assert max(map(len, lines)) <= 110
+    rows = {ln.split("  ")[0]: ln for ln in lines if "+-" in ln}  # the listening table
+    assert "0.520 +- 0.040 (32)" in rows["ground truth"] and "0.600 +- 0.040 (32)" in rows["resynthesis"]
+    assert "0.970 +- 0.010 (32)" in rows["stage1"] and "0.800 / 0.600" in rows["stage1"]
+    assert any("WER by whisper tiny.en" in ln for ln in lines)
+    crit = [ln for ln in lines if ln.startswith("stage1 ") and "target" in ln]
+    assert len(crit) == 2 and crit[0].endswith("FAIL") and "mel_loss < 2.0" in crit[0]

@@ -85,6 +85,8 @@ def band_advice(stage2: dict, band, training_json: Path | None = None) -> str | 
                  and e.get("message")), None) if isinstance(log, list) else None
     if last is not None:
         return f"{last['message']} (training step {last.get('step', '?')})"
+    if stage2.get("band_advice"):  # the trainer's advice for the adversary it ran (training/band.py)
+        return str(stage2["band_advice"])
     from tristage.training.band import SpeakerAccBand
 
     acc = next((stage2[k] for k in ("val_speaker_acc", "speaker_acc") if _is_num(stage2.get(k))), None)
@@ -96,6 +98,25 @@ def band_advice(stage2: dict, band, training_json: Path | None = None) -> str | 
         acc = low - 1e-9 if status == "below" else high + 1e-9
     decision = SpeakerAccBand(low, high, patience=1, control="warn").update(acc, lam, weight)
     return decision.warning.replace(" for 1 checks", " at the end of training") if decision.warning else None
+
+
+LISTEN = ("row", "WER +- se (n)", "CER", "spk sim same / other", "DNSMOS", "pitch adh.", "speed adh.")
+
+
+def listening_rows(ev: dict) -> list[list[str]]:
+    """What the audio judges heard: the anchor rows, then each stage (metrics/evaluate.json)."""
+    rows = []
+    for name in ("ground_truth", "resynthesis", *STAGES):
+        r = ev.get(name) or {}
+        if r.get("wer") is None and r.get("speaker_sim") is None:
+            continue
+        se = f" +- {r['wer_se']:.3f}" if _is_num(r.get("wer_se")) else ""
+        wer = "-" if r.get("wer") is None else f"{r['wer']:.3f}{se} ({r.get('wer_n', r.get('n_clips'))})"
+        rows.append([name.replace("_", " "), wer, _num(r.get("cer")),
+                     f"{_num(r.get('speaker_sim'))} / {_num(r.get('speaker_sim_other'))}",
+                     _num(r.get("dnsmos_ovrl"), "{:.2f}"), _num(r.get("pitch_agreement"), "{:.2f}"),
+                     _num(r.get("speed_agreement"), "{:.2f}")])
+    return rows
 
 
 def _is_num(v: Any) -> bool:
@@ -120,6 +141,18 @@ def summary(params) -> str:
         "stage's own caption adapters vs the caption encoder, on the held-out captions."
     )
     out.append(textwrap.fill(legend, WIDTH, break_on_hyphens=False))
+    heard = listening_rows(ev)
+    if heard:
+        judge = (ev.get("audio_judges") or {}).get("asr") or "the ASR judge"
+        out += ["", render(heard, LISTEN), textwrap.fill(
+            f"WER by {judge}; ground truth = the recordings (the judge's floor), resynthesis = through the "
+            "codec (what any stage can reach); spk sim: to another utterance of the target speaker / of "
+            "another speaker.", WIDTH, break_on_hyphens=False)]
+    if ev.get("seed_criteria"):
+        from tristage.evaluation.criteria import criteria_lines
+
+        out += ["", "the seed's success criteria (indextts2-three-stage-training.md):",
+                *criteria_lines(ev["seed_criteria"])]
     stage2 = read_json(params.stage2.metrics, {})
     advice = band_advice(stage2, band, Path(params.stage2.out_dir) / "training.json")
     if advice:
