@@ -61,7 +61,7 @@ def test_evaluate_writes_every_contract_key_samples_and_plots(trained):
         assert m["mel_loss"] > 0 and 0 <= m["mel_top1"] <= 1
         assert 0 <= m["speaker_probe_acc"] <= 1 and 0 <= m["emotion_probe_acc"] <= 1
     assert on_disk["stage1"]["speaker_acc"] is None and on_disk["stage1"]["speaker_acc_band"] is None
-    assert on_disk["stage2"]["speaker_acc_band"] in ("below", "in", "above")
+    assert on_disk["stage2"]["speaker_acc_band"] in ("below", "in", "above", "edge")
     assert on_disk["mel_loss"] == on_disk["stage3"]["mel_loss"]
     assert "not speech" in on_disk["note"] and on_disk["audio_is_speech"] is False
     # samples: matched + cross pairs for every stage, each wav as long as its generated codes
@@ -106,11 +106,11 @@ def test_default_vocoder_decodes_with_the_features_codec_and_reports_its_provena
     from tristage.features.config import FeaturesParams
     from tristage.fsio import write_json
 
-    fp = FeaturesParams()
+    fp = FeaturesParams(codec=dict(kind="dac"))  # the random-init DAC (the mel VQ codec: test_melvq.py)
     model, info = prepare_codec(fp.codec, tmp_path)
     write_json(tmp_path / "meta.json", dict(codec=info))
     voc, prov = default_vocoder(tmp_path, "cpu")
-    assert prov == dict(name=info["name"], path=None, pretrained=False)
+    assert prov == dict(name=info["name"], kind="dac", path=None, pretrained=False, speech=False)
     codes = torch.randint(0, info["codebook_size"], (info["n_codebooks"], 6))
     wav, sr = voc(codes)
     assert sr == info["sample_rate"] and wav.shape == (6 * info["hop_length"],)

@@ -52,7 +52,7 @@ def stage_preset(stage: str, stage_params=None) -> StagePreset:
     return dataclasses.replace(preset, frozen=tuple(m for m in preset.frozen if m not in unfreeze))
 
 
-def apply_preset(model, preset: StagePreset) -> dict[str, int]:
+def apply_preset(model, preset: StagePreset) -> dict:
     """Set requires_grad per the preset; return trainable / total parameter counts."""
     names = {n for n, _ in model.named_children()}
     unknown = set(preset.frozen) - names
@@ -64,8 +64,9 @@ def apply_preset(model, preset: StagePreset) -> dict[str, int]:
             p.requires_grad_(not frozen)
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    modules = [n for n, m in model.named_children() if any(p.requires_grad for p in m.parameters())]
     return dict(trainable_params=trainable, total_params=total,
-                trainable_fraction=round(trainable / max(total, 1), 6))
+                trainable_fraction=round(trainable / max(total, 1), 6), trainable_modules=modules)
 
 
 def set_train_mode(model, preset: StagePreset) -> None:
