@@ -191,19 +191,19 @@ def timed_calls(name: str, batch: int, device: str):
 def measure(name: str, batch: int, repeats: int, warmup: int, device: str) -> dict:
     import torch
 
-    from tristage.captions.config import PeftParams
+    from tristage.captions.config import CaptionAdapters
     from tristage.captions.peft import CaptionPEFT
 
     sync = (lambda: torch.cuda.synchronize()) if device.startswith("cuda") else (lambda: None)
     run = timed_calls(name, batch, device)
     cfg, enc, table, ids, mask = run.cfg, run.enc, run.table, run.ids, run.mask
-    peft_eval = CaptionPEFT(table, PeftParams()).eval().to(device)
-    peft_train = CaptionPEFT(table, PeftParams()).train().to(device)
+    peft_eval = CaptionPEFT(table, CaptionAdapters()).eval().to(device)
+    peft_train = CaptionPEFT(table, CaptionAdapters()).train().to(device)
     table.contextualiser = bench_contextualiser(cfg.d_model)
-    ctx_eval = CaptionPEFT(table, PeftParams()).eval().to(device)
-    ctx_train = CaptionPEFT(table, PeftParams()).train().to(device)
-    batch_eval = CaptionPEFT(table, PeftParams()).eval().to(device)  # contextualiser run per batch
-    batch_train = CaptionPEFT(table, PeftParams()).train().to(device)
+    ctx_eval = CaptionPEFT(table, CaptionAdapters()).eval().to(device)
+    ctx_train = CaptionPEFT(table, CaptionAdapters()).train().to(device)
+    batch_eval = CaptionPEFT(table, CaptionAdapters()).eval().to(device)  # contextualiser run per batch
+    batch_train = CaptionPEFT(table, CaptionAdapters()).train().to(device)
     t0 = time.perf_counter()
     with torch.inference_mode():
         peft_eval(ids, mask)  # first call bakes the enhanced table (once per parameter update)
@@ -252,7 +252,7 @@ def measure(name: str, batch: int, repeats: int, warmup: int, device: str) -> di
         table_mb=table.vectors.numel() * 4 / 2**20,
         adapters_mb=nbytes(peft_train.parameters()) / 2**20,
         table_rows=len(table),
-        vae_decoder=PeftParams().vae_decoder,
+        vae_decoder=CaptionAdapters().vae_decoder,
         device=device,
     )
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from tristage.captions.config import PeftParams
+from tristage.captions.config import CaptionAdapters
 from tristage.captions.contextual import Contextualiser, distil, frozen, recombined_captions
 from tristage.captions.lexicon import LEXICON, Matcher
 from tristage.captions.peft import CaptionPEFT, enhanced_table
 from tristage.captions.vectors import CaptionVectorTable
 
-P = PeftParams(lora_rank=4, lora_alpha=8.0, vae_latent_dim=6)
+P = CaptionAdapters(lora_rank=4, lora_alpha=8.0, vae_latent_dim=6)
 
 
 def toy_table(dim=8, seed=0):

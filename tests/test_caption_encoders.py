@@ -112,7 +112,7 @@ def test_cache_mode_exact_states_and_back_off(tmp_path):
     import json
 
     from tristage.captions.build import load_heldout, run_caption_vectors
-    from tristage.captions.config import PeftParams
+    from tristage.captions.config import CaptionAdapters
     from tristage.captions.encoder import encode, load_encoder
     from tristage.captions.peft import CaptionPEFT
     from tristage.captions.tokenize import CaptionParser
@@ -140,7 +140,7 @@ def test_cache_mode_exact_states_and_back_off(tmp_path):
     new = table.encode("A cheerful woman with a deep voice speaks slowly.")
     assert all(table.kinds[i] not in ("cache", "cache_attribute") for i in new)
     # the caption module trains on cache rows: they share their token's LoRA / their value's VAE
-    peft = CaptionPEFT(table, PeftParams()).train()
+    peft = CaptionPEFT(table, CaptionAdapters()).train()
     assert table.adapter_ids[ids].max() > 0 and bool(table.is_attribute[ids].any())
     x = torch.tensor([ids])
     out = peft(x, torch.ones_like(x, dtype=torch.bool))
@@ -154,7 +154,7 @@ def test_heldout_reference_scores_a_trained_module(tmp_path):
     import json
 
     from tristage.captions.build import Fidelity, load_heldout, run_caption_vectors
-    from tristage.captions.config import PeftParams
+    from tristage.captions.config import CaptionAdapters
     from tristage.captions.peft import CaptionPEFT, enhanced_table
     from tristage.captions.vectors import CaptionVectorTable
     from tristage.testing import write_prepared
@@ -169,7 +169,7 @@ def test_heldout_reference_scores_a_trained_module(tmp_path):
     f = Fidelity(table)
     f.add(held, states)
     assert f.result()["cosine_mean"] == pytest.approx(m["cosine_mean"], abs=1e-5)
-    peft = CaptionPEFT(table, PeftParams()).eval()
+    peft = CaptionPEFT(table, CaptionAdapters()).eval()
     with torch.no_grad():
         peft.lora_b.normal_(std=0.5)  # "trained" adapters move the vectors away from the encoder's
         baked = enhanced_table(peft, len(table))

@@ -2,23 +2,24 @@
 the fused path held to the reference (values and gradients), its inference bake following weight updates."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from tristage.captions.config import PeftParams
+from tristage.captions.config import CaptionAdapters
 from tristage.captions.contextual import Contextualiser, frozen
 from tristage.captions.peft import CaptionPEFT, FusedPEFT, ReferencePEFT
 from tristage.captions.vectors import CaptionVectorTable
 
-P = PeftParams(lora_rank=4, lora_alpha=8.0, vae_latent_dim=6)
+P = CaptionAdapters(lora_rank=4, lora_alpha=8.0, vae_latent_dim=6)
 IMPLS = ["fused", "reference"]
 
 
-def peft(impl, **update) -> PeftParams:
-    return P.model_copy(update={"impl": impl, **update})
+def peft(impl, **update) -> CaptionAdapters:
+    return dataclasses.replace(P, impl=impl, **update)
 
 
 def toy_table(vectors=None, kinds=None, dim=8, seed=0):
@@ -224,7 +225,7 @@ def test_attribute_decoders_are_shared_within_an_attribute():
     x's two values and nothing else."""
     t = wide_table()
     assert t.value_attribute.tolist() == [0, 0, 1, 1]  # <x:a> <x:b> <y:a> <y:b>
-    m = CaptionPEFT(t, P.model_copy(update={"vae_decoder": "attribute"})).eval()
+    m = CaptionPEFT(t, dataclasses.replace(P, vae_decoder="attribute")).eval()
     assert m.vae_dec_w.shape == (2, 6, 6) and m.vae_dec_b.shape == (4, 6) and m.vae_mu_w.shape[0] == 4
     rows = torch.arange(len(t.tokens))
     torch.testing.assert_close(m.enhanced_rows(rows)[0], t.vectors)
@@ -235,9 +236,9 @@ def test_attribute_decoders_are_shared_within_an_attribute():
     x_rows = m.is_attr & (m.dec_slot[m.slot.where(m.is_attr, 0)] == 0)
     assert x_rows.sum() == 6 and torch.equal(moved, x_rows)  # <x:a>'s 5 rows and <x:b>'s one
     assert CaptionPEFT(t, P).vae_dec_w.shape[0] == 2  # the default
-    assert CaptionPEFT(t, P.model_copy(update={"vae_decoder": "value"})).vae_dec_w.shape[0] == 4  # the seed's
+    assert CaptionPEFT(t, dataclasses.replace(P, vae_decoder="value")).vae_dec_w.shape[0] == 4  # the seed's
     with pytest.raises(ValueError, match="vae_decoder"):
-        CaptionPEFT(t, P.model_copy(update={"vae_decoder": "token"}))
+        CaptionPEFT(t, dataclasses.replace(P, vae_decoder="token"))
 
 
 def with_contextualiser(t, seed=0):
@@ -333,6 +334,7 @@ def test_impl_picks_the_class_and_both_hold_the_same_parameters(tmp_path):
     from safetensors.torch import load_file, save_file
 
     from tristage.model.tts import build_caption_module
+    from tristage.training.config import PeftParams
 
     t = toy_table()
     assert type(CaptionPEFT(t, P)) is FusedPEFT and type(CaptionPEFT(t)) is FusedPEFT
@@ -343,11 +345,10 @@ def test_impl_picks_the_class_and_both_hold_the_same_parameters(tmp_path):
     assert type(ref) is ReferencePEFT and isinstance(ref, CaptionPEFT) and isinstance(fused, CaptionPEFT)
     a, b = fused.state_dict(), ref.state_dict()
     assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
-    cfg = types.SimpleNamespace(caption_module="tristage.captions.peft:CaptionPEFT",
-                                peft=peft("reference").model_dump())
+    cfg = types.SimpleNamespace(caption_module="tristage.captions.peft:CaptionPEFT", peft=peft("reference"))
     assert type(build_caption_module(cfg, t)) is ReferencePEFT
     with pytest.raises(ValueError, match="impl"):
-        PeftParams(impl="fast")
+        PeftParams(impl="fast")  # stage1.peft
     with pytest.raises(ValueError, match="impl"):
         CaptionPEFT(t, types.SimpleNamespace(impl="fast"))
     with torch.no_grad():

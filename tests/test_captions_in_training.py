@@ -39,6 +39,7 @@ def attribute_only(tmp_path_factory):
             "caption_vectors.metrics=cv.json",
             "caption_vectors.plots_dir=cvplots",
             "caption_vectors.heldout_fraction=0.3",
+            "stage1.peft.lora_rank=16",  # the real adapters' default (the tiny params' 4 is the fake's)
         ],
     )
     run_caption_vectors(params.caption_vectors, progress=False)
@@ -48,7 +49,7 @@ def attribute_only(tmp_path_factory):
         "tristage.captions.peft:CaptionPEFT",
         "tristage.captions.vectors:CaptionVectorTable",
     )
-    src.caption_vectors, src.peft = str(folder / "cv"), params.caption_vectors.peft.model_dump()
+    src.caption_vectors = str(folder / "cv")
     return folder, params, src
 
 
@@ -99,7 +100,7 @@ def test_evaluate_caption_cosine_is_the_models_own(attribute_only):
     folder, params, src = attribute_only
     held = heldout_states(src.table)
     assert held is not None and len(held.captions) >= 1
-    peft = CaptionPEFT(src.table, params.caption_vectors.peft)
+    peft = CaptionPEFT(src.table, params.stage1.peft.adapters())
     at_init = caption_cosine(peft, src.table, held)
     assert at_init == pytest.approx(
         json.loads((folder / "cv.json").read_text())["caption_cosine_mean"], abs=2e-5

@@ -1,6 +1,7 @@
 """params.yaml -> typed config: defaults, validation, overrides, path resolution."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +10,7 @@ import pytest
 import yaml
 from conftest import project_env
 
+from tristage.captions.config import CaptionAdapters, CaptionVectorsParams
 from tristage.config import STAGES, Params, dump_defaults, load_params, parse_override
 from tristage.errors import ParamsError
 
@@ -31,13 +33,15 @@ def test_repo_params_file_equals_the_code_defaults():
 def test_seed_values_are_the_defaults():
     p = load_params(REPO / "params.yaml")
     assert (p.speaker_mapping.top_k, p.speaker_mapping.min_samples) == (500, 50)
-    peft = p.caption_vectors.peft
+    peft = p.stage1.peft
     assert (peft.lora_rank, peft.lora_alpha, peft.vae_latent_dim, peft.orthogonality_weight) == (
         16,
         32.0,
         128,
         0.01,
     )
+    assert peft.adapters() == CaptionAdapters()  # one place holds the adapters' defaults
+    assert (p.stage2.peft.kl_weight, p.stage3.peft.orthogonality_weight) == (0.001, 0.01)
     assert (p.stage2.grl_lambda, p.stage2.speaker_loss_weight) == (1.0, 0.1)
     assert tuple(p.stage2.speaker_acc_band) == (0.3, 0.6)
     assert p.stage3.lr_scale == 0.5 and p.stage1.lr_scale == 1.0
@@ -53,6 +57,44 @@ def test_every_dvc_stage_has_a_section_and_a_step():
         assert (REPO / "steps" / f"{stage}.py").is_file(), stage
         assert stage in dvc, stage
         assert dvc[stage]["cmd"] == f"python -m steps.{stage}"
+
+
+def _covers(entry: str, key: str) -> bool:
+    """A dvc.yaml `params:` entry (`stage1`, `features.codec`) reads `key` when it is the key or holds it."""
+    return key == entry or key.startswith(entry + ".")
+
+
+def test_caption_adapters_are_stage1_params_that_caption_vectors_does_not_read():
+    """The PEFT settings are training params (stage1.peft: adapters and loss weights; stage2/3.peft: loss
+    weights): the caption_vectors stage reads none of them, the training stages read their own."""
+    from tristage.training.config import PeftLossParams, PeftParams
+
+    dvc = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    assert "peft" not in CaptionVectorsParams.model_fields
+    keys = [f"stage1.peft.{k}" for k in PeftParams.model_fields]
+    keys += [f"{s}.peft.{k}" for s in ("stage2", "stage3") for k in PeftLossParams.model_fields]
+    for key in keys:
+        assert not any(_covers(p, key) for p in dvc["caption_vectors"]["params"]), key
+        assert any(_covers(p, key) for p in dvc[key.split(".")[0]]["params"]), key
+
+
+@pytest.mark.slow
+def test_editing_a_peft_key_leaves_caption_vectors_up_to_date(tmp_path):
+    """`dvc status` on this repo's params and stages' params lists (commands stubbed): after a run, an edit
+    of stage1.peft changes stage1 only."""
+    dvc_exe = str(Path(sys.executable).with_name("dvc"))
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {
+        s: {"cmd": "true", "params": stages[s]["params"]} for s in ("caption_vectors", "stage1", "stage2")}}))
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    run = lambda *a: subprocess.run([dvc_exe, *a], cwd=tmp_path, capture_output=True, text=True, check=True)
+    run("init", "--no-scm", "-q")
+    run("repro", "-q")
+    assert json.loads(run("status", "--json").stdout) == {}
+    params = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    params["stage1"]["peft"].update(kl_weight=0.002, lora_rank=8, vae_decoder="value")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    assert set(json.loads(run("status", "--json").stdout)) == {"stage1"}
 
 
 def test_relative_paths_resolve_against_the_params_folder(tmp_path):
@@ -78,8 +120,10 @@ def test_absolute_paths_stay(tmp_path):
         ({"prepare": {"min_duration": 5.0, "max_duration": 1.0}}, "prepare"),
         ({"prepare": {"manifets": "x.jsonl"}}, "prepare.manifets"),  # unknown key (typo)
         ({"stage4": {}}, "stage4"),  # unknown stage
-        ({"caption_vectors": {"peft": {"lora_rank": -2}}}, "caption_vectors.peft.lora_rank"),
-        ({"caption_vectors": {"peft": {"vae_decoder": "token"}}}, "caption_vectors.peft.vae_decoder"),
+        ({"stage1": {"peft": {"lora_rank": -2}}}, "stage1.peft.lora_rank"),
+        ({"stage1": {"peft": {"vae_decoder": "token"}}}, "stage1.peft.vae_decoder"),
+        ({"stage2": {"peft": {"lora_rank": 8}}}, "stage2.peft.lora_rank"),  # the adapters are stage1's
+        ({"caption_vectors": {"peft": {}}}, "caption_vectors.peft: unknown key: moved to stage1.peft"),
     ],
 )
 def test_invalid_values_fail_naming_the_key(tmp_path, data, key):

@@ -28,7 +28,6 @@ def test_checkpoint_of_other_code_is_not_resumed_and_the_line_names_the_file(tmp
         "params",
         "model_config",
         "init_weights",
-        "peft",
         "world_size",
         "data",
         "code",
@@ -66,7 +65,6 @@ def test_reason_names_each_part_that_differs():
         params="p",
         model_config="m",
         init_weights="",
-        peft="x",
         world_size=1,
         data="d",
         code="c",
@@ -143,10 +141,16 @@ def test_fingerprint_does_not_depend_on_where_the_repo_lies(tmp_path):
     cfg = TTSConfig(n_codebooks=4, codebook_size=256, n_mels=80, caption_dim=32, n_speakers=4,
                     caption_vectors=str(tmp_path / "a/data/caption_vectors"))
 
-    def parts(config):
-        peft = params.caption_vectors.peft
-        return fingerprint.run_fingerprint_parts("stage1", params.stage1, config, "init", peft, 1, data_a)[0]
+    def parts(config, stage_params=params.stage1):
+        return fingerprint.run_fingerprint_parts("stage1", stage_params, config, "init", 1, data_a)[0]
 
     moved = dataclasses.replace(cfg, caption_vectors=str(tmp_path / "b/data/caption_vectors"))
     assert parts(cfg) == parts(moved)
     assert parts(cfg)["model_config"] != parts(dataclasses.replace(cfg, d_model=64))["model_config"]
+    # the caption adapters are part of the architecture; their loss weights are the stage's params
+    wider = dataclasses.replace(cfg, peft=dataclasses.replace(cfg.peft, lora_rank=8))
+    assert parts(wider)["model_config"] != parts(cfg)["model_config"]
+    weights = params.stage1.peft.model_copy(update={"kl_weight": 0.1})
+    heavier = params.stage1.model_copy(update={"peft": weights})
+    assert parts(cfg, heavier)["params"] != parts(cfg)["params"]
+    assert parts(cfg, heavier)["model_config"] == parts(cfg)["model_config"]

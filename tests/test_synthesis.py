@@ -11,6 +11,7 @@ import pytest
 import soundfile as sf
 import torch
 
+from tristage.captions.config import CaptionAdapters
 from tristage.errors import UserError
 from tristage.model.config import TTSConfig
 from tristage.model.decoder import stop_loss
@@ -34,7 +35,7 @@ def random_model():
         n_speakers=4,
         caption_module=src.caption_module,
         caption_table=src.caption_table,
-        peft=dict(lora_rank=4),
+        peft=CaptionAdapters(lora_rank=4),
         **{**TINY_MODEL, "n_layer": 2},
     )
     torch.manual_seed(0)
@@ -505,7 +506,6 @@ def test_web_demo_in_a_real_browser(trained, tmp_path):
 
 def test_baked_real_caption_table_round_trip(tmp_path):
     """The real CaptionVectorTable + CaptionPEFT: baked, saved, loaded -> the same states as the adapters."""
-    from tristage.captions.config import PeftParams
     from tristage.captions.peft import CaptionPEFT, enhanced_table
     from tristage.captions.vectors import CaptionVectorTable
     from tristage.model.folder import BakedCaptions, _save_caption
@@ -515,7 +515,7 @@ def test_baked_real_caption_table_round_trip(tmp_path):
     bases = ["<unk>", "a", "b", "</s>", "<gender:female>", "<pitch:high>", "b"]
     vectors = np.random.default_rng(0).standard_normal((len(tokens), 8)).astype(np.float32)
     table = CaptionVectorTable(tokens, kinds, bases, vectors, {"name": "toy", "pretrained": False})
-    peft = CaptionPEFT(table, PeftParams(lora_rank=4, lora_alpha=8.0, vae_latent_dim=6))
+    peft = CaptionPEFT(table, CaptionAdapters(lora_rank=4, lora_alpha=8.0, vae_latent_dim=6))
     with torch.no_grad():
         for p in peft.parameters():
             p.add_(0.1 * torch.randn_like(p))  # "trained" adapters: no longer the identity

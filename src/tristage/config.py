@@ -49,6 +49,9 @@ STAGES = (
 
 
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+# Keys that moved: an older params file names the new place in its error
+MOVED = {"caption_vectors.peft": "stage1.peft (the caption adapters and stage1's loss weights; "
+                                 "stage2.peft / stage3.peft: those stages' loss weights)"}
 
 
 class Params(Section):
@@ -174,7 +177,8 @@ def _format_validation_error(exc: ValidationError, source: str) -> str:
         loc = ".".join(str(p) for p in err["loc"])
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
-            msg = "unknown key" + _did_you_mean(loc)
+            moved = next((new for old, new in MOVED.items() if loc == old or loc.startswith(old + ".")), None)
+            msg = f"unknown key: moved to {moved}" if moved else "unknown key" + _did_you_mean(loc)
         elif "input" in err and not isinstance(err["input"], (dict, list)):
             msg = f"{msg} (got {err['input']!r})"
         parts.append(f"{loc}: {msg}")

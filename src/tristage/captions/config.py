@@ -1,25 +1,48 @@
-"""Params of the `caption_vectors` stage and of the caption PEFT modules."""
+"""Params of the `caption_vectors` stage, and `CaptionAdapters`: what the caption PEFT (captions/peft) builds.
+
+The adapters are a training matter: `stage1.peft` (training/config.py) sets them with their loss weights,
+stage1 saves them in its `config.json` and every later stage and synthesis builds the very same ones
+from there. They are no `caption_vectors` params, so changing them never reruns that stage.
+"""
 from __future__ import annotations
 
 import copy
-from typing import Literal
+import dataclasses
+from typing import Any, Literal, Mapping
 
 from tristage.captions.lexicon import LEXICON, PARAPHRASES
 from tristage.schema import Field, Fraction, NonNegFloat, NonNegInt, Path, PosInt, Section
 
 
-class PeftParams(Section):
-    lora_rank: PosInt = 16
-    lora_alpha: float = Field(32.0, gt=0)
-    vae_latent_dim: PosInt = 128
-    orthogonality_weight: NonNegFloat = 0.01
-    kl_weight: NonNegFloat = 0.001
+@dataclasses.dataclass(frozen=True)
+class CaptionAdapters:
+    """The caption adapters' shapes and implementation (the defaults of `stage1.peft`)."""
+
+    lora_rank: int = 16
+    lora_alpha: float = 32.0  # the LoRA's output is scaled by alpha / rank
+    vae_latent_dim: int = 128
     # the VAE decoders (z -> dim): one per attribute, shared by its values (each value keeps its own
     # encoder, latent distribution and output bias; 1.15x faster training step at T5-base size, see
     # benchmarks/RESULTS.md), or one per attribute value (the seed's design)
     vae_decoder: Literal["value", "attribute"] = "attribute"
     # the adapters' code (captions/peft): the seed's math in plain PyTorch, or the same function fast
     impl: Literal["reference", "fused"] = "fused"
+
+    # What a saved config's `peft` held besides the adapters before they were typed: the loss weights (the
+    # trainer's, now `<stage>.peft`), and what a key it lacks meant: a config written before `vae_decoder`
+    # existed had one VAE decoder per attribute value.
+    LEGACY_KEYS = ("kl_weight", "orthogonality_weight")
+    LEGACY_UNSET = {"vae_decoder": "value"}
+
+    @classmethod
+    def from_saved(cls, saved: Mapping[str, Any] | None) -> CaptionAdapters:
+        """A model's config.json `peft` (a dict, any age; None for a config older than the key)."""
+        saved = dict(saved or {})
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(saved) - names - set(cls.LEGACY_KEYS)
+        if unknown:
+            raise ValueError(f"unknown caption adapter keys: {sorted(unknown)}")
+        return cls(**{**cls.LEGACY_UNSET, **{k: v for k, v in saved.items() if k in names}})
 
 
 class TinyEncoderParams(Section):
@@ -81,4 +104,3 @@ class CaptionVectorsParams(Section):
     lexicon: dict[str, dict[str, list[str]]] = Field(default_factory=lambda: copy.deepcopy(LEXICON))
     # free-form captions scored for fidelity besides the held-out ones (never used to build the table)
     paraphrases: list[str] = Field(default_factory=lambda: list(PARAPHRASES))
-    peft: PeftParams = PeftParams()

@@ -6,7 +6,8 @@ without loading torch.
 - `ModelParams` is what params.yaml holds: a `preset` (`tiny` | `seed` | `toy`, the tests') plus optional
   per-field overrides (null = take the preset's value).
 - `TTSConfig` is the whole architecture, resolved: the preset's sizes plus what the data
-  fixes (codebooks, codebook size, mel bins, caption dim, number of speakers). It is saved
+  fixes (codebooks, codebook size, mel bins, caption dim, number of speakers), and the caption
+  adapters (`stage1.peft`: `captions.config.CaptionAdapters`). It is saved
   as `models/<stage>/config.json`; stage2 and stage3 read it from the previous stage, so a
   later stage can never disagree with stage1 about the architecture.
 
@@ -26,6 +27,7 @@ import dataclasses
 import json
 from typing import Any, Literal
 
+from tristage.captions.config import CaptionAdapters
 from tristage.schema import Field, PosInt, Section
 
 TEXT_PAD_ID = 256  # the decoder's text tokens are UTF-8 bytes 0..255, then pad
@@ -77,11 +79,6 @@ class ModelParams(Section):
         return out
 
 
-# What a config's `peft` means by a key it lacks, where that differs from the params' default: a config
-# written before `caption_vectors.peft.vae_decoder` existed had one VAE decoder per attribute value.
-PEFT_UNSET = {"vae_decoder": "value"}
-
-
 @dataclasses.dataclass
 class TTSConfig:
     """The resolved architecture (saved as config.json next to model.safetensors)."""
@@ -114,7 +111,8 @@ class TTSConfig:
     caption_module: str = "tristage.captions.peft:CaptionPEFT"
     caption_table: str = "tristage.captions.vectors:CaptionVectorTable"
     caption_vectors: str | None = None  # the table's folder at training time
-    peft: dict = dataclasses.field(default_factory=dict)
+    # the caption adapters (stage1.peft when stage1 trained; every later stage keeps them)
+    peft: CaptionAdapters = dataclasses.field(default_factory=CaptionAdapters)
     # provenance, shown in outputs ("random-init codec/encoder")
     codec: str = "unknown"
     caption_encoder: str = "unknown"
@@ -148,4 +146,4 @@ class TTSConfig:
         unknown = set(d) - names
         if unknown:
             raise ValueError(f"unknown TTSConfig keys: {sorted(unknown)}")
-        return cls(**d)
+        return cls(**{**d, "peft": CaptionAdapters.from_saved(d.get("peft"))})

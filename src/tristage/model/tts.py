@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from tristage.captions.peft import CaptionPEFT
 from tristage.captions.vectors import CaptionVectorTable
 from tristage.model.classifier import SpeakerClassifier
-from tristage.model.config import PEFT_UNSET, TTSConfig
+from tristage.model.config import TTSConfig
 from tristage.model.decoder import Decoder, DecoderConfig, code_loss, delay_codes, stop_loss, undelay_codes
 from tristage.model.grl import GradientReversal
 from tristage.model.perceiver import ConditioningEncoder, EncoderConfig, PerceiverConfig, PerceiverResampler
@@ -255,10 +255,8 @@ def import_class(path: str):
 
 
 def build_caption_module(cfg: TTSConfig, table: Any) -> nn.Module:
-    """The caption module named in the config, built from the caption vector table."""
-    from tristage.captions.config import PeftParams
-
-    return import_class(cfg.caption_module)(table, PeftParams(**{**PEFT_UNSET, **cfg.peft}))
+    """The caption module the config names, built on the caption vector table with the config's adapters."""
+    return import_class(cfg.caption_module)(table, cfg.peft)
 
 
 def build_model(cfg: TTSConfig, table: Any) -> TTS:

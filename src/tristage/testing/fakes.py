@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
+from tristage.captions.config import CaptionAdapters
 from tristage.model.config import PRESETS
 from tristage.testing.corpus import EMOTIONS
 from tristage.training.data import Sources
@@ -74,9 +75,9 @@ class FakeCaptionTable:
 class FakeCaptionPEFT(nn.Module):
     """Frozen vectors + a LoRA-like low-rank adapter; kl / ortho are small regularisers."""
 
-    def __init__(self, table: FakeCaptionTable, peft=None):
+    def __init__(self, table: FakeCaptionTable, adapters: CaptionAdapters = CaptionAdapters(lora_rank=4)):
         super().__init__()
-        rank = getattr(peft, "lora_rank", 4) if peft is not None else 4
+        rank = adapters.lora_rank
         self.register_buffer("vectors", table.vectors.clone(), persistent=False)
         self.lora_a = nn.Linear(table.dim, rank, bias=False)
         self.lora_b = nn.Linear(rank, table.dim, bias=False)
@@ -142,7 +143,6 @@ def fake_sources(
         caption_module="tristage.testing.fakes:FakeCaptionPEFT",
         caption_table="tristage.testing.fakes:FakeCaptionTable",
         caption_vectors=str(table_dir) if table_dir else None,
-        peft=dict(lora_rank=4),
         codec="random-init fake codec",
         caption_encoder="random-init fake encoder",
     )
@@ -162,6 +162,7 @@ def write_tiny_params(folder: str | Path, steps: int = 8, dropout: float = 0.0, 
     common.update(stage_overrides)
     data = {s: dict(common) for s in ("stage1", "stage2", "stage3")}
     data["stage1"]["model"] = dict(preset="toy", dropout=dropout)
+    data["stage1"]["peft"] = dict(lora_rank=4)  # the fake caption module's adapter (rank 16 in the seed)
     (folder / "params.yaml").write_text(yaml.safe_dump(data))
     return folder / "params.yaml"
 

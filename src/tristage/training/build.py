@@ -1,7 +1,8 @@
 """What a training stage starts from: its architecture (`TTSConfig`) and its initial weights.
 
-stage1 takes the architecture from `stage1.model`; stage2/3 read the previous stage's
-`config.json` and `model.safetensors`, checked against the current data.
+stage1 takes the architecture from `stage1.model` and the caption adapters from `stage1.peft`;
+stage2/3 read both from the previous stage's `config.json` (and its `model.safetensors`), checked
+against the current data.
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 
 from tristage.errors import UserError
 from tristage.fsio import sha256
-from tristage.model.config import PEFT_UNSET, TTSConfig
+from tristage.model.config import TTSConfig
 from tristage.training.data import Sources
 from tristage.training.presets import PRESETS
 
@@ -39,13 +40,14 @@ def check_init(stage: str, stage_params, base: Path | None) -> None:
 
 
 def resolve_config(stage: str, params, stage_params, src: Sources) -> tuple[TTSConfig, Path | None]:
-    """The architecture: from stage1.model for stage1; from the previous stage's config.json after."""
+    """The architecture: from stage1.model and stage1.peft for stage1; from the previous stage's config.json
+    after."""
     preset = PRESETS[stage]
     if not preset.needs_init:
         sizes = params.stage1.model.resolved()
         cfg = TTSConfig(n_codebooks=src.n_codebooks, codebook_size=src.codebook_size, n_mels=src.n_mels,
                         caption_dim=int(src.table.dim), n_speakers=max(len(src.mapping), 1),
-                        preset=params.stage1.model.preset, **sizes)
+                        preset=params.stage1.model.preset, peft=params.stage1.peft.adapters(), **sizes)
         init = None
     else:
         init = Path(stage_params.init_from)
@@ -56,12 +58,6 @@ def resolve_config(stage: str, params, stage_params, src: Sources) -> tuple[TTSC
                 raise UserError(f"{init / 'config.json'}: {key}={getattr(cfg, key)} but the data has "
                                 f"{value}; rerun {preset.previous} on the current features "
                                 f"(dvc repro {preset.previous})")
-        trained = {**PEFT_UNSET, **cfg.peft}
-        for key in ("lora_rank", "vae_latent_dim", "vae_decoder"):  # the caption adapters' shapes
-            if key in trained and key in src.peft and trained[key] != src.peft[key]:
-                raise UserError(f"caption_vectors.peft.{key}: {src.peft[key]!r}, but {preset.previous} was "
-                                f"trained with {trained[key]!r} ({init / 'config.json'}), so its caption "
-                                f"adapters don't fit; rerun {preset.previous} (dvc repro {preset.previous})")
         if len(src.mapping) > cfg.n_speakers:
             raise UserError(f"{stage_params.speaker_mapping}: {len(src.mapping)} speakers but the "
                             f"{preset.previous} model has a {cfg.n_speakers}-way speaker classifier; "
@@ -69,7 +65,7 @@ def resolve_config(stage: str, params, stage_params, src: Sources) -> tuple[TTSC
     if getattr(stage_params, "adversary", None) is not None:  # stage2 decides how its classifier reads
         cfg.classifier_standardize = stage_params.adversary != "seed"
     cfg.caption_module, cfg.caption_table = src.caption_module, src.caption_table
-    cfg.caption_vectors, cfg.peft = src.caption_vectors, dict(src.peft)
+    cfg.caption_vectors = src.caption_vectors
     cfg.codec, cfg.caption_encoder = src.codec, src.caption_encoder
     return cfg, init
 

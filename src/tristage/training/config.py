@@ -1,8 +1,9 @@
 """Params of the three training stages. Stage differences are data: see `presets.py`.
 
-Every stage shares `StageParams`; stage1 also holds the architecture (`stage1.model`);
-stage2/3 read the architecture from the previous stage's saved `config.json`, so they can't
-disagree with stage1. stage2 adds the GRL and the speaker_acc band.
+Every stage shares `StageParams`; stage1 also holds the architecture (`stage1.model`) and the caption
+adapters (`stage1.peft`); stage2/3 read both from the previous stage's saved `config.json`, so they
+can't disagree with stage1. Every stage sets the weights of the adapters' loss terms (`<stage>.peft`).
+stage2 adds the GRL and the speaker_acc band.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Literal
 
 from pydantic import field_validator
 
+from tristage.captions.config import CaptionAdapters
 from tristage.model.config import ModelParams
 from tristage.schema import Field, Fraction, NonNegFloat, NonNegInt, Path, PosFloat, PosInt, Section
 
@@ -22,6 +24,29 @@ class TrainingInputs(Section):
     features: Path = Path("data/features")
     caption_vectors: Path = Path("data/caption_vectors")
     speaker_mapping: Path = Path("data/speakers/speaker_mapping.json")
+
+
+class PeftLossParams(Section):
+    """The caption adapters' loss terms: a stage's loss adds kl_weight * KL + orthogonality_weight * ortho."""
+
+    kl_weight: NonNegFloat = 0.001
+    orthogonality_weight: NonNegFloat = 0.01
+
+
+class PeftParams(PeftLossParams):
+    """`stage1.peft`: the caption adapters stage1 builds (saved in its config.json as they are: the later
+    stages and synthesis build the same ones) and its loss weights. Defaults: `CaptionAdapters`."""
+
+    lora_rank: PosInt = CaptionAdapters.lora_rank
+    lora_alpha: float = Field(CaptionAdapters.lora_alpha, gt=0)
+    vae_latent_dim: PosInt = CaptionAdapters.vae_latent_dim
+    # attribute: one VAE decoder per attribute, shared by its values; value: one per value (the seed's)
+    vae_decoder: Literal["value", "attribute"] = CaptionAdapters.vae_decoder
+    impl: Literal["reference", "fused"] = CaptionAdapters.impl  # the seed's math plainly, or the same fast
+
+    def adapters(self) -> CaptionAdapters:
+        return CaptionAdapters(lora_rank=self.lora_rank, lora_alpha=self.lora_alpha, impl=self.impl,
+                               vae_latent_dim=self.vae_latent_dim, vae_decoder=self.vae_decoder)
 
 
 class StageParams(TrainingInputs):
@@ -68,11 +93,14 @@ class StageParams(TrainingInputs):
     window: PosInt = 20  # steps in the moving window of train metrics
     checkpoint_every: PosInt = 50
     keep_last: PosInt = 2  # plus the best (lowest val mel_loss)
+    # the caption adapters' loss weights (stage1: also the adapters themselves, `PeftParams`)
+    peft: PeftLossParams = PeftLossParams()
 
 
 class Stage1Params(StageParams):
     steps: PosInt = 900  # stage1 learns from scratch: three times the later stages' fine-tuning
     model: ModelParams = ModelParams()
+    peft: PeftParams = PeftParams()
 
 
 class Stage2Params(StageParams):

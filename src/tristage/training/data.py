@@ -57,7 +57,6 @@ class Sources:
     caption_module: str = "tristage.captions.peft:CaptionPEFT"
     caption_table: str = "tristage.captions.vectors:CaptionVectorTable"
     caption_vectors: str | None = None
-    peft: dict = dataclasses.field(default_factory=dict)
     codec: str = "unknown"
     caption_encoder: str = "unknown"
 
@@ -89,7 +88,7 @@ def _describe(info: Any) -> str:
     return "unknown"
 
 
-def load_sources(sp, peft: dict | None = None) -> Sources:
+def load_sources(sp) -> Sources:
     """Open the real upstream outputs named in a stage's params (UserError naming the stage to run)."""
     from tristage.fsio import read_json
 
@@ -117,7 +116,7 @@ def load_sources(sp, peft: dict | None = None) -> Sources:
     enc = getattr(table, "encoder_info", None) or getattr(table, "meta", None) or "unknown"
     return Sources(store=store, manifest=read_prepared(sp.prepared), table=table, mapping=mapping,
                    n_codebooks=int(K), codebook_size=int(V), n_mels=int(n_mels),
-                   caption_vectors=str(sp.caption_vectors), peft=peft or {},
+                   caption_vectors=str(sp.caption_vectors),
                    codec=_describe(codec), caption_encoder=_describe(enc))
 
 

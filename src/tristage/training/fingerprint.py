@@ -1,16 +1,17 @@
 """The run fingerprint that decides whether a checkpoint may be resumed (beside `checkpoint.py`).
 
-    parts, code_files = run_fingerprint_parts(stage, sp, cfg, init_sha, peft, world, data_fp)
+    parts, code_files = run_fingerprint_parts(stage, sp, cfg, init_sha, world, data_fp)
     fp = combine(parts)                                 # in every checkpoint's manifest.json, with the parts
     reason = why_not_resumable(manifest, parts, code_files)  # "made by other code (tristage/model/tts.py)"
 
 `models/<stage>/` is a persisted DVC output, so a rerun finds the checkpoints of the last run.
 A checkpoint is resumed only when every part is equal: the CODE (sha256 of every file in the
 trainer's static import closure inside src/tristage plus the configured caption module, see
-tristage/closure.py), the stage, its params minus the cosmetic ones, the architecture, the
-initial weights, the caption PEFT params, the world size and the data (features index, speaker
-mapping, each example's text / caption ids, the caption vector table). Anything else starts
-fresh, and the reason is one line naming the parts (and, for code, the files) that differ.
+tristage/closure.py), the stage, its params minus the cosmetic ones (with its caption adapters' loss
+weights), the architecture (with the caption adapters), the initial weights, the world size and the
+data (features index, speaker mapping, each example's text / caption ids, the caption vector table).
+Anything else starts fresh, and the reason is one line naming the parts (and, for code, the files)
+that differ.
 """
 from __future__ import annotations
 
@@ -30,7 +31,6 @@ COSMETIC = {"out_dir", "metrics", "plots_dir", "log_every", "keep_last", "checkp
 TRAINER_MODULE = "tristage.training.trainer"
 LABELS = {"stage": "another stage", "params": "other params", "model_config": "another model config",
           "init_weights": "other init weights (the previous stage changed)",
-          "peft": "other caption_vectors.peft",
           "data": "other data (features, manifest, speakers or caption vectors)"}
 
 
@@ -56,14 +56,14 @@ LOCATION_KEYS = ("caption_vectors",)  # TTSConfig: the caption table's folder at
 STORE_LOCATION_KEYS = ("dir",)  # FeatureStore.meta: the features folder
 
 
-def run_fingerprint_parts(stage: str, stage_params, cfg, init_sha: str, peft, world: int,
+def run_fingerprint_parts(stage: str, stage_params, cfg, init_sha: str, world: int,
                           data_fp: str) -> tuple[dict, dict[str, str]]:
     """The fingerprint's named parts, and the per-file hashes behind its `code` part."""
     section = {k: v for k, v in stage_params.model_dump(mode="json").items() if k not in COSMETIC}
     code, files = code_part(getattr(cfg, "caption_module", None))
     config = {k: v for k, v in cfg.to_dict().items() if k not in LOCATION_KEYS}
     parts = dict(stage=stage, params=_h(section), model_config=_h(config), init_weights=init_sha,
-                 peft=_h(peft.model_dump(mode="json")), world_size=int(world), data=data_fp, code=code)
+                 world_size=int(world), data=data_fp, code=code)
     return parts, files
 
 

@@ -81,9 +81,7 @@ class _Trainer:
                 sp.lr,
                 sp.lr_scale,
             )
-        self.src = (
-            sources if sources is not None else load_sources(sp, params.caption_vectors.peft.model_dump())
-        )
+        self.src = sources if sources is not None else load_sources(sp)
         if self.preset.grl and not self.src.mapping:
             raise UserError(
                 f"{sp.speaker_mapping}: no speakers selected; the stage2 speaker classifier needs at "
@@ -116,9 +114,8 @@ class _Trainer:
         self.adversary = SpeakerAdversary.from_params(sp, model, dist, grl=self.preset.grl)
         self.opt, self.sched = build_optimizer(
             model, sp, self.adversary.classifier_lr_scale if self.adversary else 1.0)
-        self.peft = params.caption_vectors.peft
         self.out = Path(sp.out_dir)
-        parts, code_files = run_fingerprint_parts(stage, sp, self.cfg, init_sha, self.peft, dist.world,
+        parts, code_files = run_fingerprint_parts(stage, sp, self.cfg, init_sha, dist.world,
                                                   data_fingerprint(self.src, self.data.examples))
         self.fingerprint = combine(parts)
         self.checkpoints = RunCheckpoints(stage, self.out / "checkpoints", self.base, self.fingerprint, parts,
@@ -202,9 +199,8 @@ class _Trainer:
         return nullcontext()
 
     def loss_of(self, out: dict) -> torch.Tensor:
-        loss = (
-            out["mel_loss"] + self.peft.kl_weight * out["kl"] + self.peft.orthogonality_weight * out["ortho"]
-        )
+        weights = self.sp.peft  # the caption adapters' loss terms (this stage's own weights)
+        loss = out["mel_loss"] + weights.kl_weight * out["kl"] + weights.orthogonality_weight * out["ortho"]
         loss = loss + out["stop_loss"]  # end-of-speech head (model/decoder.py stop_loss)
         if self.adversary:
             loss = loss + self.adversary.speaker_term(out)

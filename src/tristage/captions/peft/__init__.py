@@ -1,11 +1,11 @@
 """Caption PEFT: the precomputed caption vectors, refined by small adapters during training.
 
-    peft = CaptionPEFT(table, params.caption_vectors.peft)
+    peft = CaptionPEFT(table, params.stage1.peft.adapters())   # or a model config's cfg.peft
     out = peft(ids, mask)          # ids (B, L) table rows, mask (B, L) bool
     out.states (B, L, dim), out.mask (B, L), out.kl (), out.ortho ()
 
 The math (LoRA per token content, a VAE per attribute value, the KL, the orthogonality) is written
-plainly in reference.py; read it first. `caption_vectors.peft.impl` picks the implementation:
+plainly in reference.py; read it first. `stage1.peft.impl` picks the implementation:
 `reference` (ReferencePEFT, reference.py) or `fused` (FusedPEFT, fused.py, the default: the same
 function, fast). Both have the parameters of base.py, so a state dict of one loads into the other.
 

@@ -1,6 +1,6 @@
 """CaptionPEFT's parameters and the table facts its adapters read, shared by both implementations.
 
-    peft = CaptionPEFT(table, params.caption_vectors.peft)  # the class `peft.impl` names
+    peft = CaptionPEFT(table, adapters)  # captions.config.CaptionAdapters; the class `adapters.impl` names
     out = peft(ids, mask)          # ids (B, L) table rows, mask (B, L) bool
     out.states (B, L, dim), out.mask (B, L), out.kl (), out.ortho ()
 
@@ -23,11 +23,12 @@ import math
 import torch
 import torch.nn as nn
 
+from tristage.captions.config import CaptionAdapters
 from tristage.captions.peft.basis import value_coords
 
 
 class CaptionPEFT(nn.Module):
-    """Calling CaptionPEFT(table, peft) builds the implementation `peft.impl` names (default `fused`):
+    """Calling CaptionPEFT(table, adapters) builds the implementation `adapters.impl` names (default `fused`):
     each subclass registers itself with `class X(CaptionPEFT, impl="name")`."""
 
     IMPLS: dict[str, type] = {}
@@ -39,25 +40,22 @@ class CaptionPEFT(nn.Module):
 
     def __new__(cls, *args, **kwargs):
         if cls is CaptionPEFT:
-            peft = args[1] if len(args) > 1 else kwargs.get("peft")
-            impl = getattr(peft, "impl", "fused")
+            impl = (args[1] if len(args) > 1 else kwargs.get("adapters", CaptionAdapters())).impl
             if impl not in CaptionPEFT.IMPLS:
-                raise ValueError(f"caption_vectors.peft.impl: {impl!r}, expected one of "
+                raise ValueError(f"stage1.peft.impl: {impl!r}, expected one of "
                                  f"{', '.join(sorted(CaptionPEFT.IMPLS))}")
             cls = CaptionPEFT.IMPLS[impl]
         return super().__new__(cls)
 
-    def __init__(self, table, peft=None):
+    def __init__(self, table, adapters: CaptionAdapters = CaptionAdapters()):
         super().__init__()
-        r = int(getattr(peft, "lora_rank", 16))
-        alpha = float(getattr(peft, "lora_alpha", 32.0))
-        zdim = int(getattr(peft, "vae_latent_dim", 128))
+        r, alpha, zdim = int(adapters.lora_rank), float(adapters.lora_alpha), int(adapters.vae_latent_dim)
         vectors = torch.as_tensor(table.vectors, dtype=torch.float32)
         N, d = vectors.shape
         is_attr, slot = _row_slots(table, N)
         n_lora = int(slot[~is_attr].max()) + 1 if (~is_attr).any() else 1
         n_vae = int(slot[is_attr].max()) + 1 if is_attr.any() else 0
-        dec_slot = _decoder_slots(table, getattr(peft, "vae_decoder", "value"), n_vae)
+        dec_slot = _decoder_slots(table, adapters.vae_decoder, n_vae)
         n_dec = int(dec_slot.max()) + 1 if n_vae else 0
         self.dim, self.rank, self.zdim, self.scaling = d, r, zdim, alpha / r
         self.register_buffer("vectors", vectors.clone(), persistent=False)  # (N, d)
@@ -117,7 +115,7 @@ def _row_slots(table, N: int) -> tuple[torch.Tensor, torch.Tensor]:
 def _decoder_slots(table, decoder: str, n_vae: int) -> torch.Tensor:
     """(M,) the decoder of each value: itself, or its attribute's (`vae_decoder: attribute`)."""
     if decoder not in ("value", "attribute"):
-        raise ValueError(f"caption_vectors.peft.vae_decoder: {decoder!r}, expected value or attribute")
+        raise ValueError(f"stage1.peft.vae_decoder: {decoder!r}, expected value or attribute")
     groups = getattr(table, "value_attribute", None)
     if decoder == "attribute" and groups is not None and n_vae:
         return torch.as_tensor(groups, dtype=torch.long)

@@ -1,4 +1,4 @@
-"""The caption PEFT, fast (`caption_vectors.peft.impl: fused`, the default): the function reference.py
+"""The caption PEFT, fast (`stage1.peft.impl: fused`, the default): the function reference.py
 writes plainly, with the same parameters (base.py), computed for speed.
 
 - Each distinct row of a batch is enhanced once: `make_plan` (plan.py) groups the rows by adapter
@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from tristage.captions.config import CaptionAdapters
 from tristage.captions.peft.base import CaptionPEFT
 from tristage.captions.peft.cache import BakedTable, ContextCache
 from tristage.captions.peft.node import _Adapters, _kl
@@ -25,8 +26,8 @@ from tristage.captions.peft.states import CaptionStates
 
 
 class FusedPEFT(BakedTable, ContextCache, CaptionPEFT, impl="fused"):
-    def __init__(self, table, peft=None):
-        super().__init__(table, peft)
+    def __init__(self, table, adapters: CaptionAdapters = CaptionAdapters()):
+        super().__init__(table, adapters)
         # None where each value has its own decoder: one grouping then serves encoders and decoders
         shared = self.vae_dec_w.shape[0] != self.vae_dec_b.shape[0]
         self._dec_slot = self.dec_slot.numpy().copy() if shared else None

@@ -1,4 +1,4 @@
-"""The seed's caption PEFT math in plain PyTorch (`caption_vectors.peft.impl: reference`).
+"""The seed's caption PEFT math in plain PyTorch (`stage1.peft.impl: reference`).
 
 Each distinct table row of a batch goes through its own adapter (parameters: base.py):
 - a token row (a token, a token in context, <unk>): the LoRA of its token content,
@@ -16,8 +16,8 @@ Each distinct table row of a batch goes through its own adapter (parameters: bas
   (the VAE's mean, z = mu, on the mean of a value's rows), L2-normalised (0 with fewer than 2 values).
 With a table that has a contextualiser, its correction (frozen: a function of the caption's raw rows)
 is added after the adapters; `context=False` leaves it out.
-kl and ortho are UNWEIGHTED: the trainer multiplies them by `peft.kl_weight` and
-`peft.orthogonality_weight`. fused.py computes the same function, fast; tests hold it to this one.
+kl and ortho are UNWEIGHTED: the trainer multiplies them by `<stage>.peft.kl_weight` and
+`<stage>.peft.orthogonality_weight`. fused.py computes the same function, fast; tests hold it to this one.
 """
 from __future__ import annotations
 
