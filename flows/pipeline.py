@@ -22,6 +22,7 @@ DVC skipped gets one from the flow, tagged `dvc_outcome`). At the end a markdown
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import inspect
 import logging
@@ -227,72 +228,99 @@ def pipeline(
     """
     repo_dir = Path(repo or os.environ.get("TRISTAGE_REPO") or REPO).resolve()
     overrides = override_items(overrides)
-    target = target or ALL
-    flow_run_id = str(current_flow_run.id or "")
     name = exp_name or current_flow_run.name or "tristage-run"
-    devices = gpu.visible_gpus()
-    gpu.ensure_gpu_limit(gpu.n_slots(devices))
-
-    ws_state = prepare_workspace(repo_dir, name, overrides, target, include_local_changes, return_state=True)
-    ws, graph, changes = ws_state.result()
-    ws = Path(ws)  # a new object: the stages depend on the tasks before them (wait_for), not on this one
-    stages = list(graph)
-    git_rev = workspace._git(["rev-parse", "HEAD"], ws).strip()
-    uri = tracking_uri(repo_dir)
-    parent = runs.start_parent_run(
-        uri, name, tags={"dvc_experiment": name, "prefect_flow_run_id": flow_run_id, "git_revision": git_rev,
-                         "target": target},
-        params={"overrides": overrides},
-        artifact_root=repo_dir / "mlartifacts")
-    env = dvc.subprocess_env(ws, tracking_uri=uri, parent_run_id=parent, flow_run_id=flow_run_id,
-                             exp_name=name, git_rev=git_rev, device=None)
-    status = "FAILED"
-    outcomes: dict[str, str] = {}
-    done: dict[str, State] = {}
+    gpu.ensure_gpu_limit(gpu.n_slots(gpu.visible_gpus()))
+    ws_state = prepare_workspace(repo_dir, name, overrides, target or ALL, include_local_changes,
+                                 return_state=True)
+    run = _FlowRun.start(repo_dir, name, overrides, target or ALL, *ws_state.result())
+    status, outcomes = "FAILED", {}
     try:
-        for stage in stages:
-            # the run graph: each stage waits on the stages it reads from (the first ones on the workspace)
-            wait_for = [done[u] for u in graph[stage] if u in done] or [ws_state]
-            if stage in dvc.GPU_STAGES:
-                state = gpu_stage(stage, ws, env, repo_dir / ".tristage" / "locks", return_state=True,
-                                  wait_for=wait_for)
-            else:
-                state = cpu_stage(stage, ws, env, return_state=True, wait_for=wait_for)
-            outcomes[stage] = state.result()  # raises what failed the stage
-            done[stage] = state
-        readers = {u for s in stages for u in graph[s]}
-        save_experiment(ws, name, list(stages), overrides, env, wait_for=[done[s] for s in stages
-                                                                          if s not in readers])
+        _run_stages(run, ws_state, outcomes)
         status = "FINISHED"
     finally:
-        metrics = runs.read_stage_metrics(ws, stages)
-        runs.record_stage_outcomes(uri, parent, ws, outcomes, tags={
-            "dvc_experiment": name, "prefect_flow_run_id": flow_run_id, "git_revision": git_rev})
-        runs.finish_parent_run(uri, parent, status, metrics,
-                               tags={"stages": ",".join(stages), **runs.read_stage_bands(ws, stages)})
-        computed = [s for s in stages if outcomes.get(s) in report.COMPUTED]
-        summary = report.summary_markdown(
-            name=name, status=status, stages=stages, outcomes=outcomes,
-            metrics={s: report.stage_metrics(ws, s) for s in stages}, parent_run_id=parent, tracking_uri=uri,
-            plots=report.plot_files(ws, stages), overrides=overrides,
-            baseline={s: report.baseline_metrics(ws, s) for s in computed}, changes=changes, git_rev=git_rev,
-            advice=_band_advice(ws, outcomes), mlflow_url=runs_link(uri) if parent else None)
-        try:
-            report.publish(summary, name)
-        except Exception as exc:  # a summary must never fail a run
-            log.warning("run summary artifact not created (%s)", exc)
+        metrics, summary = _finish(run, status, outcomes)
         if status == "FINISHED" and not keep_workspace:
-            workspace.remove_workspace(repo_dir, ws)
-    return {
-        "experiment": name,
-        "flow_run_id": flow_run_id,
-        "stages": stages,
-        "outcomes": outcomes,
-        "mlflow_parent_run_id": parent,
-        "metrics": metrics,
-        "summary": summary,
-        "workspace": str(ws) if keep_workspace else None,
-    }
+            workspace.remove_workspace(repo_dir, run.ws)
+    return {"experiment": name, "flow_run_id": run.flow_run_id, "stages": run.stages, "outcomes": outcomes,
+            "mlflow_parent_run_id": run.parent, "metrics": metrics, "summary": summary,
+            "workspace": str(run.ws) if keep_workspace else None}
+
+
+@dataclasses.dataclass
+class _FlowRun:
+    """One flow run: its workspace, the stages (each with the stages it reads from), the MLflow parent run."""
+
+    repo: Path
+    name: str
+    overrides: dict[str, Any]
+    ws: Path
+    graph: dict[str, list[str]]
+    changes: dict[str, list[str]]  # what came from the working tree (workspace.create_workspace)
+    git_rev: str
+    uri: str
+    parent: str | None
+    flow_run_id: str
+    env: dict[str, str]  # of every dvc call
+
+    @property
+    def stages(self) -> list[str]:
+        return list(self.graph)
+
+    @classmethod
+    def start(cls, repo: Path, name: str, overrides: dict[str, Any], target: str, ws, graph,
+              changes) -> _FlowRun:
+        """`prepare_workspace`'s result -> the run, with its MLflow parent run started."""
+        ws = Path(ws)  # a new object: the stages depend on the tasks before them (wait_for), not on this one
+        git_rev = workspace._git(["rev-parse", "HEAD"], ws).strip()
+        uri, flow_run_id = tracking_uri(repo), str(current_flow_run.id or "")
+        tags = {"dvc_experiment": name, "prefect_flow_run_id": flow_run_id, "git_revision": git_rev,
+                "target": target}
+        parent = runs.start_parent_run(uri, name, tags=tags, params={"overrides": overrides},
+                                       artifact_root=repo / "mlartifacts")
+        env = dvc.subprocess_env(ws, tracking_uri=uri, parent_run_id=parent, flow_run_id=flow_run_id,
+                                 exp_name=name, git_rev=git_rev, device=None)
+        return cls(repo, name, overrides, ws, graph, changes, git_rev, uri, parent, flow_run_id, env)
+
+
+def _run_stages(run: _FlowRun, ws_state: State, outcomes: dict[str, str]) -> None:
+    """Each stage a task waiting on the stages it reads from (the first ones on the workspace), then
+    `dvc exp save`; `outcomes` gets what DVC did per stage. Raises what failed a stage."""
+    done: dict[str, State] = {}
+    for stage in run.stages:
+        wait_for = [done[u] for u in run.graph[stage] if u in done] or [ws_state]
+        if stage in dvc.GPU_STAGES:
+            state = gpu_stage(stage, run.ws, run.env, run.repo / ".tristage" / "locks", return_state=True,
+                              wait_for=wait_for)
+        else:
+            state = cpu_stage(stage, run.ws, run.env, return_state=True, wait_for=wait_for)
+        outcomes[stage] = state.result()  # raises what failed the stage
+        done[stage] = state
+    readers = {u for s in run.stages for u in run.graph[s]}
+    save_experiment(run.ws, run.name, run.stages, run.overrides, run.env,
+                    wait_for=[done[s] for s in run.stages if s not in readers])
+
+
+def _finish(run: _FlowRun, status: str, outcomes: dict[str, str]) -> tuple[dict[str, float], str]:
+    """The MLflow runs closed (stages DVC skipped get one too), the summary artifact -> (metrics, summary)."""
+    stages, ws = run.stages, run.ws
+    metrics = runs.read_stage_metrics(ws, stages)
+    runs.record_stage_outcomes(run.uri, run.parent, ws, outcomes, tags={
+        "dvc_experiment": run.name, "prefect_flow_run_id": run.flow_run_id, "git_revision": run.git_rev})
+    runs.finish_parent_run(run.uri, run.parent, status, metrics,
+                           tags={"stages": ",".join(stages), **runs.read_stage_bands(ws, stages)})
+    computed = [s for s in stages if outcomes.get(s) in report.COMPUTED]
+    summary = report.summary_markdown(
+        name=run.name, status=status, stages=stages, outcomes=outcomes,
+        metrics={s: report.stage_metrics(ws, s) for s in stages}, parent_run_id=run.parent,
+        tracking_uri=run.uri, plots=report.plot_files(ws, stages), overrides=run.overrides,
+        baseline={s: report.baseline_metrics(ws, s) for s in computed}, changes=run.changes,
+        git_rev=run.git_rev, advice=_band_advice(ws, outcomes),
+        mlflow_url=runs_link(run.uri) if run.parent else None)
+    try:
+        report.publish(summary, run.name)
+    except Exception as exc:  # a summary must never fail a run
+        log.warning("run summary artifact not created (%s)", exc)
+    return metrics, summary
 
 
 def _main(argv: list[str] | None = None) -> None:

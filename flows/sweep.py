@@ -41,7 +41,7 @@ from flows.orchestration.sweeps import SweepRun, existing_experiments, make_slot
 from flows.pipeline import StageName, Text, _example, _or, user_errors_in_one_line
 from tristage.errors import UserError
 from tristage.runs import sweep_points
-from tristage.runs.sweep_plan import SweepPlan, SweepPoint, SweepRequest
+from tristage.runs.sweep_plan import SweepPlan, SweepPoint, SweepRequest, SweepResults
 from tristage.runs.sweep_results import SWEEPS_DIR
 from tristage.runs.tracking import tracking_uri
 
@@ -131,16 +131,23 @@ def sweep(
             base_ws = run_base(run)
             futures = [run_point.submit(run, point, base_ws) for point in todo]
             records.update({p.name: f.result() for p, f in zip(todo, futures)})
-        meta = {"slots": slots.count, "slot_kind": slots.kind, "threads_per_point": slots.threads,
-                "mlflow_parent_run_id": run.parent}
-        results = plan.finish(records, meta)
-        print(results.table())
-        runs.log_sweep_results(uri, run.parent, results)
-        if plan.all_valid_done(results):  # nothing left to retry: the base is not needed any more
-            workspace.remove_workspace(repo_dir, repo_dir / workspace.RUNS_DIR / plan.base_name)
+        results = _results(run, records)
     finally:
         runs.finish_parent_run(uri, run.parent, results.status if results else "FAILED")
     return plan.summary(records, results, run.parent)
+
+
+def _results(run: SweepRun, records: dict[str, dict]) -> SweepResults:
+    """The table, charts and recommendation in sweeps/<name>/ and the sweep's MLflow run; the base workspace
+    removed when nothing is left to retry (an invalid point stays invalid)."""
+    plan, slots = run.plan, run.slots
+    results = plan.finish(records, {"slots": slots.count, "slot_kind": slots.kind,
+                                    "threads_per_point": slots.threads, "mlflow_parent_run_id": run.parent})
+    print(results.table())
+    runs.log_sweep_results(run.uri, run.parent, results)
+    if plan.all_valid_done(results):
+        workspace.remove_workspace(run.repo, run.repo / workspace.RUNS_DIR / plan.base_name)
+    return results
 
 
 def _params_file(repo: Path, include_local_changes: bool) -> Path:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tristage.errors import UserError
 from tristage.runs.compare import (
     ALL_COLUMNS,
     DVC_COLUMNS,
@@ -24,7 +25,6 @@ from tristage.runs.compare import (
     render_table,
     table_rows,
 )
-from tristage.errors import UserError
 
 
 def _flow(run_id, name, t, lam, acc, s3_loss, band="[0.3, 0.6]", probe=None):

@@ -47,4 +47,5 @@ def test_read_json_raises_without_a_default_and_falls_back_with_one(tmp_path):
 def test_sha256_reads_the_file_in_chunks(tmp_path):
     data = os.urandom(3000)
     (tmp_path / "f.bin").write_bytes(data)
-    assert sha256(tmp_path / "f.bin", chunk=1000) == sha256(tmp_path / "f.bin") == hashlib.sha256(data).hexdigest()
+    want = hashlib.sha256(data).hexdigest()
+    assert sha256(tmp_path / "f.bin", chunk=1000) == sha256(tmp_path / "f.bin") == want

@@ -13,8 +13,8 @@ from safetensors.torch import load_file
 
 from tristage.config import load_params
 from tristage.environment import REPRODUCIBLE_ENV
-from tristage.testing.fakes import default_fake_sources, write_tiny_params
 from tristage.runs.timings import split_timings
+from tristage.testing.fakes import default_fake_sources, write_tiny_params
 from tristage.training.trainer import train_stage
 
 
@@ -30,7 +30,7 @@ def test_stage1_twice_with_two_threads_gives_identical_weights_and_metrics(tmp_p
     m2, w2 = _run(tmp_path / "b", steps=6)
     assert torch.get_num_threads() == 2
     assert w1.keys() == w2.keys() and all(torch.equal(w1[k], w2[k]) for k in w1)
-    # the stage command moves timings (a speed, not a result) out of the tracked metrics: tristage/runs/timings.py
+    # the stage command moves timings (a speed, not a result) out of the tracked metrics (runs/timings.py)
     quality = lambda m: split_timings(m)[0]
     assert quality(m1) == quality(m2) and quality(m1)["mel_loss"] == m1["mel_loss"]
     files = [json.loads((tmp_path / f"{r}/metrics/stage1.json").read_text()) for r in "ab"]

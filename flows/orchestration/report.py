@@ -93,11 +93,34 @@ def summary_markdown(*, name: str, status: str, stages: Sequence[str], outcomes:
     """The run summary as markdown (the artifact's text). `baseline`: per stage the metrics at HEAD
     (`baseline_metrics`); `changes`: what the workspace took from the working tree (`copied`, `deleted`,
     `not_copied`: workspace.create_workspace)."""
+    head = f"`{git_rev[:7]}`" if git_rev else ""
+    computed = [s for s in stages if outcomes.get(s) in COMPUTED]
+    lines = [f"# tristage run `{name}`: {status}", ""]
+    lines += _outcome_lines(stages, outcomes, overrides, changes, head)
+    if baseline is not None and computed:
+        lines += _change_lines(name, computed, baseline, metrics, head, max_changes)
+    if advice:
+        lines += [f"> **Band advice (stage2):** {advice}", ""]
+    lines += _where_lines(name, status, parent_run_id, tracking_uri, mlflow_url)
+    lines += ["## Stages", "", "| stage | what ran |", "|---|---|"]
+    lines += [f"| {s} | {outcomes.get(s, 'not run')} |" for s in stages]
+    lines.append("")
+    for stage in computed:
+        lines += _stage_metric_lines(stage, outcomes[stage], metrics.get(stage) or {}, max_rows_per_stage)
+    shown = [p for p in plots if any(p.startswith(f"plots/{s}/") for s in computed)] if computed else []
+    if shown:
+        lines += ["## Plots", "", f"In the experiment (`dvc exp apply {name}`, or "
+                  f"`dvc plots diff HEAD {name}`) and as artifacts of the stage runs in MLflow:", ""]
+        lines += [f"- `{p}`" for p in shown]
+    return "\n".join(lines) + "\n"
+
+
+def _outcome_lines(stages: Sequence[str], outcomes: Mapping[str, str], overrides: Mapping[str, Any],
+                   changes: Mapping[str, Sequence[str]] | None, head: str) -> list[str]:
+    """What ran, was restored, unchanged or not run; the overrides; what the run started from."""
     by_outcome = {o: [s for s in stages if outcomes.get(s) == o] for o in ("ran", "restored", "unchanged")}
     not_run = [s for s in stages if s not in outcomes]
-    head = f"`{git_rev[:7]}`" if git_rev else ""
-    lines = [f"# tristage run `{name}`: {status}", ""]
-    lines.append(f"- **Ran:** {', '.join(by_outcome['ran']) or 'nothing'}")
+    lines = [f"- **Ran:** {', '.join(by_outcome['ran']) or 'nothing'}"]
     if by_outcome["restored"]:
         lines.append(f"- **Restored** from DVC's run cache (computed before with the same inputs): "
                      f"{', '.join(by_outcome['restored'])}")
@@ -117,53 +140,50 @@ def summary_markdown(*, name: str, status: str, stages: Sequence[str], outcomes:
             src += (f". Not copied: {len(stale)} changed DVC output(s) of the working tree "
                     f"({_names(stale, 4)}); the stages that didn't rerun keep HEAD's outputs")
         lines.append(f"- **Started from:** {src}")
-    lines.append("")
+    return lines + [""]
 
-    computed = [s for s in stages if outcomes.get(s) in COMPUTED]
-    if baseline is not None and computed:
-        rows = [(f"{s}.{k}", old, new) for s in computed
-                for k, old, new in metric_changes(baseline.get(s) or {}, metrics.get(s) or {})]
-        at = f"HEAD {head}" if head else "HEAD"
-        lines += [f"## What changed against {at} (`dvc metrics diff HEAD {name}`)", ""]
-        if rows:
-            lines += ["| metric | HEAD | this run | change |", "|---|---|---|---|"]
-            lines += [f"| {k} | {_cell(old)} | {_cell(new)} | {_delta(old, new)} |"
-                      for k, old, new in rows[:max_changes]]
-            if len(rows) > max_changes:
-                lines.append(f"| ... | | | {len(rows) - max_changes} more: `dvc metrics diff HEAD {name}` |")
-        else:
-            lines.append("No metric of the stages that ran differs from HEAD's.")
-        lines.append("")
-    if advice:
-        lines += [f"> **Band advice (stage2):** {advice}", ""]
 
-    lines += ["## Where", ""]
+def _change_lines(name: str, computed: Sequence[str], baseline: Mapping[str, Mapping[str, Any]],
+                  metrics: Mapping[str, Mapping[str, Any]], head: str, max_changes: int) -> list[str]:
+    """The metrics of the stages that ran that differ from HEAD's."""
+    rows = [(f"{s}.{k}", old, new) for s in computed
+            for k, old, new in metric_changes(baseline.get(s) or {}, metrics.get(s) or {})]
+    at = f"HEAD {head}" if head else "HEAD"
+    lines = [f"## What changed against {at} (`dvc metrics diff HEAD {name}`)", ""]
+    if rows:
+        lines += ["| metric | HEAD | this run | change |", "|---|---|---|---|"]
+        lines += [f"| {k} | {_cell(old)} | {_cell(new)} | {_delta(old, new)} |"
+                  for k, old, new in rows[:max_changes]]
+        if len(rows) > max_changes:
+            lines.append(f"| ... | | | {len(rows) - max_changes} more: `dvc metrics diff HEAD {name}` |")
+    else:
+        lines.append("No metric of the stages that ran differs from HEAD's.")
+    return lines + [""]
+
+
+def _where_lines(name: str, status: str, parent_run_id: str | None, tracking_uri: str,
+                 mlflow_url: str | None) -> list[str]:
+    """Where the run is kept: the DVC experiment and the MLflow parent run."""
+    lines = ["## Where", ""]
     lines += [f"- DVC experiment: `{name}` (`dvc exp show`, `dvc exp apply {name}`, "
               f"`dvc metrics diff HEAD {name}`)" if status == "FINISHED"
               else "- DVC experiment: not saved (the run failed; workspace kept)"]
     lines += [f"- MLflow parent run: `{parent_run_id}` in experiment `tristage` at `{tracking_uri}`"
               + (f"; [its runs in the MLflow UI]({mlflow_url}) (`make mlflow` first)" if mlflow_url else "")
               if parent_run_id else "- MLflow parent run: none (tracking unavailable)"]
-    lines.append("")
-    lines += ["## Stages", "", "| stage | what ran |", "|---|---|"]
-    lines += [f"| {s} | {outcomes.get(s, 'not run')} |" for s in stages]
-    lines.append("")
-    for stage in computed:
-        values = metrics.get(stage) or {}
-        if not values:
-            continue
-        lines += [f"## {stage} ({outcomes[stage]})", "", "| metric | value |", "|---|---|"]
-        items = list(values.items())
-        lines += [f"| {k} | {_cell(v)} |" for k, v in items[:max_rows_per_stage]]
-        if len(items) > max_rows_per_stage:
-            lines.append(f"| ... | {len(items) - max_rows_per_stage} more in `metrics/{stage}.json` |")
-        lines.append("")
-    shown = [p for p in plots if any(p.startswith(f"plots/{s}/") for s in computed)] if computed else []
-    if shown:
-        lines += ["## Plots", "", f"In the experiment (`dvc exp apply {name}`, or "
-                  f"`dvc plots diff HEAD {name}`) and as artifacts of the stage runs in MLflow:", ""]
-        lines += [f"- `{p}`" for p in shown]
-    return "\n".join(lines) + "\n"
+    return lines + [""]
+
+
+def _stage_metric_lines(stage: str, outcome: str, values: Mapping[str, Any], max_rows: int) -> list[str]:
+    """A stage's metrics table (none when it has no metrics)."""
+    if not values:
+        return []
+    items = list(values.items())
+    lines = [f"## {stage} ({outcome})", "", "| metric | value |", "|---|---|"]
+    lines += [f"| {k} | {_cell(v)} |" for k, v in items[:max_rows]]
+    if len(items) > max_rows:
+        lines.append(f"| ... | {len(items) - max_rows} more in `metrics/{stage}.json` |")
+    return lines + [""]
 
 
 def publish(markdown: str, name: str) -> str | None:

@@ -85,7 +85,15 @@ def _parser() -> argparse.ArgumentParser:
         "--params", type=Path, default=None, help="params file (default: ./params.yaml, else the repo's)"
     )
     s.set_defaults(run=_summary)
+    _compare_parser(sub)
+    _results_parser(sub)
+    _import_parser(sub)
+    _synthesize_parser(sub, p)
+    _finetune_parser(sub)
+    return p
 
+
+def _compare_parser(sub) -> None:
     c = sub.add_parser("compare", help="recent pipeline runs side by side (MLflow): GRL settings, mel_loss, "
                                        "speaker_acc band, probes")
     c.add_argument("--limit", type=int, default=20, help="number of pipeline runs (newest first)")
@@ -100,6 +108,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--all", action="store_true", help="every column (wider than a terminal)")
     c.set_defaults(run=_compare)
 
+
+def _results_parser(sub) -> None:
     r = sub.add_parser("results", help="the README's and docs' results tables, generated from metrics/")
     r.add_argument("--write", action="store_true", help="rewrite the generated tables (and docs/samples/)")
     r.add_argument("--check", action="store_true", help="exit 1 if a generated table differs from metrics/")
@@ -109,6 +119,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="record DVC experiment EXP's stage2 run (-S stage2.adversary=seed) for its table")
     r.set_defaults(run=_results)
 
+
+def _import_parser(sub) -> None:
     i = sub.add_parser(
         "import",
         help="convert a corpus (ljspeech, libritts, librispeech, hf-parquet, lhotse, or auto) into a "
@@ -130,10 +142,6 @@ def _parser() -> argparse.ArgumentParser:
                    help="ljspeech/libritts: which transcript to use")
     i.add_argument("--language", default=None, help="language code for every row, e.g. en")
     i.set_defaults(run=_import)
-
-    _synthesize_parser(sub, p)
-    _finetune_parser(sub)
-    return p
 
 
 def _finetune_parser(sub) -> None:

@@ -203,36 +203,48 @@ def import_ljspeech(src: Path, w: ImportWriter, speaker: str, text: str, languag
     with open(meta, encoding="utf-8", errors="replace") as f:
         for n, line in enumerate(f, 1):
             line = line.rstrip("\r\n")
-            if not line.strip():
-                continue
-            where = f"{meta.name}:{n}"
-            parts = line.split("|")
-            if len(parts) < 2 or not parts[0].strip():
-                w.reject(where, "bad_line", line)
-                continue
-            uid = parts[0].strip()
-            said = parts[2] if text == "normalized" and len(parts) > 2 and parts[2].strip() else parts[1]
-            if not said.strip():
-                w.reject(where, "missing_text", uid)
-                continue
-            names = listing.get(uid, [])
-            audio = _audio_stems(names).get(uid)
-            if not audio:
-                bad = _unsupported(names)
-                if bad:
-                    covered.add(bad)
-                    _other(w, where, bad, "")
-                else:
-                    w.reject(where, "audio_not_found", str(wavs / f"{uid}.wav"))
-                continue
-            name = audio[0] if audio[0] in covered else _take(w, Path("wavs"), audio)
-            covered.update(audio)
-            why = probe(wavs / name)
-            if why:
-                w.reject(where, "unreadable_audio", f"wavs/{name}: {why}")
-                continue
-            w.add({"id": uid, "audio": str(wavs / name), "text": said.strip(), "speaker": speaker,
-                   "language": language}, where)
+            if line.strip():
+                _ljspeech_line(w, f"{meta.name}:{n}", line, text, wavs, listing, covered, speaker, language)
+    _ljspeech_strays(w, meta, listing, covered, skip)
+
+
+def _ljspeech_line(w: ImportWriter, where: str, line: str, text: str, wavs: Path,
+                   listing: dict[str, list[str]], covered: set[str], speaker: str,
+                   language: str | None) -> None:
+    """One metadata.csv line `id|text|normalized`: a row, or a reject naming the line."""
+    parts = line.split("|")
+    if len(parts) < 2 or not parts[0].strip():
+        w.reject(where, "bad_line", line)
+        return
+    uid = parts[0].strip()
+    said = parts[2] if text == "normalized" and len(parts) > 2 and parts[2].strip() else parts[1]
+    if not said.strip():
+        w.reject(where, "missing_text", uid)
+        return
+    names = listing.get(uid, [])
+    audio = _audio_stems(names).get(uid)
+    if not audio:
+        bad = _unsupported(names)
+        if bad:
+            covered.add(bad)
+            _other(w, where, bad, "")
+        else:
+            w.reject(where, "audio_not_found", str(wavs / f"{uid}.wav"))
+        return
+    name = audio[0] if audio[0] in covered else _take(w, Path("wavs"), audio)
+    covered.update(audio)
+    why = probe(wavs / name)
+    if why:
+        w.reject(where, "unreadable_audio", f"wavs/{name}: {why}")
+        return
+    w.add({"id": uid, "audio": str(wavs / name), "text": said.strip(), "speaker": speaker,
+           "language": language}, where)
+
+
+def _ljspeech_strays(w: ImportWriter, meta: Path, listing: dict[str, list[str]], covered: set[str],
+                     skip: set[Path]) -> None:
+    """The files no metadata line took: audio without a line, other files, anything outside wavs/."""
+    root, wavs = meta.parent, meta.parent / "wavs"
     expected = "metadata.csv, wavs/<id>.<audio>"
     for stem, names in listing.items():
         for name in names:

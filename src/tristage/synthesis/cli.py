@@ -50,8 +50,7 @@ def _check_args(args) -> str:
 def _run(args) -> int:
     import torch
 
-    from tristage.synthesis.api import TTS, Request, parse_set, write_wav
-    from tristage.synthesis.batch import run_requests
+    from tristage.synthesis.api import TTS
 
     device = _check_args(args)
     if args.threads:
@@ -72,18 +71,32 @@ def _run(args) -> int:
         max_seconds=args.max_seconds,
     )
     if args.requests is not None:
-        records = run_requests(tts, Path(args.requests), Path(args.out_dir), defaults, args.batch_size)
-        bad = [r for r in records if "error" in r]
-        for r in records:
-            if "error" in r:
-                print(f"{args.requests}:{r['line']}: {r['error']}", file=sys.stderr)
-            for w in r.get("warnings", []):
-                print(f"{args.requests}:{r['line']}: warning: {w}", file=sys.stderr)
-        print(
-            f"{len(records) - len(bad)} wav(s) in {args.out_dir}, {len(bad)} bad row(s); "
-            f"results: {Path(args.out_dir) / 'results.jsonl'}"
-        )
-        return 0 if not bad else 1
+        return _run_requests(args, tts, defaults)
+    return _run_one(args, tts, defaults, t0)
+
+
+def _run_requests(args, tts, defaults: dict) -> int:
+    """--requests FILE --out-dir DIR: a wav per good row, each bad row and warning a line on stderr."""
+    from tristage.synthesis.batch import run_requests
+
+    records = run_requests(tts, Path(args.requests), Path(args.out_dir), defaults, args.batch_size)
+    bad = [r for r in records if "error" in r]
+    for r in records:
+        if "error" in r:
+            print(f"{args.requests}:{r['line']}: {r['error']}", file=sys.stderr)
+        for w in r.get("warnings", []):
+            print(f"{args.requests}:{r['line']}: warning: {w}", file=sys.stderr)
+    print(
+        f"{len(records) - len(bad)} wav(s) in {args.out_dir}, {len(bad)} bad row(s); "
+        f"results: {Path(args.out_dir) / 'results.jsonl'}"
+    )
+    return 0 if not bad else 1
+
+
+def _run_one(args, tts, defaults: dict, t0: float) -> int:
+    """--text ... --out OUT.wav: the wav, its figures as one JSON line, then one line for a reader."""
+    from tristage.synthesis.api import Request, parse_set, write_wav
+
     req = Request(
         args.text, args.caption, args.speaker_ref, args.emotion_ref, parse_set(args.attributes), **defaults
     )
