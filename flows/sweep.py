@@ -36,7 +36,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run as current_flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.orchestration import dvc, runs, workspace
+from flows.orchestration import dvc, runs, sweeps, workspace
 from flows.orchestration.sweeps import SweepRun, existing_experiments, make_slots
 from flows.pipeline import StageName, Text, _example, _or, user_errors_in_one_line
 from tristage.errors import UserError
@@ -58,17 +58,13 @@ MAX_WORKERS = 16  # threads that may wait for a slot; the Prefect limit decides 
 @task(name="shared-stages", task_run_name="shared-stages-{run.plan.name}", cache_policy=NO_CACHE)
 def run_base(run: SweepRun) -> Path:
     """The shared stages, once (flows/orchestration/sweeps.py)."""
-    from flows.orchestration.sweeps import run_base as base
-
-    return base(run, get_run_logger())
+    return sweeps.run_base(run, get_run_logger())
 
 
 @task(name="point", task_run_name="point-{point.name}", cache_policy=NO_CACHE)
 def run_point(run: SweepRun, point: SweepPoint, base_ws: Path) -> dict:
     """One point's stages in a slot, saved as a DVC experiment -> its record (orchestration/sweeps.py)."""
-    from flows.orchestration.sweeps import run_point as one
-
-    return one(run, point, base_ws, get_run_logger())
+    return sweeps.run_point(run, point, base_ws, get_run_logger())
 
 
 # -- the flow ---------------------------------------------------------------------------------
