@@ -26,8 +26,9 @@ def test_two_gloo_processes(tmp_path):
     m = json.loads((tmp_path / "metrics/stage1.json").read_text())
     assert m["world_size"] == 2 and m["steps"] == 6
     assert r.stderr.count("trainable") == 1  # rank 0 logs, rank 1 doesn't
-    w = load_file(str(tmp_path / "models/stage1/model.safetensors"))
-    ck = load_file(str(tmp_path / "models/stage1/checkpoints/step-000006/model.safetensors"))
+    w = load_file(str(tmp_path / "models/stage1/model.safetensors"))  # the handed-over step's weights
+    handed = tmp_path / f"models/stage1/checkpoints/step-{m['handover_step']:06d}"
+    ck = load_file(str(handed / "model.safetensors"))
     assert all(torch.equal(w[k], ck[k]) for k in w)
     leftovers = [p.name for p in (tmp_path / "models/stage1").iterdir() if p.name.startswith(".")]
     assert not leftovers

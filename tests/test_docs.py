@@ -63,7 +63,7 @@ def broken_links(files: list[Path]) -> list[str]:
 
 def test_readme_is_a_guide_of_at_most_300_lines():
     n = len((REPO / "README.md").read_text(encoding="utf-8").splitlines())
-    assert n <= README_MAX_LINES, f"README.md has {n} lines (at most {README_MAX_LINES}): move detail to docs/"
+    assert n <= README_MAX_LINES, f"README.md has {n} lines (at most {README_MAX_LINES}): move detail to docs"
 
 
 def test_every_relative_link_points_to_a_file_that_exists():

@@ -383,7 +383,7 @@ class AudioJudges:
     @staticmethod
     def summarize(clips: Sequence[Clip], row: str) -> dict[str, Any]:
         """The mean of each metric over a row's clips (None where nothing was measured)."""
-        get = lambda k, sel=clips: [c.scores.get(k) for c in sel]  # noqa: E731
+        get = lambda k, sel=clips: [c.scores.get(k) for c in sel]
         out: dict[str, Any] = {k: _mean(get(k)) for k in SUMMARY_KEYS if k != "emotion_transfer_acc"}
         if row in (GROUND_TRUTH, RESYNTHESIS):
             out["emotion_transfer_acc"] = _mean(get("emotion_hit"))  # the probe on real / resynthesised audio

@@ -27,10 +27,10 @@ class EvaluateParams(TrainingInputs):
     # synthesis: `n_samples` matched requests (speaker + emotion reference from one validation utterance of a
     # seen speaker), `n_cross` cross requests (speaker A, emotion reference of B) and `n_unseen` matched
     # requests of the speakers held out of training (zero-shot); every stage speaks the same plan
-    n_samples: PosInt = 40
-    n_cross: NonNegInt = 12
-    n_unseen: NonNegInt = 12
-    max_sample_frames: PosInt = 200  # codec frames generated per sample, at most
+    n_samples: PosInt = 32
+    n_cross: NonNegInt = 8
+    n_unseen: NonNegInt = 8
+    max_sample_frames: PosInt = 320  # codec frames generated per sample, at most
     temperature: float = Field(0.8, ge=0)  # 0 = greedy
     top_k: PosInt = 50
     seed: int = 1234

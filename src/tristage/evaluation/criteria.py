@@ -37,7 +37,7 @@ def seed_criteria(per_stage: Mapping[str, Mapping[str, Any]], trainable: Mapping
                   band: Sequence[float]) -> dict[str, list[dict[str, Any]]]:
     """{stage: [{criterion, metric, target, value, pass}, ...]} for the stages in `per_stage`.
     `trainable`: each stage's trainable_fraction (of its training run)."""
-    get = lambda stage, key: (per_stage.get(stage) or {}).get(key)  # noqa: E731
+    get = lambda stage, key: (per_stage.get(stage) or {}).get(key)
     lo, hi = band
     out: dict[str, list[dict[str, Any]]] = {}
     if "stage1" in per_stage:

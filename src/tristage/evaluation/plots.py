@@ -16,8 +16,8 @@ def write_plots(
     import matplotlib.pyplot as plt
 
     stages = list(per_stage)
-    val = lambda s, k: per_stage[s].get(k)  # noqa: E731
-    num = lambda v: float("nan") if v is None else float(v)  # noqa: E731
+    val = lambda s, k: per_stage[s].get(k)
+    num = lambda v: float("nan") if v is None else float(v)
     paths = []
 
     fig, axes = plt.subplots(1, 2, figsize=(8, 3.2), layout="constrained")  # the suptitle above the titles

@@ -220,7 +220,7 @@ def run_evaluate(
     band = tuple(params.stage2.speaker_acc_band)
     device = resolve_device(ep.device, "evaluate.device")
     _check_models(ep)
-    src = sources if sources is not None else load_sources(ep, params.caption_vectors.peft.model_dump())
+    src = sources if sources is not None else load_sources(ep)
     table_cos = _caption_cosine(ep.caption_metrics)
     held = heldout_states(src.table)
     voc, codec_info = vocoder if vocoder is not None else default_vocoder(ep.features, device)
@@ -258,7 +258,7 @@ def log_model(tracker, folder: Path, register_as: str | None) -> None:
         info = log_synthesis_model(folder, "model", register_as)
         log.info("logged %s as the MLflow model %s%s", folder, info.model_uri,
                  f", registered as {register_as}" if register_as else "")
-    except Exception as exc:  # noqa: BLE001 - tracking must never stop the stage
+    except Exception as exc:  # tracking must never stop the stage
         log.warning(
             "could not log %s as an MLflow model: %s", folder, str(exc).splitlines()[0] if str(exc) else exc
         )

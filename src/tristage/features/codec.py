@@ -25,18 +25,11 @@ from pathlib import Path
 import numpy as np
 
 from tristage.errors import UserError
+from tristage.fsio import sha256
 
 log = logging.getLogger(__name__)
 CODEC_WEIGHTS = "codec.safetensors"
 CODEC_CONFIG = "codec.json"
-
-
-def sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while b := f.read(chunk):
-            h.update(b)
-    return h.hexdigest()
 
 
 def codec_speaks(info: dict) -> bool:
@@ -65,7 +58,7 @@ def load_official(path: str | os.PathLike):
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
         kwargs = dict(ckpt["metadata"]["kwargs"])
         state = ckpt["state_dict"]
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is a user error here
+    except Exception as exc:  # any unreadable file is a user error here
         raise UserError(f"features.codec.weights: {path} is not a DAC weights file "
                         f"(dict with state_dict and metadata.kwargs): {exc}") from exc
     model = _dac(kwargs)

@@ -73,7 +73,7 @@ class AudioItems:
         try:
             item["mel_wav"], item["codec_wav"], item["duration"] = read_audio(
                 r["audio"], r.get("duration"), self.sr_mel, self.sr_codec)
-        except Exception as exc:  # noqa: BLE001 - any unreadable file is recorded and skipped
+        except Exception as exc:  # any unreadable file is recorded and skipped
             item["error"] = f"{type(exc).__name__}: {exc}".strip().splitlines()[0][:300]
         return item
 

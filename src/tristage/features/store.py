@@ -65,7 +65,7 @@ def shard_metadata(path: Path) -> dict | None:
             md["mel_offsets"] = f.get_tensor("mel_offsets").tolist()
             md["code_offsets"] = f.get_tensor("code_offsets").tolist()
             return md
-    except Exception:  # noqa: BLE001 - a partial/foreign file is simply not a finished shard
+    except Exception:  # a partial/foreign file is simply not a finished shard
         return None
 
 

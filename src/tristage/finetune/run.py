@@ -73,7 +73,7 @@ def _env(fp: FinetuneParams) -> dict[str, str]:
     """The environment of `dvc repro`: this Python's scripts first on PATH (the steps' `python`), quiet,
     and the MLflow database of the folder the command ran from."""
     from tristage.environment import apply_quiet_env
-    from tristage.tracking import tracking_uri
+    from tristage.runs.tracking import tracking_uri
 
     env = apply_quiet_env(dict(os.environ))
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
@@ -158,7 +158,7 @@ def _summary(fp: FinetuneParams, work: Path, outcome: dict[str, str]) -> dict:
     report = read_json(Path(work) / "metrics" / "report.json")
     by = {w: [s for s, o in outcome.items() if o == w] for w in ("ran", "restored", "unchanged")}
     print("finetune: " + "; ".join(f"{w}: {', '.join(s)}" for w, s in by.items() if s), file=sys.stderr)
-    fmt = lambda k: " -> ".join("-" if report.get(f"{r}/{k}") is None else f"{report[f'{r}/{k}']:.3f}"  # noqa: E731
+    fmt = lambda k: " -> ".join("-" if report.get(f"{r}/{k}") is None else f"{report[f'{r}/{k}']:.3f}"
                                 for r in ("before", "after"))
     print(f"finetune: {fp.out}: speaker_sim to {fp.speaker} {fmt('speaker_sim')}, WER {fmt('wer')}, DNSMOS "
           f"{fmt('dnsmos_ovrl')} (before -> after, {fp.heldout} held-out utterances); report "

@@ -26,7 +26,7 @@ def enabled(fp: FinetuneParams) -> bool:
 
 
 def _numbers(d: dict, prefix: str) -> dict[str, float]:
-    from tristage.tracking import flatten
+    from tristage.runs.tracking import flatten
 
     return {f"{prefix}{k}": float(v) for k, v in flatten(d).items()
             if isinstance(v, (int, float)) and not isinstance(v, bool)}
@@ -34,8 +34,8 @@ def _numbers(d: dict, prefix: str) -> dict[str, float]:
 
 def _log(mlflow, fp: FinetuneParams, work: Path) -> dict:
     from tristage.fsio import read_json
+    from tristage.runs.tracking import flatten
     from tristage.synthesis.pyfunc import log_synthesis_model
-    from tristage.tracking import flatten
 
     params = {k: ("" if v is None else str(v))[:6000] for k, v in flatten(fp.model_dump(mode="json")).items()}
     items = list(params.items())
@@ -58,7 +58,7 @@ def run_track(fp: FinetuneParams, work: Path) -> dict:
         import mlflow
         from mlflow.tracking import MlflowClient
 
-        from tristage.tracking import ROLE_TAG, ensure_experiment, tracking_uri
+        from tristage.runs.tracking import ROLE_TAG, ensure_experiment, tracking_uri
 
         uri = tracking_uri(root)
         mlflow.set_tracking_uri(uri)
@@ -73,7 +73,7 @@ def run_track(fp: FinetuneParams, work: Path) -> dict:
         log.info("finetune: MLflow run %s%s", run.info.run_id,
                  f", model registered as {fp.track.register_as}" if fp.track.register_as else "")
         return dict(tracked=True, run_id=run.info.run_id, registered=fp.track.register_as, **out)
-    except Exception as exc:  # noqa: BLE001 - tracking must never fail the fine-tune
+    except Exception as exc:  # tracking must never fail the fine-tune
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         log.warning("finetune: MLflow tracking failed (%s); the model folder and report are complete", msg)
         return dict(tracked=False, reason=msg)

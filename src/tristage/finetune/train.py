@@ -66,7 +66,7 @@ def _check_codes(cfg, meta: dict, features: Path) -> None:
 
 def _check_codec(model: Path, info: dict, features: Path) -> None:
     """A random-init DAC is rebuilt from its config and seed by `features`: it must be the same weights."""
-    from tristage.features.codec import sha256
+    from tristage.fsio import sha256
 
     codec = info.get("codec") or {}
     mine, theirs = features / "codec.safetensors", Path(model) / str(codec.get("dir")) / "codec.safetensors"

@@ -56,7 +56,7 @@ class StageParams(TrainingInputs):
     plots_dir: Path = Path("plots/stage1")
     lr: PosFloat = 2e-4
     lr_scale: PosFloat = 1.0
-    steps: PosInt = 300
+    steps: PosInt = 150
     epochs: PosFloat | None = None  # passes over the training split instead of `steps` (epochs x batches)
     patience: PosInt | None = None  # stop after this many evaluations without a better val mel_loss
     # the weights the next stage starts from (and models/<stage>/ holds): the best val mel_loss's, or the last
@@ -65,7 +65,7 @@ class StageParams(TrainingInputs):
     seed: int = 1234
     # optimisation
     grad_accum: PosInt = 1  # micro-batches per optimizer step
-    warmup_steps: NonNegInt = 30  # linear warm-up, then cosine to min_lr_ratio * lr
+    warmup_steps: NonNegInt = 20  # linear warm-up, then cosine to min_lr_ratio * lr
     min_lr_ratio: Fraction = 0.1
     weight_decay: NonNegFloat = 0.01
     grad_clip: PosFloat = 1.0
@@ -78,7 +78,7 @@ class StageParams(TrainingInputs):
                            "emotion_encoder", "emotion_perceiver", "emovec_layer", "emo_layer",
                            "speaker_classifier"]] = []
     # data
-    val_fraction: Fraction = 0.05  # held-out utterances (split fixed by seed)
+    val_fraction: Fraction = 0.1  # held-out utterances (split fixed by seed: data/split.py)
     heldout_speakers: NonNegInt = 2  # speakers never trained on (zero-shot eval; at most a third of them)
     max_ref_frames: PosInt = 160  # random crop of the reference mels (mel frames)
     speaker_ref: Literal["other", "same"] = "other"  # another utterance of the same speaker
@@ -98,7 +98,8 @@ class StageParams(TrainingInputs):
 
 
 class Stage1Params(StageParams):
-    steps: PosInt = 900  # stage1 learns from scratch: three times the later stages' fine-tuning
+    steps: PosInt = 400  # stage1 learns from scratch: more than the later stages' fine-tuning
+    warmup_steps: NonNegInt = 50
     model: ModelParams = ModelParams()
     peft: PeftParams = PeftParams()
 

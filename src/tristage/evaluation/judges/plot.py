@@ -19,7 +19,7 @@ def audio_judges_plot(path: Path, rows: Mapping[str, Mapping[str, Any]], pretrai
     import matplotlib.pyplot as plt
 
     stages = [r for r in rows if r not in ("ground_truth", "resynthesis")]
-    num = lambda v: float("nan") if v is None else float(v)  # noqa: E731
+    num = lambda v: float("nan") if v is None else float(v)
     fig, axes = plt.subplots(1, len(PANELS), figsize=(2.3 * len(PANELS), 3.0))
     for ax, key in zip(axes, PANELS):
         vals = [num(rows[s].get(key)) for s in stages]
