@@ -20,7 +20,8 @@ def audio_judges_plot(path: Path, rows: Mapping[str, Mapping[str, Any]], pretrai
 
     stages = [r for r in rows if r not in ("ground_truth", "resynthesis")]
     num = lambda v: float("nan") if v is None else float(v)
-    fig, axes = plt.subplots(1, len(PANELS), figsize=(2.3 * len(PANELS), 3.0))
+    # constrained: each panel's y labels clear of its neighbour's bars
+    fig, axes = plt.subplots(1, len(PANELS), figsize=(2.3 * len(PANELS), 3.2), layout="constrained")
     for ax, key in zip(axes, PANELS):
         vals = [num(rows[s].get(key)) for s in stages]
         bars = ax.bar(stages, vals, color="tab:blue", label="generated")
@@ -35,9 +36,11 @@ def audio_judges_plot(path: Path, rows: Mapping[str, Mapping[str, Any]], pretrai
         ax.set_ylim(*((1, 5) if key == "dnsmos_ovrl" else (0, 1.05)))
         ax.set_title(key, fontsize=9)
         ax.tick_params(axis="x", labelsize=7, rotation=45)
-    axes[0].legend(fontsize=6)
+        ax.tick_params(axis="y", labelsize=7)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), fontsize=7, frameon=False)
     title = "audio judges per stage; lines: ground truth and codec resynthesis"
     if not pretrained_codec:
         title += " (random-init codec: resynthesis and stages are NOT speech)"
-    fig.suptitle(title, fontsize=9, y=1.04)
+    fig.suptitle(title, fontsize=9)
     return save_figure(fig, path, dpi=100, bbox_inches="tight")
