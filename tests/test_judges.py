@@ -104,7 +104,7 @@ def test_missing_optional_models_name_their_param(tmp_path):
     from tristage.evaluation.judges.asr import load_asr
     from tristage.evaluation.judges.speaker import load_speaker_encoder
 
-    with pytest.raises(UserError, match=r"^evaluate.asr: .*no config.json"):
+    with pytest.raises(UserError, match=r"^evaluate.asr: .* is neither a CTranslate2 Whisper folder"):
         load_asr(tmp_path / "whisper")
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "config.json").write_text("{}")

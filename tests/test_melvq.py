@@ -94,9 +94,21 @@ def test_fit_is_reproducible_and_save_load_keeps_the_bytes(tmp_path, codec, wavs
     assert json.loads((tmp_path / "codec.json").read_text())["fitted_on"] == "x"
 
 
-def test_too_little_audio_is_a_clear_error():
-    with pytest.raises(ValueError, match="frames to fit 16 centroids"):
-        MelVQCodec.fit([_voice(120, 0.05)], CFG, seed=0)
+def test_little_audio_fits_with_a_warning_and_none_is_a_clear_error(caplog):
+    """A toy corpus with fewer frames than centroids still gets a codec (some codes unused), with a
+    warning naming the param; no audio at all is a one-line user error."""
+    from tristage.errors import UserError
+
+    clip = _voice(120, 0.05)
+    with caplog.at_level("WARNING"):
+        codec = MelVQCodec.fit([clip], CFG, seed=0)
+    assert "features.codec.melvq.codebook_size" in caplog.text
+    codes = codec.encode(clip)
+    assert codes.shape[0] == CFG.n_codebooks and int(codes.max()) < CFG.codebook_size
+    wav, sr = codec.decode(codes)
+    assert sr == CFG.sample_rate and np.isfinite(wav).all()
+    with pytest.raises(UserError, match="no training audio"):
+        MelVQCodec.fit([], CFG, seed=0)
 
 
 @pytest.mark.slow

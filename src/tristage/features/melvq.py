@@ -28,12 +28,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
+
+from tristage.errors import UserError
+
+log = logging.getLogger(__name__)
 
 WEIGHTS = "codec.safetensors"
 CONFIG = "codec.json"
@@ -112,7 +117,7 @@ def kmeans(x: torch.Tensor, k: int, iters: int, gen: torch.Generator) -> torch.T
         empty = (counts == 0).nonzero().flatten()
         if len(empty):  # re-seed an empty cluster at the frames farthest from their centroid
             far = (x - centroids[assign]).pow(2).sum(1).argsort(descending=True)[:len(empty)]
-            centroids[empty] = x[far]
+            centroids[empty] = x[far[torch.arange(len(empty)) % len(far)]]  # fewer frames than k: reused
     return centroids
 
 
@@ -156,12 +161,17 @@ class MelVQCodec:
     @classmethod
     def fit(cls, wavs: Sequence[np.ndarray], cfg: MelVQConfig, seed: int, progress=None) -> "MelVQCodec":
         """Fit on `wavs` (float, at cfg.sample_rate): the training split's audio."""
+        if len(wavs) == 0:
+            raise UserError("features.codec: the mel VQ codec has no training audio to be fitted on")
         basis = _mel_basis(cfg)
         frames = torch.cat([stack_frames(log_mel(torch.as_tensor(w, dtype=torch.float32), cfg, basis),
                                          cfg.stack) for w in wavs]).double()  # (N, D)
-        if frames.shape[0] < cfg.codebook_size:
-            raise ValueError(f"{frames.shape[0]} frames to fit {cfg.codebook_size} centroids; "
-                             "need more audio")
+        if frames.shape[0] == 0:
+            raise UserError("features.codec: the mel VQ codec has no training audio to be fitted on")
+        if frames.shape[0] < cfg.codebook_size:  # a toy corpus: some centroids repeat a frame
+            log.warning("features: %d frames to fit %d centroids per codebook: some codes will be unused "
+                        "(features.codec.melvq.codebook_size, or more training audio)",
+                        frames.shape[0], cfg.codebook_size)
         gen = torch.Generator().manual_seed(seed)
         if frames.shape[0] > cfg.fit_frames:
             frames = frames[torch.randperm(frames.shape[0], generator=gen)[:cfg.fit_frames]]
