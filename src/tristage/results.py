@@ -107,6 +107,10 @@ ADVERSARY_RUNS = "docs/results/adversary"  # one JSON per stage2.adversary run: 
 def _adversary_row(name: str, ev: dict, s2: dict) -> str:
     em, e3 = ev.get("stage2") or {}, ev.get("stage3") or {}
     acc, ci, verdict = em.get("speaker_acc"), em.get("speaker_acc_ci95"), em.get("speaker_acc_band")
+    if not ci and acc is not None and em.get("speaker_acc_n"):  # `dvc exp show --json` drops lists
+        from tristage.training.band import wilson_interval
+
+        ci = wilson_interval(float(acc), int(em["speaker_acc_n"]))
     interval = f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""
     band = "–" if acc is None else f"{acc:.3f}{interval} ({verdict})"
     cells = [name, _f(s2.get("classifier_steps"), "{:d}"), band,
