@@ -78,6 +78,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     assert a[-1] < a[0] and b[-1] < b[0]
 
 
+@pytest.mark.long  # make test-all; CI's make test stays under 20 min: the other DDP tests cover
 def test_stage2_with_extra_classifier_updates_under_two_processes(tmp_path):
     """stage2's classifier-only updates all-reduce their gradients: 2 gloo processes finish (no hang)."""
     params = write_tiny_params(tmp_path, steps=4, batch_size=2, checkpoint_every=2)

@@ -152,6 +152,7 @@ def test_resynthesize_another_synthesizers_16khz_clip(reproduced):
 
 
 @pytest.mark.slow
+@pytest.mark.long  # make test-all; CI's make test stays under 20 min: test_resume kills each stage
 def test_sigkill_during_dvc_repro_then_rerun_equals_an_uninterrupted_run(reproduced_template, tmp_path):
     """The trained models removed from a reproduced copy, `dvc repro` is killed (-9, the whole process
     group) in the middle of stage1's training; `dvc repro` again finishes, and every model equals the
@@ -191,6 +192,7 @@ def test_sigkill_during_dvc_repro_then_rerun_equals_an_uninterrupted_run(reprodu
 
 
 @pytest.mark.slow
+@pytest.mark.long  # make test-all; CI's make test stays under 20 min: test_flow reruns stage2 alone
 def test_dvc_exp_run_with_a_grl_override_reruns_from_stage2(reproduced):
     repo, _ = reproduced
     out = dvc(repo, "exp", "run", "-S", "stage2.grl_lambda=2.0", "-n", "lambda2").stdout
