@@ -388,6 +388,7 @@ def test_two_point_sweep_runs_concurrently_with_stage1_once(prefect_api, reprodu
 
 
 @pytest.mark.slow
+@pytest.mark.long  # make test-all (CI under 20 min): test_flow's one-slot test covers the lock
 def test_points_on_fake_gpus_hold_distinct_devices(prefect_api, repo_copy, monkeypatch):
     """Two fake GPUs: points run two at once, each with its own CUDA_VISIBLE_DEVICES (dvc faked); a point
     whose stage2 fails (NaN) is recorded with the reason while the others finish; a rerun retries only it."""

@@ -99,6 +99,7 @@ def test_tracking_uri_one_resolver_makes_relative_sqlite_absolute(monkeypatch, t
 
 
 @pytest.mark.slow
+@pytest.mark.long  # make test-all (CI under 20 min): test_flow checks the parent and its stage runs
 def test_one_parent_run_per_dvc_invocation_in_a_model_training_experiment(repo_copy):
     """`dvc repro` runs its stages in separate processes; their MLflow runs nest under one parent
     per invocation, and the experiment opens on runs in the MLflow 3 UI (model-training kind)."""
