@@ -119,6 +119,25 @@ def _take(w: ImportWriter, rel: Path, names: list[str]) -> str:
     return names[0]
 
 
+def _line_audio(w: ImportWriter, where: str, audio: list[str] | None, siblings: list[str], used: set[str],
+                rel: Path, missing: str) -> str | None:
+    """The audio file of a transcript line's id (LJSpeech's metadata.csv, LibriSpeech's .trans.txt):
+    the preferred of `audio` (its decodable files; the others get a `duplicate_id` line the first time
+    the id is seen), marked used. None after the line's reject: only undecodable audio among
+    `siblings` (the files with the id's stem), or none at all (`missing` says where it was looked for)."""
+    if not audio:
+        bad = _unsupported(siblings)
+        if bad:
+            used.add(bad)
+            _other(w, where, bad, "")
+        else:
+            w.reject(where, "audio_not_found", missing)
+        return None
+    name = audio[0] if audio[0] in used else _take(w, rel, audio)
+    used.update(audio)
+    return name
+
+
 def _other(w: ImportWriter, where: str, name: str, expected: str) -> None:
     """A file no entry uses: unsupported audio or not audio at all."""
     suf = _suffix(name)
@@ -222,17 +241,10 @@ def _ljspeech_line(w: ImportWriter, where: str, line: str, text: str, wavs: Path
         w.reject(where, "missing_text", uid)
         return
     names = listing.get(uid, [])
-    audio = _audio_stems(names).get(uid)
-    if not audio:
-        bad = _unsupported(names)
-        if bad:
-            covered.add(bad)
-            _other(w, where, bad, "")
-        else:
-            w.reject(where, "audio_not_found", str(wavs / f"{uid}.wav"))
+    name = _line_audio(w, where, _audio_stems(names).get(uid), names, covered, Path("wavs"),
+                       str(wavs / f"{uid}.wav"))
+    if name is None:
         return
-    name = audio[0] if audio[0] in covered else _take(w, Path("wavs"), audio)
-    covered.update(audio)
     why = probe(wavs / name)
     if why:
         w.reject(where, "unreadable_audio", f"wavs/{name}: {why}")
@@ -341,17 +353,11 @@ def import_librispeech(src: Path, w: ImportWriter, language: str | None) -> None
                     if not said.strip():
                         w.reject(where, "missing_text", uid)
                         continue
-                    audio = stems.get(uid)
-                    if not audio:
-                        bad = _unsupported([x for x in files if os.path.splitext(x)[0] == uid])
-                        if bad:
-                            used.add(bad)
-                            _other(w, where, bad, "")
-                        else:
-                            w.reject(where, "audio_not_found", f"no {uid}.<audio> in {rel}")
+                    name = _line_audio(w, where, stems.get(uid),
+                                       [x for x in files if os.path.splitext(x)[0] == uid], used, rel,
+                                       f"no {uid}.<audio> in {rel}")
+                    if name is None:
                         continue
-                    name = audio[0] if audio[0] in used else _take(w, rel, audio)
-                    used.update(audio)
                     why = probe(folder / name)
                     if why:
                         w.reject(where, "unreadable_audio", f"{name}: {why}")
