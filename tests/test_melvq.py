@@ -2,6 +2,7 @@
 it on the training split only."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -9,7 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from tristage.features.melvq import MelVQCodec, MelVQConfig, griffin_lim, kmeans, log_mel, stack_frames
+from tristage.features.melvq import (
+    MelVQCodec,
+    MelVQConfig,
+    griffin_lim,
+    kmeans,
+    log_mel,
+    smooth_time,
+    stack_frames,
+)
 
 SR = 16000
 CFG = MelVQConfig(sample_rate=SR, n_fft=512, hop_length=128, n_mels=40, stack=2, n_codebooks=4,
@@ -70,6 +79,33 @@ def test_decode_is_deterministic_audio_of_the_right_length(codec, wavs):
     assert sr == SR and a.dtype == np.float32 and len(a) == codes.shape[1] * codec.hop_length
     assert np.array_equal(a, b) and np.abs(a).max() <= 0.99 and np.abs(a).max() > 0.01
     assert codec.decode(codes[:, :0])[0].shape == (0,)
+
+
+def test_smoothing_keeps_slow_change_and_removes_frame_noise():
+    t = torch.arange(200.0)[:, None]
+    slow = torch.sin(2 * torch.pi * t / 40) * torch.ones(1, 3)  # (200, 3): changes over tens of frames
+    noise = 0.3 * torch.randn(200, 3, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(smooth_time(slow + noise, 1), slow + noise)
+    out = smooth_time(slow + noise, 3)
+    assert out.shape == (200, 3)
+    # 1 2 1 keeps 3/8 of white noise's power
+    assert float((out - slow).pow(2).mean()) < 0.5 * float(noise.pow(2).mean())
+    assert torch.allclose(smooth_time(torch.full((5, 2), 4.0), 5), torch.full((5, 2), 4.0))  # edges repeat
+    assert torch.equal(smooth_time(slow[:1], 3), slow[:1])
+
+
+def test_decoding_smooths_the_mel_and_old_codec_files_do_not(tmp_path, codec, wavs):
+    codes = codec.encode(wavs[2])
+    cfg = dataclasses.replace(CFG, smooth_frames=3)
+    smoothed = MelVQCodec(cfg, codec.mean, codec.std, codec.codebooks, 3)
+    a, b = codec.decode(codes)[0], smoothed.decode(codes)[0]
+    assert a.shape == b.shape and not np.array_equal(a, b)
+    smoothed.save(tmp_path)
+    state = json.loads((tmp_path / "codec.json").read_text())
+    assert state["config"]["smooth_frames"] == 3
+    del state["config"]["smooth_frames"]  # a codec written before the key: decoded as it was, unsmoothed
+    (tmp_path / "codec.json").write_text(json.dumps(state))
+    assert MelVQCodec.load(tmp_path).cfg.smooth_frames == 1
 
 
 def test_griffin_lim_recovers_a_spectrogram():

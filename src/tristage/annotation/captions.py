@@ -17,30 +17,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tristage.captions.lexicon import Matcher
+from tristage.captions.lexicon import ATTRIBUTE_NOUNS, PREPOSITIONS, UNCOUNTABLE, Matcher
 
 ORDER = ("gender", "accent", "pitch", "speed", "modulation", "emotion", "quality")
 GENDER_ADJ_ENDINGS = ("ale", "ine")  # female, male, feminine, masculine
-UNCOUNTABLE = ("intonation", "noise", "reverb", "echo", "variation", "emotion", "boredom")
-PREPOSITIONS = ("with", "without", "in", "at", "as", "on", "by")
-NOUN_ENDS = (
-    "pitch",
-    "voice",
-    "tone",
-    "pace",
-    "speed",
-    "intonation",
-    "delivery",
-    "noise",
-    "room",
-    "studio",
-    "echo",
-    "reverb",
-    "way",
-    "accent",
-    "boredom",
-    "emotion",
-)
 VERBS = ("speaks", "talks", "reads", "says the line")
 
 
@@ -54,7 +34,7 @@ def shape(phrase: str) -> str:
         and words[-1] not in ("lively",)
     ):
         return "adverb"
-    if words[-1] in NOUN_ENDS:
+    if words[-1] in ATTRIBUTE_NOUNS:
         return "noun"
     return "adjective"
 

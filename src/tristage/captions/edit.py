@@ -27,42 +27,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from tristage.captions.lexicon import Matcher
+from tristage.captions.lexicon import ATTRIBUTE_NOUNS, PERSON_NOUNS, PREPOSITIONS, UNCOUNTABLE, Matcher
 from tristage.errors import UserError
 
-PREPOSITIONS = frozenset({"with", "without", "in", "at", "as", "on", "by"})
 # last words that make a lexicon phrase a noun phrase
-HEAD_NOUNS = frozenset(
-    {
-        "voice",
-        "pitch",
-        "tone",
-        "pace",
-        "speed",
-        "intonation",
-        "delivery",
-        "noise",
-        "room",
-        "studio",
-        "echo",
-        "reverb",
-        "way",
-        "accent",
-        "boredom",
-        "emotion",
-        "woman",
-        "women",
-        "lady",
-        "girl",
-        "man",
-        "men",
-        "gentleman",
-        "guy",
-        "boy",
-    }
-)
+HEAD_NOUNS = ATTRIBUTE_NOUNS | PERSON_NOUNS
 PLURALS = frozenset({"men", "women"})
-UNCOUNTABLE = frozenset({"intonation", "noise", "reverb", "echo", "variation", "emotion", "boredom"})
 OWN_DETERMINERS = frozenset({"a", "an", "some", "no", "much", "little"})
 ADJECTIVES_IN_LY = frozenset({"lively", "leisurely", "elderly", "friendly", "lovely", "curly"})
 FLAT_ADVERBS = frozenset({"fast", "slow", "leisurely"})  # adjectives that also say how one speaks

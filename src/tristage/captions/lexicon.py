@@ -12,6 +12,15 @@ from __future__ import annotations
 
 import re
 
+# the grammar of lexicon phrases, shared by the caption writer (annotation/captions.py) and the caption
+# editor (captions/edit.py): a phrase ending in one of ATTRIBUTE_NOUNS is a noun phrase ("brisk pace"),
+# one starting with a preposition an adverbial ("with a fast delivery")
+PREPOSITIONS = frozenset({"with", "without", "in", "at", "as", "on", "by"})
+ATTRIBUTE_NOUNS = frozenset({"pitch", "voice", "tone", "pace", "speed", "intonation", "delivery", "noise",
+                             "room", "studio", "echo", "reverb", "way", "accent", "boredom", "emotion"})
+PERSON_NOUNS = frozenset({"woman", "women", "lady", "girl", "man", "men", "gentleman", "guy", "boy"})
+UNCOUNTABLE = frozenset({"intonation", "noise", "reverb", "echo", "variation", "emotion", "boredom"})
+
 ACCENTS = (
     "American",
     "British",

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import model_validator
+from pydantic import field_validator, model_validator
 
 from tristage.schema import Field, NonNegFloat, NonNegInt, Path, PosFloat, PosInt, Section
 
@@ -54,6 +54,17 @@ class MelVQParams(Section):
     fit_frames: PosInt = 200_000  # code frames k-means sees at most (drawn by the seed)
     kmeans_iters: PosInt = 20
     griffin_lim_iters: PosInt = 32
+    # decoding: the decoded log-mel averaged over this many frames (1 2 1 for 3; odd, 1 = none) before
+    # Griffin-Lim. Measured on 60 validation clips: Whisper WER gap to the recordings 0.109 without, 0.044
+    # with 3 (docs/codec.md)
+    smooth_frames: PosInt = 3
+
+    @field_validator("smooth_frames")
+    @classmethod
+    def _odd(cls, v: int) -> int:
+        if v % 2 == 0:
+            raise ValueError(f"smooth_frames must be odd (a centred kernel), got {v}")
+        return v
 
     def config(self):
         from tristage.features.melvq import MelVQConfig

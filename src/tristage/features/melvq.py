@@ -15,7 +15,9 @@ Encoding:
         -> standardised per dimension (the fit's mean / std)
         -> residual VQ: codebook k quantises what codebooks 0..k-1 left      codes (K, T)
 
-Decoding sums the chosen centroids, undoes the standardisation and the log, maps the mel
+Decoding sums the chosen centroids, undoes the standardisation, smooths the log-mel over time
+(`smooth_frames`: the quantisation error of one frame is independent of its neighbours' and speech's
+spectrum is not, so a short low-pass removes more error than speech), undoes the log, maps the mel
 magnitudes back to linear frequency (pseudo-inverse of the filter bank, clamped at 0) and
 runs fast Griffin-Lim (momentum 0.99) from a phase fixed by the codec's seed, so the same
 codes always give the same samples.
@@ -59,6 +61,7 @@ class MelVQConfig:
     fit_frames: int = 200_000
     kmeans_iters: int = 20
     griffin_lim_iters: int = 32
+    smooth_frames: int = 1  # decoding: a triangular low-pass over this many mel frames (odd); 1 = none
 
     @property
     def frame_hop(self) -> int:
@@ -91,6 +94,18 @@ def stack_frames(mel: torch.Tensor, stack: int) -> torch.Tensor:
     if pad:
         mel = torch.cat([mel, mel[-1:].expand(pad, -1)])
     return mel.reshape(-1, stack * mel.shape[1])
+
+
+def smooth_time(mel: torch.Tensor, frames: int) -> torch.Tensor:
+    """(T, n) -> (T, n): each frame averaged with its neighbours by a triangular kernel of `frames` taps
+    (1 2 1 for 3, 1 2 3 2 1 for 5); the edge frames repeat past the ends."""
+    if frames <= 1 or mel.shape[0] < 2:
+        return mel
+    r = frames // 2
+    w = torch.cat([torch.arange(1, r + 2), torch.arange(r, 0, -1)]).to(mel.dtype)
+    w = w / w.sum()
+    padded = torch.cat([mel[:1].expand(r, -1), mel, mel[-1:].expand(r, -1)])
+    return sum(w[i] * padded[i:i + mel.shape[0]] for i in range(frames))
 
 
 def _nearest(x: torch.Tensor, centroids: torch.Tensor, chunk: int = 65536) -> torch.Tensor:
@@ -166,8 +181,6 @@ class MelVQCodec:
         basis = _mel_basis(cfg)
         frames = torch.cat([stack_frames(log_mel(torch.as_tensor(w, dtype=torch.float32), cfg, basis),
                                          cfg.stack) for w in wavs]).double()  # (N, D)
-        if frames.shape[0] == 0:
-            raise UserError("features.codec: the mel VQ codec has no training audio to be fitted on")
         if frames.shape[0] < cfg.codebook_size:  # a toy corpus: some centroids repeat a frame
             log.warning("features: %d frames to fit %d centroids per codebook: some codes will be unused "
                         "(features.codec.melvq.codebook_size, or more training audio)",
@@ -212,7 +225,7 @@ class MelVQCodec:
         codes = torch.as_tensor(codes)
         if codes.shape[-1] == 0:
             return np.zeros(0, np.float32), self.sample_rate
-        mel = self.decode_mel(codes).exp().T  # (n_mels, T_mel)
+        mel = smooth_time(self.decode_mel(codes), self.cfg.smooth_frames).exp().T  # (n_mels, T_mel)
         mag = (self.inverse_basis @ mel).clamp(min=0)  # (F, T_mel)
         mag = torch.cat([mag, mag[:, -1:]], dim=1)  # a centred STFT of T_mel x hop samples: T_mel + 1 frames
         length = codes.shape[-1] * self.hop_length
