@@ -1,0 +1,62 @@
+"""Experiment (not part of `make bench`): does a decoder use its transcript and its emotion reference?
+
+    python -m benchmarks.experiments.text_use models/stage1
+    python -m benchmarks.experiments.text_use models/stage1 --weights models/stage1/checkpoints/step-001000
+
+The validation split's teacher-forced mel_loss (stage1's split and references, as the trainer's
+evaluation builds them) three ways: as trained; with each row's transcript swapped for the next row's
+in the batch; with each row's emotion reference swapped likewise. A decoder that reads its text loses
+more with the swapped transcripts than the noise between checkpoints; one that ignores a conditioner
+gives the same loss with it swapped. `--weights` scores a checkpoint folder with the model folder's
+config (the checkpoints of a run in progress).
+"""
+from __future__ import annotations
+
+import argparse
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("model", help="a stage's model folder (config.json)")
+    ap.add_argument("--weights", help="a checkpoint folder whose model.safetensors to score instead")
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--caption-vectors", default="data/caption_vectors")
+    ap.add_argument("--batch", type=int, default=16)
+    a = ap.parse_args(argv)
+
+    from pathlib import Path
+
+    import torch
+    from safetensors.torch import load_file
+
+    from tristage.config import load_params
+    from tristage.model.folder import load_model
+    from tristage.training.data import TrainData, load_sources
+
+    model, cfg = load_model(a.model, caption_vectors=a.caption_vectors)
+    if a.weights:
+        model.load_state_dict(load_file(str(Path(a.weights) / "model.safetensors")), strict=True)
+    model.eval()
+    sp = load_params(a.params).stage1
+    data = TrainData(load_sources(sp), sp, cfg.max_text_len, cfg.max_frames, frontend=cfg.text_frontend,
+                     voice=cfg.phoneme_voice)
+    swaps = {"as trained": (), "transcripts swapped": ("text", "text_mask"),
+             "emotion references swapped": ("emo_mel", "emo_mask")}
+    total, n = dict.fromkeys(swaps, 0.0), 0
+    with torch.no_grad():
+        for batch in data.val_batches(a.batch):
+            B = batch["text"].shape[0]
+            if B < 2:
+                continue
+            nxt = torch.roll(torch.arange(B), 1)
+            for name, keys in swaps.items():
+                swapped = {k: (v[nxt] if k in keys else v) for k, v in batch.items()}
+                total[name] += float(model(swapped)["mel_loss"]) * B
+            n += B
+    print(f"{a.weights or a.model}: validation mel_loss over {n} utterances")
+    for name, v in total.items():
+        print(f"  {name:28s} {v / n:.4f}   ({v / n - total['as trained'] / n:+.4f})")
+
+
+if __name__ == "__main__":
+    main()
