@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--extra", type=int, default=8, help="codebooks fitted on top of the codec's (0: none)")
     ap.add_argument("--fit-frames", type=int, default=100_000)
     ap.add_argument("--seed", type=int, default=1)
+    argv = sys.argv[1:] if argv is None else argv
     a = ap.parse_args(argv)
 
     import librosa
@@ -55,54 +57,44 @@ def main(argv: list[str] | None = None) -> None:
         wav, sr = sf.read(root / row.audio, dtype="float32")
         return wav if sr == cfg.sample_rate else librosa.resample(wav, orig_sr=sr, target_sr=cfg.sample_rate)
 
-    def frames(wav: np.ndarray) -> torch.Tensor:  # (T, stack * n_mels), standardised
+    def frames(wav: np.ndarray) -> torch.Tensor:  # (T, stack * n_mels), standardised as the codec encodes
         x = melvq.stack_frames(melvq.log_mel(torch.from_numpy(wav), cfg, codec.basis), cfg.stack)
         return ((x[:max(1, -(-len(wav) // codec.hop_length))] - codec.mean) / codec.std).double()
 
-    books = codec.codebooks.double()
     if a.extra:
         gen = torch.Generator().manual_seed(a.seed)
         train = torch.cat([frames(wav_of(r)) for r in man.itertuples() if split[r.id] == TRAIN])
         residual = train[torch.randperm(len(train), generator=gen)[:a.fit_frames]]
-        for c in books:
+        for c in codec.codebooks.double():
             residual = residual - c[melvq._nearest(residual, c)]
         extra = []
         for _ in range(a.extra):
             c = melvq.kmeans(residual, cfg.codebook_size, cfg.kmeans_iters, gen)
             residual = residual - c[melvq._nearest(residual, c)]
             extra.append(c)
-        books = torch.cat([books, torch.stack(extra)])
+        books = torch.cat([codec.codebooks.double(), torch.stack(extra)])
 
-    def decode(x: torch.Tensor, smooth: int, n: int) -> np.ndarray:
-        mel = (x.float() * codec.std + codec.mean).reshape(-1, cfg.n_mels)
-        mel = melvq.smooth_time(mel, smooth).exp().T
-        mag = (codec.inverse_basis @ mel).clamp(min=0)
-        mag = torch.cat([mag, mag[:, -1:]], dim=1)
-        return melvq.griffin_lim(mag, dataclasses.replace(cfg, smooth_frames=smooth), n * codec.hop_length,
-                                 codec.seed).numpy()
+    def variant(codebooks: torch.Tensor, smooth: int) -> melvq.MelVQCodec:
+        """The fitted codec's standardisation with these codebooks (K', V', D), decoding as the stage does."""
+        vcfg = dataclasses.replace(cfg, n_codebooks=codebooks.shape[0], codebook_size=codebooks.shape[1],
+                                   smooth_frames=smooth)
+        return melvq.MelVQCodec(vcfg, codec.mean, codec.std, codebooks.float(), codec.seed)
 
     K = codec.n_codebooks
-    variants = ["recording", "unquantised", *(f"{K} books, smooth {s}" for s in (1, 3, 5))]
+    codecs = {f"{K} books, smooth {s}": variant(codec.codebooks, s) for s in (1, 3, 5)}
     if a.extra:
-        variants.append(f"{K + a.extra} books, smooth 1")
+        codecs[f"{K + a.extra} books, smooth 1"] = variant(books, 1)
+    variants = ["recording", "unquantised", *codecs]
     asr = load_asr(None)
     wer: dict[str, list[float]] = {v: [] for v in variants}
     rows = [r for r in man.itertuples() if split[r.id] == VAL]
     for i, row in enumerate(rows):
         wav = wav_of(row)
         x = frames(wav)
-        n = x.shape[0]
-        quant = []
-        residual, total = x.clone(), torch.zeros_like(x)
-        for c in books:
-            idx = melvq._nearest(residual, c)
-            total, residual = total + c[idx], residual - c[idx]
-            quant.append(total.clone())
-        clips = {"recording": wav, "unquantised": decode(x, 1, n)}
-        for s in (1, 3, 5):
-            clips[f"{K} books, smooth {s}"] = decode(quant[K - 1], s, n)
-        if a.extra:
-            clips[f"{K + a.extra} books, smooth 1"] = decode(quant[-1], 1, n)
+        # the unquantised log-mel through the same decoding: one codebook, each frame its own centroid
+        clips = {"recording": wav, "unquantised": variant(x[None], 1).decode(torch.arange(len(x))[None])[0]}
+        for v, c in codecs.items():
+            clips[v] = c.decode(c.encode(wav))[0]
         for v, clip in clips.items():
             audio = librosa.resample(np.asarray(clip, np.float32), orig_sr=cfg.sample_rate, target_sr=16000)
             wer[v].append(error_rates(row.text, asr(audio))[0])
@@ -113,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     for v in variants:
         x = np.array(wer[v])
         print(f"{v:24s} WER {_stats(x)}   gap to the recording {_stats(x - ref)}")
-    print("command: python -m benchmarks.experiments.codec_decoding " + " ".join(argv or []))
+    print("command: python -m benchmarks.experiments.codec_decoding " + " ".join(argv))
 
 
 if __name__ == "__main__":
