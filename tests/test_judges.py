@@ -244,6 +244,12 @@ def test_audio_judges_rows_table_and_plot_on_espeak_recordings(tmp_path, speech)
     plan = judges.plan(data)
     judged = [r["name"] for r in plan if r["judged"]]
     assert judged == ["matched_00", "matched_01", "cross_00", "unseen_matched_00"]
+    val_ids = {examples[i].id for i in data.val_idx}
+    assert {r["speaker_ref"]["id"] for r in plan if r["split"] == "seen"} <= val_ids
+    ep.sample_from = "training"  # the memorisation check: the seen requests are training sentences
+    memorised = {r["speaker_ref"]["id"] for r in judges.plan(data) if r["split"] == "seen"}
+    assert memorised and memorised <= {examples[i].id for i in data.train_idx}
+    ep.sample_from = "validation"
     judges.add_stage("stage1", None, data, plan, [noise(i) for i in range(len(plan))], 16000, 32, "cpu")
     out = judges.finish()
     gt, stage = out["ground_truth"], out["stage1"]
@@ -283,3 +289,17 @@ def test_bundled_whisper_transcribes_espeak_speech_quietly(caplog):
     assert error_rates(text, said)[0] <= 0.35, said
     assert error_rates(text, noise)[0] == 1.0, noise
     assert not [r for r in caplog.records if r.name.startswith("faster_whisper")]
+
+
+def test_speaker_judge_loads_without_a_warning_about_its_dependencies():
+    """resemblyzer's VAD (webrtcvad) imports pkg_resources, which warns on import: that warning must not
+    reach the user (it was the last line `make demo` printed). A fresh interpreter, warnings as errors."""
+    import subprocess
+    import sys
+
+    code = ("from tristage.evaluation.judges.speaker import ResemblyzerEncoder; import numpy as np; "
+            "print(ResemblyzerEncoder()(np.zeros(16000, np.float32) + 0.01).shape)")
+    done = subprocess.run([sys.executable, "-W", "error::UserWarning", "-c", code], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "(256,)" in done.stdout and "pkg_resources" not in done.stderr

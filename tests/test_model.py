@@ -169,3 +169,89 @@ def test_presets_resolve():
     assert ModelParams().resolved() == PRESETS["tiny"]
     p = ModelParams(preset="seed", n_layer=2).resolved()
     assert p["d_model"] == 1024 and p["n_layer"] == 2
+
+
+def _diagonal(att_shape, prefix_len, text_mask, audio_mask):
+    """Attention (B, 1, S, L) with each audio query on the text token at its own fraction of the utterance."""
+    att = torch.zeros(att_shape)
+    for b in range(att_shape[0]):
+        T, N = int(text_mask[b].sum()), int(audio_mask[b].sum())
+        for s in range(att_shape[2]):
+            att[b, 0, s, prefix_len + min(int((s + 0.5) / N * T), T - 1)] = 1.0
+    return att
+
+
+def test_guided_attention_loss_is_low_on_the_diagonal_and_one_off_the_text():
+    from tristage.model.decoder import guided_attention_loss
+
+    P, Lt, S = 3, 6, 12
+    text_mask = torch.ones(2, Lt, dtype=torch.bool)
+    text_mask[1, 4:] = False
+    audio_mask = torch.ones(2, S, dtype=torch.bool)
+    audio_mask[1, 9:] = False
+    shape = (2, 1, S, P + Lt + S)
+    diagonal = guided_attention_loss(_diagonal(shape, P, text_mask, audio_mask), P, text_mask, audio_mask,
+                                     0.2)
+    on_prefix = torch.zeros(shape)
+    on_prefix[..., 0] = 1.0
+    reversed_ = torch.zeros(shape)  # reads the text backwards: the end first
+    for b in range(2):
+        T = int(text_mask[b].sum())
+        reversed_[b, 0, :, P + T - 1] = 1.0
+        reversed_[b, 0, S // 2:, P] = 1.0
+        reversed_[b, 0, S // 2:, P + T - 1] = 0.0
+    assert diagonal < 0.1
+    assert guided_attention_loss(on_prefix, P, text_mask, audio_mask, 0.2) == pytest.approx(1.0)
+    assert guided_attention_loss(reversed_, P, text_mask, audio_mask, 0.2) > 0.5
+    # padded queries do not count: garbage there changes nothing
+    noisy = _diagonal(shape, P, text_mask, audio_mask)
+    noisy[1, 0, 9:] = 0.0
+    noisy[1, 0, 9:, 0] = 1.0
+    assert guided_attention_loss(noisy, P, text_mask, audio_mask, 0.2) == pytest.approx(float(diagonal))
+
+
+def test_decoder_returns_attention_without_changing_its_outputs(tiny):
+    model, cfg, data = tiny
+    model.eval()
+    batch = data.collate(data.train_idx[:3], [0])
+    torch.manual_seed(1)
+    plain = model(batch)
+    torch.manual_seed(1)
+    guided = model(batch, align=(2, 0.2))
+    assert torch.equal(plain["mel_loss"], guided["mel_loss"]) and "align_loss" not in plain
+    assert 0 < guided["align_loss"].item() < 1
+    # the probabilities the loss reads: (B, n_layer * heads, S, L), one distribution per query
+    spk = model.speaker_prefix(batch["spk_mel"], batch["spk_mask"])
+    prefix = torch.cat([spk, model.emotion_vector(batch["emo_mel"], batch["emo_mask"])[:, None]], dim=1)
+    S = 5
+    audio_in = torch.zeros(3, cfg.n_codebooks, S, dtype=torch.long)
+    audio_mask = torch.ones(3, S, dtype=torch.bool)
+    out = model.decoder(prefix, batch["text"], batch["text_mask"], audio_in, audio_mask,
+                        torch.zeros(3, 4, cfg.caption_dim), torch.ones(3, 4, dtype=torch.bool), align_heads=2)
+    att = out[2]
+    L = prefix.shape[1] + batch["text"].shape[1] + S
+    assert att.shape == (3, cfg.n_layer * 2, S, L)
+    assert torch.allclose(att.sum(-1), torch.ones(3, cfg.n_layer * 2, S), atol=1e-5)
+    causal_future = torch.ones(S, S, dtype=torch.bool).triu(1)  # audio keys after the query: never attended
+    assert (att[..., -S:][..., causal_future] == 0).all()
+    pad = ~batch["text_mask"]  # padded text keys: never attended
+    P = prefix.shape[1]
+    assert (att[..., P:P + pad.shape[1]].permute(0, 2, 3, 1)[pad[:, None, :].expand(3, S, -1)] == 0).all()
+    model.train()
+
+
+def test_guided_attention_training_pulls_attention_onto_the_diagonal(tiny):
+    import copy
+
+    model, cfg, data = tiny
+    model = copy.deepcopy(model)
+    batch = data.collate(data.train_idx[:4], [0])
+    opt = torch.optim.Adam(model.decoder.parameters(), lr=3e-3)
+    first = None
+    for _ in range(40):
+        loss = model(batch, align=(1, 0.2))["align_loss"]
+        first = loss.item() if first is None else first
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.6 * first

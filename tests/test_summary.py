@@ -119,3 +119,9 @@ def test_summary_shows_what_the_judges_heard_and_the_seed_criteria(tmp_path):
     assert any("WER by whisper tiny.en" in ln for ln in lines)
     crit = [ln for ln in lines if ln.startswith("stage1 ") and "target" in ln]
     assert len(crit) == 2 and crit[0].endswith("FAIL") and "mel_loss < 2.0" in crit[0]
+    assert "TRAINING" not in "\n".join(lines)
+    # a memorisation check (evaluate.sample_from: training) says so under the table
+    doc = json.loads((tmp_path / "metrics/evaluate.json").read_text())
+    _write(tmp_path / "metrics/evaluate.json", dict(doc, sample_from="training"))
+    said = " ".join(summary(params).split())
+    assert "The requests are TRAINING sentences (evaluate.sample_from)" in said

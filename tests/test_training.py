@@ -327,3 +327,22 @@ def test_classifier_updates_move_only_the_classifier(tmp_path, monkeypatch):
         ).adversary.optimizer
         is None
     )
+
+
+def test_guided_attention_is_logged_and_its_heads_are_checked(tmp_path):
+    src = default_fake_sources(tmp_path)
+    on = dict(weight=1.0, heads=1, sigma=0.2)
+    m = train_stage("stage1", load_params(write_tiny_params(tmp_path, steps=4, guided_attention=on)), None,
+                    sources=src)
+    st = torch.load(tmp_path / "models/stage1/trainer_state.pt", weights_only=True)
+    logged = [r["align_loss"] for r in st["history"] if "align_loss" in r]
+    assert logged and all(0 < v < 1 for v in logged) and math.isfinite(m["mel_loss"])
+    off = tmp_path / "off"
+    off.mkdir()
+    train_stage("stage1", load_params(write_tiny_params(off, steps=2)), None,
+                sources=default_fake_sources(off))
+    st = torch.load(off / "models/stage1/trainer_state.pt", weights_only=True)
+    assert not any("align_loss" in r for r in st["history"])
+    with pytest.raises(UserError, match=r"stage1\.guided_attention\.heads: 9 but the decoder has 2 heads"):
+        too_many = write_tiny_params(tmp_path, steps=2, guided_attention=dict(on, heads=9))
+        train_stage("stage1", load_params(too_many), None, sources=src)

@@ -9,6 +9,10 @@ in the batch; with each row's emotion reference swapped likewise. A decoder that
 more with the swapped transcripts than the noise between checkpoints; one that ignores a conditioner
 gives the same loss with it swapped. `--weights` scores a checkpoint folder with the model folder's
 config (the checkpoints of a run in progress).
+
+It also prints the teacher-forced top-1 accuracy of each codebook, on the validation split and on as
+many training utterances (`--train-utterances`): codebook 0 carries most of what is said, and the gap
+between the splits shows how much of it is memorised.
 """
 from __future__ import annotations
 
@@ -22,6 +26,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--caption-vectors", default="data/caption_vectors")
     ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--train-utterances", type=int, default=96,
+                    help="training utterances for the top-1 table")
     a = ap.parse_args(argv)
 
     from pathlib import Path
@@ -56,6 +62,28 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{a.weights or a.model}: validation mel_loss over {n} utterances")
     for name, v in total.items():
         print(f"  {name:28s} {v / n:.4f}   ({v / n - total['as trained'] / n:+.4f})")
+    train = data.train_idx[:a.train_utterances]
+    train_batches = [data.collate(train[i:i + a.batch], [sp.seed, 999_979], val=True)
+                     for i in range(0, len(train), a.batch)]
+    print("teacher-forced top-1 per codebook")
+    splits = (("validation", data.val_batches(a.batch)), (f"training ({len(train)})", train_batches))
+    for split, batches in splits:
+        print(f"  {split:28s} " + " ".join(f"{v:.3f}" for v in codebook_top1(model, batches, cfg.pad_id)))
+
+
+def codebook_top1(model, batches, pad_id: int) -> list[float]:
+    """Teacher-forced top-1 accuracy of each codebook over the batches' non-pad targets."""
+    import torch
+
+    correct = count = 0
+    with torch.no_grad():
+        for batch in batches:
+            out = model(batch)
+            keep = out["target"] != pad_id  # (B, K, S)
+            hit = (out["logits"].argmax(-1) == out["target"]) & keep
+            correct = correct + hit.sum(dim=(0, 2))
+            count = count + keep.sum(dim=(0, 2))
+    return (correct / count.clamp(min=1)).tolist()
 
 
 if __name__ == "__main__":

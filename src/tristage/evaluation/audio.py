@@ -134,10 +134,12 @@ class AudioJudges:
         return out
 
     def plan(self, data) -> list[dict]:
-        """The seen plan (`n_samples` matched + `n_cross` cross requests) and `n_unseen` matched requests of
-        the held-out speakers; every request is judged when the judges are on."""
+        """The seen plan (`n_samples` matched + `n_cross` cross requests, from the split `sample_from`
+        names) and `n_unseen` matched requests of the held-out speakers; every request is judged when the
+        judges are on."""
         ep = self.ep
-        plan = sample_plan(self.rows(data, data.val_idx), ep.n_samples, ep.seed, ep.n_cross)
+        seen = data.val_idx if ep.sample_from == "validation" else data.train_idx
+        plan = sample_plan(self.rows(data, seen), ep.n_samples, ep.seed, ep.n_cross)
         for req in plan:
             req.update(split="seen", judged=self.enabled)
         heldout = getattr(data, "heldout_idx", [])

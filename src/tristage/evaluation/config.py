@@ -30,6 +30,10 @@ class EvaluateParams(TrainingInputs):
     # recordings and resynthesis rows judge the matched ones: 64 clips keep a WER's standard error under
     # 0.05 at the demo's ground-truth WER (about 0.6, per-clip spread 0.37)
     n_samples: PosInt = 48
+    # where the seen requests come from: validation (new sentences: does it read?) or training (sentences it
+    # was trained on: a memorisation check that tells a decoder that cannot speak at all from one that has
+    # not yet learnt to generalise). Validation losses and probes use the validation split either way
+    sample_from: Literal["validation", "training"] = "validation"
     n_cross: NonNegInt = 8
     n_unseen: NonNegInt = 16
     max_sample_frames: PosInt = 320  # codec frames generated per sample, at most

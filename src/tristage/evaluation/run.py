@@ -238,7 +238,8 @@ def run_evaluate(
     doc = evaluate_document(per_stage, ep.stages[-1], band, extra=dict(
         seed_criteria=seed_criteria(per_stage, trainable, band),
         codec=src.codec, caption_encoder=src.caption_encoder, audio_is_speech=pretrained_codec, note=note,
-        n_samples=len(run.entries), audio_judges=judges.info(), table_caption_cosine_mean=table_cos,
+        n_samples=len(run.entries), sample_from=ep.sample_from, audio_judges=judges.info(),
+        table_caption_cosine_mean=table_cos,
         n_heldout_captions=len(held.captions) if held else 0,
         **{row: audio_rows[row] for row in ("ground_truth", "resynthesis") if row in audio_rows}))
     write_json(ep.metrics, doc)

@@ -55,8 +55,8 @@ class MelVQParams(Section):
     kmeans_iters: PosInt = 20
     griffin_lim_iters: PosInt = 32
     # decoding: the decoded log-mel averaged over this many frames (1 2 1 for 3; odd, 1 = none) before
-    # Griffin-Lim. Measured on 60 validation clips: Whisper WER gap to the recordings 0.109 without, 0.044
-    # with 3 (docs/codec.md)
+    # Griffin-Lim. Measured on 60 validation clips: Whisper WER gap to the recordings 0.100 without, 0.005
+    # with 3 (docs/codec.md, benchmarks/experiments/codec_decoding.py)
     smooth_frames: PosInt = 3
 
     @field_validator("smooth_frames")

@@ -20,6 +20,12 @@ End of speech: `stop_head` reads the same hidden state as the code heads and pre
 position s, whether codebook 0's frame s is past the end (s >= T). `stop_loss` trains it; in
 generation the first s with p > 0.5 fixes T = s and the K - 1 delayed codebooks are completed.
 
+Guided attention (training only, DCTTS, Tachibana et al. 2018): with `align_heads` = n, `forward` also
+returns the self-attention probabilities of the first n heads of every block for the audio queries,
+and `guided_attention_loss` charges each query for the attention it puts off a diagonal band of the
+text: an audio frame a fraction f into the speech should read the text around the fraction f of it.
+A decoder trained on little data otherwise learns the codes' statistics long before it learns to read.
+
 KV cache: `prefill` runs [prefix | text | BOS] once and keeps each block's keys/values; `step`
 feeds one frame against them (cross-attention keys/values of the caption are computed once).
 `forward` (training, and generation without the cache) recomputes the whole sequence.
@@ -115,10 +121,12 @@ class Decoder(nn.Module):
 
     def forward(self, prefix: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor,
                 audio_in: torch.Tensor, audio_mask: torch.Tensor,
-                caption: torch.Tensor, caption_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                caption: torch.Tensor, caption_mask: torch.Tensor,
+                align_heads: int = 0) -> tuple[torch.Tensor, ...]:
         # prefix (B, P, C); text (B, Lt) long; text_mask (B, Lt) bool; audio_in (B, K, S) long;
         # audio_mask (B, S) bool; caption (B, Lc, Dc); caption_mask (B, Lc) bool
         # -> logits (B, K, S, V), stop logits (B, S)
+        #    [, attention (B, n_layer * align_heads, S, L) of the audio queries, with align_heads > 0]
         B, P, _ = prefix.shape
         Lt = text.shape[1]
         dev = text.device
@@ -131,9 +139,15 @@ class Decoder(nn.Module):
         mask = causal[None, None] & valid[:, None, None, :]  # (B, 1, L, L); the prefix is always valid
         ctx = self.caption_proj(caption)  # (B, Lc, C)
         ctx_mask = key_mask(caption_mask)  # (B, 1, 1, Lc)
+        if not align_heads:
+            for block in self.blocks:
+                x = block(x, mask=mask, ctx=ctx, ctx_mask=ctx_mask)
+            return self._out(x[:, P + Lt:])
+        atts = []
         for block in self.blocks:
-            x = block(x, mask=mask, ctx=ctx, ctx_mask=ctx_mask)
-        return self._out(x[:, P + Lt:])
+            x, att = block(x, mask=mask, ctx=ctx, ctx_mask=ctx_mask, weights=(align_heads, P + Lt))
+            atts.append(att)
+        return (*self._out(x[:, P + Lt:]), torch.cat(atts, dim=1))
 
     # incremental decoding (KV cache) ------------------------------------------------------
     def prefill(
@@ -195,6 +209,30 @@ def code_loss(
     keep = tgt != -100
     correct = ((logits.argmax(-1) == tgt) & keep).sum()
     return loss, correct, keep.sum()
+
+
+def guided_attention_loss(att: torch.Tensor, prefix_len: int, text_mask: torch.Tensor,
+                          audio_mask: torch.Tensor, sigma: float) -> torch.Tensor:
+    """DCTTS's guided attention over the decoder's [prefix | text | audio] keys. att (B, H, S, L)
+    probabilities of the audio queries; text_mask (B, Lt), audio_mask (B, S) bool -> scalar in [0, 1).
+
+    Query s of an utterance with N audio positions and T text tokens pays, per key, the attention it
+    puts there times a weight: 1 - exp(-(s/N - t/T)^2 / (2 sigma^2)) on text token t (about 0 on the
+    diagonal, near 1 far from it), 1 on every other key (the speaker/emotion prefix and earlier
+    audio). So the guided heads read the text, at the place the speech has reached."""
+    B, H, S, L = att.shape
+    Lt = text_mask.shape[1]
+    n_text = text_mask.sum(1).clamp(min=1).to(att.dtype)  # (B,)
+    n_audio = audio_mask.sum(1).clamp(min=1).to(att.dtype)
+    s = (torch.arange(S, device=att.device, dtype=att.dtype)[None] + 0.5) / n_audio[:, None]  # (B, S)
+    t = (torch.arange(Lt, device=att.device, dtype=att.dtype)[None] + 0.5) / n_text[:, None]  # (B, Lt)
+    w_text = 1 - torch.exp(-(s[:, :, None] - t[:, None, :]) ** 2 / (2 * sigma ** 2))  # (B, S, Lt)
+    w_text = torch.where(text_mask[:, None, :], w_text, torch.ones_like(w_text))
+    w = att.new_ones(B, S, L)
+    w[:, :, prefix_len:prefix_len + Lt] = w_text
+    per_query = (att * w[:, None]).sum(-1)  # (B, H, S)
+    keep = audio_mask[:, None, :].expand_as(per_query)
+    return per_query[keep].mean() if keep.any() else att.sum() * 0.0
 
 
 def stop_loss(stop_logits: torch.Tensor, lengths: torch.Tensor, audio_mask: torch.Tensor) -> torch.Tensor:

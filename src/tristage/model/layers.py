@@ -23,10 +23,13 @@ class Attention(nn.Module):
         self.dropout = dropout
 
     def forward(self, x: torch.Tensor, ctx: torch.Tensor | None = None,
-                mask: torch.Tensor | None = None, cache: dict | None = None) -> torch.Tensor:
+                mask: torch.Tensor | None = None, cache: dict | None = None,
+                weights: tuple[int, int] | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         # x (B, L, C), ctx (B, S, Cctx) or None, mask (B, 1, L, S) | (B, 1, 1, S) bool.
         # cache (generation): a dict this layer fills. Self-attention appends this call's keys/values
         # to the cached ones (S = cached + L); cross-attention computes the context's once and reuses them.
+        # weights (n, start): also return the attention probabilities of the first n heads for the
+        # queries from `start` on, (B, n, L - start, S) (the decoder's guided-attention loss reads them)
         B, L, C = x.shape
         h = self.n_head
         q = self.q(x).view(B, L, h, C // h).transpose(1, 2)  # (B, h, L, C/h)
@@ -44,8 +47,14 @@ class Attention(nn.Module):
                 cache["k"], cache["v"] = k, v
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
                                            dropout_p=self.dropout if self.training else 0.0)
-        y = y.transpose(1, 2).reshape(B, L, C)  # (B, L, C)
-        return self.proj(y)
+        y = self.proj(y.transpose(1, 2).reshape(B, L, C))  # (B, L, C)
+        if weights is None:
+            return y
+        n, start = weights
+        att = q[:, :n, start:] @ k[:, :n].transpose(-2, -1) / (C // h) ** 0.5  # (B, n, L - start, S)
+        if mask is not None:
+            att = att.masked_fill(~mask[:, :, start:] if mask.shape[2] > 1 else ~mask, float("-inf"))
+        return y, att.float().softmax(dim=-1)
 
 
 class MLP(nn.Module):
@@ -75,16 +84,22 @@ class Block(nn.Module):
         self.mlp = MLP(d_model, dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, ctx: torch.Tensor | None = None,
-                ctx_mask: torch.Tensor | None = None, cache: dict | None = None) -> torch.Tensor:
+                ctx_mask: torch.Tensor | None = None, cache: dict | None = None,
+                weights: tuple[int, int] | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         # x (B, L, C); mask (B, 1, L, L) (with a cache: (B, 1, L, cached + L)); ctx (B, S, Cctx);
-        # ctx_mask (B, 1, 1, S); cache: {"self": {...}, "cross": {...}} filled by the attention layers
-        x = x + self.attn(
-            self.ln1(x), mask=mask, cache=None if cache is None else cache.setdefault("self", {})
-        )
+        # ctx_mask (B, 1, 1, S); cache: {"self": {...}, "cross": {...}} filled by the attention layers;
+        # weights: (n, start) also returns self-attention probabilities (Attention.forward)
+        a = self.attn(self.ln1(x), mask=mask, cache=None if cache is None else cache.setdefault("self", {}),
+                      weights=weights)
+        att = None
+        if weights is not None:
+            a, att = a
+        x = x + a
         if self.cross:
             x = x + self.xattn(self.ln_x(x), ctx=ctx, mask=ctx_mask,
                                cache=None if cache is None else cache.setdefault("cross", {}))
-        return x + self.mlp(self.ln2(x))
+        x = x + self.mlp(self.ln2(x))
+        return x if weights is None else (x, att)
 
 
 def key_mask(valid: torch.Tensor) -> torch.Tensor:

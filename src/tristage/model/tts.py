@@ -22,7 +22,15 @@ from tristage.captions.peft import CaptionPEFT
 from tristage.captions.vectors import CaptionVectorTable
 from tristage.model.classifier import SpeakerClassifier
 from tristage.model.config import TTSConfig
-from tristage.model.decoder import Decoder, DecoderConfig, code_loss, delay_codes, stop_loss, undelay_codes
+from tristage.model.decoder import (
+    Decoder,
+    DecoderConfig,
+    code_loss,
+    delay_codes,
+    guided_attention_loss,
+    stop_loss,
+    undelay_codes,
+)
 from tristage.model.grl import GradientReversal
 from tristage.model.perceiver import ConditioningEncoder, EncoderConfig, PerceiverConfig, PerceiverResampler
 from tristage.model.text import encode_text
@@ -83,10 +91,12 @@ class TTS(nn.Module):
 
     # training ------------------------------------------------------------------------
     def forward(self, batch: dict[str, torch.Tensor], speaker_head: bool = False,
-                grl_lambda: float = 0.0) -> dict[str, torch.Tensor]:
+                grl_lambda: float = 0.0, align: tuple[int, float] | None = None) -> dict[str, torch.Tensor]:
         """Losses of one batch. With `speaker_head`, the speaker classifier reads the emotion vector
         through the gradient reversal layer, whose strength is `grl_lambda` (0: a plain forward,
-        no gradient reaches the emotion vector from the classifier)."""
+        no gradient reaches the emotion vector from the classifier). With `align` = (heads, sigma),
+        `align_loss` is the guided-attention loss of that many heads per decoder block
+        (model/decoder.py guided_attention_loss)."""
         spk = self.speaker_prefix(batch["spk_mel"], batch["spk_mask"])  # (B, Ns, C)
         emo = self.emotion_vector(batch["emo_mel"], batch["emo_mask"])  # (B, C)
         prefix = torch.cat([spk, emo[:, None]], dim=1)  # (B, Ns + 1, C)
@@ -97,12 +107,17 @@ class TTS(nn.Module):
         bos = target.new_full((B, K, 1), self.cfg.bos_id)
         audio_in = torch.cat([bos, target[:, :, :-1]], dim=2)  # (B, K, S)
         audio_mask = torch.arange(S, device=codes.device)[None] < (lengths + K - 1)[:, None]  # (B, S)
-        logits, stop = self.decoder(prefix, batch["text"], batch["text_mask"], audio_in, audio_mask,
-                                    cap.states, cap.mask)  # (B, K, S, V), (B, S)
+        heads, sigma = align or (0, 0.0)
+        logits, stop, *att = self.decoder(prefix, batch["text"], batch["text_mask"], audio_in, audio_mask,
+                                          cap.states, cap.mask, align_heads=heads)  # (B, K, S, V), (B, S)
         mel_loss, correct, count = code_loss(logits, target, self.cfg.pad_id)
         out = dict(mel_loss=mel_loss, mel_correct=correct, mel_count=count,
                    stop_loss=stop_loss(stop, lengths, audio_mask),
-                   kl=_scalar(cap.kl, mel_loss), ortho=_scalar(cap.ortho, mel_loss), emo_vec=emo)
+                   kl=_scalar(cap.kl, mel_loss), ortho=_scalar(cap.ortho, mel_loss), emo_vec=emo,
+                   logits=logits, target=target)  # (B, K, S, V), (B, K, S): per-codebook diagnostics
+        if att:
+            out["align_loss"] = guided_attention_loss(att[0], prefix.shape[1], batch["text_mask"], audio_mask,
+                                                      sigma)
         if speaker_head:
             logits_s = self.speaker_classifier(self.grl(emo, grl_lambda))  # (B, n_speakers)
             labels = batch["speaker"]

@@ -147,7 +147,10 @@ def summary(params) -> str:
         out += ["", render(heard, LISTEN), textwrap.fill(
             f"WER by {judge}; ground truth = the recordings (the judge's floor), resynthesis = through the "
             "codec (what any stage can reach); spk sim: to another utterance of the target speaker / of "
-            "another speaker.", WIDTH, break_on_hyphens=False)]
+            "another speaker." + (" The requests are TRAINING sentences (evaluate.sample_from): a "
+                                  "memorisation check, not a test of reading new text."
+                                  if ev.get("sample_from") == "training" else ""),
+            WIDTH, break_on_hyphens=False)]
     if ev.get("seed_criteria"):
         from tristage.evaluation.criteria import criteria_lines
 

@@ -62,6 +62,10 @@ def resolve_config(stage: str, params, stage_params, src: Sources) -> tuple[TTSC
             raise UserError(f"{stage_params.speaker_mapping}: {len(src.mapping)} speakers but the "
                             f"{preset.previous} model has a {cfg.n_speakers}-way speaker classifier; "
                             f"rerun {preset.previous}")
+    ga = stage_params.guided_attention
+    if ga.weight > 0 and ga.heads > cfg.n_head:
+        raise UserError(f"{stage}.guided_attention.heads: {ga.heads} but the decoder has {cfg.n_head} heads "
+                        "per block")
     if getattr(stage_params, "adversary", None) is not None:  # stage2 decides how its classifier reads
         cfg.classifier_standardize = stage_params.adversary != "seed"
     cfg.caption_module, cfg.caption_table = src.caption_module, src.caption_table

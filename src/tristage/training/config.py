@@ -49,6 +49,15 @@ class PeftParams(PeftLossParams):
                                vae_latent_dim=self.vae_latent_dim, vae_decoder=self.vae_decoder)
 
 
+class GuidedAttentionParams(Section):
+    """The decoder's guided-attention loss (model/decoder.py guided_attention_loss): the stage's loss adds
+    weight * align_loss over the first `heads` heads of every decoder block; 0 = off."""
+
+    weight: NonNegFloat = 0.0
+    heads: PosInt = 1  # per block (at most the model's n_head)
+    sigma: PosFloat = 0.2  # width of the diagonal band, as a fraction of the utterance
+
+
 class StageParams(TrainingInputs):
     out_dir: Path = Path("models/stage1")
     init_from: Path | None = None  # previous stage's out_dir
@@ -95,6 +104,7 @@ class StageParams(TrainingInputs):
     keep_last: PosInt = 2  # plus the best (lowest val mel_loss)
     # the caption adapters' loss weights (stage1: also the adapters themselves, `PeftParams`)
     peft: PeftLossParams = PeftLossParams()
+    guided_attention: GuidedAttentionParams = GuidedAttentionParams()
 
 
 class Stage1Params(StageParams):

@@ -24,6 +24,7 @@ TRAIN_COLUMNS = (
     "mel_top1",
     "kl",
     "ortho",
+    "align_loss",  # guided attention (stage <n>.guided_attention), when on
     "speaker_loss",
     "speaker_acc",
     "lr",

@@ -64,6 +64,7 @@ class StepSums:
     samples: float = 0.0
     kl: float = 0.0  # sum of the micro-batch PEFT KL terms (unweighted)
     ortho: float = 0.0  # sum of the micro-batch PEFT orthogonality terms (unweighted)
+    align: float = 0.0  # sum of the micro-batch guided-attention losses (unweighted; 0 when off)
 
     def add(self, out: dict, n_samples: int, finite: bool, speaker: bool) -> None:
         self.mel_loss += out["mel_loss"].item()
@@ -76,6 +77,7 @@ class StepSums:
         self.samples += n_samples
         self.kl += float(out["kl"].item())
         self.ortho += float(out["ortho"].item())
+        self.align += float(out["align_loss"].item()) if "align_loss" in out else 0.0
 
     def all_reduce(self, dist: ddp.Dist) -> "StepSums":
         return StepSums(*ddp.all_reduce_sum(dataclasses.astuple(self), dist))

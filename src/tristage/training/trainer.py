@@ -202,6 +202,8 @@ class _Trainer:
         weights = self.sp.peft  # the caption adapters' loss terms (this stage's own weights)
         loss = out["mel_loss"] + weights.kl_weight * out["kl"] + weights.orthogonality_weight * out["ortho"]
         loss = loss + out["stop_loss"]  # end-of-speech head (model/decoder.py stop_loss)
+        if "align_loss" in out:
+            loss = loss + self.sp.guided_attention.weight * out["align_loss"]
         if self.adversary:
             loss = loss + self.adversary.speaker_term(out)
         return loss
@@ -209,6 +211,9 @@ class _Trainer:
     def train_step(self) -> dict[str, float]:
         sp, adv = self.sp, self.adversary
         forward_args = adv.forward_args(self.state.step) if adv else {}
+        ga = sp.guided_attention
+        if ga.weight > 0:
+            forward_args["align"] = (ga.heads, ga.sigma)
         set_train_mode(self.model, self.preset)
         t0 = time.perf_counter()
         sums = StepSums()
@@ -247,6 +252,8 @@ class _Trainer:
         rec = dict(mel_loss=sums.mel_loss / n_micro, mel_top1=sums.mel_correct / max(sums.mel_count, 1),
                    kl=sums.kl / n_micro, ortho=sums.ortho / n_micro,  # the PEFT losses, unweighted
                    samples_per_s=sums.samples / elapsed, lr=self.sched.get_last_lr()[0])
+        if forward_args.get("align"):
+            rec["align_loss"] = sums.align / n_micro  # unweighted
         if adv:
             rec.update(speaker_loss=sums.speaker_loss / n_micro,
                        speaker_acc=sums.speaker_correct / max(sums.speaker_count, 1), **adv.last_used)

@@ -26,17 +26,26 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / den) if den > 0 else 0.0
 
 
+def _resemblyzer():
+    """The resemblyzer module. Its VAD dependency (webrtcvad) imports pkg_resources, whose deprecation
+    warning says nothing about this run and would be the last line a `make demo` prints: silenced here."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+        warnings.filterwarnings("ignore", message=".*declare_namespace", category=DeprecationWarning)
+        import resemblyzer
+    return resemblyzer
+
+
 class ResemblyzerEncoder:
     name = "resemblyzer GE2E (wheel weights)"
 
     def __init__(self, device: str = "cpu"):
-        from resemblyzer import VoiceEncoder
-
-        self._encoder = VoiceEncoder(device, verbose=False)
+        self._encoder = _resemblyzer().VoiceEncoder(device, verbose=False)
 
     def __call__(self, wav: np.ndarray) -> np.ndarray:
-        from resemblyzer import preprocess_wav
-
+        preprocess_wav = _resemblyzer().preprocess_wav
         x = preprocess_wav(
             np.asarray(wav, np.float32), source_sr=None
         )  # already 16 kHz: volume + VAD trim only
