@@ -34,17 +34,10 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
-    from tristage.config import load_params
-    from tristage.model.folder import load_model
-    from tristage.training.data import TrainData, load_sources
+    from benchmarks.experiments.text_use import codebook_top1, load_stage1
 
-    model, cfg = load_model(a.model, caption_vectors=a.caption_vectors)
-    model.eval()
-    sp = load_params(a.params).stage1
-    src = load_sources(sp)
-    data = TrainData(src, sp, cfg.max_text_len, cfg.max_frames, frontend=cfg.text_frontend,
-                     voice=cfg.phoneme_voice)
-    text_of = src.manifest.drop_duplicates("id").set_index("id")["text"]
+    model, cfg, sp, data = load_stage1(a.model, a.params, a.caption_vectors)
+    text_of = data.src.manifest.drop_duplicates("id").set_index("id")["text"]
     print(f"{a.model}: codebook 0 over {a.utterances} utterances per split")
     noisy_head = f"fine inputs {a.corrupt:.0%} random"
     print(f"  {'split':10s} {'teacher-forced':>14s} {noisy_head:>22s} {'free-running':>12s} "
@@ -53,13 +46,13 @@ def main(argv: list[str] | None = None) -> None:
     for split, idx in splits:
         batch = data.collate(idx, [sp.seed, 999_979], val=True)
         lengths = [int(n) for n in batch["code_lengths"]]
-        clean = codebook0_top1(model, batch, cfg.pad_id)
+        clean = codebook_top1(model, [batch], cfg.pad_id)[0]
         g = torch.Generator().manual_seed(0)
         noisy = dict(batch, codes=batch["codes"].clone())
         fine = noisy["codes"][:, 1:]
         swap = torch.rand(fine.shape, generator=g) < a.corrupt
         fine[swap] = torch.randint(0, cfg.codebook_size, (int(swap.sum()),), generator=g)
-        corrupted = codebook0_top1(model, noisy, cfg.pad_id)
+        corrupted = codebook_top1(model, [noisy], cfg.pad_id)[0]
         spk = [batch["spk_mel"][j][batch["spk_mask"][j]] for j in range(len(idx))]
         emo = [batch["emo_mel"][j][batch["emo_mask"][j]] for j in range(len(idx))]
         gen = model.generate_batch([text_of[data.examples[i].id] for i in idx],
@@ -72,16 +65,6 @@ def main(argv: list[str] | None = None) -> None:
             first.append(int((~same).nonzero()[0]) if (~same).any() else lengths[j])
         print(f"  {split:10s} {clean:14.3f} {corrupted:22.3f} {sum(agree) / len(agree):12.3f} "
               f"{' '.join(map(str, first)):>26s}")
-
-
-def codebook0_top1(model, batch, pad_id: int) -> float:
-    """Teacher-forced top-1 of codebook 0 over the batch's non-pad targets."""
-    import torch
-
-    with torch.no_grad():
-        out = model(batch)
-    keep = out["target"][:, 0] != pad_id
-    return float(((out["logits"][:, 0].argmax(-1) == out["target"][:, 0]) & keep).sum() / keep.sum())
 
 
 if __name__ == "__main__":

@@ -35,17 +35,9 @@ def main(argv: list[str] | None = None) -> None:
     import torch
     from safetensors.torch import load_file
 
-    from tristage.config import load_params
-    from tristage.model.folder import load_model
-    from tristage.training.data import TrainData, load_sources
-
-    model, cfg = load_model(a.model, caption_vectors=a.caption_vectors)
+    model, cfg, sp, data = load_stage1(a.model, a.params, a.caption_vectors)
     if a.weights:
         model.load_state_dict(load_file(str(Path(a.weights) / "model.safetensors")), strict=True)
-    model.eval()
-    sp = load_params(a.params).stage1
-    data = TrainData(load_sources(sp), sp, cfg.max_text_len, cfg.max_frames, frontend=cfg.text_frontend,
-                     voice=cfg.phoneme_voice)
     swaps = {"as trained": (), "transcripts swapped": ("text", "text_mask"),
              "emotion references swapped": ("emo_mel", "emo_mask")}
     total, n = dict.fromkeys(swaps, 0.0), 0
@@ -69,6 +61,21 @@ def main(argv: list[str] | None = None) -> None:
     splits = (("validation", data.val_batches(a.batch)), (f"training ({len(train)})", train_batches))
     for split, batches in splits:
         print(f"  {split:28s} " + " ".join(f"{v:.3f}" for v in codebook_top1(model, batches, cfg.pad_id)))
+
+
+def load_stage1(model_dir: str, params: str, caption_vectors: str):
+    """A stage's model folder (in eval mode), its config, stage1's params and the training data as
+    stage 1 split it -> (model, cfg, stage1 params, TrainData)."""
+    from tristage.config import load_params
+    from tristage.model.folder import load_model
+    from tristage.training.data import TrainData, load_sources
+
+    model, cfg = load_model(model_dir, caption_vectors=caption_vectors)
+    model.eval()
+    sp = load_params(params).stage1
+    data = TrainData(load_sources(sp), sp, cfg.max_text_len, cfg.max_frames, frontend=cfg.text_frontend,
+                     voice=cfg.phoneme_voice)
+    return model, cfg, sp, data
 
 
 def codebook_top1(model, batches, pad_id: int) -> list[float]:
