@@ -255,3 +255,75 @@ def test_guided_attention_training_pulls_attention_onto_the_diagonal(tiny):
         loss.backward()
         opt.step()
     assert loss.item() < 0.6 * first
+
+
+def test_corrupt_codes_replaces_the_asked_fraction_and_never_bos_or_pad():
+    from tristage.model.decoder import corrupt_codes
+
+    V, K, S = 64, 4, 4000
+    codes = torch.randint(0, V, (2, K, S))
+    codes[:, :, 0] = V + 1  # BOS
+    codes[:, 1:, 1:K] = V  # the delay pattern's PAD
+    gen = torch.Generator().manual_seed(0)
+    assert torch.equal(corrupt_codes(codes, (0.0, 0.0), V, gen), codes)
+    out = corrupt_codes(codes, (0.05, 0.3), V, gen)
+    real = codes < V
+    changed = (out != codes) & real
+    # a random replacement equals the original 1 time in V: the changed rate is fraction * (1 - 1/V)
+    rate0 = changed[:, 0].sum() / real[:, 0].sum()
+    rate_fine = changed[:, 1:].sum() / real[:, 1:].sum()
+    assert abs(float(rate0) - 0.05 * (1 - 1 / V)) < 0.01
+    assert abs(float(rate_fine) - 0.3 * (1 - 1 / V)) < 0.01
+    assert torch.equal(out[~real], codes[~real])  # BOS and PAD stay
+    assert int(out[real].min()) >= 0 and int(out[real].max()) < V
+    every = corrupt_codes(codes, (0.0, 1.0), V, gen)
+    assert torch.equal(every[:, 0], codes[:, 0])
+    assert float(((every != codes) & real)[:, 1:].sum()) > 0.9 * float(real[:, 1:].sum())
+
+
+def test_input_noise_changes_the_inputs_and_never_the_targets(tiny):
+    model, cfg, data = tiny
+    model.eval()
+    batch = data.collate(data.train_idx[:3], [0])
+    clean = model(batch)
+    torch.manual_seed(3)
+    zero = model(batch, input_noise=(0.0, 0.0))
+    noisy = model(batch, input_noise=(0.5, 0.5))
+    assert torch.equal(clean["mel_loss"], zero["mel_loss"])
+    assert torch.equal(clean["target"], noisy["target"]) and clean["mel_count"] == noisy["mel_count"]
+    assert not torch.equal(clean["logits"], noisy["logits"])
+    model.train()
+
+
+def _cb0_loss(model, batch, input_noise):
+    torch.manual_seed(7)
+    out = model(batch, input_noise=input_noise)
+    V = out["logits"].shape[-1]
+    tgt = out["target"][:, 0]
+    return float(torch.nn.functional.cross_entropy(out["logits"][:, 0].reshape(-1, V).float(),
+                                                   tgt.masked_fill(tgt >= V, -100).reshape(-1),
+                                                   ignore_index=-100))
+
+
+def test_training_with_fine_input_noise_keeps_codebook_0_when_the_fine_inputs_are_wrong(tiny):
+    """The exposure bias input_noise is for: a decoder trained on the recording's fine codes leans on
+    them to predict codebook 0, and fails when generation feeds it wrong ones; trained with random fine
+    inputs, it holds codebook 0 without them."""
+    import copy
+
+    model, cfg, data = tiny
+    batch = data.collate(data.train_idx[:4], [0])
+    damaged = {}
+    for name, noise in (("clean", None), ("noisy", (0.0, 0.5))):
+        m = copy.deepcopy(model)
+        m.eval()  # no dropout: the two runs differ only in their inputs
+        opt = torch.optim.Adam(m.decoder.parameters(), lr=3e-3)
+        torch.manual_seed(0)
+        for _ in range(80):
+            loss = m(batch, input_noise=noise)["mel_loss"]
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            damaged[name] = _cb0_loss(m, batch, (0.0, 1.0)) - _cb0_loss(m, batch, None)
+    assert damaged["noisy"] < 0.5 * damaged["clean"], damaged

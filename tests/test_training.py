@@ -329,6 +329,28 @@ def test_classifier_updates_move_only_the_classifier(tmp_path, monkeypatch):
     )
 
 
+def test_input_noise_reaches_the_forward_pass_and_its_fractions_are_checked(tmp_path, monkeypatch):
+    from tristage.model.tts import TTS
+
+    seen = []
+    forward = TTS.forward
+
+    def spy(self, batch, *args, **kwargs):
+        seen.append(kwargs.get("input_noise"))
+        return forward(self, batch, *args, **kwargs)
+
+    monkeypatch.setattr(TTS, "forward", spy)
+    src = default_fake_sources(tmp_path)
+    m = train_stage("stage1", load_params(write_tiny_params(tmp_path, steps=3, eval_every=3,
+                                                            input_noise=dict(coarse=0.05, fine=0.3))),
+                    None, sources=src)
+    assert math.isfinite(m["mel_loss"])
+    assert seen.count((0.05, 0.3)) == 3  # every training step, never a validation pass
+    assert None in seen
+    with pytest.raises(UserError, match=r"stage1\.input_noise\.fine"):
+        load_params(write_tiny_params(tmp_path, steps=2, input_noise=dict(fine=1.5)))
+
+
 def test_guided_attention_is_logged_and_its_heads_are_checked(tmp_path):
     src = default_fake_sources(tmp_path)
     on = dict(weight=1.0, heads=1, sigma=0.2)

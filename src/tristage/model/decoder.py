@@ -211,6 +211,21 @@ def code_loss(
     return loss, correct, keep.sum()
 
 
+def corrupt_codes(audio_in: torch.Tensor, fractions: tuple[float, float], codebook_size: int,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """Teacher forcing with mistakes: replace a fraction of the decoder's input codes by uniformly random
+    codes. audio_in (B, K, S) long -> same shape; `fractions` = (codebook 0, codebooks 1..K-1); BOS and
+    PAD (ids >= codebook_size) stay. Generation feeds back its own codes, one or two of a frame's fine
+    codes wrong; a decoder trained only on the recording's codes loses its place at the first of them."""
+    coarse, fine = fractions
+    K = audio_in.shape[1]
+    p = torch.tensor([coarse] + [fine] * (K - 1), device=audio_in.device)[None, :, None]  # (1, K, 1)
+    hit = torch.rand(audio_in.shape, device=audio_in.device, generator=generator) < p
+    hit &= audio_in < codebook_size
+    noise = torch.randint(0, codebook_size, audio_in.shape, device=audio_in.device, generator=generator)
+    return torch.where(hit, noise, audio_in)
+
+
 def guided_attention_loss(att: torch.Tensor, prefix_len: int, text_mask: torch.Tensor,
                           audio_mask: torch.Tensor, sigma: float) -> torch.Tensor:
     """DCTTS's guided attention over the decoder's [prefix | text | audio] keys. att (B, H, S, L)

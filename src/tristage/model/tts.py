@@ -26,6 +26,7 @@ from tristage.model.decoder import (
     Decoder,
     DecoderConfig,
     code_loss,
+    corrupt_codes,
     delay_codes,
     guided_attention_loss,
     stop_loss,
@@ -91,12 +92,15 @@ class TTS(nn.Module):
 
     # training ------------------------------------------------------------------------
     def forward(self, batch: dict[str, torch.Tensor], speaker_head: bool = False,
-                grl_lambda: float = 0.0, align: tuple[int, float] | None = None) -> dict[str, torch.Tensor]:
+                grl_lambda: float = 0.0, align: tuple[int, float] | None = None,
+                input_noise: tuple[float, float] | None = None) -> dict[str, torch.Tensor]:
         """Losses of one batch. With `speaker_head`, the speaker classifier reads the emotion vector
         through the gradient reversal layer, whose strength is `grl_lambda` (0: a plain forward,
         no gradient reaches the emotion vector from the classifier). With `align` = (heads, sigma),
         `align_loss` is the guided-attention loss of that many heads per decoder block
-        (model/decoder.py guided_attention_loss)."""
+        (model/decoder.py guided_attention_loss). With `input_noise` = (coarse, fine), that fraction of
+        codebook 0's / the other codebooks' input codes are random (model/decoder.py corrupt_codes); the
+        targets stay the recording's."""
         spk = self.speaker_prefix(batch["spk_mel"], batch["spk_mask"])  # (B, Ns, C)
         emo = self.emotion_vector(batch["emo_mel"], batch["emo_mask"])  # (B, C)
         prefix = torch.cat([spk, emo[:, None]], dim=1)  # (B, Ns + 1, C)
@@ -106,6 +110,8 @@ class TTS(nn.Module):
         B, K, S = target.shape
         bos = target.new_full((B, K, 1), self.cfg.bos_id)
         audio_in = torch.cat([bos, target[:, :, :-1]], dim=2)  # (B, K, S)
+        if input_noise and any(input_noise):
+            audio_in = corrupt_codes(audio_in, input_noise, self.cfg.codebook_size)
         audio_mask = torch.arange(S, device=codes.device)[None] < (lengths + K - 1)[:, None]  # (B, S)
         heads, sigma = align or (0, 0.0)
         logits, stop, *att = self.decoder(prefix, batch["text"], batch["text_mask"], audio_in, audio_mask,

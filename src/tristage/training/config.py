@@ -58,6 +58,15 @@ class GuidedAttentionParams(Section):
     sigma: PosFloat = 0.2  # width of the diagonal band, as a fraction of the utterance
 
 
+class InputNoiseParams(Section):
+    """Teacher forcing with mistakes (model/decoder.py corrupt_codes): in training, this fraction of the
+    decoder's input codes are replaced by random codes (the targets stay the recording's), so the decoder
+    learns to hold its place when generation feeds back a wrong code; 0 = the recording's codes only."""
+
+    coarse: Fraction = 0.0  # codebook 0
+    fine: Fraction = 0.0  # codebooks 1..K-1
+
+
 class StageParams(TrainingInputs):
     out_dir: Path = Path("models/stage1")
     init_from: Path | None = None  # previous stage's out_dir
@@ -105,6 +114,7 @@ class StageParams(TrainingInputs):
     # the caption adapters' loss weights (stage1: also the adapters themselves, `PeftParams`)
     peft: PeftLossParams = PeftLossParams()
     guided_attention: GuidedAttentionParams = GuidedAttentionParams()
+    input_noise: InputNoiseParams = InputNoiseParams()
 
 
 class Stage1Params(StageParams):

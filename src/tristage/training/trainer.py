@@ -214,6 +214,9 @@ class _Trainer:
         ga = sp.guided_attention
         if ga.weight > 0:
             forward_args["align"] = (ga.heads, ga.sigma)
+        noise = sp.input_noise
+        if noise.coarse > 0 or noise.fine > 0:
+            forward_args["input_noise"] = (noise.coarse, noise.fine)
         set_train_mode(self.model, self.preset)
         t0 = time.perf_counter()
         sums = StepSums()

@@ -42,11 +42,12 @@ class ResemblyzerEncoder:
     name = "resemblyzer GE2E (wheel weights)"
 
     def __init__(self, device: str = "cpu"):
-        self._encoder = _resemblyzer().VoiceEncoder(device, verbose=False)
+        module = _resemblyzer()
+        self._encoder = module.VoiceEncoder(device, verbose=False)
+        self._preprocess = module.preprocess_wav
 
     def __call__(self, wav: np.ndarray) -> np.ndarray:
-        preprocess_wav = _resemblyzer().preprocess_wav
-        x = preprocess_wav(
+        x = self._preprocess(
             np.asarray(wav, np.float32), source_sr=None
         )  # already 16 kHz: volume + VAD trim only
         if len(x) < SAMPLE_RATE // 10:  # VAD removed (nearly) everything: embed the raw clip
