@@ -365,3 +365,45 @@ def test_benchmark_runs_on_the_reproduced_dag_held_out_speakers(base, tmp_path):
         assert -1 <= row["before"] <= 1 and -1 <= row["after"] <= 1 and row["wall_s"] < 900
         assert row["passed"] == (row["after"] > row["before"])
     assert r.returncode == (0 if results["passed"] else 1) and "speaker" in r.stdout
+
+
+def test_the_finetune_step_trains_with_guided_attention_and_input_noise_as_a_stage_does(tmp_path):
+    """`finetune.train.guided_attention` / `input_noise` reach the model's forward pass as the stages' do
+    (training/config.forward_args), and too many guided heads is one error naming the key."""
+    from tristage.config import load_params
+    from tristage.errors import UserError
+    from tristage.finetune.config import FinetuneParams, TrainParams
+    from tristage.finetune.train import _Loop, finetune_preset, stage_params
+    from tristage.model.config import TTSConfig
+    from tristage.model.tts import TTS
+    from tristage.testing.fakes import TINY_MODEL, FakeCaptionPEFT, fake_sources, write_tiny_params
+    from tristage.training.data import TrainData
+
+    src = fake_sources(table_dir=tmp_path / "caption_vectors")
+    params = load_params(write_tiny_params(tmp_path))
+    cfg = TTSConfig(n_codebooks=src.n_codebooks, codebook_size=src.codebook_size, n_mels=src.n_mels,
+                    caption_dim=src.table.dim, n_speakers=len(src.mapping), **TINY_MODEL)
+    model = TTS(cfg, FakeCaptionPEFT(src.table))
+    data = TrainData(src, params.stage1, cfg.max_text_len, cfg.max_frames)
+    data.val_batches = lambda batch_size: []  # no validation: one step is what is looked at
+    calls, forward = [], model.forward
+
+    def spy(batch, **kwargs):
+        calls.append(kwargs)
+        return forward(batch, **kwargs)
+
+    model.forward = spy
+
+    def loop(**train):
+        tp = TrainParams(**train)
+        fp = FinetuneParams(model=tmp_path, data=tmp_path, speaker="robin", out=tmp_path / "out",
+                            train=tp)
+        sp = stage_params(fp, tmp_path, {"max_ref_frames": 40})
+        return _Loop(model, data, finetune_preset(tp), sp, "cpu")
+
+    loop().step(1)
+    on = dict(guided_attention=dict(weight=1.0, heads=1, sigma=0.3), input_noise=dict(coarse=0.1, fine=0.4))
+    loop(**on).step(1)
+    assert calls == [{}, dict(align=(1, 0.3), input_noise=(0.1, 0.4))]
+    with pytest.raises(UserError, match=r"^finetune.train.guided_attention.heads: 9 but the decoder has 2 "):
+        loop(guided_attention=dict(weight=1.0, heads=9))

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from tristage.errors import ParamsError
 from tristage.schema import Field, Fraction, NonNegFloat, NonNegInt, Path, PosFloat, PosInt, Section
+from tristage.training.config import GuidedAttentionParams, InputNoiseParams
 
 FORMATS = ("ljspeech", "libritts", "librispeech", "auto")
 
@@ -39,6 +40,8 @@ class TrainParams(Section):
     speaker_ref: Literal["other", "same"] = "other"
     emotion_ref: Literal["other", "same"] = "same"
     max_ref_frames: PosInt | None = None  # None = the model folder's (what it was trained with)
+    guided_attention: GuidedAttentionParams = GuidedAttentionParams()  # as a stage's (off by default)
+    input_noise: InputNoiseParams = InputNoiseParams()  # as a stage's (off by default)
 
 
 class ReportParams(Section):

@@ -98,7 +98,8 @@ def stage_params(fp: FinetuneParams, work: Path, info: dict):
     """The fields `TrainData` and `build_optimizer` read, from `finetune.train` (a stage's params shape)."""
     tp = fp.train
     return types.SimpleNamespace(
-        **{**tp.model_dump(), "max_ref_frames": tp.max_ref_frames or int(info["max_ref_frames"])},
+        **{**tp.model_dump(), "max_ref_frames": tp.max_ref_frames or int(info["max_ref_frames"]),
+           "guided_attention": tp.guided_attention, "input_noise": tp.input_noise},
         prepared=work / "annotated" / "manifest.parquet", features=work / "features", heldout_speakers=0)
 
 
@@ -124,9 +125,15 @@ class _Loop:
     """The training loop: steps, validation, the best step's weights."""
 
     def __init__(self, model, data, preset, sp, device: str):
+        from tristage.training.config import forward_args
         from tristage.training.optim import build_optimizer
 
         self.model, self.data, self.preset, self.sp, self.device = model, data, preset, sp, device
+        ga = sp.guided_attention
+        if ga.weight > 0 and ga.heads > model.cfg.n_head:
+            raise UserError(f"finetune.train.guided_attention.heads: {ga.heads} but the decoder has "
+                            f"{model.cfg.n_head} heads per block")
+        self.forward_args = forward_args(sp)  # guided attention, input noise: as in the stages
         self.opt, self.sched = build_optimizer(model, sp)
         self.val = data.val_batches(sp.batch_size)
         self.history: list[dict] = []
@@ -145,9 +152,11 @@ class _Loop:
         from tristage.training.presets import set_train_mode
 
         set_train_mode(self.model, self.preset)
-        out = self.model(to_device(self.data.next_batch(), self.device))
+        out = self.model(to_device(self.data.next_batch(), self.device), **self.forward_args)
         # the stages' loss without the caption adapters' terms (the baked table has none)
         loss = out["mel_loss"] + out["stop_loss"]
+        if "align_loss" in out:
+            loss = loss + self.sp.guided_attention.weight * out["align_loss"]
         if not torch.isfinite(loss):
             raise UserError(f"finetune: non-finite loss ({loss.item()}) at step {step}; lower --lr "
                             "(finetune.train.lr) or raise finetune.train.warmup_steps")

@@ -67,6 +67,18 @@ class InputNoiseParams(Section):
     fine: Fraction = 0.0  # codebooks 1..K-1
 
 
+def forward_args(sp) -> dict:
+    """The `TTS.forward` arguments a training step's params switch on: `align` (guided attention) and
+    `input_noise` (a stage's or a fine-tune's `guided_attention` and `input_noise` sections)."""
+    out: dict = {}
+    ga, noise = sp.guided_attention, sp.input_noise
+    if ga.weight > 0:
+        out["align"] = (ga.heads, ga.sigma)
+    if noise.coarse > 0 or noise.fine > 0:
+        out["input_noise"] = (noise.coarse, noise.fine)
+    return out
+
+
 class StageParams(TrainingInputs):
     out_dir: Path = Path("models/stage1")
     init_from: Path | None = None  # previous stage's out_dir

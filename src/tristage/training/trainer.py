@@ -34,6 +34,7 @@ from tristage.training import checkpoint as ck
 from tristage.training import ddp
 from tristage.training.adversary import SpeakerAdversary
 from tristage.training.build import check_init, load_init_weights, rel, resolve_config
+from tristage.training.config import forward_args as decoder_forward_args
 from tristage.training.data import Sources, TrainData, load_sources, to_device
 from tristage.training.fingerprint import combine, data_fingerprint, run_fingerprint_parts
 from tristage.training.optim import build_optimizer
@@ -210,13 +211,7 @@ class _Trainer:
 
     def train_step(self) -> dict[str, float]:
         sp, adv = self.sp, self.adversary
-        forward_args = adv.forward_args(self.state.step) if adv else {}
-        ga = sp.guided_attention
-        if ga.weight > 0:
-            forward_args["align"] = (ga.heads, ga.sigma)
-        noise = sp.input_noise
-        if noise.coarse > 0 or noise.fine > 0:
-            forward_args["input_noise"] = (noise.coarse, noise.fine)
+        forward_args = {**(adv.forward_args(self.state.step) if adv else {}), **decoder_forward_args(sp)}
         set_train_mode(self.model, self.preset)
         t0 = time.perf_counter()
         sums = StepSums()
