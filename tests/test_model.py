@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from tristage.model.config import PRESETS, ModelParams, TTSConfig
-from tristage.model.decoder import delay_codes, undelay_codes
+from tristage.model.decoder import Decoder, DecoderConfig, delay_codes, sinusoids, undelay_codes
 from tristage.model.grl import grad_reverse
 from tristage.model.text import encode_text
 from tristage.model.tts import MODULE_NAMES, TTS
@@ -325,3 +325,28 @@ def test_training_with_fine_input_noise_keeps_codebook_0_when_the_fine_inputs_ar
         with torch.no_grad():
             damaged[name] = _cb0_loss(m, batch, (0.0, 1.0)) - _cb0_loss(m, batch, None)
     assert damaged["noisy"] < 0.5 * damaged["clean"], damaged
+
+
+def test_sinusoid_positions_match_best_where_the_positions_are_equal():
+    pos = torch.arange(0, 300, dtype=torch.float32)
+    table = sinusoids(pos, 64)  # (300, 64)
+    assert table.shape == (300, 64) and table.abs().max() <= 1.0
+    sim = table @ table.T  # sum of cos(w (p - q)): largest on the diagonal
+    assert torch.equal(sim.argmax(dim=1), torch.arange(300))
+
+
+def test_aligned_positions_put_text_token_t_at_audio_frame_t_times_the_rate():
+    torch.manual_seed(0)
+    dec = Decoder(DecoderConfig(n_codebooks=2, codebook_size=8, d_model=32, n_layer=1, n_head=2,
+                                caption_dim=4, max_text_len=16, max_frames=32, positions="aligned",
+                                text_rate=2.0))
+    names = {n for n, _ in dec.named_parameters()}
+    assert {"text_pos_scale", "audio_pos_scale"} <= names and not any("_pos.weight" in n for n in names)
+    text = torch.zeros(1, 6, dtype=torch.long)
+    codes = torch.zeros(1, 2, 12, dtype=torch.long)
+    with torch.no_grad():
+        text_pos = dec._text(text) - dec.text_emb(text)  # (1, 6, C): the position part alone
+        audio_pos = dec._audio(codes, 0) - sum(emb(codes[:, k]) for k, emb in enumerate(dec.code_emb))
+    for t in range(6):  # token t sits where frame 2t does
+        torch.testing.assert_close(text_pos[0, t], audio_pos[0, 2 * t])
+    assert not torch.allclose(text_pos[0, 1], audio_pos[0, 1])

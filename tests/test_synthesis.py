@@ -25,8 +25,8 @@ LEX = {"pitch": {"high": ["high-pitched", "high pitch"], "low": ["low-pitched", 
        "speed": {"fast": ["quickly", "fast"], "slow": ["slowly"]}}
 
 
-@pytest.fixture(scope="module")
-def random_model():
+@pytest.fixture(scope="module", params=["learned", "aligned"])
+def random_model(request):
     src = fake_sources()
     cfg = TTSConfig(
         n_codebooks=2,
@@ -37,7 +37,7 @@ def random_model():
         caption_module=src.caption_module,
         caption_table=src.caption_table,
         peft=CaptionAdapters(lora_rank=4),
-        **{**TINY_MODEL, "n_layer": 2},
+        **{**TINY_MODEL, "n_layer": 2, "positions": request.param, "text_rate": 2.5},
     )
     torch.manual_seed(0)
     return build_model(cfg, src.table).eval()

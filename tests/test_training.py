@@ -368,3 +368,21 @@ def test_guided_attention_is_logged_and_its_heads_are_checked(tmp_path):
     with pytest.raises(UserError, match=r"stage1\.guided_attention\.heads: 9 but the decoder has 2 heads"):
         too_many = write_tiny_params(tmp_path, steps=2, guided_attention=dict(on, heads=9))
         train_stage("stage1", load_params(too_many), None, sources=src)
+
+
+def test_aligned_positions_take_the_training_splits_rate_and_later_stages_keep_it(tmp_path):
+    import json
+
+    params = load_params(write_tiny_params(tmp_path, steps=2), ["stage1.model.positions=aligned"])
+    src = default_fake_sources(tmp_path)
+    train_stage("stage1", params, None, sources=src)
+    cfg = json.loads((tmp_path / "models/stage1/config.json").read_text())
+    data = TrainData(src, params.stage1, cfg["max_text_len"], cfg["max_frames"])
+    train = [data.examples[i] for i in data.train_idx]
+    rate = sum(e.n_frames for e in train) / sum(len(e.text) for e in train)
+    assert cfg["positions"] == "aligned" and cfg["text_rate"] == pytest.approx(rate, abs=1e-4)
+    train_stage("stage2", params, None, sources=src)
+    later = json.loads((tmp_path / "models/stage2/config.json").read_text())
+    assert (later["positions"], later["text_rate"]) == ("aligned", cfg["text_rate"])
+    with pytest.raises(UserError, match=r"stage1\.model\.positions"):
+        load_params(write_tiny_params(tmp_path, steps=2), ["stage1.model.positions=diagonal"])

@@ -5,8 +5,9 @@
 
 For each validation utterance of stage1's split (seen speakers), the Whisper tiny.en judge of
 `evaluate` transcribes the recording and the recording through the codec decoded several ways: the
-unquantised log-mel, the fitted codebooks with `smooth_frames` 1, 3 and 5, and with `--extra`
-codebooks fitted here on the training split's residual after the fitted ones. It prints each variant's
+unquantised log-mel, the fitted codebooks with `smooth_frames` 1, 3 and 5 (`--smooth`), only the first
+k of them (`--fewer k ...`, smooth 3), and with `--extra` codebooks fitted here on the training split's
+residual after the fitted ones. It prints each variant's
 WER and its gap to the recording's WER, paired over the same clips (mean +- standard error).
 """
 from __future__ import annotations
@@ -30,6 +31,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--features", default="data/features")
     ap.add_argument("--extra", type=int, default=8, help="codebooks fitted on top of the codec's (0: none)")
     ap.add_argument("--fit-frames", type=int, default=100_000)
+    ap.add_argument("--smooth", type=int, nargs="+", default=[1, 3, 5],
+                    help="smooth_frames of the fitted codebooks")
+    ap.add_argument("--fewer", type=int, nargs="*", default=[],
+                    help="also decode with only the first k fitted codebooks (smooth 3)")
     ap.add_argument("--seed", type=int, default=1)
     argv = sys.argv[1:] if argv is None else argv
     a = ap.parse_args(argv)
@@ -81,7 +86,8 @@ def main(argv: list[str] | None = None) -> None:
         return melvq.MelVQCodec(vcfg, codec.mean, codec.std, codebooks.float(), codec.seed)
 
     K = codec.n_codebooks
-    codecs = {f"{K} books, smooth {s}": variant(codec.codebooks, s) for s in (1, 3, 5)}
+    codecs = {f"{K} books, smooth {s}": variant(codec.codebooks, s) for s in a.smooth}
+    codecs.update({f"first {k} books, smooth 3": variant(codec.codebooks[:k], 3) for k in a.fewer})
     if a.extra:
         codecs[f"{K + a.extra} books, smooth 1"] = variant(books, 1)
     variants = ["recording", "unquantised", *codecs]

@@ -37,16 +37,16 @@ PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(d_model=128, n_layer=4, n_head=4, cond_dim=96, cond_layers=1, cond_heads=4,
                  perceiver_layers=1, speaker_latents=8, emo_dim=64, classifier_hidden=128,
                  dropout=0.0, max_text_len=160, max_frames=320, text_frontend="phonemes",
-                 phoneme_voice="en-us"),
+                 phoneme_voice="en-us", positions="learned"),
     "seed": dict(d_model=1024, n_layer=16, n_head=16, cond_dim=512, cond_layers=6, cond_heads=8,
                  perceiver_layers=2, speaker_latents=32, emo_dim=1024, classifier_hidden=512,
                  dropout=0.1, max_text_len=402, max_frames=1024, text_frontend="phonemes",
-                 phoneme_voice="en-us"),
+                 phoneme_voice="en-us", positions="learned"),
     # toy: the tests' model (seconds on a CPU; the one place its sizes are written)
     "toy": dict(d_model=32, n_layer=1, n_head=2, cond_dim=16, cond_layers=1, cond_heads=2,
                 perceiver_layers=1, speaker_latents=2, emo_dim=8, classifier_hidden=16,
                 dropout=0.0, max_text_len=32, max_frames=64, text_frontend="bytes",
-                phoneme_voice="en-us"),
+                phoneme_voice="en-us", positions="learned"),
 }
 
 
@@ -69,6 +69,9 @@ class ModelParams(Section):
     max_frames: PosInt | None = None  # codec frames of target; longer: skipped
     text_frontend: Literal["bytes", "phonemes"] | None = None  # model/text.py
     phoneme_voice: str | None = None  # espeak-ng voice of the `phonemes` front-end (en-us, en-gb, de, ko...)
+    # the decoder's positions: learned (one embedding per text token / audio frame) | aligned (fixed sinusoids
+    # on one time axis, text token t at frame t * text_rate: Deep Voice 3's position rate; model/decoder.py)
+    positions: Literal["learned", "aligned"] | None = None
 
     def resolved(self) -> dict[str, Any]:
         out = dict(PRESETS[self.preset])
@@ -106,6 +109,8 @@ class TTSConfig:
     text_frontend: str = "bytes"  # model/text.py; a config written before front-ends existed read bytes
     classifier_standardize: bool = True  # the speaker classifier standardises its input (model/classifier.py)
     phoneme_voice: str = "en-us"
+    positions: str = "learned"  # model/decoder.py; a config written before `aligned` existed read learned
+    text_rate: float = 1.0  # aligned: codec frames per text token, measured on stage1's training split
     preset: str = "tiny"
     # the caption module (import path "module:Class"; built by model.tts.build_caption_module)
     caption_module: str = "tristage.captions.peft:CaptionPEFT"

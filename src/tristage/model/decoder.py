@@ -4,9 +4,14 @@ Sequence layout (one causal stream):
 
     [ prefix (P = speaker_latents + 1 emotion vector) | text bytes (Lt) | audio frames (S) ]
 
-- text: byte-level embedding (no tokenizer) + learned positions;
-- audio: K codebooks, codebook k delayed by k frames; one embedding per codebook, summed;
+- text: byte-level embedding (no tokenizer) + positions;
+- audio: K codebooks, codebook k delayed by k frames; one embedding per codebook, summed, + positions;
   one linear head per codebook; BOS starts the audio stream, PAD fills the delay gaps;
+- positions: learned (an embedding per text token and per audio frame), or `aligned`: fixed sinusoids
+  (`sinusoids`) on the audio's time axis for both streams, text token t at frame t * text_rate (codec
+  frames per text token, measured on the training split), each stream's scaled by a learnt scalar. A
+  query and a key at the same place on that axis then match without any learned position (Deep Voice 3's
+  position rate, Ping et al. 2018);
 - caption: states (B, Lc, D) from `caption_peft`, projected D -> d_model, read by
   cross-attention in every block.
 
@@ -33,12 +38,22 @@ feeds one frame against them (cross-attention keys/values of the caption are com
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from tristage.model.layers import Block, key_mask
+
+
+def sinusoids(pos: torch.Tensor, dim: int) -> torch.Tensor:
+    """pos (...,) float -> (..., dim): sin and cos of each position at dim/2 geometric frequencies
+    (Vaswani et al. 2017), periods 2*pi .. 2*pi*10^4 positions."""
+    half = dim // 2
+    freq = torch.exp(-math.log(1e4) * torch.arange(half, device=pos.device, dtype=torch.float32) / half)
+    ang = pos.float()[..., None] * freq  # (..., half)
+    return torch.cat([ang.sin(), ang.cos()], dim=-1)
 
 
 def delay_codes(codes: torch.Tensor, lengths: torch.Tensor, pad_id: int) -> torch.Tensor:
@@ -72,6 +87,8 @@ class DecoderConfig:
     max_frames: int = 256
     dropout: float = 0.0
     text_vocab: int = 257  # UTF-8 bytes + pad (TTSConfig.text_vocab)
+    positions: str = "learned"  # learned | aligned (see `sinusoids`)
+    text_rate: float = 1.0  # aligned: codec frames per text token (the training split's mean)
 
 
 @dataclasses.dataclass
@@ -93,9 +110,14 @@ class Decoder(nn.Module):
         K, V, C = cfg.n_codebooks, cfg.codebook_size, cfg.d_model
         self.pad_id, self.bos_id = V, V + 1
         self.text_emb = nn.Embedding(cfg.text_vocab, C)
-        self.text_pos = nn.Embedding(cfg.max_text_len, C)
+        if cfg.positions == "aligned":  # fixed sinusoids on one time axis, a learnt scale per stream
+            self.text_pos_scale = nn.Parameter(torch.tensor(0.02))
+            self.audio_pos_scale = nn.Parameter(torch.tensor(0.02))
+        else:
+            self.text_pos = nn.Embedding(cfg.max_text_len, C)
         self.code_emb = nn.ModuleList([nn.Embedding(V + 2, C) for _ in range(K)])  # + pad, bos
-        self.audio_pos = nn.Embedding(cfg.max_frames + K, C)
+        if cfg.positions != "aligned":
+            self.audio_pos = nn.Embedding(cfg.max_frames + K, C)
         self.caption_proj = nn.Linear(cfg.caption_dim, C)
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList([Block(C, cfg.n_head, d_ctx=C, cross=True, dropout=cfg.dropout)
@@ -108,11 +130,22 @@ class Decoder(nn.Module):
         self.apply(_init_weights)
         nn.init.constant_(self.stop_head.bias, -3.0)  # prior: a frame rarely ends the speech
 
+    def _text(self, text: torch.Tensor) -> torch.Tensor:
+        # text (B, Lt) long -> (B, Lt, C)
+        Lt, dev = text.shape[1], text.device
+        if self.cfg.positions == "aligned":  # token t sits at frame t * text_rate of the audio's time axis
+            pos = torch.arange(Lt, device=dev) * self.cfg.text_rate
+            return self.text_emb(text) + self.text_pos_scale * sinusoids(pos, self.cfg.d_model)
+        return self.text_emb(text) + self.text_pos(torch.arange(Lt, device=dev))
+
     def _audio(self, audio_in: torch.Tensor, start: int) -> torch.Tensor:
         # audio_in (B, K, S) long -> (B, S, C), positions start..start+S-1
         S = audio_in.shape[2]
         a = sum(emb(audio_in[:, k]) for k, emb in enumerate(self.code_emb))  # (B, S, C)
-        return a + self.audio_pos(torch.arange(start, start + S, device=audio_in.device))
+        pos = torch.arange(start, start + S, device=audio_in.device)
+        if self.cfg.positions == "aligned":
+            return a + self.audio_pos_scale * sinusoids(pos, self.cfg.d_model)
+        return a + self.audio_pos(pos)
 
     def _out(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # h (B, S, C) -> logits (B, K, S, V), stop logits (B, S)
@@ -130,7 +163,7 @@ class Decoder(nn.Module):
         B, P, _ = prefix.shape
         Lt = text.shape[1]
         dev = text.device
-        t = self.text_emb(text) + self.text_pos(torch.arange(Lt, device=dev))  # (B, Lt, C)
+        t = self._text(text)  # (B, Lt, C)
         a = self._audio(audio_in, 0)  # (B, S, C)
         x = self.drop(torch.cat([prefix.to(t.dtype), t, a], dim=1))  # (B, L, C), L = P + Lt + S
         L = x.shape[1]
@@ -162,9 +195,8 @@ class Decoder(nn.Module):
         """Run [prefix | text | first audio frame] once, keeping every block's keys/values.
         first (B, K, 1) (the BOS frame) -> logits (B, K, V), stop logits (B,), state."""
         B, P, _ = prefix.shape
-        Lt = text.shape[1]
         dev = text.device
-        t = self.text_emb(text) + self.text_pos(torch.arange(Lt, device=dev))
+        t = self._text(text)
         x = torch.cat([prefix.to(t.dtype), t, self._audio(first, 0)], dim=1)  # (B, P + Lt + 1, C)
         L = x.shape[1]
         valid = torch.cat([text_mask.new_ones(B, P), text_mask, text_mask.new_ones(B, 1)], dim=1)  # (B, L)

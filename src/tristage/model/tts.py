@@ -51,7 +51,8 @@ class TTS(nn.Module):
         self.decoder = Decoder(DecoderConfig(
             n_codebooks=cfg.n_codebooks, codebook_size=cfg.codebook_size, d_model=C, n_layer=cfg.n_layer,
             n_head=cfg.n_head, caption_dim=cfg.caption_dim, max_text_len=cfg.max_text_len,
-            max_frames=cfg.max_frames, dropout=cfg.dropout, text_vocab=cfg.text_vocab))
+            max_frames=cfg.max_frames, dropout=cfg.dropout, text_vocab=cfg.text_vocab,
+            positions=cfg.positions, text_rate=cfg.text_rate))
         self.caption_peft = caption_peft
         enc = EncoderConfig(n_mels=cfg.n_mels, d_model=D, n_layer=cfg.cond_layers, n_head=cfg.cond_heads,
                             dropout=cfg.dropout)

@@ -327,6 +327,11 @@ class TrainData:
             collections.OrderedDict()
         )
 
+    def text_rate(self) -> float:
+        """Codec frames per text token over the training split (the decoder's `aligned` positions)."""
+        exs = [self.examples[i] for i in self.train_idx]
+        return round(sum(e.n_frames for e in exs) / max(1, sum(len(e.text) for e in exs)), 4)
+
     # -- loading ------------------------------------------------------------------------
     def features(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         uid = self.examples[i].id

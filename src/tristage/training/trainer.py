@@ -89,6 +89,10 @@ class _Trainer:
                 "least 2 (lower speaker_mapping.min_samples)"
             )
         self.cfg, init = resolve_config(stage, params, sp, self.src)
+        self.data = TrainData(self.src, sp, self.cfg.max_text_len, self.cfg.max_frames, dist.rank, dist.world,
+                              self.cfg.text_frontend, self.cfg.phoneme_voice)
+        if init is None:  # stage1 fixes the architecture; later stages keep its rate with its weights
+            self.cfg.text_rate = self.data.text_rate()
         _seed_all(sp.seed)
         model = build_model(self.cfg, self.src.table)
         init_sha = load_init_weights(model, init, self.preset.previous)
@@ -102,8 +106,6 @@ class _Trainer:
         self.ddp_model = self.model
         if dist.enabled:
             self.ddp_model = ddp.wrap(self.model, dist)
-        self.data = TrainData(self.src, sp, self.cfg.max_text_len, self.cfg.max_frames, dist.rank, dist.world,
-                              self.cfg.text_frontend, self.cfg.phoneme_voice)
         if sp.epochs is not None:  # passes over the training split -> steps (every later use reads sp.steps)
             steps = max(1, round(sp.epochs * len(self.data.sampler)))
             self.sp = sp = sp.model_copy(update=dict(steps=steps))
