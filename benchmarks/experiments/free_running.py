@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from benchmarks.experiments.text_use import codebook_top1, load_stage1
+    from tristage.model.decoder import corrupt_codes
 
     model, cfg, sp, data = load_stage1(a.model, a.params, a.caption_vectors)
     text_of = data.src.manifest.drop_duplicates("id").set_index("id")["text"]
@@ -47,11 +48,8 @@ def main(argv: list[str] | None = None) -> None:
         batch = data.collate(idx, [sp.seed, 999_979], val=True)
         lengths = [int(n) for n in batch["code_lengths"]]
         clean = codebook_top1(model, [batch], cfg.pad_id)[0]
-        g = torch.Generator().manual_seed(0)
-        noisy = dict(batch, codes=batch["codes"].clone())
-        fine = noisy["codes"][:, 1:]
-        swap = torch.rand(fine.shape, generator=g) < a.corrupt
-        fine[swap] = torch.randint(0, cfg.codebook_size, (int(swap.sum()),), generator=g)
+        g = torch.Generator().manual_seed(0)  # the training's corruption, on codebooks 1.. only
+        noisy = dict(batch, codes=corrupt_codes(batch["codes"], (0.0, a.corrupt), cfg.codebook_size, g))
         corrupted = codebook_top1(model, [noisy], cfg.pad_id)[0]
         spk = [batch["spk_mel"][j][batch["spk_mask"][j]] for j in range(len(idx))]
         emo = [batch["emo_mel"][j][batch["emo_mask"][j]] for j in range(len(idx))]
