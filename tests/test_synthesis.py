@@ -19,6 +19,7 @@ from tristage.model.decoder import stop_loss
 from tristage.model.folder import load_model
 from tristage.model.tts import build_model
 from tristage.synthesis import TTS, edit_caption
+from tristage.synthesis.api import SynthesisWarning
 from tristage.testing.fakes import TINY_MODEL, fake_sources, train_fake_model
 
 LEX = {"pitch": {"high": ["high-pitched", "high pitch"], "low": ["low-pitched", "deep"]},
@@ -178,14 +179,15 @@ def test_reference_audio_any_rate_channels_and_length(trained, tmp_path):
     )  # long: centre-cropped (file: 16-bit)
     short = tts.reference_mel(tmp_path / "mono8k.flac")  # 0.5 s: used whole
     assert short.shape[0] < tts.max_ref_frames or tts.max_ref_frames <= 1 + 8000 // 256
-    wav, sr = tts.synthesize(
-        "hello",
-        speaker_ref=tmp_path / "stereo44k.wav",
-        emotion_ref=tmp_path / "mono8k.flac",
-        attributes={"pitch": "low"},
-        max_seconds=0.2,
-        temperature=0,
-    )
+    with pytest.warns(SynthesisWarning, match="caption: none given"):  # attributes alone: no caption
+        wav, sr = tts.synthesize(
+            "hello",
+            speaker_ref=tmp_path / "stereo44k.wav",
+            emotion_ref=tmp_path / "mono8k.flac",
+            attributes={"pitch": "low"},
+            max_seconds=0.2,
+            temperature=0,
+        )
     assert sr == 16000 and len(wav) > 0
     with pytest.raises(UserError, match="at least 0.1 s"):
         tts.reference_mel(tmp_path / "short.wav")
@@ -297,7 +299,7 @@ def test_api_cli_and_page_build_the_same_caption(trained, tmp_path, monkeypatch,
 @pytest.mark.slow
 def test_no_caption_or_no_reference_warns_and_uses_a_neutral_caption(trained, monkeypatch):
     from tristage.captions.lexicon import Matcher
-    from tristage.synthesis.api import Request, SynthesisWarning
+    from tristage.synthesis.api import Request
 
     _, stage3 = trained
     tts = TTS.from_pretrained(stage3)
@@ -437,9 +439,10 @@ def test_mlflow_pyfunc_model_predicts_audio(trained, tmp_path):
     sig = model.metadata.signature
     assert [c.name for c in sig.inputs.inputs][:4] == ["text", "caption", "speaker_ref", "emotion_ref"]
     assert model.metadata.saved_input_example_info is not None
-    out = model.predict(pd.DataFrame([dict(text="hello there", caption="a happy voice", speaker_ref=ref,
-                                           max_seconds=0.3),
-                                      dict(text="second one", caption="", speaker_ref=ref)]))
+    with pytest.warns(SynthesisWarning, match="caption: none given"):  # the second row's empty caption
+        out = model.predict(pd.DataFrame([dict(text="hello there", caption="a happy voice", speaker_ref=ref,
+                                               max_seconds=0.3),
+                                          dict(text="second one", caption="", speaker_ref=ref)]))
     assert list(out["sample_rate"]) == [16000, 16000]
     wav, sr = sf.read(io.BytesIO(out["wav"][0]))
     assert sr == 16000 and len(wav) / sr == pytest.approx(out["duration"][0]) and out["duration"][0] <= 0.33
