@@ -7,8 +7,8 @@ For each validation utterance of stage1's split (seen speakers), the Whisper tin
 `evaluate` transcribes the recording and the recording through the codec decoded several ways: the
 unquantised log-mel, the fitted codebooks with `smooth_frames` 1, 3 and 5 (`--smooth`), only the first
 k of them (`--fewer k ...`, smooth 3), and with `--extra` codebooks fitted here on the training split's
-residual after the fitted ones. It prints each variant's
-WER and its gap to the recording's WER, paired over the same clips (mean +- standard error).
+residual after the fitted ones. It prints each variant's WER and its gap to the recording's WER, paired
+over the same clips (mean +- standard error).
 """
 from __future__ import annotations
 
